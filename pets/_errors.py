@@ -1,0 +1,129 @@
+"""The pets exception and warning hierarchy.
+
+Every error pets raises on purpose is a :class:`PetsError`. Each subclass also inherits the
+built-in exception a Python user would reach for, so ``except ValueError`` keeps working::
+
+    PetsError (Exception)                        exit code 1
+    ├── InputError (ValueError)                  exit code 1   bad file, column, value or argument
+    ├── PolicyError (ValueError)                 exit code 3   a policy refuses, or is malformed
+    ├── JurisdictionError (PermissionError)      exit code 4   wrong jurisdiction for a key or export
+    ├── IntegrityError (ValueError)              exit code 5   authentication / signature / chain failed
+    ├── KeyServiceError (RuntimeError)           exit code 7   a key service failed or refused
+    │   ├── KeyNotFoundError (LookupError)
+    │   └── KeyDestroyedError                    the key version was destroyed or retired
+    ├── BudgetExhausted (RuntimeError)           exit code 6   a DP query would overspend the budget
+    └── MissingDependencyError (ImportError)     exit code 1   an optional extra is not installed
+
+    PetsWarning (UserWarning)
+
+Messages name the file, column or key at fault and never contain secret material.
+:class:`IntegrityError` is deliberately opaque: it never says *which* check failed.
+
+Example:
+    >>> from pets import PolicyError, PetsError
+    >>> issubclass(PolicyError, ValueError) and issubclass(PolicyError, PetsError)
+    True
+    >>> PolicyError("column 'email' has no treatment").exit_code
+    3
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExhausted",
+    "InputError",
+    "IntegrityError",
+    "JurisdictionError",
+    "KeyDestroyedError",
+    "KeyNotFoundError",
+    "KeyServiceError",
+    "MissingDependencyError",
+    "PetsError",
+    "PetsWarning",
+    "PolicyError",
+]
+
+
+class PetsError(Exception):
+    """Root of every error pets raises on purpose."""
+
+    exit_code: int = 1
+
+
+class InputError(PetsError, ValueError):
+    """Bad input: a missing file or column, a malformed value, an invalid argument."""
+
+    exit_code = 1
+
+
+class PolicyError(PetsError, ValueError):
+    """A policy is malformed, or it refuses the requested operation."""
+
+    exit_code = 3
+
+
+class JurisdictionError(PetsError, PermissionError):
+    """The operation is not allowed from (or to) this jurisdiction."""
+
+    exit_code = 4
+
+
+class IntegrityError(PetsError, ValueError):
+    """Authentication, signature or hash-chain verification failed.
+
+    Deliberately opaque: the message never says which check failed, so it cannot be used as an
+    oracle.
+    """
+
+    exit_code = 5
+
+
+class KeyServiceError(PetsError, RuntimeError):
+    """A key service failed, or refused an operation for a reason other than jurisdiction."""
+
+    exit_code = 7
+
+
+class KeyNotFoundError(KeyServiceError, LookupError):
+    """No key (or key version) with that URI exists in the key service."""
+
+
+class KeyDestroyedError(KeyServiceError):
+    """The key version was destroyed (crypto-shredded) or retired below the minimum version."""
+
+
+class BudgetExhausted(PetsError, RuntimeError):
+    """A differentially private query would exceed the privacy budget. Nothing was spent."""
+
+    exit_code = 6
+
+
+class MissingDependencyError(PetsError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    exit_code = 1
+
+
+class PetsWarning(UserWarning):
+    """Root of every warning pets emits."""
+
+
+def require(module: str, extra: str) -> object:
+    """Import an optional module or fail with the ``pip install`` line that fixes it.
+
+    Example:
+        >>> require("json", "core") is not None
+        True
+        >>> require("no_such_module_xyz", "dask")
+        Traceback (most recent call last):
+        ...
+        pets._errors.MissingDependencyError: no_such_module_xyz is needed: pip install 'pets[dask]'
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{module} is needed: pip install 'pets[{extra}]'"
+        ) from exc

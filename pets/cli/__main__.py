@@ -1,0 +1,3 @@
+from pets.cli import _entry
+
+_entry()

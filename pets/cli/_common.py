@@ -1,0 +1,50 @@
+"""Helpers shared by CLI commands: JSON output, progress bars, context options."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import click
+
+from pets.jurisdiction import Context
+
+__all__ = ["context_options", "emit", "json_option", "make_context", "progress"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+
+def context_options(f: F) -> F:
+    """Add ``--jurisdiction`` and ``--principal`` (defaults from PETS_JURISDICTION/PRINCIPAL)."""
+    f = click.option("--principal", envvar="PETS_PRINCIPAL", default=None,
+                     help="Who acts (recorded in the audit log). [env: PETS_PRINCIPAL]")(f)
+    f = click.option("--jurisdiction", envvar="PETS_JURISDICTION", default="EU", show_default=True,
+                     help="Where this process runs. [env: PETS_JURISDICTION]")(f)
+    return f
+
+
+def make_context(jurisdiction: str, principal: str | None) -> Context:
+    return Context(jurisdiction, principal=principal or Context.from_env().principal)
+
+
+def emit(payload: Any, as_json: bool, text: str | Callable[[], str] | None = None) -> None:
+    """Print ``payload`` as JSON, or ``text`` (a string or a function producing one)."""
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(text() if callable(text) else (text if text is not None else str(payload)))
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterator[T]:
+    """A tqdm bar on an interactive terminal; silent in pipelines."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, file=sys.stderr)
+    else:
+        yield from items
