@@ -1,0 +1,1 @@
+"""pets benchmarks: ``python -m benchmarks [NAME ...] [--quick]`` (``make bench``)."""
