@@ -18,9 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(HERE)])
                    if m.name.startswith("bench_"))
     p = argparse.ArgumentParser(prog="python -m benchmarks")
-    p.add_argument("names", nargs="*", choices=[*names, []] if names else None)
+    p.add_argument("names", nargs="*", help=f"any of: {', '.join(names)}")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = p.parse_args(argv)
+    unknown = set(args.names) - set(names)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     for name in args.names or names:
         mod = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"== {name}", flush=True)
