@@ -1,6 +1,17 @@
-"""Jurisdiction-scoped key services: KEKs named by URI, wrapping and unwrapping data keys."""
+"""Jurisdiction-scoped key services: KEKs named by URI, wrapping and unwrapping data keys.
 
-from pets.keys._memory import MemoryKeyring
+Backends: :class:`LocalKeyring` (``local://``, the embedded default), :class:`Pkcs11Keyring`
+(``pkcs11://``, a real HSM through ``python-pkcs11``; ``pip install 'pets[hsm]'``) and
+:class:`MemoryKeyring` (``memory://``, the test double). :func:`key_services` builds the
+registry from settings or the environment; :func:`rewrap` moves a wrapped data key to another
+key (rotation, migration) without the caller seeing the data key.
+"""
+
+from pets.keys._config import KeyConfig, Pkcs11TokenConfig, key_services
+from pets.keys._local import LocalKeyring
+from pets.keys._memory import MemoryKeyring, wrapping_aad
+from pets.keys._pkcs11 import Pkcs11Keyring
+from pets.keys._rewrap import rewrap
 from pets.keys._secret import Secret
 from pets.keys._service import (
     KeyInfo,
@@ -14,14 +25,21 @@ from pets.keys._service import (
 )
 
 __all__ = [
+    "KeyConfig",
     "KeyInfo",
     "KeyService",
     "KeyServices",
     "KeyVersion",
+    "LocalKeyring",
     "MemoryKeyring",
+    "Pkcs11Keyring",
+    "Pkcs11TokenConfig",
     "Secret",
     "WrappedKey",
     "canonical_context",
     "check_unwrap_allowed",
+    "key_services",
     "parse_key_uri",
+    "rewrap",
+    "wrapping_aad",
 ]
