@@ -157,9 +157,9 @@ class MemoryKeyring:
             if not 1 <= min_decryption_version <= info.primary_version:
                 raise InputError(f"{uri}: min_decryption_version must be 1..{info.primary_version}")
             versions = [
-                replace(v, state="retired") if v.version < min_decryption_version
-                and v.state == "active" else v for v in info.versions
-            ]
+                replace(v, state="retired" if v.version < min_decryption_version else "active")
+                if v.state in ("active", "retired") else v for v in info.versions
+            ]  # lowering the minimum again revives versions that were only retired
             info = replace(info, min_decryption_version=min_decryption_version, versions=versions)
             self._info[uri] = info
         emit(self.audit, "key.retire", key=uri, min_decryption_version=min_decryption_version)

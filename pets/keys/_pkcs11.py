@@ -211,17 +211,23 @@ class Pkcs11Keyring:
             raise KeyNotFoundError(f"no key {uri} (this is token pkcs11://{self.token_label})")
         return name
 
-    def _meta_obj(self, uri: str) -> Any:
+    def _meta_objs(self, uri: str) -> list[tuple[int, Any, bytes]]:
+        """Every metadata object of ``uri`` as ``(generation, object, value)``, newest first."""
         A, OC = self._pk.Attribute, self._pk.ObjectClass
-        found = self._find({A.CLASS: OC.DATA, A.LABEL: _META_PREFIX + self._name(uri)})
-        if not found:
+        out = []
+        for obj in self._find({A.CLASS: OC.DATA, A.LABEL: _META_PREFIX + self._name(uri)}):
+            raw = bytes(obj[A.VALUE])
+            try:
+                gen = int(json.loads(raw[:_MAX_META]).get("generation", 0))
+            except (ValueError, AttributeError, TypeError):
+                gen = -1
+            out.append((gen, obj, raw))
+        if not out:
             raise KeyNotFoundError(f"no key {uri}")
-        if len(found) > 1:
-            raise KeyServiceError(f"{uri}: several metadata objects in the token")
-        return found[0]
+        return sorted(out, key=lambda t: t[0], reverse=True)
 
     def _meta(self, uri: str) -> dict[str, Any]:
-        raw = bytes(self._meta_obj(uri)[self._pk.Attribute.VALUE])
+        raw = self._meta_objs(uri)[0][2]
         try:
             if len(raw) > _MAX_META:
                 raise ValueError("too large")
@@ -238,16 +244,21 @@ class Pkcs11Keyring:
             )
         return dict(doc)
 
-    def _save_meta(self, uri: str, doc: Mapping[str, Any], *, new: bool = False) -> None:
+    def _save_meta(self, uri: str, doc: dict[str, Any], *, new: bool = False) -> None:
+        """Store ``doc`` as a new generation, then remove older ones.
+
+        Data objects' ``CKA_VALUE`` is read-only in SoftHSM, so an update is create-then-destroy;
+        readers take the newest generation, so a crash in between loses nothing.
+        """
         A, OC = self._pk.Attribute, self._pk.ObjectClass
-        value = json.dumps(doc, sort_keys=True).encode()
-        if new:
-            self._session.create_object({
-                A.CLASS: OC.DATA, A.LABEL: _META_PREFIX + self._name(uri), A.APPLICATION: "pets",
-                A.TOKEN: True, A.PRIVATE: True, A.MODIFIABLE: True, A.VALUE: value,
-            })
-        else:
-            self._meta_obj(uri)[A.VALUE] = value
+        old = [] if new else self._meta_objs(uri)
+        doc["generation"] = (old[0][0] + 1) if old else 1
+        self._session.create_object({
+            A.CLASS: OC.DATA, A.LABEL: _META_PREFIX + self._name(uri), A.APPLICATION: "pets",
+            A.TOKEN: True, A.PRIVATE: True, A.VALUE: json.dumps(doc, sort_keys=True).encode(),
+        })
+        for _, obj, _ in old:
+            obj.destroy()
 
     def _info(self, doc: Mapping[str, Any]) -> KeyInfo:
         states = {"active", "retired", "destroyed"}
@@ -317,7 +328,7 @@ class Pkcs11Keyring:
                "versions": [{"version": 1, "state": "active", "created": now}]}
         with self._shared.lock:
             try:
-                self._meta_obj(uri)
+                self._meta_objs(uri)
             except KeyNotFoundError:
                 pass
             else:

@@ -88,7 +88,7 @@ def rewrap(
         raise JurisdictionError(
             f"re-wrapping from {wrapped.key_uri} ({src_info.jurisdiction}) to {target_uri} "
             f"({dst_info.jurisdiction}) moves the data to another jurisdiction; refused "
-            f"(pass allow_jurisdiction_change=True to do it on purpose)"
+            f"(allow_jurisdiction_change=True, or --allow-jurisdiction-change, does it on purpose)"
         )
     if not isinstance(context, Context):
         raise InputError("context must be a pets.Context")

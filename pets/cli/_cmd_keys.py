@@ -1,0 +1,194 @@
+"""``pets keys``: create and manage jurisdiction-scoped key-encryption keys.
+
+Every sub-command takes the key-service options of :mod:`pets.cli._keyopts` (``--keyring``,
+``--pkcs11-*``; secrets from ``PETS_MASTER_KEY`` / ``PETS_KEYRING_PASSPHRASE`` /
+``PETS_PKCS11_PIN``) and ``--json``. Failures raise :class:`~pets.PetsError` subclasses that
+the CLI maps to exit codes (4 jurisdiction, 5 integrity, 7 key service, 1 bad input).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pets._errors import InputError
+from pets.cli._common import context_options, emit, json_option, make_context
+from pets.cli._keyopts import keyring_options, services_from_options
+from pets.keys._config import KeyConfig, master_key_from_env
+from pets.keys._service import KeyInfo, KeyServices, WrappedKey
+
+__all__ = ["COMMANDS"]
+
+
+def _info_text(info: KeyInfo) -> str:
+    versions = ", ".join(f"v{v.version} {v.state}" for v in info.versions)
+    return (f"{info.uri}  jurisdiction={info.jurisdiction}  primary=v{info.primary_version}  "
+            f"min_decryption=v{info.min_decryption_version}  backend={info.backend}  "
+            f"[{versions}]")
+
+
+def _show(info: KeyInfo, as_json: bool) -> None:
+    emit(info.to_dict(), as_json, lambda: _info_text(info))
+
+
+def _services(key_config: KeyConfig) -> KeyServices:
+    return services_from_options(key_config)
+
+
+def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in pairs:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InputError(f"invalid --context {item!r}: expected KEY=VALUE")
+        if k in out:
+            raise InputError(f"--context key {k!r} given twice")
+        out[k] = v
+    return out
+
+
+@click.group()
+def keys() -> None:
+    """Key-encryption keys: local keyring or PKCS#11 HSM, scoped to one jurisdiction."""
+
+
+@keys.command("init")
+@click.option("--name", required=True,
+              help="Keyring name: the authority of its URIs, local://NAME/<key>.")
+@keyring_options
+@json_option
+def init_cmd(name: str, key_config: KeyConfig, as_json: bool) -> None:
+    """Create an empty local keyring (master key from PETS_MASTER_KEY or PETS_KEYRING_PASSPHRASE).
+
+    Generate a master key with e.g. `python -c "import secrets; print(secrets.token_hex(32))"`
+    and keep it in your secret store; without it the keyring cannot be opened.
+    """
+    from pets.keys._local import LocalKeyring
+
+    master_key, passphrase = master_key_from_env()
+    if master_key is None and passphrase is None:
+        raise InputError("set PETS_MASTER_KEY (32 bytes, hex or base64) or "
+                         "PETS_KEYRING_PASSPHRASE before `pets keys init`")
+    ring = LocalKeyring.init(key_config.keyring, name=name, master_key=master_key,
+                             passphrase=None if master_key is not None else passphrase)
+    payload = {"keyring": str(ring.path), "name": ring.name,
+               "kdf": "none" if master_key is not None else "scrypt"}
+    emit(payload, as_json, f"initialised keyring {ring.name!r} at {ring.path} "
+                           f"(keys: local://{ring.name}/<name>)")
+
+
+@keys.command("create")
+@click.argument("uri")
+@click.option("--jurisdiction", envvar="PETS_JURISDICTION", default="EU", show_default=True,
+              help="Jurisdiction the key belongs to. [env: PETS_JURISDICTION]")
+@keyring_options
+@json_option
+def create_cmd(uri: str, jurisdiction: str, key_config: KeyConfig, as_json: bool) -> None:
+    """Create a KEK named URI (local://RING/NAME or pkcs11://TOKEN/LABEL)."""
+    info = _services(key_config).for_uri(uri).create(uri, jurisdiction=jurisdiction)
+    _show(info, as_json)
+
+
+@keys.command("list")
+@keyring_options
+@json_option
+def list_cmd(key_config: KeyConfig, as_json: bool) -> None:
+    """List every key (metadata only: no key bytes are ever shown)."""
+    infos = [info for svc in _services(key_config) for info in svc.list()]
+    emit([i.to_dict() for i in infos], as_json,
+         lambda: "\n".join(_info_text(i) for i in infos) or "no keys")
+
+
+@keys.command("describe")
+@click.argument("uri")
+@keyring_options
+@json_option
+def describe_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
+    """Show one key's metadata: jurisdiction, versions and their states."""
+    _show(_services(key_config).for_uri(uri).describe(uri), as_json)
+
+
+@keys.command("rotate")
+@click.argument("uri")
+@keyring_options
+@json_option
+def rotate_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
+    """Add a new key version and make it primary (old versions still unwrap)."""
+    _show(_services(key_config).for_uri(uri).rotate(uri), as_json)
+
+
+@keys.command("retire")
+@click.argument("uri")
+@click.option("--min-version", "min_version", type=click.IntRange(min=1), required=True,
+              help="Refuse unwrap for versions below this one (reversible).")
+@keyring_options
+@json_option
+def retire_cmd(uri: str, min_version: int, key_config: KeyConfig, as_json: bool) -> None:
+    """Set the minimum decryption version (like Vault's min_decryption_version)."""
+    _show(_services(key_config).for_uri(uri).retire(uri, min_version), as_json)
+
+
+@keys.command("destroy")
+@click.argument("uri")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="Version to destroy (default: every version).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@keyring_options
+@json_option
+def destroy_cmd(uri: str, version: int | None, yes: bool, key_config: KeyConfig,
+                as_json: bool) -> None:
+    """Crypto-shred a key version (or all): data under it becomes unrecoverable. Irreversible."""
+    what = f"{uri} v{version}" if version is not None else f"every version of {uri}"
+    if not yes:
+        click.confirm(f"destroy {what}? Data wrapped under it becomes unrecoverable",
+                      abort=True, err=True)
+    _show(_services(key_config).for_uri(uri).destroy(uri, version), as_json)
+
+
+@keys.command("migrate")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--to", "target_uri", required=True,
+              help="Key URI to re-wrap under (its primary version).")
+@click.option("--context", "enc_context", multiple=True, metavar="KEY=VALUE",
+              help="Encryption context the data key was wrapped with (repeatable).")
+@click.option("--allow-jurisdiction-change", is_flag=True,
+              help="Allow a target key of another jurisdiction (moves where data can be read).")
+@context_options
+@keyring_options
+@json_option
+def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, ...],
+                allow_jurisdiction_change: bool, jurisdiction: str, principal: str | None,
+                key_config: KeyConfig, as_json: bool) -> None:
+    """Re-wrap the wrapped data key in SRC (WrappedKey JSON) under --to, writing DEST.
+
+    The data key is unwrapped and re-wrapped inside pets; the data it protects is untouched.
+    DEST may be SRC (it is replaced atomically).
+    """
+    from pets._io import atomic_path
+    from pets.keys._rewrap import rewrap
+
+    try:
+        text = src.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read wrapped key {src}: {exc.__class__.__name__}") from None
+    try:
+        wrapped = WrappedKey.from_json(text)
+    except InputError as exc:
+        raise InputError(f"{src}: {exc}") from None
+    services = _services(key_config)
+    new = rewrap(wrapped, source=services, target_uri=target_uri, target=services,
+                 context=make_context(jurisdiction, principal),
+                 enc_context=_parse_pairs(enc_context),
+                 allow_jurisdiction_change=allow_jurisdiction_change)
+    with atomic_path(dest, mode=0o600) as tmp:
+        tmp.write_text(new.to_json() + "\n")
+    payload: dict[str, Any] = {"from": wrapped.key_uri, "from_version": wrapped.version,
+                               "to": new.key_uri, "to_version": new.version, "out": str(dest)}
+    emit(payload, as_json, f"re-wrapped {wrapped.key_uri} v{wrapped.version} -> "
+                           f"{new.key_uri} v{new.version}: {dest}")
+
+
+COMMANDS = [keys]
