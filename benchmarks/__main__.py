@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"== {name}", flush=True)
         result = mod.run(quick=args.quick)
-        jpath, mpath = result.write()
+        _jpath, mpath = result.write()
         print(mpath.read_text())
     return 0
 
