@@ -1,0 +1,446 @@
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pets import (
+    Context,
+    InputError,
+    IntegrityError,
+    JurisdictionError,
+    KeyDestroyedError,
+    KeyNotFoundError,
+    KeyServiceError,
+)
+from pets.keys import KeyService, LocalKeyring, Secret, WrappedKey
+
+URI = "local://eu/customers"
+EU = Context("EU", principal="etl@eu")
+US = Context("US", principal="analyst@us")
+
+
+def key_file(ring: LocalKeyring, name: str = "customers") -> Path:
+    return ring.path / "keys" / f"{name}.json"
+
+
+def kek_bytes(ring: LocalKeyring, uri: str, version: int) -> bytes:
+    """White-box: the KEK itself, to prove it never appears where it must not."""
+    return ring._open_kek(uri, ring._load(uri), version)
+
+
+def leaks(secret: bytes, text: str | bytes) -> bool:
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    forms = {secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(),
+             base64.urlsafe_b64encode(secret).decode(), repr(secret), secret.decode("latin-1")}
+    return any(f in text for f in forms)
+
+
+def flip(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+
+
+class TestInit:
+    def test_implements_the_protocol(self, ring):
+        assert isinstance(ring, KeyService)
+
+    def test_files_and_directory_are_private(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        ring.rotate(URI)
+        assert stat.S_IMODE(ring.path.stat().st_mode) == 0o700
+        for p in [ring.path / "keyring.json", key_file(ring), ring.path / ".lock"]:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+        assert not [p for p in ring.path.rglob("*.tmp")]
+
+    def test_second_init_is_refused(self, ring, master):
+        with pytest.raises(KeyServiceError, match="already holds a keyring"):
+            LocalKeyring.init(ring.path, name="eu", master_key=master)
+
+    @pytest.mark.parametrize("name", ["", "a/b", "x" * 65, "sp ace"])
+    def test_bad_name_is_refused(self, tmp_path, master, name):
+        with pytest.raises(InputError, match="invalid keyring name"):
+            LocalKeyring.init(tmp_path / "r", name=name, master_key=master)
+
+    def test_exactly_one_secret(self, tmp_path, master):
+        with pytest.raises(InputError, match="exactly one"):
+            LocalKeyring.init(tmp_path / "r", name="eu")
+        with pytest.raises(InputError, match="exactly one"):
+            LocalKeyring.init(tmp_path / "r", name="eu", master_key=master, passphrase="p")
+
+    def test_missing_keyring(self, tmp_path, master):
+        with pytest.raises(KeyServiceError, match=r"no keyring at .*pets keys init"):
+            LocalKeyring(tmp_path / "nothing", master_key=master)
+
+    def test_reopen_with_same_master_key(self, ring, master):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"k" * 32, context=EU)
+        again = LocalKeyring(ring.path, master_key=master)
+        assert again.unwrap(w, context=EU) == b"k" * 32
+
+    def test_wrong_master_key_is_a_clear_error(self, ring, master):
+        wrong = Secret(os.urandom(32))
+        with pytest.raises(KeyServiceError) as exc:
+            LocalKeyring(ring.path, master_key=wrong)
+        msg = str(exc.value)
+        assert msg == f"cannot open keyring 'eu' at {ring.path}: wrong master key or passphrase"
+        assert not leaks(wrong.expose(), msg) and not leaks(master.expose(), msg)
+        assert exc.value.__cause__ is None and exc.value.__suppress_context__
+
+    def test_master_key_keyring_needs_the_master_key(self, ring):
+        with pytest.raises(KeyServiceError, match="needs its master key: set PETS_MASTER_KEY"):
+            LocalKeyring(ring.path, passphrase="anything")
+
+    def test_passphrase_roundtrip_and_wrong_passphrase(self, tmp_path):
+        d = tmp_path / "p"
+        ring = LocalKeyring.init(d, name="sg", passphrase="correct horse", scrypt_n=1 << 12)
+        ring.create("local://sg/k", jurisdiction="SG")
+        w = ring.wrap("local://sg/k", b"s" * 16, context=Context("SG"))
+        head = json.loads((d / "keyring.json").read_text())
+        assert head["kdf"]["name"] == "scrypt" and len(base64.b64decode(head["kdf"]["salt"])) == 16
+        assert LocalKeyring(d, passphrase="correct horse").unwrap(w, context=Context("SG")) \
+            == b"s" * 16
+        with pytest.raises(KeyServiceError, match="wrong master key or passphrase") as exc:
+            LocalKeyring(d, passphrase="wrong horse")
+        assert "wrong horse" not in str(exc.value)
+        with pytest.raises(KeyServiceError, match="needs its passphrase"):
+            LocalKeyring(d, master_key=Secret(bytes(32)))
+
+    def test_tampered_keyring_header_does_not_open(self, ring, master):
+        head = json.loads((ring.path / "keyring.json").read_text())
+        head["name"] = "us"
+        (ring.path / "keyring.json").write_text(json.dumps(head))
+        with pytest.raises(KeyServiceError, match="wrong master key or passphrase"):
+            LocalKeyring(ring.path, master_key=master)
+
+    def test_unsupported_format_version(self, ring, master):
+        head = json.loads((ring.path / "keyring.json").read_text())
+        head["format_version"] = 99
+        (ring.path / "keyring.json").write_text(json.dumps(head))
+        with pytest.raises(KeyServiceError, match="unsupported keyring format version 99"):
+            LocalKeyring(ring.path, master_key=master)
+
+
+class TestWrapUnwrap:
+    def test_roundtrip_with_context(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        ctx = {"dataset": "users", "column": "email"}
+        w = ring.wrap(URI, b"d" * 32, context=EU, enc_context=ctx)
+        assert (w.key_uri, w.version, w.jurisdiction) == (URI, 1, "EU")
+        assert ring.unwrap(w, context=EU, enc_context=dict(reversed(ctx.items()))) == b"d" * 32
+
+    def test_wrong_encryption_context_is_integrity_error(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU, enc_context={"dataset": "users"})
+        for bad in [{"dataset": "events"}, {}, {"dataset": "users", "x": "y"}]:
+            with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
+                ring.unwrap(w, context=EU, enc_context=bad)
+
+    def test_every_flipped_byte_is_detected(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        for i in range(len(w.blob)):
+            bad = WrappedKey(w.key_uri, w.version, w.jurisdiction, flip(w.blob, i))
+            with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
+                ring.unwrap(bad, context=EU)
+        for cut in (0, 5, 12, len(w.blob) - 1):
+            with pytest.raises(IntegrityError):
+                ring.unwrap(WrappedKey(URI, 1, "EU", w.blob[:cut]), context=EU)
+        with pytest.raises(IntegrityError):
+            ring.unwrap(WrappedKey(URI, 1, "EU", w.blob + b"\x00"), context=EU)
+
+    def test_wrapped_key_moved_to_other_key_or_version_fails(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        ring.create("local://eu/other", jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        with pytest.raises(IntegrityError):
+            ring.unwrap(WrappedKey("local://eu/other", 1, "EU", w.blob), context=EU)
+        ring.rotate(URI)
+        with pytest.raises(IntegrityError):
+            ring.unwrap(WrappedKey(URI, 2, "EU", w.blob), context=EU)
+
+    def test_other_jurisdiction_is_refused_before_any_kek_is_decrypted(
+            self, ring, events, monkeypatch):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        opened = []
+        real = LocalKeyring._open_kek
+        monkeypatch.setattr(LocalKeyring, "_open_kek",
+                            lambda self, *a: opened.append(a) or real(self, *a))
+        with pytest.raises(JurisdictionError) as exc:
+            ring.unwrap(w, context=US)
+        assert str(exc.value) == ("key local://eu/customers belongs to EU; unwrap refused for "
+                                  "analyst@us@US")
+        assert opened == []
+        refused = [e for e in events if e.kind == "key.refused"]
+        assert len(refused) == 1
+        assert refused[0].fields == {"key": URI, "key_jurisdiction": "EU", "jurisdiction": "US",
+                                     "principal": "analyst@us", "operation": "unwrap"}
+
+    def test_unknown_key_and_version(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        with pytest.raises(KeyNotFoundError, match=r"^no key local://eu/nope$"):
+            ring.wrap("local://eu/nope", b"d", context=EU)
+        with pytest.raises(KeyNotFoundError, match=r"^no key local://eu/nope$"):
+            ring.unwrap(WrappedKey("local://eu/nope", 1, "EU", w.blob), context=EU)
+        with pytest.raises(KeyNotFoundError, match="has no version 7"):
+            ring.unwrap(WrappedKey(URI, 7, "EU", w.blob), context=EU)
+        with pytest.raises(KeyNotFoundError, match="this is keyring local://eu"):
+            ring.describe("local://us/customers")
+        assert not ring.supports("local://us/customers")
+        assert not ring.supports("memory://eu/customers")
+        assert ring.supports(URI)
+
+    def test_create_twice_is_refused(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        with pytest.raises(KeyServiceError, match="already exists"):
+            ring.create(URI, jurisdiction="EU")
+
+    @settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(dek=st.binary(min_size=0, max_size=96),
+           ctx=st.dictionaries(st.text(max_size=12), st.text(max_size=20), max_size=5))
+    def test_roundtrip_property(self, ring, dek, ctx):
+        if not ring.list():
+            ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, dek, context=EU, enc_context=ctx)
+        assert ring.unwrap(w, context=EU, enc_context=ctx) == dek
+        again = WrappedKey.from_json(w.to_json())
+        assert ring.unwrap(again, context=EU, enc_context=ctx) == dek
+
+
+class TestLifecycle:
+    def test_rotate_wraps_under_new_version_old_still_unwraps(self, ring, events):
+        ring.create(URI, jurisdiction="EU")
+        w1 = ring.wrap(URI, b"1" * 32, context=EU)
+        info = ring.rotate(URI)
+        assert info.primary_version == 2 and [v.state for v in info.versions] == ["active"] * 2
+        w2 = ring.wrap(URI, b"2" * 32, context=EU)
+        assert w2.version == 2
+        assert ring.unwrap(w1, context=EU) == b"1" * 32
+        assert ring.unwrap(w2, context=EU) == b"2" * 32
+        assert kek_bytes(ring, URI, 1) != kek_bytes(ring, URI, 2)
+        assert events.kinds() == ["keyring.init", "key.create", "key.rotate"]
+
+    def test_retire_refuses_old_versions_and_is_reversible(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w1 = ring.wrap(URI, b"1" * 32, context=EU)
+        ring.rotate(URI)
+        info = ring.retire(URI, 2)
+        assert info.min_decryption_version == 2
+        assert [v.state for v in info.versions] == ["retired", "active"]
+        with pytest.raises(KeyDestroyedError,
+                           match=r"^local://eu/customers v1 is retired \(min_decryption_version=2\)$"):
+            ring.unwrap(w1, context=EU)
+        info = ring.retire(URI, 1)
+        assert [v.state for v in info.versions] == ["active", "active"]
+        assert ring.unwrap(w1, context=EU) == b"1" * 32
+
+    def test_retire_bounds(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        for bad in (0, 2):
+            with pytest.raises(InputError, match=r"min_decryption_version must be 1\.\.1"):
+                ring.retire(URI, bad)
+
+    def test_destroy_one_version_shreds_only_it(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w1 = ring.wrap(URI, b"1" * 32, context=EU)
+        ring.rotate(URI)
+        w2 = ring.wrap(URI, b"2" * 32, context=EU)
+        info = ring.destroy(URI, 1)
+        assert [v.state for v in info.versions] == ["destroyed", "active"]
+        with pytest.raises(KeyDestroyedError, match=r"^local://eu/customers v1 is destroyed$"):
+            ring.unwrap(w1, context=EU)
+        assert ring.unwrap(w2, context=EU) == b"2" * 32
+        body = json.loads(key_file(ring).read_text())
+        assert body["versions"][0]["kek"] is None
+
+    def test_destroy_all_then_wrap_fails(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        ring.destroy(URI)
+        with pytest.raises(KeyDestroyedError, match="v1 is destroyed"):
+            ring.wrap(URI, b"d" * 32, context=EU)
+        with pytest.raises(KeyNotFoundError, match="has no version 3"):
+            ring.destroy(URI, 3)
+
+    def test_destroy_overwrites_the_old_file_bytes(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        sealed = json.loads(key_file(ring).read_text())["versions"][0]["kek"]
+        old_inode = ring.path / "old-inode"
+        os.link(key_file(ring), old_inode)  # a second name for the file destroy replaces
+        ring.destroy(URI, 1)
+        old = old_inode.read_bytes()
+        assert sealed.encode() not in old and b"customers" not in old
+        assert sealed not in key_file(ring).read_text()
+
+    def test_audit_events_carry_no_secret(self, ring, events):
+        ring.create(URI, jurisdiction="EU")
+        ring.rotate(URI)
+        ring.retire(URI, 2)
+        ring.destroy(URI, 1)
+        assert events.kinds() == ["keyring.init", "key.create", "key.rotate", "key.retire",
+                                 "key.destroy"]
+        assert events[-1].fields == {"key": URI, "versions": [1]}
+
+
+class TestAtRest:
+    def test_kek_never_in_plaintext_repr_or_describe(self, ring, master):
+        ring.create(URI, jurisdiction="EU")
+        kek = kek_bytes(ring, URI, 1)
+        texts = [repr(ring), repr(ring.describe(URI)), json.dumps(ring.describe(URI).to_dict()),
+                 repr(ring.list())]
+        for p in ring.path.rglob("*"):
+            if p.is_file():
+                texts.append(p.read_bytes().decode("latin-1"))
+        for t in texts:
+            assert not leaks(kek, t) and not leaks(master.expose(), t)
+
+    def test_no_secret_in_any_error_message(self, ring, master):
+        ring.create(URI, jurisdiction="EU")
+        dek = os.urandom(32)
+        w = ring.wrap(URI, dek, context=EU)
+        kek = kek_bytes(ring, URI, 1)
+        errors = []
+        for call in (lambda: ring.unwrap(w, context=US),
+                     lambda: ring.unwrap(WrappedKey(URI, 1, "EU", flip(w.blob, 3)), context=EU),
+                     lambda: ring.unwrap(w, context=EU, enc_context={"a": "b"})):
+            with pytest.raises(Exception) as exc:
+                call()
+            errors.append(str(exc.value) + repr(exc.value))
+        for e in errors:
+            assert not any(leaks(s, e) for s in (dek, kek, master.expose()))
+
+    def test_pickling_is_refused(self, ring):
+        import pickle
+
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(ring)
+
+    def test_edited_jurisdiction_makes_key_unusable_not_rescoped(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        body = json.loads(key_file(ring).read_text())
+        body["jurisdiction"] = "US"
+        key_file(ring).write_text(json.dumps(body))
+        for call in (lambda: ring.unwrap(w, context=US), lambda: ring.unwrap(w, context=EU),
+                     lambda: ring.describe(URI), lambda: ring.wrap(URI, b"x", context=US),
+                     lambda: ring.list()):
+            with pytest.raises(IntegrityError,
+                               match=r"^key file for local://eu/customers failed its integrity "
+                                     r"check$"):
+                call()
+
+    @pytest.mark.parametrize("edit", [
+        lambda b: b.update(min_decryption_version=1),
+        lambda b: b.update(primary_version=1),
+        lambda b: b["versions"][0].update(state="active"),
+        lambda b: b["versions"][0].update(kek=b["versions"][1]["kek"]),
+        lambda b: b.update(uri="local://eu/other"),
+        lambda b: b.update(mac="00" * 32),
+        lambda b: b.pop("mac"),
+    ])
+    def test_any_metadata_edit_is_integrity_error(self, ring, edit):
+        ring.create(URI, jurisdiction="EU")
+        ring.rotate(URI)
+        ring.retire(URI, 2)
+        body = json.loads(key_file(ring).read_text())
+        edit(body)
+        key_file(ring).write_text(json.dumps(body))
+        with pytest.raises(IntegrityError):
+            ring.describe(URI)
+
+    @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"\xff\xfe", b"{}" + b" " * (1 << 20)])
+    def test_garbage_key_file_is_integrity_error(self, ring, raw):
+        ring.create(URI, jurisdiction="EU")
+        key_file(ring).write_bytes(raw)
+        with pytest.raises(IntegrityError):
+            ring.describe(URI)
+
+    def test_kek_aad_binds_state_even_with_a_valid_file_mac(self, ring):
+        """Defence in depth: re-MACing an edited file (as a holder of the meta key could) still
+        cannot revive a retired version or re-scope a key, because each KEK's AAD binds them."""
+        ring.create(URI, jurisdiction="EU")
+        w1 = ring.wrap(URI, b"1" * 32, context=EU)
+        ring.rotate(URI)
+        w2 = ring.wrap(URI, b"2" * 32, context=EU)
+        ring.retire(URI, 2)
+        body = json.loads(key_file(ring).read_text())
+        body.pop("mac")
+        body["versions"][0]["state"] = "active"
+        body["min_decryption_version"] = 1
+        ring._store(URI, body)
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.unwrap(w1, context=EU)
+        body["versions"][0]["state"] = "retired"
+        body["min_decryption_version"] = 2
+        body["jurisdiction"] = "US"
+        ring._store(URI, body)
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.unwrap(w2, context=US)  # passes the (forged) jurisdiction check, then fails
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.wrap(URI, b"x", context=US)
+
+
+class TestList:
+    def test_list_is_sorted_metadata(self, ring):
+        for name in ("b", "a", "c"):
+            ring.create(f"local://eu/{name}", jurisdiction="EU" if name != "c" else "SG")
+        infos = ring.list()
+        assert [i.uri for i in infos] == ["local://eu/a", "local://eu/b", "local://eu/c"]
+        assert [i.jurisdiction for i in infos] == ["EU", "EU", "SG"]
+        assert all(i.backend == "local" and i.attributes["keyring"] == "eu" for i in infos)
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    from pets import Context
+    from pets.keys import LocalKeyring, Secret
+    path, hexkey, idx, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    ring = LocalKeyring(path, master_key=Secret(bytes.fromhex(hexkey)))
+    eu = Context("EU")
+    out = []
+    for r in range(rounds):
+        ring.create(f"local://eu/w{idx}-{r}", jurisdiction="EU")
+        info = ring.rotate("local://eu/shared")
+        w = ring.wrap("local://eu/shared", bytes([idx, r]) * 16, context=eu)
+        out.append(w.to_json())
+    print("\\n".join(out))
+""")
+
+
+class TestConcurrency:
+    def test_processes_creating_and_rotating_concurrently(self, ring, master, tmp_path):
+        ring.create("local://eu/shared", jurisdiction="EU")
+        n_procs, rounds = 4, 6
+        script = tmp_path / "worker.py"
+        script.write_text(WORKER)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        procs = [subprocess.Popen([sys.executable, str(script), str(ring.path),
+                                   master.expose().hex(), str(i), str(rounds)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+                 for i in range(n_procs)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+        for p, (_, err) in zip(procs, outputs, strict=True):
+            assert p.returncode == 0, err
+        info = ring.describe("local://eu/shared")
+        total = n_procs * rounds
+        assert [v.version for v in info.versions] == list(range(1, total + 2))
+        assert info.primary_version == total + 1
+        assert len(ring.list()) == total + 1
+        versions = set()
+        for i, (out, _) in enumerate(outputs):
+            for r, line in enumerate(out.splitlines()):
+                w = WrappedKey.from_json(line)
+                versions.add(w.version)
+                assert ring.unwrap(w, context=EU) == bytes([i, r]) * 16
+        assert len(versions) >= 2
+        assert not list(ring.path.rglob("*.tmp"))
