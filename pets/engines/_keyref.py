@@ -1,0 +1,277 @@
+"""Key references: how a secret reaches a worker without travelling in the task graph.
+
+A :class:`KeyRef` is the *ciphertext* of a key (a :class:`~pets.keys.WrappedKey`), the
+:class:`~pets.Context` to unwrap it in, and a :class:`KeySource` saying how a worker process
+opens the key service that can unwrap it. It is picklable and safe to ship: it contains no key
+bytes. A worker calls :meth:`KeyRef.resolve` the first time a partition needs the key; the
+unwrapped :class:`~pets.keys.Secret` is cached in that process (one unwrap per worker process,
+not per task), and :func:`forget_keys` drops the cache.
+
+Two key sources ship with pets:
+
+* :class:`~pets.keys.KeyConfig` (from ``pets.keys``) — a keyring directory and/or PKCS#11
+  tokens; the worker reads the master key / passphrase / PIN from *its own* environment
+  (``PETS_MASTER_KEY`` …), so no secret crosses the wire. This is the source for real clusters.
+* :class:`InProcessKeys` — key services that live in the driver process (e.g. a
+  :class:`~pets.keys.MemoryKeyring` in a notebook). Only a random handle is pickled; resolving it
+  in another process fails with a clear :class:`~pets.KeyServiceError`. Use it with the
+  threaded or synchronous schedulers.
+
+The key service still enforces jurisdiction on the worker: a worker whose context is outside
+the key's jurisdiction is refused there, exactly as on the driver.
+
+Example:
+    >>> from pets import Context
+    >>> from pets.keys import KeyServices, MemoryKeyring, Secret
+    >>> ring = MemoryKeyring()
+    >>> _ = ring.create("memory://eu/kek", jurisdiction="EU")
+    >>> source = InProcessKeys(KeyServices([ring]))
+    >>> root = Secret(b"r" * 32)
+    >>> ref = KeyRef.wrap(root, "memory://eu/kek", source=source, context=Context("EU"))
+    >>> ref.resolve() == root
+    True
+    >>> b"r" * 32 in repr(ref).encode()
+    False
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn, Protocol, runtime_checkable
+
+from pets._errors import KeyServiceError
+from pets.jurisdiction import Context
+from pets.keys import KeyServices, Secret, WrappedKey
+
+__all__ = ["InProcessKeys", "KeyRef", "KeySource", "WorkerKeys", "forget_keys"]
+
+#: ``enc_context`` purpose bound (as AAD) into every key a :class:`KeyRef` wraps itself.
+PURPOSE = "pets.engines.keyref"
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Something picklable and secret-free that opens key services in the current process."""
+
+    def services(self, *, environ: Mapping[str, str] | None = None) -> KeyServices:
+        """Open the key services (secrets such as a master key come from ``environ``)."""
+        ...
+
+
+# Process-wide caches. They are the point of a key reference (one unwrap per worker process),
+# so they are deliberately module state; forget_keys() clears them.
+_LOCK = threading.Lock()
+_SERVICES: dict[object, KeyServices] = {}
+_SECRETS: dict[KeyRef, Secret] = {}
+_IN_PROCESS: weakref.WeakValueDictionary[str, _Holder] = weakref.WeakValueDictionary()
+
+
+class _Holder:
+    """Keeps registered in-process key services alive while their handle is referenced."""
+
+    __slots__ = ("__weakref__", "services")
+
+    def __init__(self, services: KeyServices) -> None:
+        self.services = services
+
+
+class InProcessKeys:
+    """Key services living in this (driver) process, referenced by a random handle.
+
+    Pickling keeps only the handle. In a different process (a ``processes=True`` Dask worker)
+    :meth:`services` raises :class:`~pets.KeyServiceError`: use a ``KeyConfig`` there.
+
+    Args:
+        services: The key services to expose under the handle.
+    """
+
+    __slots__ = ("_holder", "handle")
+
+    def __init__(self, services: KeyServices) -> None:
+        self.handle = secrets.token_hex(16)
+        self._holder: _Holder | None = _Holder(services)
+        _IN_PROCESS[self.handle] = self._holder
+
+    def services(self, *, environ: Mapping[str, str] | None = None) -> KeyServices:
+        holder = self._holder or _IN_PROCESS.get(self.handle)
+        if holder is None:
+            raise KeyServiceError(
+                "the key services of this key reference live in the driver process only; on a "
+                "multi-process cluster reference keys through a KeyConfig (keyring directory + "
+                "PETS_MASTER_KEY in the workers' environment)"
+            )
+        return holder.services
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_in_process_from_handle, (self.handle,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InProcessKeys) and other.handle == self.handle
+
+    def __hash__(self) -> int:
+        return hash(("InProcessKeys", self.handle))
+
+    def __repr__(self) -> str:
+        return f"InProcessKeys(handle={self.handle[:8]}…)"
+
+
+def _in_process_from_handle(handle: str) -> InProcessKeys:
+    obj = InProcessKeys.__new__(InProcessKeys)
+    obj.handle = handle
+    obj._holder = _IN_PROCESS.get(handle)
+    return obj
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A picklable reference to a secret: its wrapped form plus where to unwrap it.
+
+    Attributes:
+        wrapped: The key, wrapped under a KEK (ciphertext; safe to ship).
+        source: Opens the key service on the process that resolves the reference.
+        context: Who unwraps, and where (the key service checks the jurisdiction).
+        enc_context: Encryption context bound into the wrapping (sorted pairs).
+    """
+
+    wrapped: WrappedKey
+    source: KeySource
+    context: Context
+    enc_context: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def wrap(
+        cls,
+        secret: Secret,
+        key_uri: str,
+        *,
+        source: KeySource,
+        context: Context,
+        services: KeyServices | None = None,
+        enc_context: Mapping[str, str] | None = None,
+    ) -> KeyRef:
+        """Wrap ``secret`` under the KEK ``key_uri`` and return a reference to it.
+
+        Args:
+            secret: The key to reference (it is wrapped, never stored in the reference).
+            key_uri: KEK that wraps it, e.g. ``local://eu/engine``.
+            source: How resolving processes open the key service.
+            context: Execution context for wrapping and for later unwraps.
+            services: Key services to wrap with on this process (default: ``source``'s).
+            enc_context: Extra encryption context; ``purpose`` is always bound.
+
+        Returns:
+            A reference whose :meth:`resolve` gives back ``secret``.
+        """
+        ec = {"purpose": PURPOSE, **dict(enc_context or {})}
+        svc = services if services is not None else source.services()
+        wrapped = svc.wrap(key_uri, secret.expose(), context=context, enc_context=ec)
+        ref = cls(wrapped, source, context, tuple(sorted(ec.items())))
+        with _LOCK:
+            _SECRETS[ref] = secret
+        return ref
+
+    def resolve(self) -> Secret:
+        """The referenced secret, unwrapped through the key service once per process.
+
+        Raises:
+            JurisdictionError: This process's context may not unwrap the key.
+            KeyServiceError: The key service cannot be opened or refuses.
+            IntegrityError: The wrapped key was tampered with.
+        """
+        with _LOCK:
+            hit = _SECRETS.get(self)
+        if hit is not None:
+            return hit
+        services = _services_for(self.source)
+        raw = services.unwrap(self.wrapped, context=self.context,
+                              enc_context=dict(self.enc_context))
+        secret = Secret(raw)
+        with _LOCK:
+            return _SECRETS.setdefault(self, secret)
+
+    def __repr__(self) -> str:
+        return (f"KeyRef(key_uri={self.wrapped.key_uri!r}, version={self.wrapped.version}, "
+                f"context={self.context!r})")
+
+
+def _services_for(source: KeySource) -> KeyServices:
+    with _LOCK:
+        hit = _SERVICES.get(source)
+    if hit is not None:
+        return hit
+    services = source.services(environ=os.environ)
+    with _LOCK:
+        return _SERVICES.setdefault(source, services)
+
+
+def forget_keys() -> int:
+    """Drop every cached secret and key service in this process; return how many secrets.
+
+    Run it on every worker after a job (``client.run(forget_keys)``) to shorten the time key
+    material stays in worker memory.
+
+    Example:
+        >>> forget_keys() >= 0
+        True
+    """
+    with _LOCK:
+        n = len(_SECRETS)
+        _SECRETS.clear()
+        _SERVICES.clear()
+    return n
+
+
+class WorkerKeys:
+    """Driver-side helper: turns the secrets of a job into :class:`KeyRef` objects, once each.
+
+    Every distinct secret handed to :meth:`ref` is wrapped once under ``kek_uri`` (a fresh wrap
+    of a key the driver already holds), so a job with ten columns keyed by one domain key ships
+    one reference.
+
+    Args:
+        source: How worker processes open the key service (a ``KeyConfig`` for real clusters).
+        kek_uri: The KEK that wraps the job's secrets (it must belong to ``context``'s
+            jurisdiction, since the workers unwrap under ``context``).
+        context: Who runs the job, and where.
+        services: Key services to wrap with on the driver (default: opened from ``source``).
+
+    Example:
+        >>> from pets import Context
+        >>> from pets.keys import KeyServices, MemoryKeyring, Secret
+        >>> ring = MemoryKeyring(); _ = ring.create("memory://eu/kek", jurisdiction="EU")
+        >>> wk = WorkerKeys(InProcessKeys(KeyServices([ring])), "memory://eu/kek", Context("EU"))
+        >>> root = Secret.generate()
+        >>> wk.ref(root) is wk.ref(root)
+        True
+    """
+
+    def __init__(self, source: KeySource, kek_uri: str, context: Context, *,
+                 services: KeyServices | None = None) -> None:
+        self.source = source
+        self.kek_uri = kek_uri
+        self.context = context
+        self._services = services
+        self._refs: dict[bytes, KeyRef] = {}
+
+    def ref(self, secret: Secret) -> KeyRef:
+        """The reference for ``secret`` (wrapped on first use; equal secrets share one)."""
+        raw = secret.expose()
+        hit = self._refs.get(raw)
+        if hit is not None:
+            return hit
+        services = self._services if self._services is not None else _services_for(self.source)
+        ref = KeyRef.wrap(secret, self.kek_uri, source=self.source, context=self.context,
+                          services=services)
+        self._refs[raw] = ref
+        return ref
+
+    def __repr__(self) -> str:
+        return f"WorkerKeys(kek_uri={self.kek_uri!r}, context={self.context!r})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("WorkerKeys stays on the driver: ship the KeyRef objects it makes")

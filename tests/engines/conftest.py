@@ -1,0 +1,68 @@
+"""Fixtures for the engine tests: one keyring, one 2-worker LocalCluster per module.
+
+Workers get the keyring's master key through *their own* environment (the Nanny's ``env``), as
+a real deployment would (a secret store / k8s secret), never through a task.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_service
+
+HAVE_DASK = all(importlib.util.find_spec(m) is not None
+                for m in ("dask", "dask.dataframe", "distributed"))
+KEK = "local://eu/engine"
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A LocalKeyring with one EU KEK; the master key is only in the returned env mapping."""
+    from pets.keys import KeyConfig, LocalKeyring, Secret
+
+    path = tmp_path_factory.mktemp("ring") / "eu"
+    master = secrets.token_bytes(32)
+    ring = LocalKeyring.init(path, name="eu", master_key=Secret(master))
+    ring.create(KEK, jurisdiction="EU")
+    env = {"PETS_MASTER_KEY": master.hex()}
+    return {"path": Path(path), "env": env, "config": KeyConfig(keyring=Path(path),
+                                                                keyring_explicit=True),
+            "ring": ring, "master": master}
+
+
+@pytest.fixture(scope="module")
+def dask_client(keyring: dict[str, Any]) -> Iterator[Any]:
+    """A ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``."""
+    require_service(HAVE_DASK, "dask[dataframe] and distributed (pip install 'pets[dask]')")
+    from distributed import Client, LocalCluster
+
+    with warnings.catch_warnings():
+        # Cluster start-up on a shared box may warn about ports/memory; those are not ours.
+        warnings.simplefilter("ignore")
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None, memory_limit="1GiB",
+                               env=dict(keyring["env"]), silence_logs=40)
+        client = Client(cluster)
+    try:
+        yield client
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client.close()
+            cluster.close()
+
+
+@pytest.fixture
+def master_key_env(keyring: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Put the master key in this (driver) process's environment for the test's duration."""
+    for k, v in keyring["env"].items():
+        monkeypatch.setenv(k, v)
+    return dict(os.environ)
