@@ -20,6 +20,12 @@ Example:
     b'rows'
 """
 
+from pets.envelope._columns import (
+    ColumnKey,
+    ColumnKeys,
+    decrypt_columns,
+    encrypt_columns,
+)
 from pets.envelope._envelope import (
     EnvelopeInfo,
     decrypt,
@@ -38,12 +44,16 @@ from pets.envelope._format import (
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
+    "ColumnKey",
+    "ColumnKeys",
     "EnvelopeFormatError",
     "EnvelopeHeader",
     "EnvelopeInfo",
     "decrypt",
+    "decrypt_columns",
     "decrypt_file",
     "encrypt",
+    "encrypt_columns",
     "encrypt_file",
     "read_header",
     "rewrap",

@@ -12,7 +12,7 @@ import hmac as _hmac
 import io
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -126,6 +126,55 @@ def _new_message(keys: KeyServices, key_uris: str | Sequence[str], context: Cont
     return header.sealed(mkeys, wrapped), mkeys
 
 
+def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: Context,
+                enc_context: Mapping[str, str], *, what: str = "this envelope",
+                accept: Callable[[bytes], bool] | None = None,
+                audit: AuditHook | None = None) -> bytes:
+    """Return the first data key that one of the caller's services unwraps (multi-keyring).
+
+    ``accept(dek)`` may reject a candidate (counted as an integrity failure) or raise to stop.
+    When nothing unwraps, the error says why in the most useful terms that reveal nothing:
+    all refused for jurisdiction → JurisdictionError; destroyed/retired → KeyDestroyedError;
+    no service holds any key → KeyNotFoundError; otherwise an opaque IntegrityError.
+    """
+    errors: list[PetsError] = []
+    candidates = 0
+    for w in wrapped_keys:
+        try:
+            svc = keys.for_uri(w.key_uri)
+        except (KeyNotFoundError, InputError):
+            continue
+        candidates += 1
+        try:
+            dek = svc.unwrap(w, context=context, enc_context=enc_context)
+        except (IntegrityError, JurisdictionError, KeyServiceError, InputError) as exc:
+            errors.append(exc)
+            continue
+        if accept is not None and not accept(dek):
+            errors.append(IntegrityError(f"{what} failed to authenticate"))
+            continue
+        emit(audit, "envelope.unwrap", key=w.key_uri, version=w.version,
+             jurisdiction=context.jurisdiction, principal=context.principal)
+        return dek
+    uris = ", ".join(f"{w.key_uri} v{w.version}" for w in wrapped_keys)
+    if candidates == 0:
+        raise KeyNotFoundError(f"no configured key service holds a key of {what} ({uris})")
+    if all(isinstance(e, JurisdictionError) for e in errors):
+        raise JurisdictionError(
+            f"every key of {what} ({uris}) belongs to another jurisdiction; "
+            f"unwrap refused for {context.access_token}")
+    benign = (JurisdictionError, KeyDestroyedError, KeyNotFoundError)
+    destroyed = [e for e in errors if isinstance(e, KeyDestroyedError)]
+    if destroyed and all(isinstance(e, benign) for e in errors):
+        raise KeyDestroyedError(f"cannot decrypt {what}: {destroyed[0]}")
+    if all(isinstance(e, KeyNotFoundError) for e in errors):
+        raise KeyNotFoundError(f"cannot decrypt {what}: {errors[0]}")
+    if not any(isinstance(e, IntegrityError | InputError) for e in errors):
+        failed = next(e for e in errors if not isinstance(e, benign))
+        raise type(failed)(f"cannot decrypt {what}: {failed}")
+    raise IntegrityError(f"{what} failed to authenticate")
+
+
 def open_dek(header: EnvelopeHeader, keys: Keys, context: Context,
              enc_context: Mapping[str, str] | None = None, *, audit: AuditHook | None = None
              ) -> tuple[bytes, MessageKeys]:
@@ -148,45 +197,22 @@ def open_dek(header: EnvelopeHeader, keys: Keys, context: Context,
     if enc_context is not None and not _hmac.compare_digest(
             canonical_context(enc_context), header.context_bytes):
         raise IntegrityError("envelope failed to authenticate")
-    errors: list[PetsError] = []
-    candidates = 0
-    for w in header.wrapped_keys:
-        try:
-            svc = services.for_uri(w.key_uri)
-        except (KeyNotFoundError, InputError):
-            continue
-        candidates += 1
-        try:
-            dek = svc.unwrap(w, context=context, enc_context=header.enc_context)
-        except (IntegrityError, JurisdictionError, KeyServiceError, InputError) as exc:
-            errors.append(exc)
-            continue
-        mkeys = derive_keys(dek, header.salt, header.suite) if len(dek) == DEK_SIZE else None
-        if mkeys is None or not _hmac.compare_digest(mkeys.commitment, header.commitment):
-            errors.append(IntegrityError("envelope failed to authenticate"))
-            continue
+    found: list[MessageKeys] = []
+
+    def accept(dek: bytes) -> bool:
+        if len(dek) != DEK_SIZE:
+            return False
+        mkeys = derive_keys(dek, header.salt, header.suite)
+        if not _hmac.compare_digest(mkeys.commitment, header.commitment):
+            return False
         if not header.tag_ok(mkeys.header_key):
             raise IntegrityError("envelope failed to authenticate")
-        emit(audit, "envelope.unwrap", key=w.key_uri, version=w.version,
-             jurisdiction=context.jurisdiction, principal=context.principal)
-        return dek, mkeys
-    uris = ", ".join(f"{w.key_uri} v{w.version}" for w in header.wrapped_keys)
-    if candidates == 0:
-        raise KeyNotFoundError(f"no configured key service holds a key of this envelope ({uris})")
-    if all(isinstance(e, JurisdictionError) for e in errors):
-        raise JurisdictionError(
-            f"every key of this envelope ({uris}) belongs to another jurisdiction; "
-            f"unwrap refused for {context.access_token}")
-    benign = (JurisdictionError, KeyDestroyedError, KeyNotFoundError)
-    destroyed = [e for e in errors if isinstance(e, KeyDestroyedError)]
-    if destroyed and all(isinstance(e, benign) for e in errors):
-        raise KeyDestroyedError(f"cannot decrypt: {destroyed[0]}")
-    if all(isinstance(e, KeyNotFoundError) for e in errors):
-        raise KeyNotFoundError(str(errors[0]))
-    if not any(isinstance(e, IntegrityError | InputError) for e in errors):
-        failed = next(e for e in errors if not isinstance(e, benign))
-        raise type(failed)(str(failed))
-    raise IntegrityError("envelope failed to authenticate")
+        found.append(mkeys)
+        return True
+
+    dek = _unwrap_any(header.wrapped_keys, services, context, header.enc_context,
+                      what="this envelope", accept=accept, audit=audit)
+    return dek, found[-1]
 
 
 def _fill(src: IO[bytes], buf: memoryview) -> int:
@@ -418,9 +444,17 @@ def read_header(source: bytes | PathLike) -> EnvelopeInfo:
 
 def _rewrapped_header(header: EnvelopeHeader, keys: KeyServices, context: Context,
                       to: str | Sequence[str], enc_context: Mapping[str, str] | None,
-                      audit: AuditHook | None) -> EnvelopeHeader:
-    dek, mkeys = open_dek(header, keys, context, enc_context, audit=audit)
+                      audit: AuditHook | None, allow_jurisdiction_change: bool
+                      ) -> EnvelopeHeader:
     uris = _key_uris(to)
+    old = {w.jurisdiction for w in header.wrapped_keys}
+    for u in uris:
+        target = keys.for_uri(u).describe(u).jurisdiction
+        if target not in old and not allow_jurisdiction_change:
+            raise JurisdictionError(
+                f"re-wrapping under {u} ({target}) would move this envelope out of "
+                f"{', '.join(sorted(old))}; pass allow_jurisdiction_change=True to do it")
+    dek, mkeys = open_dek(header, keys, context, enc_context, audit=audit)
     wrapped = _wrap_all(dek, uris, keys, context, header.enc_context)
     del dek
     new = header.sealed(mkeys, wrapped)
@@ -433,14 +467,16 @@ def _rewrapped_header(header: EnvelopeHeader, keys: KeyServices, context: Contex
 
 def rewrap(data: bytes, *, keys: Keys, context: Context, to: str | Sequence[str],
            enc_context: Mapping[str, str] | None = None,
-           audit: AuditHook | None = None) -> bytes:
+           allow_jurisdiction_change: bool = False, audit: AuditHook | None = None) -> bytes:
     """Re-wrap an envelope's DEK under ``to`` (the primary version of each KEK); keep the data.
 
     The header is authenticated first (a tampered envelope is never re-wrapped); only the
     wrapped-key list and the header tag change: every segment byte stays the same. Use it
     after a KEK rotation (``to`` = the same URI: the new primary version), to retire old
     versions, or to migrate to another key service or data centre (``to`` = new URIs; the
-    old wrapped keys are dropped).
+    old wrapped keys are dropped). A target KEK of a jurisdiction none of the current keys
+    belongs to is refused (:class:`~pets.JurisdictionError`) unless
+    ``allow_jurisdiction_change`` is True: it would change where the data can be decrypted.
 
     Example:
         >>> from pets import Context
@@ -457,12 +493,14 @@ def rewrap(data: bytes, *, keys: Keys, context: Context, to: str | Sequence[str]
     """
     services = as_services(keys)
     header, hsize = EnvelopeHeader.from_bytes(bytes(data))
-    new = _rewrapped_header(header, services, context, to, enc_context, audit)
+    new = _rewrapped_header(header, services, context, to, enc_context, audit,
+                               allow_jurisdiction_change)
     return new.to_bytes() + bytes(data[hsize:])
 
 
 def rewrap_file(path: PathLike, *, keys: Keys, context: Context, to: str | Sequence[str],
                 dst: PathLike | None = None, enc_context: Mapping[str, str] | None = None,
+                allow_jurisdiction_change: bool = False,
                 audit: AuditHook | None = None) -> EnvelopeInfo:
     """Re-wrap an envelope file in place (or into ``dst``), atomically; see :func:`rewrap`.
 
@@ -476,7 +514,8 @@ def rewrap_file(path: PathLike, *, keys: Keys, context: Context, to: str | Seque
     mode = src_p.stat().st_mode & 0o777
     with open(src_p, "rb") as fin:
         header, _ = _read_header(fin)
-        new = _rewrapped_header(header, services, context, to, enc_context, audit)
+        new = _rewrapped_header(header, services, context, to, enc_context, audit,
+                               allow_jurisdiction_change)
         hbytes = new.to_bytes()
         with atomic_path(dst_p, mode=mode) as tmp, open(tmp, "wb") as fout:
             fout.write(hbytes)
