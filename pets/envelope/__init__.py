@@ -41,6 +41,13 @@ from pets.envelope._format import (
     EnvelopeFormatError,
     EnvelopeHeader,
 )
+from pets.envelope._parquet import (
+    ParquetCrypto,
+    PetsKmsClient,
+    read_encrypted_parquet,
+    rotate_parquet_keys,
+    write_encrypted_parquet,
+)
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -49,13 +56,18 @@ __all__ = [
     "EnvelopeFormatError",
     "EnvelopeHeader",
     "EnvelopeInfo",
+    "ParquetCrypto",
+    "PetsKmsClient",
     "decrypt",
     "decrypt_columns",
     "decrypt_file",
     "encrypt",
     "encrypt_columns",
     "encrypt_file",
+    "read_encrypted_parquet",
     "read_header",
     "rewrap",
     "rewrap_file",
+    "rotate_parquet_keys",
+    "write_encrypted_parquet",
 ]

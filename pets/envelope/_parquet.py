@@ -1,0 +1,315 @@
+"""Parquet modular encryption through pyarrow's ``CryptoFactory`` over pets key services.
+
+Columns are encrypted with per-column data keys and the footer with its own key, all wrapped
+by pets KEKs through :class:`PetsKmsClient`, a ``pyarrow.parquet.encryption.KmsClient`` adapter
+over :class:`~pets.keys.KeyServices`. Any Parquet reader with a KMS client for the same keys
+reads these files.
+
+Master key identifiers are key URIs written with ``/`` instead of ``://``
+(``local://eu/customers`` → ``local/eu/customers``), because pyarrow's column-key syntax
+reserves ``:``. Wrapped keys are stored as the JSON of a :class:`~pets.keys.WrappedKey` (URI,
+version, jurisdiction, blob), so rotation and retirement work per version.
+
+**Key caches.** pyarrow caches KMS clients and unwrapped keys per ``key_access_token``. pets
+sets the token to :attr:`pets.Context.access_token` (principal *and* jurisdiction), so a
+context never reads through another context's warm cache: the key service is asked again and
+refuses a foreign jurisdiction. Call :meth:`ParquetCrypto.forget` when a principal's access is
+revoked.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyarrow.parquet.encryption as pe
+
+from pets._errors import InputError, IntegrityError, PetsError
+from pets._events import AuditHook, emit
+from pets._io import atomic_path
+from pets.envelope._envelope import Keys, as_services
+from pets.jurisdiction import Context
+from pets.keys import KeyServices, WrappedKey, parse_key_uri
+
+__all__ = [
+    "PARQUET_ENC_CONTEXT",
+    "ParquetCrypto",
+    "PetsKmsClient",
+    "key_material_path",
+    "master_key_id",
+    "read_encrypted_parquet",
+    "rotate_parquet_keys",
+    "uri_from_master_key_id",
+    "write_encrypted_parquet",
+]
+
+PARQUET_ENC_CONTEXT: Mapping[str, str] = {"pets.format": "parquet-modular-encryption"}
+_KMS_INSTANCE = "pets"
+_CONF_JUR = "pets.jurisdiction"
+_CONF_PRINCIPAL = "pets.principal"
+
+PathLike = str | os.PathLike[str]
+
+
+def master_key_id(uri: str) -> str:
+    """The pyarrow master key identifier for a key URI.
+
+    Example:
+        >>> master_key_id("local://eu/customers")
+        'local/eu/customers'
+        >>> uri_from_master_key_id("local/eu/customers")
+        'local://eu/customers'
+    """
+    scheme, authority, name = parse_key_uri(uri)
+    return f"{scheme}/{authority}/{name}"
+
+
+def uri_from_master_key_id(key_id: str) -> str:
+    """Inverse of :func:`master_key_id`."""
+    scheme, sep, rest = key_id.partition("/")
+    uri = f"{scheme}://{rest}"
+    if not sep:
+        raise InputError(f"invalid master key identifier {key_id!r}")
+    parse_key_uri(uri)
+    return uri
+
+
+def key_material_path(path: PathLike) -> Path:
+    """Where pyarrow keeps a file's external key material (``internal_key_material=False``)."""
+    p = Path(path)
+    return p.with_name(f"_KEY_MATERIAL_FOR_{p.name}.json")
+
+
+class PetsKmsClient(pe.KmsClient):  # type: ignore[misc]
+    """A pyarrow ``KmsClient`` that wraps and unwraps through pets key services for one context.
+
+    ``unwrap_key`` is refused by the key service (``JurisdictionError``) for a context outside
+    the key's jurisdiction; the exception reaches the pyarrow reader with its type intact.
+    """
+
+    def __init__(self, keys: KeyServices, context: Context, *,
+                 audit: AuditHook | None = None) -> None:
+        super().__init__()
+        self._keys = keys
+        self._context = context
+        self._audit = audit
+
+    def __repr__(self) -> str:
+        return f"PetsKmsClient(context={self._context!r})"
+
+    def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+        uri = uri_from_master_key_id(master_key_identifier)
+        wrapped = self._keys.wrap(uri, bytes(key_bytes), context=self._context,
+                                  enc_context=PARQUET_ENC_CONTEXT)
+        return wrapped.to_json()
+
+    def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
+        uri = uri_from_master_key_id(master_key_identifier)
+        wrapped = WrappedKey.from_json(wrapped_key)
+        if wrapped.key_uri != uri:
+            raise IntegrityError("Parquet key material failed to authenticate")
+        svc = self._keys.for_uri(uri)
+        key = svc.unwrap(wrapped, context=self._context, enc_context=PARQUET_ENC_CONTEXT)
+        emit(self._audit, "parquet.unwrap", key=uri, version=wrapped.version,
+             principal=self._context.principal, jurisdiction=self._context.jurisdiction)
+        return key
+
+
+class ParquetCrypto:
+    """Encrypted Parquet I/O with one pyarrow ``CryptoFactory`` over ``keys``.
+
+    Keep one instance per process to benefit from pyarrow's key cache; the cache is
+    partitioned by :attr:`pets.Context.access_token`, so it never serves one context's keys to
+    another.
+
+    Example:
+        >>> import pandas as pd, tempfile, pathlib
+        >>> from pets import Context
+        >>> from pets.keys import MemoryKeyring
+        >>> ring = MemoryKeyring()
+        >>> for k in ("memory://eu/footer", "memory://eu/pii"):
+        ...     _ = ring.create(k, jurisdiction="EU")
+        >>> pc = ParquetCrypto(ring)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "users.parquet"
+        >>> df = pd.DataFrame({"user_id": [1, 2], "email": ["a@x.eu", "b@x.eu"]})
+        >>> _ = pc.write(df, path, context=Context("EU"), footer_key="memory://eu/footer",
+        ...              column_keys={"memory://eu/pii": ["email"]})
+        >>> pc.read(path, context=Context("EU"))["email"].tolist()
+        ['a@x.eu', 'b@x.eu']
+        >>> pc.read(path, context=Context("US"))
+        Traceback (most recent call last):
+        ...
+        pets._errors.JurisdictionError: key memory://eu/footer belongs to EU; unwrap refused for anonymous@US
+    """
+
+    def __init__(self, keys: Keys, *, audit: AuditHook | None = None,
+                 cache_lifetime_seconds: float = 600.0) -> None:
+        self._keys = as_services(keys)
+        self._audit = audit
+        self._lifetime = float(cache_lifetime_seconds)
+        self._factory = pe.CryptoFactory(self._client_for)
+
+    def __repr__(self) -> str:
+        return f"ParquetCrypto({self._keys!r})"
+
+    def _client_for(self, config: pe.KmsConnectionConfig) -> PetsKmsClient:
+        conf = dict(config.custom_kms_conf or {})
+        try:
+            context = Context(conf[_CONF_JUR], principal=conf[_CONF_PRINCIPAL])
+        except KeyError:
+            raise InputError("KMS connection config lacks the pets context") from None
+        if config.key_access_token != context.access_token:
+            raise InputError("KMS access token does not match the pets context")
+        return PetsKmsClient(self._keys, context, audit=self._audit)
+
+    @staticmethod
+    def kms_config(context: Context) -> pe.KmsConnectionConfig:
+        """The connection config for ``context``: its access token names principal + place."""
+        return pe.KmsConnectionConfig(
+            kms_instance_id=_KMS_INSTANCE, key_access_token=context.access_token,
+            custom_kms_conf={_CONF_JUR: context.jurisdiction, _CONF_PRINCIPAL: context.principal})
+
+    def forget(self, context: Context | None = None) -> None:
+        """Drop cached keys for ``context`` (or for every context)."""
+        if context is None:
+            self._factory.remove_cache_entries_for_all_tokens()
+        else:
+            self._factory.remove_cache_entries_for_token(context.access_token)
+
+    def write(self, data: pd.DataFrame | pa.Table, path: PathLike, *, context: Context,
+              footer_key: str, column_keys: Mapping[str, Sequence[str]],
+              plaintext_footer: bool = False, double_wrapping: bool = True,
+              internal_key_material: bool = True, **write_options: Any) -> Path:
+        """Write ``data`` to ``path`` encrypted (atomically: temp file, then rename).
+
+        Args:
+            data: A DataFrame (written without its index) or an Arrow table.
+            path: Destination file.
+            context: Who writes, and where.
+            footer_key: KEK URI for the footer (file metadata, schema, statistics).
+            column_keys: ``{kek_uri: [column, ...]}``; each listed column gets its own data
+                key wrapped under that KEK. Unlisted columns are stored in clear.
+            plaintext_footer: Keep the footer readable (legacy readers see the schema).
+            double_wrapping: Wrap data keys with local KEKs that the KMS wraps (fewer KMS
+                calls); pyarrow's default.
+            internal_key_material: Store wrapped keys in the file (True) or in a side file
+                ``_KEY_MATERIAL_FOR_<name>.json`` (False), which allows
+                :meth:`rotate` without rewriting the data.
+            **write_options: Passed to ``pyarrow.parquet.write_table``.
+        """
+        table = (pa.Table.from_pandas(data, preserve_index=False)
+                 if isinstance(data, pd.DataFrame) else data)
+        names = set(table.column_names)
+        listed = [c for cols in column_keys.values() for c in cols]
+        missing = sorted(set(listed) - names)
+        if missing:
+            raise InputError(f"column_keys name columns that are not in the data: {missing}")
+        if len(listed) != len(set(listed)):
+            raise InputError("a column is listed under two keys")
+        config = pe.EncryptionConfiguration(
+            footer_key=master_key_id(footer_key),
+            column_keys={master_key_id(u): list(cols) for u, cols in column_keys.items()},
+            plaintext_footer=plaintext_footer, double_wrapping=double_wrapping,
+            internal_key_material=internal_key_material, cache_lifetime=datetime.timedelta(seconds=self._lifetime),
+            data_key_length_bits=256)
+        dest = Path(path)
+        kms = self.kms_config(context)
+        if internal_key_material:
+            with atomic_path(dest) as tmp:
+                props = self._factory.file_encryption_properties(kms, config)
+                pq.write_table(table, tmp, encryption_properties=props, **write_options)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+            try:
+                tmp = staging / dest.name
+                props = self._factory.file_encryption_properties(kms, config,
+                                                                 parquet_file_path=str(tmp))
+                pq.write_table(table, tmp, encryption_properties=props, **write_options)
+                os.replace(key_material_path(tmp), key_material_path(dest))
+                os.replace(tmp, dest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        emit(self._audit, "parquet.write", file=str(dest), footer_key=footer_key,
+             column_keys={u: list(c) for u, c in column_keys.items()},
+             principal=context.principal, jurisdiction=context.jurisdiction)
+        return dest
+
+    def read_table(self, path: PathLike, *, context: Context,
+                   columns: Sequence[str] | None = None) -> pa.Table:
+        """Read an encrypted Parquet file as an Arrow table.
+
+        Raises:
+            JurisdictionError: a needed key belongs to another jurisdiction.
+            KeyDestroyedError: a needed KEK version was destroyed or retired.
+            IntegrityError: key material or data failed to authenticate.
+            InputError: the file does not exist.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+        props = self._factory.file_decryption_properties(
+            self.kms_config(context), pe.DecryptionConfiguration(
+                cache_lifetime=datetime.timedelta(seconds=self._lifetime)),
+            parquet_file_path=str(p))
+        try:
+            return pq.read_table(p, columns=list(columns) if columns is not None else None,
+                                 decryption_properties=props)
+        except PetsError:
+            raise  # from the KMS client (JurisdictionError is also an OSError)
+        except OSError as exc:
+            # pyarrow reports a failed GCM tag as an OSError; a pets error from the KMS
+            # client arrives as itself and is not caught here.
+            raise IntegrityError(f"{p}: Parquet data failed to authenticate") from exc
+
+    def read(self, path: PathLike, *, context: Context,
+             columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Read an encrypted Parquet file as a DataFrame (see :meth:`read_table`)."""
+        frame: pd.DataFrame = self.read_table(path, context=context, columns=columns).to_pandas()
+        return frame
+
+    def rotate(self, path: PathLike, *, context: Context, double_wrapping: bool = True) -> Path:
+        """Re-wrap a file's key material under each KEK's primary version; data unchanged.
+
+        Needs external key material (written with ``internal_key_material=False``). Only the
+        side file changes; the Parquet file's bytes stay the same.
+        """
+        p = Path(path)
+        if not key_material_path(p).is_file():
+            raise InputError(f"{p}: no external key material; write it with "
+                             "internal_key_material=False to rotate without rewriting")
+        self._factory.rotate_master_keys(self.kms_config(context), str(p),
+                                         double_wrapping=double_wrapping,
+                                         cache_lifetime_seconds=self._lifetime)
+        self.forget()
+        emit(self._audit, "parquet.rotate", file=str(p), principal=context.principal,
+             jurisdiction=context.jurisdiction)
+        return p
+
+
+def write_encrypted_parquet(data: pd.DataFrame | pa.Table, path: PathLike, *, keys: Keys,
+                            context: Context, footer_key: str,
+                            column_keys: Mapping[str, Sequence[str]],
+                            **options: Any) -> Path:
+    """One-shot :meth:`ParquetCrypto.write` (a fresh factory, no shared cache)."""
+    return ParquetCrypto(keys).write(data, path, context=context, footer_key=footer_key,
+                                     column_keys=column_keys, **options)
+
+
+def read_encrypted_parquet(path: PathLike, *, keys: Keys, context: Context,
+                           columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """One-shot :meth:`ParquetCrypto.read` (a fresh factory, no shared cache)."""
+    return ParquetCrypto(keys).read(path, context=context, columns=columns)
+
+
+def rotate_parquet_keys(path: PathLike, *, keys: Keys, context: Context) -> Path:
+    """One-shot :meth:`ParquetCrypto.rotate`."""
+    return ParquetCrypto(keys).rotate(path, context=context)
