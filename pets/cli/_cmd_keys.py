@@ -8,6 +8,7 @@ the CLI maps to exit codes (4 jurisdiction, 5 integrity, 7 key service, 1 bad in
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,8 @@ def destroy_cmd(uri: str, version: int | None, yes: bool, key_config: KeyConfig,
     """Crypto-shred a key version (or all): data under it becomes unrecoverable. Irreversible."""
     what = f"{uri} v{version}" if version is not None else f"every version of {uri}"
     if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(f"refusing to destroy {what} without --yes (no terminal to confirm)")
         click.confirm(f"destroy {what}? Data wrapped under it becomes unrecoverable",
                       abort=True, err=True)
     _show(_services(key_config).for_uri(uri).destroy(uri, version), as_json)

@@ -1,0 +1,137 @@
+"""`pets keys ...` end to end through pets.cli.main (exit codes from the PetsError tree)."""
+
+import json
+import os
+
+import pytest
+
+from pets import Context
+from pets.cli import main
+from pets.keys import LocalKeyring, Secret, WrappedKey
+
+KEY = os.urandom(32)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETS_MASTER_KEY", KEY.hex())
+    monkeypatch.setenv("PETS_JURISDICTION", "EU")
+    monkeypatch.setenv("PETS_PRINCIPAL", "ops@eu")
+    for var in ("PETS_KEYRING", "PETS_KEYRING_PASSPHRASE", "PETS_PKCS11_LIBRARY",
+                "PETS_PKCS11_TOKEN", "PETS_PKCS11_PIN"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def ring() -> LocalKeyring:
+    return LocalKeyring(".pets/keyring", master_key=Secret(KEY))
+
+
+class TestKeysCli:
+    @pytest.mark.parametrize("sub", ["init", "create", "list", "describe", "rotate", "retire",
+                                     "destroy", "migrate"])
+    def test_help(self, capsys, sub):
+        code, out, _ = run(capsys, "keys", sub, "--help")
+        assert code == 0 and "--keyring" in out and "--json" in out
+
+    def test_lifecycle_with_json(self, env, capsys):
+        assert run(capsys, "keys", "init", "--name", "eu")[0] == 0
+        code, out, _ = run(capsys, "keys", "create", "local://eu/users", "--json")
+        assert code == 0 and json.loads(out)["jurisdiction"] == "EU"
+        code, out, _ = run(capsys, "keys", "rotate", "local://eu/users", "--json")
+        assert json.loads(out)["primary_version"] == 2
+        code, out, _ = run(capsys, "keys", "retire", "local://eu/users", "--min-version", "2",
+                           "--json")
+        assert [v["state"] for v in json.loads(out)["versions"]] == ["retired", "active"]
+        code, out, _ = run(capsys, "keys", "destroy", "local://eu/users", "--version", "1",
+                           "--yes", "--json")
+        assert [v["state"] for v in json.loads(out)["versions"]] == ["destroyed", "active"]
+        code, out, _ = run(capsys, "keys", "list", "--json")
+        assert [k["uri"] for k in json.loads(out)] == ["local://eu/users"]
+        code, out, _ = run(capsys, "keys", "describe", "local://eu/users")
+        assert code == 0 and "v1 destroyed, v2 active" in out
+        assert KEY.hex() not in out
+
+    def test_passphrase_keyring(self, env, capsys, monkeypatch):
+        monkeypatch.delenv("PETS_MASTER_KEY")
+        monkeypatch.setenv("PETS_KEYRING_PASSPHRASE", "a long passphrase")
+        assert run(capsys, "keys", "init", "--name", "eu", "--keyring", "pp")[0] == 0
+        assert run(capsys, "keys", "create", "local://eu/k", "--keyring", "pp")[0] == 0
+        monkeypatch.setenv("PETS_KEYRING_PASSPHRASE", "wrong")
+        code, _, err = run(capsys, "keys", "list", "--keyring", "pp")
+        assert code == 7 and "wrong master key or passphrase" in err and "wrong\n" not in err
+
+    def test_exit_codes(self, env, capsys, monkeypatch):
+        code, _, err = run(capsys, "keys", "list")
+        assert code == 7 and "no keyring at .pets/keyring" in err
+        monkeypatch.delenv("PETS_MASTER_KEY")
+        code, _, err = run(capsys, "keys", "init", "--name", "eu")
+        assert code == 1 and "set PETS_MASTER_KEY" in err
+        monkeypatch.setenv("PETS_MASTER_KEY", KEY.hex())
+        run(capsys, "keys", "init", "--name", "eu")
+        assert run(capsys, "keys", "describe", "local://eu/nope")[0] == 7
+        assert run(capsys, "keys", "describe", "not-a-uri")[0] == 1
+        run(capsys, "keys", "create", "local://eu/k")
+        code, _, err = run(capsys, "keys", "destroy", "local://eu/k")  # no tty, no --yes
+        assert code == 1 and "without --yes" in err
+        assert ring().describe("local://eu/k").versions[0].state == "active"
+        monkeypatch.setenv("PETS_MASTER_KEY", "22" * 32)
+        code, _, err = run(capsys, "keys", "list")
+        assert code == 7 and "wrong master key" in err and "22" * 32 not in err
+        monkeypatch.setenv("PETS_MASTER_KEY", KEY.hex())
+        body = json.loads((env / ".pets/keyring/keys/k.json").read_text())
+        body["jurisdiction"] = "US"
+        (env / ".pets/keyring/keys/k.json").write_text(json.dumps(body))
+        code, _, err = run(capsys, "keys", "describe", "local://eu/k")
+        assert code == 5 and "IntegrityError" in err
+
+    def test_migrate(self, env, capsys):
+        run(capsys, "keys", "init", "--name", "eu")
+        r = ring()
+        r.create("local://eu/a", jurisdiction="EU")
+        r.create("local://eu/b", jurisdiction="EU")
+        r.create("local://eu/us", jurisdiction="US")
+        w = r.wrap("local://eu/a", b"m" * 32, context=Context("EU"), enc_context={"t": "users"})
+        (env / "w.json").write_text(w.to_json())
+        code, out, err = run(capsys, "keys", "migrate", "w.json", "w2.json", "--to",
+                             "local://eu/b", "--context", "t=users", "--json")
+        assert code == 0, err
+        assert json.loads(out)["to"] == "local://eu/b"
+        new = WrappedKey.from_json((env / "w2.json").read_text())
+        assert r.unwrap(new, context=Context("EU"), enc_context={"t": "users"}) == b"m" * 32
+        assert oct((env / "w2.json").stat().st_mode & 0o777) == "0o600"
+        # refusals write nothing
+        for args, want in [(("--context", "t=events"), 5), ((), 5),
+                           (("--context", "t=users", "--jurisdiction", "US"), 4),
+                           (("--context", "t=users", "--to", "local://eu/us"), 4)]:
+            argv = ["keys", "migrate", "w.json", "w3.json", "--to", "local://eu/b", *args]
+            assert run(capsys, *argv)[0] == want, args
+            assert not (env / "w3.json").exists()
+        (env / "bad.json").write_text("{nope")
+        code, _, err = run(capsys, "keys", "migrate", "bad.json", "w3.json", "--to",
+                           "local://eu/b")
+        assert code == 1 and "bad.json" in err
+        code, _, _ = run(capsys, "keys", "migrate", "w.json", "w.json", "--to", "local://eu/us",
+                         "--context", "t=users", "--allow-jurisdiction-change")
+        assert code == 0
+        assert WrappedKey.from_json((env / "w.json").read_text()).jurisdiction == "US"
+
+    def test_pkcs11_options(self, env, capsys, monkeypatch, softhsm, hsm_eu):
+        from tests.keys.conftest import HSM_LIB, HSM_PIN
+
+        monkeypatch.setenv("PETS_PKCS11_PIN", HSM_PIN)
+        code, out, err = run(capsys, "keys", "create", "pkcs11://EU/cli-kek-" + os.urandom(4).hex(),
+                             "--pkcs11-library", HSM_LIB, "--pkcs11-token", "EU=EU", "--json")
+        assert code == 0, err
+        assert json.loads(out)["backend"] == "pkcs11" and HSM_PIN not in out
+        code, out, _ = run(capsys, "keys", "list", "--pkcs11-library", HSM_LIB,
+                           "--pkcs11-token", "EU=EU", "--json")
+        assert code == 0 and any(k["uri"].startswith("pkcs11://EU/cli-kek-")
+                                 for k in json.loads(out))
