@@ -188,9 +188,8 @@ class KeyConfig:
         """Open the local keyring with the master key or passphrase from the environment."""
         from pets.keys._local import LocalKeyring
 
-        master_key, passphrase = master_key_from_env(environ)
-        return LocalKeyring(self.keyring, master_key=master_key, passphrase=passphrase,
-                            audit=audit)
+        env = os.environ if environ is None else environ
+        return LocalKeyring(self.keyring, audit=audit, environ=env)
 
     def services(
         self, *, environ: Mapping[str, str] | None = None, audit: AuditHook | None = None

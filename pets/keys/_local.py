@@ -120,7 +120,11 @@ class LocalKeyring:
         path: The keyring directory (created by :meth:`init`).
         master_key: The 32-byte master key, for keyrings initialised with one.
         passphrase: The passphrase, for keyrings initialised with one (scrypt, stored salt).
+            When neither is given they are read from ``PETS_MASTER_KEY`` (64 hex digits or
+            base64 of 32 bytes) and ``PETS_KEYRING_PASSPHRASE`` in ``environ``.
         audit: Hook receiving ``key.create``/``rotate``/``retire``/``destroy``/``refused`` events.
+        environ: Environment to read the secret from when none is passed (default
+            ``os.environ``).
 
     Raises:
         KeyServiceError: No keyring at ``path``, or the master key/passphrase is wrong (the
@@ -154,9 +158,14 @@ class LocalKeyring:
         master_key: Secret | None = None,
         passphrase: str | None = None,
         audit: AuditHook | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.audit = audit
+        if master_key is None and passphrase is None:
+            from pets.keys._config import master_key_from_env
+
+            master_key, passphrase = master_key_from_env(environ)
         head = self._read_header(self.path)
         self.name: str = head["name"]
         self._keys = self._open(head, master_key, passphrase)

@@ -444,3 +444,16 @@ class TestConcurrency:
                 assert ring.unwrap(w, context=EU) == bytes([i, r]) * 16
         assert len(versions) >= 2
         assert not list(ring.path.rglob("*.tmp"))
+
+
+class TestSecretFromEnvironment:
+    def test_master_key_read_from_environ_when_not_passed(self, ring, master):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"e" * 32, context=EU)
+        for text in (master.expose().hex(), base64.b64encode(master.expose()).decode()):
+            again = LocalKeyring(ring.path, environ={"PETS_MASTER_KEY": text})
+            assert again.unwrap(w, context=EU) == b"e" * 32
+        with pytest.raises(KeyServiceError, match="needs its master key"):
+            LocalKeyring(ring.path, environ={})
+        with pytest.raises(InputError, match="PETS_MASTER_KEY must be 32 bytes"):
+            LocalKeyring(ring.path, environ={"PETS_MASTER_KEY": "abc"})
