@@ -15,19 +15,24 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pets._errors import InputError, MissingDependencyError, PetsError
-from pets.engines._keyref import WorkerKeys
+from pets.engines._keyref import KeySource, WorkerKeys, services_for
 from pets.engines._plan import PartitionFn, Step, Transform, ship
 from pets.engines._ship import keyed_shipper
+from pets.jurisdiction import Context
+from pets.keys import KeyServices
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["is_dask", "require_dask", "transform_columns"]
+    from pets.envelope import ColumnKeys
+
+__all__ = ["decrypt_columns", "encrypt_columns", "is_dask", "require_dask", "transform_columns"]
 
 
 def require_dask() -> Any:
@@ -110,5 +115,125 @@ def transform_columns(
         steps.append(Step(column, drop=True))
         meta = meta.drop(columns=[column])
     fn = PartitionFn(tuple(steps), columns=tuple(meta.columns))
+    out: dd.DataFrame = ddf.map_partitions(fn, meta=meta)  # type: ignore[no-untyped-call]
+    return out
+
+
+@dataclass(frozen=True)
+class _EncryptPartition:
+    """Encrypt one partition under the job's column keys (wrapped DEKs, unwrapped here)."""
+
+    source: KeySource
+    context: Context
+    header: str
+    columns: tuple[tuple[str, str], ...]
+    key_uris: tuple[str, ...]
+    encoding: str
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        from pets.envelope import ColumnKeys, encrypt_columns
+
+        ck = ColumnKeys.from_json(self.header)
+        wanted: Any = dict(self.columns)
+        out, _ = encrypt_columns(frame, wanted, keys=services_for(self.source),
+                                 key_uris=list(self.key_uris), context=self.context,
+                                 enc_context=ck.enc_context, column_keys=ck,
+                                 encoding=self.encoding)  # type: ignore[arg-type]
+        return out
+
+
+@dataclass(frozen=True)
+class _DecryptPartition:
+    source: KeySource
+    context: Context
+    header: str
+    columns: tuple[str, ...] | None
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        from pets.envelope import ColumnKeys, decrypt_columns
+
+        return decrypt_columns(frame, ColumnKeys.from_json(self.header),
+                               keys=services_for(self.source), context=self.context,
+                               columns=list(self.columns) if self.columns is not None else None)
+
+
+def _driver_services(keys: WorkerKeys) -> KeyServices:
+    return keys.services()
+
+
+def encrypt_columns(
+    ddf: dd.DataFrame,
+    columns: Mapping[str, str] | Sequence[str],
+    *,
+    keys: WorkerKeys,
+    key_uris: str | Sequence[str],
+    enc_context: Mapping[str, str] | None = None,
+    column_keys: ColumnKeys | None = None,
+    mode: str = "randomized",
+    encoding: str = "bytes",
+) -> tuple[dd.DataFrame, ColumnKeys]:
+    """Column encryption (:func:`pets.envelope.encrypt_columns`) on every partition, lazily.
+
+    The column keys are made once, on the driver: one fresh DEK per column, wrapped under
+    ``key_uris``. Partitions receive only that header (wrapped DEKs) and unwrap each DEK through
+    the key service on the worker (opened from ``keys.source``). Every partition therefore uses
+    the same DEKs, and the returned :class:`~pets.envelope.ColumnKeys` decrypts the whole
+    dataset with :func:`pets.envelope.decrypt_columns` or :func:`decrypt_columns`.
+
+    Args:
+        ddf: The frame.
+        columns: Column names (all in ``mode``) or ``{column: mode}``
+            (``"randomized"`` AES-GCM or ``"deterministic"`` AES-SIV).
+        keys: Where workers open key services, and the context they unwrap under.
+        key_uris: KEK(s) wrapping each column's DEK.
+        enc_context: Non-secret context bound to every cell.
+        column_keys: Reuse the DEKs of an earlier header (deterministic joins across runs).
+        mode: Default mode when ``columns`` is a list.
+        encoding: ``"bytes"`` or ``"base64"`` cells.
+
+    Returns:
+        ``(encrypted_ddf, column_keys)``.
+
+    Warning — what it links: ``deterministic`` columns link equal plaintexts (see
+    :mod:`pets.envelope`); ``randomized`` columns link nothing.
+    """
+    from pets.envelope import encrypt_columns as pd_encrypt
+
+    wanted = dict(columns) if isinstance(columns, Mapping) else dict.fromkeys(columns, mode)
+    missing = [c for c in wanted if c not in ddf.columns]
+    if missing:
+        raise InputError(f"column(s) {missing} not in the frame (columns: {list(ddf.columns)})")
+    uris = [key_uris] if isinstance(key_uris, str) else list(key_uris)
+    sample = ddf._meta_nonempty
+    spec: Any = wanted
+    meta, header = pd_encrypt(sample, spec, keys=_driver_services(keys), key_uris=uris,
+                              context=keys.context, enc_context=enc_context,
+                              column_keys=column_keys, encoding=encoding)  # type: ignore[arg-type]
+    fn = _EncryptPartition(keys.source, keys.context, header.to_json(),
+                           tuple(wanted.items()), tuple(uris), encoding)
+    out: dd.DataFrame = ddf.map_partitions(fn, meta=meta.iloc[:0])  # type: ignore[no-untyped-call]
+    return out, header
+
+
+def decrypt_columns(
+    ddf: dd.DataFrame,
+    column_keys: ColumnKeys,
+    *,
+    keys: WorkerKeys,
+    columns: Sequence[str] | None = None,
+) -> dd.DataFrame:
+    """Inverse of :func:`encrypt_columns`, partition by partition, lazily.
+
+    Raises (at compute time):
+        IntegrityError: A cell or wrapped DEK does not authenticate.
+        JurisdictionError: The workers' context may not unwrap the column keys.
+    """
+    names = tuple(columns) if columns is not None else tuple(
+        c for c in column_keys.columns if c in ddf.columns)
+    meta = ddf._meta.copy()
+    for name in names:
+        ck = column_keys.columns[name]
+        meta[name] = pd.Series([], dtype=pd.api.types.pandas_dtype(ck.dtype))
+    fn = _DecryptPartition(keys.source, keys.context, column_keys.to_json(), names)
     out: dd.DataFrame = ddf.map_partitions(fn, meta=meta)  # type: ignore[no-untyped-call]
     return out

@@ -187,7 +187,7 @@ class KeyRef:
             hit = _SECRETS.get(self)
         if hit is not None:
             return hit
-        services = _services_for(self.source)
+        services = services_for(self.source)
         raw = services.unwrap(self.wrapped, context=self.context,
                               enc_context=dict(self.enc_context))
         secret = Secret(raw)
@@ -199,7 +199,8 @@ class KeyRef:
                 f"context={self.context!r})")
 
 
-def _services_for(source: KeySource) -> KeyServices:
+def services_for(source: KeySource) -> KeyServices:
+    """The key services ``source`` opens in this process (opened once, then cached)."""
     with _LOCK:
         hit = _SERVICES.get(source)
     if hit is not None:
@@ -264,11 +265,15 @@ class WorkerKeys:
         hit = self._refs.get(raw)
         if hit is not None:
             return hit
-        services = self._services if self._services is not None else _services_for(self.source)
+        services = self._services if self._services is not None else services_for(self.source)
         ref = KeyRef.wrap(secret, self.kek_uri, source=self.source, context=self.context,
                           services=services)
         self._refs[raw] = ref
         return ref
+
+    def services(self) -> KeyServices:
+        """The key services this driver wraps with."""
+        return self._services if self._services is not None else services_for(self.source)
 
     def __repr__(self) -> str:
         return f"WorkerKeys(kek_uri={self.kek_uri!r}, context={self.context!r})"

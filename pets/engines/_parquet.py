@@ -3,9 +3,9 @@
 :func:`write_dataset` writes one file per partition (``part.00000.parquet`` …) into a hidden
 temporary directory beside the destination and renames it onto the destination only when every
 partition has been written: readers never see half a dataset, and a failed run leaves nothing.
-Each file may carry Parquet modular encryption: the ``encryption`` object is picklable and
-secret-free, and builds the ``FileEncryptionProperties`` on the worker (through the key service)
-for each file.
+Each file may carry Parquet modular encryption (:class:`ParquetEncryption`): the object is
+picklable and secret-free; each worker writes through :class:`pets.envelope.ParquetCrypto` over
+key services it opens itself, so every file gets its own data keys wrapped by the KEKs.
 """
 
 from __future__ import annotations
@@ -15,39 +15,82 @@ import importlib
 import os
 import shutil
 import tempfile
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pets._errors import InputError
+from pets.engines._keyref import KeySource, services_for
+from pets.jurisdiction import Context
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
     import pandas as pd
 
-__all__ = ["FileEncryption", "read_dataset", "write_dataset"]
+__all__ = ["ParquetEncryption", "read_dataset", "write_dataset"]
 
 
-@runtime_checkable
-class FileEncryption(Protocol):
-    """Picklable, secret-free recipe for one Parquet file's modular-encryption properties."""
+@dataclass(frozen=True)
+class ParquetEncryption:
+    """Parquet modular encryption for every file of a dataset (picklable, secret-free).
 
-    def file_encryption_properties(self) -> Any:
-        """Build ``pyarrow.parquet.encryption.FileEncryptionProperties`` for a new file."""
-        ...
+    Each worker opens the key services from ``source`` once and keeps one
+    :class:`pets.envelope.ParquetCrypto` per process (pyarrow's key cache, partitioned by
+    ``context.access_token``); every file gets fresh data keys wrapped under the KEKs named here.
+
+    Attributes:
+        source: How workers open the key services (a ``KeyConfig`` on real clusters).
+        context: Who writes/reads, and where (the key service checks the jurisdiction).
+        footer_key: KEK URI for the footer.
+        column_keys: ``(kek_uri, (column, ...))`` pairs; unlisted columns stay in clear.
+        plaintext_footer: Keep the footer readable by legacy readers.
+    """
+
+    source: KeySource
+    context: Context
+    footer_key: str
+    column_keys: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    plaintext_footer: bool = False
+
+    @classmethod
+    def of(cls, source: KeySource, context: Context, *, footer_key: str,
+           column_keys: Mapping[str, Sequence[str]], plaintext_footer: bool = False,
+           ) -> ParquetEncryption:
+        """Build from ``{kek_uri: [columns]}`` as :meth:`pets.envelope.ParquetCrypto.write`."""
+        return cls(source, context, footer_key,
+                   tuple((u, tuple(c)) for u, c in column_keys.items()), plaintext_footer)
+
+    def _crypto(self) -> Any:
+        with _LOCK:
+            hit = _CRYPTO.get(self.source)
+        if hit is None:
+            from pets.envelope import ParquetCrypto
+
+            hit = ParquetCrypto(services_for(self.source))
+            with _LOCK:
+                hit = _CRYPTO.setdefault(self.source, hit)
+        return hit
+
+    def write(self, table: pa.Table, path: str, **write_options: Any) -> None:
+        """Write one encrypted file (on the worker)."""
+        self._crypto().write(table, path, context=self.context, footer_key=self.footer_key,
+                             column_keys={u: list(c) for u, c in self.column_keys},
+                             plaintext_footer=self.plaintext_footer, **write_options)
+
+    def read(self, path: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Read one encrypted file (on the worker)."""
+        frame: pd.DataFrame = self._crypto().read(path, context=self.context, columns=columns)
+        return frame
 
 
-@runtime_checkable
-class FileDecryption(Protocol):
-    """Picklable, secret-free recipe for reading files written with modular encryption."""
-
-    def file_decryption_properties(self) -> Any:
-        """Build ``pyarrow.parquet.encryption.FileDecryptionProperties``."""
-        ...
+_LOCK = threading.Lock()
+_CRYPTO: dict[object, Any] = {}
 
 
 def read_dataset(
@@ -55,7 +98,7 @@ def read_dataset(
     *,
     columns: Sequence[str] | None = None,
     split_row_groups: bool | str | int = "infer",
-    decryption: FileDecryption | None = None,
+    encryption: ParquetEncryption | None = None,
     **kwargs: Any,
 ) -> dd.DataFrame:
     """Read a Parquet file, directory of files, or list of files into a Dask DataFrame.
@@ -65,8 +108,8 @@ def read_dataset(
         columns: Columns to read (default all).
         split_row_groups: Passed to ``dask.dataframe.read_parquet``: ``"infer"`` makes a
             partition per row group when files are large.
-        decryption: Recipe for files written with Parquet modular encryption (built on each
-            worker; needs the key service there).
+        encryption: For files written with Parquet modular encryption: how workers reach the
+            key service that unwraps their keys.
         kwargs: Further ``dask.dataframe.read_parquet`` arguments.
 
     Raises:
@@ -77,9 +120,8 @@ def read_dataset(
     for p in paths:
         if not any(ch in str(p) for ch in "*?[") and not Path(p).exists():
             raise InputError(f"no Parquet input at {os.fspath(p)}")
-    if decryption is not None:
-        ddf = _read_encrypted([os.fspath(p) for p in paths], columns, decryption)
-        return ddf
+    if encryption is not None:
+        return _read_encrypted([os.fspath(p) for p in paths], columns, encryption)
     out: dd.DataFrame = ddm.read_parquet(
         [os.fspath(p) for p in paths] if len(paths) > 1 else os.fspath(paths[0]),
         columns=list(columns) if columns is not None else None,
@@ -101,30 +143,37 @@ def _files(paths: Sequence[str]) -> list[str]:
     return out
 
 
-def _read_part(file: str, *, cols: list[str] | None, decryption: FileDecryption) -> pd.DataFrame:
-    table = pq.read_table(file, columns=cols,
-                          decryption_properties=decryption.file_decryption_properties())
-    frame: pd.DataFrame = table.to_pandas()
-    return frame
+def _read_part(file: str, *, cols: list[str] | None, encryption: ParquetEncryption
+               ) -> pd.DataFrame:
+    return encryption.read(file, cols)
+
+
+def _read_meta(file: str, cols: list[str] | None, encryption: ParquetEncryption
+               ) -> pd.DataFrame:
+    return _read_part(file, cols=cols, encryption=encryption).iloc[:0]
 
 
 def _read_encrypted(paths: list[str], columns: Sequence[str] | None,
-                    decryption: FileDecryption) -> dd.DataFrame:
+                    encryption: ParquetEncryption) -> dd.DataFrame:
     ddm: Any = importlib.import_module("dask.dataframe")
     files = _files(paths)
     cols = list(columns) if columns is not None else None
-    meta = _read_part(files[0], cols=cols, decryption=decryption).iloc[:0]
+    # The footer (schema) is encrypted: find the schema where the data will be read (a worker
+    # when a distributed client is active), not on the driver.
+    dask: Any = importlib.import_module("dask")
+    meta = dask.delayed(_read_meta)(files[0], cols, encryption).compute()
     out: dd.DataFrame = ddm.from_map(_read_part, files, meta=meta, enforce_metadata=False,
-                                     cols=cols, decryption=decryption)
+                                     cols=cols, encryption=encryption)
     return out
 
 
 def _write_part(frame: pd.DataFrame, file: str, schema: pa.Schema, row_group_size: int | None,
-                compression: str, encryption: FileEncryption | None) -> int:
+                compression: str, encryption: ParquetEncryption | None) -> int:
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    props = encryption.file_encryption_properties() if encryption is not None else None
-    pq.write_table(table, file, row_group_size=row_group_size, compression=compression,
-                   encryption_properties=props)
+    if encryption is not None:
+        encryption.write(table, file, row_group_size=row_group_size, compression=compression)
+    else:
+        pq.write_table(table, file, row_group_size=row_group_size, compression=compression)
     n: int = table.num_rows
     return n
 
@@ -135,7 +184,7 @@ def write_dataset(
     *,
     row_group_size: int | None = 128_000,
     compression: str = "zstd",
-    encryption: FileEncryption | None = None,
+    encryption: ParquetEncryption | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> int:
@@ -146,7 +195,7 @@ def write_dataset(
         dest: Destination directory (must not exist unless ``overwrite``).
         row_group_size: Rows per row group inside each file.
         compression: Parquet codec.
-        encryption: Parquet modular encryption for every file (see :class:`FileEncryption`).
+        encryption: Parquet modular encryption for every file (see :class:`ParquetEncryption`).
         overwrite: Replace an existing ``dest`` (only after the new dataset is complete).
         progress: Show progress (default: when interactive).
 

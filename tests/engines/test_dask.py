@@ -1,0 +1,207 @@
+"""The Dask engine on a real 2-process LocalCluster: identical to pandas, no keys in graphs."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from tests.engines.conftest import HAVE_DASK, KEK
+
+if not HAVE_DASK:  # the fixture reports it (skip locally, fail under CI)
+    pytest.skip("dask not installed", allow_module_level=True)
+
+import cloudpickle
+import dask.dataframe as dd
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pets import Context, IntegrityError, JurisdictionError
+from pets.datasets import synthetic_users
+from pets.engines import KeyRef, WorkerKeys
+from pets.engines._dask import decrypt_columns, encrypt_columns, transform_columns
+from pets.engines._parquet import ParquetEncryption, read_dataset, write_dataset
+from pets.envelope import decrypt_columns as pd_decrypt
+from pets.envelope import encrypt_columns as pd_encrypt
+from pets.keys import KeyServices, Secret
+from pets.pseudo._ff1 import PhoneFF1
+from pets.pseudo._keyed import KeyedHash
+from pets.pseudo._token import Tokenizer
+
+pytestmark = pytest.mark.dask
+
+
+@pytest.fixture(scope="module")
+def users() -> pd.DataFrame:
+    return synthetic_users(3_000, seed=11)
+
+
+@pytest.fixture(scope="module")
+def root() -> Secret:
+    return Secret.generate()
+
+
+@pytest.fixture(scope="module")
+def services(keyring) -> KeyServices:
+    return KeyServices([keyring["ring"]])
+
+
+@pytest.fixture(scope="module")
+def worker_keys(keyring, services) -> WorkerKeys:
+    return WorkerKeys(keyring["config"], KEK, Context("EU", principal="etl@eu"),
+                      services=services)
+
+
+@pytest.fixture(scope="module")
+def transforms(root) -> dict[str, Any]:
+    return {
+        "email": KeyedHash(root, domain="crm.email", casefold=True),
+        "user_id": Tokenizer(root, domain="crm.user"),
+        "phone": PhoneFF1(root, domain="crm.phone"),
+    }
+
+
+def _graph_bytes(ddf: Any) -> bytes:
+    """What would travel to the scheduler: the (optimized) task graph, pickled."""
+    (opt,) = __import__("dask").optimize(ddf)
+    return cloudpickle.dumps(dict(ddf.__dask_graph__())) + cloudpickle.dumps(
+        dict(opt.__dask_graph__()))
+
+
+def _digest_of(ref: KeyRef) -> str:
+    return hashlib.sha256(ref.resolve().expose()).hexdigest()
+
+
+class TestPseudonymize:
+    def test_identical_to_pandas(self, dask_client, users, transforms, worker_keys):
+        ddf = dd.from_pandas(users, npartitions=4)
+        out = transform_columns(ddf, transforms, keys=worker_keys)
+        assert isinstance(out, dd.DataFrame) and out.npartitions == 4
+        got = out.compute()
+        expected = users.copy()
+        for col, t in transforms.items():
+            expected[col] = t.apply(users[col])
+        pd.testing.assert_frame_equal(got, expected)
+        assert dict(out.dtypes) == dict(got.dtypes)  # the declared meta is the real schema
+
+    def test_partitioning_does_not_change_the_result(self, dask_client, users, transforms,
+                                                     worker_keys):
+        a = transform_columns(dd.from_pandas(users, npartitions=3), transforms, keys=worker_keys)
+        b = transform_columns(dd.from_pandas(users, npartitions=7), transforms, keys=worker_keys)
+        pd.testing.assert_frame_equal(a.compute(), b.compute())
+
+    def test_keyed_transform_without_key_reference_is_refused(self, users, transforms):
+        with pytest.raises(Exception, match="keyed: pass keys=WorkerKeys"):
+            transform_columns(dd.from_pandas(users, npartitions=2), transforms)
+
+
+class TestGraphHoldsNoKeys:
+    def test_root_and_domain_keys_are_absent_from_the_graph(self, users, transforms,
+                                                            worker_keys, root, keyring):
+        out = transform_columns(dd.from_pandas(users, npartitions=3), transforms,
+                                keys=worker_keys)
+        blob = _graph_bytes(out)
+        secrets = [root.expose(), keyring["master"]]
+        secrets += [t.worker_ref().domain_key for t in transforms.values()]
+        for s in secrets:
+            assert s not in blob
+            assert s.hex().encode() not in blob
+
+    def test_the_inspection_catches_a_leaky_graph(self, users, transforms):
+        # Shipping pets.pseudo's own worker_ref() would put the domain key in every task.
+        t = transforms["email"]
+        leaky = dd.from_pandas(users, npartitions=2).map_partitions(
+            lambda df, r: df.assign(email=r.build().apply(df["email"])), t.worker_ref(),
+            meta=users.iloc[:0])
+        assert t.worker_ref().domain_key in _graph_bytes(leaky)
+
+
+class TestWorkersResolveThroughTheKeyService:
+    def test_worker_unwraps_with_its_own_master_key(self, dask_client, worker_keys):
+        secret = Secret.generate()
+        ref = worker_keys.ref(secret)
+        digests = dask_client.run(_digest_of, ref)  # on every worker process
+        assert set(digests.values()) == {hashlib.sha256(secret.expose()).hexdigest()}
+
+    def test_worker_outside_the_jurisdiction_is_refused(self, dask_client, worker_keys):
+        ref = replace(worker_keys.ref(Secret.generate()), context=Context("US"))
+        with pytest.raises(JurisdictionError, match="belongs to EU"):
+            dask_client.submit(_digest_of, ref, pure=False).result()
+
+
+class TestEncryptColumns:
+    def test_randomized_and_deterministic_decrypt_to_the_same_plaintext(
+            self, dask_client, users, worker_keys, services):
+        cols = {"email": "randomized", "postcode": "deterministic"}
+        out, header = encrypt_columns(dd.from_pandas(users, npartitions=4), cols,
+                                      keys=worker_keys, key_uris=KEK,
+                                      enc_context={"table": "users"})
+        enc = out.compute()
+        assert enc["email"].map(type).eq(bytes).all()
+        back = pd_decrypt(enc, header, keys=services, context=worker_keys.context)
+        pd.testing.assert_frame_equal(back, users)
+        # deterministic cells are exactly what the pandas path makes under the same header
+        ref, _ = pd_encrypt(users, {"postcode": "deterministic"}, keys=services, key_uris=KEK,
+                            context=worker_keys.context, enc_context={"table": "users"},
+                            column_keys=header)
+        assert enc["postcode"].tolist() == ref["postcode"].tolist()
+
+    def test_graph_holds_only_wrapped_column_keys(self, users, worker_keys):
+        out, header = encrypt_columns(dd.from_pandas(users, npartitions=2), ["email"],
+                                      keys=worker_keys, key_uris=KEK)
+        blob = _graph_bytes(out)
+        dek = worker_keys.services().unwrap(
+            header.columns["email"].wrapped_keys[0], context=worker_keys.context,
+            enc_context={"pets.column": "email", "pets.column_mode": "randomized"})
+        assert dek not in blob
+
+    def test_dask_decrypt_roundtrip_and_tamper(self, dask_client, users, worker_keys):
+        out, header = encrypt_columns(dd.from_pandas(users, npartitions=3), ["email", "phone"],
+                                      keys=worker_keys, key_uris=KEK)
+        back = decrypt_columns(out, header, keys=worker_keys).compute()
+        pd.testing.assert_frame_equal(back, users)
+
+        def flip(df: pd.DataFrame) -> pd.DataFrame:
+            cells = df["email"].copy()
+            cells.iloc[0] = cells.iloc[0][:-1] + bytes([cells.iloc[0][-1] ^ 1])
+            return df.assign(email=cells)
+
+        tampered = out.map_partitions(flip, meta=out._meta)
+        with pytest.raises(IntegrityError, match="email"):
+            decrypt_columns(tampered, header, keys=worker_keys).compute()
+
+
+class TestParquetModularEncryption:
+    def test_encrypted_dataset_roundtrip_on_the_cluster(self, dask_client, users, keyring,
+                                                        tmp_path):
+        enc = ParquetEncryption.of(keyring["config"], Context("EU", principal="etl@eu"),
+                                   footer_key=KEK, column_keys={KEK: ["email", "phone"]})
+        n = write_dataset(dd.from_pandas(users, npartitions=3), tmp_path / "ds",
+                          encryption=enc, row_group_size=500, progress=False)
+        files = sorted((tmp_path / "ds").glob("*.parquet"))
+        assert n == len(users) and len(files) == 3
+        with pytest.raises(OSError):  # no keys: footer and columns unreadable
+            pq.read_table(files[0])
+        back = read_dataset(tmp_path / "ds", encryption=enc).compute().reset_index(drop=True)
+        expected = users.astype({"birth_date": "datetime64[ms]",
+                                 "signup_ts": "datetime64[ms, UTC]"})
+        pd.testing.assert_frame_equal(back, expected)
+
+    def test_reading_from_another_jurisdiction_is_refused(self, dask_client, users, keyring,
+                                                          tmp_path):
+        enc = ParquetEncryption.of(keyring["config"], Context("EU"), footer_key=KEK,
+                                   column_keys={KEK: ["email"]})
+        write_dataset(dd.from_pandas(users.iloc[:100], npartitions=1), tmp_path / "ds",
+                      encryption=enc, progress=False)
+        us = replace(enc, context=Context("US", principal="analyst@us"))
+        with pytest.raises(JurisdictionError):
+            read_dataset(tmp_path / "ds", encryption=us)
+
+
+def test_key_reference_pickle_is_small_and_key_free(worker_keys):
+    ref = worker_keys.ref(Secret(b"s" * 32))
+    blob = pickle.dumps(ref)
+    assert b"s" * 32 not in blob and len(blob) < 4096
