@@ -135,3 +135,37 @@ class TestKeysCli:
                            "--pkcs11-token", "EU=EU", "--json")
         assert code == 0 and any(k["uri"].startswith("pkcs11://EU/cli-kek-")
                                  for k in json.loads(out))
+
+
+class TestKeyringOptions:
+    """The decorator other command modules (envelope, boundary) build on."""
+
+    def test_command_receives_one_key_config(self, env, monkeypatch):
+        import click
+        from click.testing import CliRunner
+
+        from pets.cli._keyopts import keyring_options, services_from_options
+        from pets.keys import KeyConfig, Pkcs11TokenConfig
+
+        seen = {}
+
+        @click.command()
+        @click.option("--flag", is_flag=True)
+        @keyring_options
+        def cmd(flag, key_config):
+            seen["cfg"] = key_config
+            seen["services"] = [type(s).__name__ for s in services_from_options(key_config)]
+
+        LocalKeyring.init(env / "r", name="eu", master_key=Secret(KEY))
+        res = CliRunner().invoke(cmd, ["--keyring", "r", "--flag"])
+        assert res.exit_code == 0, res.output
+        assert isinstance(seen["cfg"], KeyConfig) and str(seen["cfg"].keyring) == "r"
+        assert seen["services"] == ["LocalKeyring"]
+        monkeypatch.setenv("PETS_KEYRING", "r")
+        monkeypatch.setenv("PETS_PKCS11_LIBRARY", "/x.so")
+        res = CliRunner().invoke(cmd, ["--pkcs11-token", "A=eu", "--pkcs11-token", "B",
+                                       "--pkcs11-jurisdiction", "SG"], catch_exceptions=True)
+        assert seen["cfg"].pkcs11_tokens == (Pkcs11TokenConfig("A", "EU"),
+                                             Pkcs11TokenConfig("B", "SG"))
+        assert seen["cfg"].keyring_explicit
+        assert "set PETS_PKCS11_PIN" in str(res.exception)  # secrets only from the environment
