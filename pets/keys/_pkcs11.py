@@ -490,8 +490,10 @@ def init_softhsm_tokens(
     shown = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [util, "--show-slots"], env=env, capture_output=True, text=True, check=False,
     ).stdout
+    existing = {line.split(":", 1)[1].strip() for line in shown.splitlines()
+                if line.strip().startswith("Label:")}
     for label in labels:
-        if f"Label:            {label}\n" in shown or f"Label: {label}\n" in shown:
+        if label in existing:
             continue
         r = subprocess.run(  # noqa: S603 - fixed argv, no shell
             [util, "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin],

@@ -457,3 +457,21 @@ class TestSecretFromEnvironment:
             LocalKeyring(ring.path, environ={})
         with pytest.raises(InputError, match="PETS_MASTER_KEY must be 32 bytes"):
             LocalKeyring(ring.path, environ={"PETS_MASTER_KEY": "abc"})
+
+
+class TestThreads:
+    def test_threads_rotating_concurrently_lose_no_version(self, ring):
+        from concurrent.futures import ThreadPoolExecutor
+
+        ring.create(URI, jurisdiction="EU")
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: ring.rotate(URI), range(12)))
+        assert [v.version for v in ring.describe(URI).versions] == list(range(1, 14))
+
+
+class TestHeader:
+    @pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"format": "other"}'])
+    def test_garbage_header_is_not_a_keyring(self, ring, master, raw):
+        (ring.path / "keyring.json").write_bytes(raw)
+        with pytest.raises(KeyServiceError, match=r"keyring\.json is not a pets keyring$"):
+            LocalKeyring(ring.path, master_key=master)

@@ -243,3 +243,21 @@ class TestInterop:
             back = bytes(key.decrypt(ct2, mechanism=Mechanism.AES_GCM,
                                      mechanism_param=pkcs11.GCMParams(nonce2, aad, 128)))
         assert back == dek
+
+
+class TestInitSoftHsmTokens:
+    def test_is_idempotent(self, softhsm):
+        import subprocess
+
+        from pets.keys._pkcs11 import init_softhsm_tokens
+        from tests.keys.conftest import HSM_SO_PIN, HSM_TOKENS
+
+        again = init_softhsm_tokens(softhsm.parent, HSM_TOKENS, pin=HSM_PIN, so_pin=HSM_SO_PIN,
+                                    set_env=False)
+        assert again == softhsm
+        shown = subprocess.run(["softhsm2-util", "--show-slots"], capture_output=True, text=True,
+                               env={**os.environ, "SOFTHSM2_CONF": str(softhsm)},
+                               check=True).stdout
+        labels = [line.split(":", 1)[1].strip() for line in shown.splitlines()
+                  if line.strip().startswith("Label:")]
+        assert sorted(label for label in labels if label) == sorted(HSM_TOKENS)
