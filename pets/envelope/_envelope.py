@@ -42,7 +42,7 @@ from pets.envelope._format import (
     segment_nonce,
 )
 from pets.jurisdiction import Context
-from pets.keys import KeyService, KeyServices, WrappedKey, canonical_context
+from pets.keys import KeyService, KeyServices, WrappedKey, canonical_context, parse_key_uri
 
 __all__ = [
     "EnvelopeInfo",
@@ -126,6 +126,15 @@ def _new_message(keys: KeyServices, key_uris: str | Sequence[str], context: Cont
     return header.sealed(mkeys, wrapped), mkeys
 
 
+def _services_for(keys: KeyServices, uri: str) -> list[KeyService]:
+    """Every service that supports ``uri`` (two keyrings may share a scheme)."""
+    try:
+        parse_key_uri(uri)
+    except InputError:
+        return []
+    return [svc for svc in keys if svc.supports(uri)]
+
+
 def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: Context,
                 enc_context: Mapping[str, str], *, what: str = "this envelope",
                 accept: Callable[[bytes], bool] | None = None,
@@ -140,22 +149,19 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
     errors: list[PetsError] = []
     candidates = 0
     for w in wrapped_keys:
-        try:
-            svc = keys.for_uri(w.key_uri)
-        except (KeyNotFoundError, InputError):
-            continue
-        candidates += 1
-        try:
-            dek = svc.unwrap(w, context=context, enc_context=enc_context)
-        except (IntegrityError, JurisdictionError, KeyServiceError, InputError) as exc:
-            errors.append(exc)
-            continue
-        if accept is not None and not accept(dek):
-            errors.append(IntegrityError(f"{what} failed to authenticate"))
-            continue
-        emit(audit, "envelope.unwrap", key=w.key_uri, version=w.version,
-             jurisdiction=context.jurisdiction, principal=context.principal)
-        return dek
+        for svc in _services_for(keys, w.key_uri):
+            candidates += 1
+            try:
+                dek = svc.unwrap(w, context=context, enc_context=enc_context)
+            except (IntegrityError, JurisdictionError, KeyServiceError, InputError) as exc:
+                errors.append(exc)
+                continue
+            if accept is not None and not accept(dek):
+                errors.append(IntegrityError(f"{what} failed to authenticate"))
+                continue
+            emit(audit, "envelope.unwrap", key=w.key_uri, version=w.version,
+                 jurisdiction=context.jurisdiction, principal=context.principal)
+            return dek
     uris = ", ".join(f"{w.key_uri} v{w.version}" for w in wrapped_keys)
     if candidates == 0:
         raise KeyNotFoundError(f"no configured key service holds a key of {what} ({uris})")
