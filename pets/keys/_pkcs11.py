@@ -105,7 +105,7 @@ def _login(library: str, token_label: str, pin: str) -> _Shared:
         if not Path(library).is_file():
             raise KeyServiceError(f"PKCS#11 library {library} not found")
         try:
-            lib = pkcs11.lib(library)
+            lib = pkcs11.lib(key[0])  # one path per module: a second C_Initialize would fail
             token = lib.get_token(token_label=token_label)
         except exc_mod.NoSuchToken:
             raise KeyNotFoundError(
@@ -344,7 +344,8 @@ class Pkcs11Keyring:
         with self._shared.lock:
             doc = self._meta(uri)
             primary = int(doc["primary_version"])
-            state = next(v["state"] for v in doc["versions"] if v["version"] == primary)
+            state = next((v["state"] for v in doc["versions"] if v["version"] == primary),
+                         "destroyed")
             if state == "destroyed":
                 raise KeyDestroyedError(f"{uri} v{primary} is destroyed")
             key = self._key(uri, primary)
