@@ -1,4 +1,8 @@
-"""The boundary: policy, protect, the export gate and the signed, hash-chained audit log."""
+"""The boundary: policy, protect, the export gate and the signed, hash-chained audit log.
+
+Everything that leaves the home jurisdiction goes through :func:`export`; there is no second
+door. See ``docs/boundary.md``, ``docs/policy.md`` and ``docs/audit.md``.
+"""
 
 from pets.boundary._audit import (
     AuditLog,
@@ -10,17 +14,40 @@ from pets.boundary._audit import (
     read_entries,
     verify_log,
 )
+from pets.boundary._export import ExportReceipt, export
+from pets.boundary._keys import BoundaryKeys
+from pets.boundary._manifest import (
+    ColumnManifest,
+    Manifest,
+    ProtectedFrame,
+    read_protected,
+)
+from pets.boundary._policy import TREATMENTS, ColumnRule, Policy, load_policy
+from pets.boundary._protect import protect, reidentify
 from pets.boundary._signing import SigningKey, load_public_key
 
 __all__ = [
+    "TREATMENTS",
     "AuditLog",
     "BadEntry",
+    "BoundaryKeys",
+    "ColumnManifest",
+    "ColumnRule",
+    "ExportReceipt",
+    "Manifest",
+    "Policy",
+    "ProtectedFrame",
     "SigningKey",
     "TornTail",
     "VerifyReport",
+    "export",
     "flows",
     "incidents",
+    "load_policy",
     "load_public_key",
+    "protect",
     "read_entries",
+    "read_protected",
+    "reidentify",
     "verify_log",
 ]

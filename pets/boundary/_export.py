@@ -1,0 +1,215 @@
+"""The export gate: the only function in pets that writes for another jurisdiction.
+
+:func:`export` takes a :class:`~pets.boundary.ProtectedFrame` (or the path of a file
+:func:`~pets.boundary.protect` wrote) or a :class:`pets.dp.Release`, and a destination. For a
+table it checks, in order, and refuses on the first failure:
+
+1. the caller runs in the policy's home (the gate stands at the border, on the inside);
+2. it is protected data at all — a raw DataFrame, or a file without a manifest, is refused
+   (:class:`~pets.PolicyError` / :class:`~pets.IntegrityError`);
+3. the manifest's Ed25519 signature verifies under the home's public key
+   (:class:`~pets.IntegrityError`);
+4. the data matches the manifest's digests — nothing was edited, added or removed
+   (:class:`~pets.IntegrityError`);
+5. the manifest was made under *this* policy (its digest) (:class:`~pets.PolicyError`);
+6. every exported column's kind of output (``pseudonymized``, ``generalized``, ``encrypted``,
+   ``kept``) may go to the destination under the policy (:class:`~pets.PolicyError`).
+
+DP releases may go wherever the policy's ``dp_release`` destinations allow.
+
+On refusal nothing is written and the refusal is recorded as an incident
+(``boundary.refused``: what, where to, why). On success the file is written atomically
+(Parquet with the manifest and an export record in its metadata; for a release, the release
+table with its metadata) and a ``boundary.export`` entry records the destination, columns,
+treatments, row count and the SHA-256 of the file that left.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pets._errors import InputError, JurisdictionError, PetsError, PolicyError
+from pets._io import atomic_path
+from pets.boundary._audit import AuditLog
+from pets.boundary._manifest import EXPORT_KEY, ProtectedFrame
+from pets.boundary._policy import Policy
+from pets.boundary._signing import PublicKeyLike, load_public_key
+from pets.jurisdiction import Context, Jurisdiction
+
+__all__ = ["ExportReceipt", "export"]
+
+RELEASE_KEY = b"pets.release"
+
+
+@dataclass(frozen=True)
+class ExportReceipt:
+    """What left: destination, path, kind of output, columns, rows and the file's SHA-256."""
+
+    destination: str
+    path: str
+    output: str
+    name: str
+    columns: tuple[str, ...]
+    rows: int
+    sha256: str
+    audit_seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "columns": list(self.columns)}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, str | os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, ProtectedFrame):
+        return obj.manifest.dataset
+    return type(obj).__name__
+
+
+def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
+           public_key: PublicKeyLike, context: Context, audit: AuditLog,
+           columns: Sequence[str] | None = None) -> ExportReceipt:
+    """Check ``obj`` against ``policy`` and, if it may go ``to`` the destination, write it.
+
+    Args:
+        obj: A :class:`ProtectedFrame`, the path of a protected Parquet file, or a
+            :class:`pets.dp.Release`. Anything else (a raw DataFrame) is refused.
+        to: The destination jurisdiction, e.g. ``"US"``.
+        path: Where to write (atomically; nothing is written on refusal).
+        policy: The policy the data was protected under.
+        public_key: The home jurisdiction's Ed25519 public key (or its PEM / PEM file).
+        context: Who exports: must run in the policy's home jurisdiction.
+        audit: The audit log: receives ``boundary.export`` or ``boundary.refused``.
+        columns: Export only these columns of a table (default: all). Columns whose output may
+            not leave (e.g. encrypted ones) must be left out this way.
+
+    Returns:
+        An :class:`ExportReceipt`.
+
+    Raises:
+        PolicyError: Raw data, another policy, or a column/output the policy keeps home.
+        IntegrityError: No manifest, a bad signature, or data that does not match it.
+        JurisdictionError: The caller is not in the policy's home.
+    """
+    dest = Path(path)
+    try:
+        code = Jurisdiction(to).code
+    except InputError:
+        audit.append("boundary.refused", actor=context, operation="export",
+                     target=_describe(obj), destination=str(to),
+                     reason="InputError: invalid destination")
+        raise
+    try:
+        if context.jurisdiction != policy.home:
+            raise JurisdictionError(f"exports leave from the policy's home {policy.home}; "
+                                    f"{context.access_token} is outside it")
+        if _is_release(obj):
+            return _export_release(obj, code, dest, policy, context, audit)
+        return _export_table(obj, code, dest, policy, public_key, context, audit, columns)
+    except PetsError as exc:
+        audit.append("boundary.refused", actor=context, operation="export",
+                     target=_describe(obj), destination=code, path=str(dest),
+                     reason=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _is_release(obj: Any) -> bool:
+    try:
+        from pets.dp import Release
+    except ImportError:  # pragma: no cover - pets.dp is part of the package
+        return False
+    return isinstance(obj, Release)
+
+
+def _export_table(obj: Any, to: str, dest: Path, policy: Policy, public_key: PublicKeyLike,
+                  context: Context, audit: AuditLog,
+                  columns: Sequence[str] | None) -> ExportReceipt:
+    if isinstance(obj, pd.DataFrame):
+        raise PolicyError("raw data cannot be exported: it has no manifest (run protect "
+                          "under the dataset's policy first)")
+    if isinstance(obj, str | os.PathLike):
+        obj = ProtectedFrame.read(obj)
+    if not isinstance(obj, ProtectedFrame):
+        raise PolicyError(f"cannot export a {type(obj).__name__}: only protected tables and "
+                          "DP releases may leave")
+    manifest = obj.manifest.verify(load_public_key(public_key))
+    manifest.verify_data(obj.data)
+    if manifest.policy_digest != policy.digest():
+        raise PolicyError(f"{manifest.dataset!r} was protected under another policy "
+                          f"(digest {manifest.policy_digest[:12]}…, this policy "
+                          f"{policy.digest()[:12]}…)")
+    names = [c.name for c in manifest.columns] if columns is None else list(columns)
+    for n in names:
+        manifest.column(n)
+    if not names:
+        raise InputError("nothing to export: no columns selected")
+    refused = [f"{c.name} ({c.output})" for c in manifest.columns
+               if c.name in names and not policy.allows(c.output, to)]
+    if refused:
+        raise PolicyError(f"policy {policy.source} keeps these columns from {to}: "
+                          f"{', '.join(refused)}")
+    ordered = [c.name for c in manifest.columns if c.name in names]
+    record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
+              "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    subset = ProtectedFrame(obj.data[ordered], manifest)
+    with atomic_path(dest) as tmp:
+        subset.write(tmp, extra_metadata={EXPORT_KEY: json.dumps(record).encode()})
+        digest = _file_sha256(tmp)
+        entry = audit.append(
+            "boundary.export", actor=context, destination=to, output="table",
+            name=manifest.dataset, columns=ordered,
+            treatments={c: t for c, t in manifest.treatments().items() if c in ordered},
+            outputs={c.name: c.output for c in manifest.columns if c.name in ordered},
+            rows=manifest.rows, digest=digest, path=str(dest),
+            policy_digest=manifest.policy_digest, data_digest=manifest.data_digest,
+            signer=manifest.signer)
+    return ExportReceipt(to, str(dest), "table", manifest.dataset, tuple(ordered),
+                         manifest.rows, digest, int(entry["seq"]))
+
+
+def _export_release(release: Any, to: str, dest: Path, policy: Policy, context: Context,
+                    audit: AuditLog) -> ExportReceipt:
+    if not policy.allows("dp_release", to):
+        raise PolicyError(f"policy {policy.source} does not let DP releases go to {to}")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame: pd.DataFrame = release.to_frame()
+    meta = json.loads(json.dumps(release.metadata(), default=str))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    record = {"destination": to, "exported_by": context.access_token,
+              "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    table = table.replace_schema_metadata({
+        **(table.schema.metadata or {}),
+        RELEASE_KEY: json.dumps(meta, default=str, sort_keys=True).encode(),
+        EXPORT_KEY: json.dumps(record).encode(),
+    })
+    name = str(meta.get("dataset_id") or "release")
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp)
+        digest = _file_sha256(tmp)
+        entry = audit.append(
+            "boundary.export", actor=context, destination=to, output="dp_release", name=name,
+            columns=[str(c) for c in frame.columns], treatments={}, rows=len(frame),
+            digest=digest, path=str(dest), budget=dict(meta.get("loss") or {}),
+            privacy_unit=meta.get("privacy_unit"), query=meta.get("query"))
+    return ExportReceipt(to, str(dest), "dp_release", name,
+                         tuple(str(c) for c in frame.columns), len(frame), digest,
+                         int(entry["seq"]))

@@ -1,0 +1,199 @@
+"""Policies: YAML and Python give the same object; every mistake names its line and column."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pandas as pd
+import pytest
+
+from pets import InputError, PolicyError
+from pets.boundary import ColumnRule, Policy, load_policy
+
+GOOD = textwrap.dedent("""\
+    dataset: users
+    home: EU
+    keys:
+      pseudonyms: memory://eu/pseudonyms
+      columns: memory://eu/columns
+    min_k: 3
+    destinations:
+      dp_release: ["*"]
+      pseudonymized: [US, sg]
+      generalized: [US]
+      encrypted: []
+    columns:
+      user_id: {role: identifier, treatment: keyed-hash}
+      email:
+        role: identifier
+        treatment: encrypt
+        mode: deterministic
+      age: {role: quasi-identifier, treatment: bucket, params: {width: 10}}
+      minutes: {role: metric, treatment: keep}
+      note: {role: drop}
+""")
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": pd.array(["u1", "u2"], dtype="string"),
+        "email": pd.array(["a@x", "b@x"], dtype="string"),
+        "age": [31, 45], "minutes": [1.5, 2.0], "note": ["x", "y"],
+    })
+
+
+def _bad(text: str) -> PolicyError:
+    with pytest.raises(PolicyError) as info:
+        Policy.from_yaml(text, source="p.yaml")
+    return info.value
+
+
+class TestParse:
+    def test_good_policy(self):
+        p = Policy.from_yaml(GOOD, source="p.yaml")
+        assert [r.name for r in p.columns] == ["user_id", "email", "age", "minutes", "note"]
+        assert p.column("user_id").domain == "users.user_id"
+        assert p.column("user_id").key == "pseudonyms"
+        assert p.column("email").key == "columns" and p.column("email").mode == "deterministic"
+        assert p.column("note").treatment == "drop" and p.column("note").output is None
+        assert p.destinations["pseudonymized"] == ("US", "SG")
+        assert p.column("age").line == 18
+        assert p.quasi_identifiers == ["age"]
+
+    def test_allows(self):
+        p = Policy.from_yaml(GOOD)
+        assert p.allows("dp_release", "BR") and p.allows("pseudonymized", "sg")
+        assert not p.allows("encrypted", "US") and not p.allows("kept", "US")
+        assert p.allows("encrypted", "EU")  # home is always allowed
+
+    def test_python_and_yaml_give_the_same_policy_and_digest(self):
+        from_yaml = Policy.from_yaml(GOOD)
+        built = Policy(
+            dataset="users", home="EU", min_k=3,
+            keys={"pseudonyms": "memory://eu/pseudonyms", "columns": "memory://eu/columns"},
+            destinations={"dp_release": ("*",), "pseudonymized": ("US", "SG"),
+                          "generalized": ("US",), "encrypted": ()},
+            columns=(ColumnRule("user_id", "identifier", "keyed-hash"),
+                     ColumnRule("email", "identifier", "encrypt", mode="deterministic"),
+                     ColumnRule("age", "quasi-identifier", "bucket", params={"width": 10}),
+                     ColumnRule("minutes", "metric", "keep"),
+                     ColumnRule("note", "drop")))
+        assert built == from_yaml
+        assert built.digest() == from_yaml.digest()
+
+    def test_digest_changes_with_any_rule(self):
+        a = Policy.from_yaml(GOOD)
+        b = Policy.from_yaml(GOOD.replace("width: 10", "width: 5"))
+        c = Policy.from_yaml(GOOD.replace("[US, sg]", "[US]"))
+        assert len({a.digest(), b.digest(), c.digest()}) == 3
+
+    def test_from_dict(self):
+        p = Policy.from_dict({"dataset": "d", "columns": {"x": {"role": "metric",
+                                                                 "treatment": "keep"}}})
+        assert p.column("x").output == "kept" and p.column("x").line is None
+
+    def test_load_policy_names_the_file(self, tmp_path):
+        f = tmp_path / "pol.yaml"
+        f.write_text(GOOD.replace("role: drop", "role: dorp"))
+        with pytest.raises(PolicyError, match=r"pol\.yaml line 20, column 'note': unknown role"):
+            load_policy(f)
+        with pytest.raises(InputError, match="cannot read policy"):
+            load_policy(tmp_path / "missing.yaml")
+
+
+class TestMalformed:
+    def test_unknown_top_level_key(self):
+        err = _bad(GOOD.replace("min_k: 3", "min_k: 3\nmin_l: 2"))
+        assert str(err).startswith("p.yaml line 7: unknown key 'min_l'")
+
+    def test_unknown_column_key(self):
+        err = _bad(GOOD.replace("mode: deterministic", "mode: deterministic\n    salt: 1"))
+        assert str(err).startswith("p.yaml line 18, column 'email': unknown key 'salt'")
+
+    def test_unknown_treatment(self):
+        err = _bad(GOOD.replace("treatment: keyed-hash", "treatment: sha1"))
+        assert "line 13, column 'user_id': unknown treatment 'sha1'" in str(err)
+
+    def test_treatment_not_allowed_for_role(self):
+        err = _bad(GOOD.replace("{role: identifier, treatment: keyed-hash}",
+                                "{role: identifier, treatment: keep}"))
+        assert "line 13, column 'user_id': treatment 'keep' is not allowed for role" in str(err)
+
+    def test_missing_role(self):
+        err = _bad(GOOD.replace("{role: metric, treatment: keep}", "{treatment: keep}"))
+        assert "line 19, column 'minutes': missing 'role'" in str(err)
+
+    def test_keyed_treatment_needs_a_named_key(self):
+        err = _bad(GOOD.replace("  pseudonyms: memory://eu/pseudonyms\n", ""))
+        assert "column 'user_id': treatment 'keyed-hash' needs key 'pseudonyms'" in str(err)
+
+    def test_params_on_keep_are_refused(self):
+        err = _bad(GOOD.replace("{role: metric, treatment: keep}",
+                                "{role: metric, treatment: keep, params: {x: 1}}"))
+        assert "column 'minutes': treatment 'keep' takes no params" in str(err)
+
+    def test_mode_only_for_encrypt(self):
+        err = _bad(GOOD.replace("treatment: keyed-hash}", "treatment: keyed-hash, mode: x}"))
+        assert "'mode' applies only to treatment 'encrypt'" in str(err)
+
+    def test_bad_destination_kind_and_jurisdiction(self):
+        assert "line 8: unknown output kind 'raw'" in str(_bad(GOOD.replace(
+            "dp_release:", "raw:")))
+        assert "invalid jurisdiction 'U S!'" in str(_bad(GOOD.replace(
+            "generalized: [US]", "generalized: ['U S!']")))
+
+    def test_duplicate_column(self):
+        err = _bad(GOOD + "  minutes: {role: metric, treatment: keep}\n")
+        assert "line 21: duplicate key 'minutes'" in str(err)
+
+    @pytest.mark.parametrize("text, where", [
+        ("dataset: x\ncolumns: [a, b]\n", "line 2"),
+        ("dataset: x\n", "missing required key 'columns'"),
+        ("", "the policy is empty"),
+        ("dataset: x\ncolumns: {a: {role: metric\n", "not valid YAML"),
+        ("dataset: x\nmin_k: 0\ncolumns: {a: {role: metric, treatment: keep}}\n",
+         "line 2: 'min_k' must be an integer >= 1"),
+        ("version: 2\ndataset: x\ncolumns: {a: {role: metric, treatment: keep}}\n",
+         "line 1: unsupported policy version 2"),
+    ])
+    def test_shape_errors(self, text, where):
+        assert where in str(_bad(text))
+
+
+class TestCheckFrame:
+    def test_matching_frame_passes(self):
+        Policy.from_yaml(GOOD).check_frame(_frame())
+
+    def test_forgotten_column_is_refused(self):
+        with pytest.raises(PolicyError, match=r"line 12, column 'phone': the policy has no "
+                                              r"rule for this column"):
+            Policy.from_yaml(GOOD, source="p.yaml").check_frame(_frame().assign(phone="1"))
+
+    def test_unknown_column_is_refused(self):
+        with pytest.raises(PolicyError, match=r"p\.yaml line 20, column 'note': no such "
+                                              r"column in the data"):
+            Policy.from_yaml(GOOD, source="p.yaml").check_frame(_frame().drop(columns="note"))
+
+    def test_treatment_must_fit_the_dtype(self):
+        frame = _frame().assign(age=["thirty", "forty"])
+        with pytest.raises(PolicyError, match=r"line 18, column 'age': treatment 'bucket' "
+                                              r"does not fit a string column"):
+            Policy.from_yaml(GOOD, source="p.yaml").check_frame(frame)
+
+    def test_object_columns_are_inferred(self):
+        frame = _frame().astype({"user_id": object})
+        Policy.from_yaml(GOOD).check_frame(frame)
+        with pytest.raises(PolicyError, match="does not fit a float column"):
+            Policy.from_yaml(GOOD).check_frame(_frame().assign(user_id=[1.5, 2.5]))
+
+
+class TestExamplePolicy:
+    def test_shipped_example_parses_and_fits_the_synthetic_users(self):
+        from importlib.resources import files
+
+        from pets.datasets import synthetic_users
+
+        text = (files("pets") / "examples" / "users-policy.yaml").read_text()
+        policy = Policy.from_yaml(text, source="users-policy.yaml")
+        policy.check_frame(synthetic_users(50, seed=1))
+        assert policy.allows("dp_release", "US") and not policy.allows("encrypted", "US")
