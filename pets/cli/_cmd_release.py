@@ -1,0 +1,240 @@
+"""``pets release``: a differentially private grouped release of a Parquet file.
+
+Example (shell)::
+
+    pets release events.parquet --unit user_id --group-by country --keys DE,FR,IT \\
+        --agg count,mean:watch_seconds[0,7200] --max-rows 20 --epsilon 1 \\
+        --budget-epsilon 10 --ledger budget.db --out release.parquet
+
+``--agg`` takes a comma-separated list of ``count``, ``sum:COL[LO,HI]``, ``mean:COL[LO,HI]``,
+``variance:COL[LO,HI]``, ``median:COL[LO,HI]``, ``quantile:COL[LO,HI]@A/B/...`` and
+``histogram:COL[E0,E1,...]`` (it may be repeated).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pets._errors import InputError
+from pets.cli._common import emit, json_option
+
+_AGG = re.compile(r"^(?P<kind>count|sum|mean|variance|median|quantile|histogram)"
+                  r"(?::(?P<col>[^\[\]@]+)\[(?P<nums>[^\]]*)\](?:@(?P<alphas>[0-9eE.+\-/]+))?)?$")
+
+
+def split_aggs(specs: tuple[str, ...]) -> list[str]:
+    """Split ``--agg`` values on commas outside brackets.
+
+    Example:
+        >>> split_aggs(("count,mean:w[0,7200]", "median:w[0,10]"))
+        ['count', 'mean:w[0,7200]', 'median:w[0,10]']
+    """
+    out: list[str] = []
+    for spec in specs:
+        depth, cur = 0, ""
+        for ch in spec:
+            if ch == "[":
+                depth += 1
+            elif ch == "]":
+                depth -= 1
+            if ch == "," and depth == 0:
+                out.append(cur.strip())
+                cur = ""
+            else:
+                cur += ch
+        out.append(cur.strip())
+    return [s for s in out if s]
+
+
+def parse_agg(spec: str) -> dict[str, Any]:
+    """Parse one aggregate spec.
+
+    Example:
+        >>> parse_agg("quantile:watch_seconds[0,7200]@0.1/0.9")["alphas"]
+        [0.1, 0.9]
+        >>> parse_agg("mean:x[5,1]")["bounds"]
+        [5.0, 1.0]
+        >>> parse_agg("avg:x")
+        Traceback (most recent call last):
+        ...
+        pets._errors.InputError: cannot parse --agg 'avg:x': use count, sum:COL[LO,HI], mean:COL[LO,HI], variance:COL[LO,HI], median:COL[LO,HI], quantile:COL[LO,HI]@A/B, histogram:COL[E0,E1,...]
+    """
+    m = _AGG.match(spec)
+    usage = ("use count, sum:COL[LO,HI], mean:COL[LO,HI], variance:COL[LO,HI], "
+             "median:COL[LO,HI], quantile:COL[LO,HI]@A/B, histogram:COL[E0,E1,...]")
+    if m is None or (m["kind"] == "count") != (m["col"] is None):
+        raise InputError(f"cannot parse --agg {spec!r}: {usage}")
+    if m["kind"] == "count":
+        return {"kind": "count"}
+    try:
+        nums = [float(x) for x in m["nums"].split(",")]
+        alphas = [float(x) for x in m["alphas"].split("/")] if m["alphas"] else []
+    except ValueError as exc:
+        raise InputError(f"cannot parse numbers in --agg {spec!r}") from exc
+    kind = m["kind"]
+    if kind == "histogram":
+        return {"kind": kind, "column": m["col"], "edges": nums}
+    if len(nums) != 2:
+        raise InputError(f"--agg {spec!r} needs two bounds [LO,HI]")
+    if kind == "quantile" and not alphas:
+        raise InputError(f"--agg {spec!r} needs quantile levels: @0.5 or @0.1/0.9")
+    if kind != "quantile" and alphas:
+        raise InputError(f"--agg {spec!r}: only quantile takes @levels")
+    return {"kind": kind, "column": m["col"], "bounds": nums, "alphas": alphas}
+
+
+def _budget(ledger: Any, dataset_id: str, unit: str, eps: float | None, delta: float | None,
+            rho: float | None) -> Any:
+    from pets.dp import Budget
+
+    if rho is not None:
+        if eps is not None:
+            raise InputError("give --budget-epsilon or --budget-rho, not both")
+        return Budget.zcdp(rho, delta or 0.0)
+    if eps is not None:
+        return Budget.approx(eps, delta) if delta is not None else Budget.pure(eps)
+    if delta is not None:
+        raise InputError("--budget-delta needs --budget-epsilon or --budget-rho")
+    stored = ledger.budget_of(dataset_id, unit)
+    if stored is None:
+        raise InputError(f"no budget is registered for dataset {dataset_id!r}, unit {unit!r} "
+                         f"in {str(ledger.path)!r}: pass --budget-epsilon (and --budget-delta) "
+                         "or --budget-rho to register one")
+    return stored
+
+
+def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
+          private: bool) -> Any:
+    given = sum(x is not None and x is not False for x in (keys, keys_file, private or None))
+    if not by:
+        if given:
+            raise InputError("--keys, --keys-file and --private-keys need --group-by")
+        return None
+    if given != 1:
+        raise InputError("with --group-by, give exactly one of --keys, --keys-file or "
+                         "--private-keys")
+    if private:
+        return "private"
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    if keys_file is not None:
+        if not keys_file.is_file():
+            raise InputError(f"keys file {str(keys_file)!r} does not exist")
+        frame = (pd.read_parquet(keys_file) if keys_file.suffix == ".parquet"
+                 else pd.read_csv(keys_file, dtype=str, keep_default_na=False))
+    else:
+        if len(by) != 1:
+            raise InputError("--keys works with one --group-by column; use --keys-file for "
+                             "several")
+        assert keys is not None
+        frame = pd.DataFrame({by[0]: [k.strip() for k in keys.split(",") if k.strip()]})
+    schema = pq.read_schema(path)
+    for c in by:
+        if c in frame.columns and c in schema.names:
+            try:
+                frame[c] = frame[c].astype(schema.field(c).type.to_pandas_dtype())
+            except (ValueError, TypeError, NotImplementedError) as exc:
+                raise InputError(f"keys for column {c!r} do not match its type") from exc
+    return frame
+
+
+@click.command()
+@click.argument("infile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--unit", required=True, help="Privacy-unit column (e.g. user_id).")
+@click.option("--dataset-id", default=None,
+              help="Dataset name in the ledger. [default: the input's absolute path]")
+@click.option("--group-by", default=None, help="Comma-separated grouping columns.")
+@click.option("--keys", default=None, help="Public keys of the one grouping column, comma-separated.")
+@click.option("--keys-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="CSV or Parquet file of public keys (one column per grouping column).")
+@click.option("--private-keys", is_flag=True, help="Select keys privately (needs --delta).")
+@click.option("--agg", "aggs", multiple=True,
+              help="Aggregates, e.g. count,mean:watch_seconds[0,7200] (repeatable).")
+@click.option("--max-groups", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Most groups one unit contributes to.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Most rows one unit contributes per group.")
+@click.option("--epsilon", type=float, default=None, help="ε to spend on this release.")
+@click.option("--delta", type=float, default=None, help="δ for private key selection.")
+@click.option("--rho", type=float, default=None, help="ρ to spend (zCDP budgets).")
+@click.option("--budget-epsilon", type=float, default=None,
+              help="Total ε of a new budget (registered on first use).")
+@click.option("--budget-delta", type=float, default=None, help="Total δ of a new budget.")
+@click.option("--budget-rho", type=float, default=None, help="Total ρ of a new zCDP budget.")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="SQLite budget ledger (created if missing).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Parquet file for the release (written atomically).")
+@click.option("--level", type=float, default=0.95, show_default=True,
+              help="Confidence level of the intervals.")
+@click.option("--nonnegative", is_flag=True, help="Clamp counts (and non-negative sums) at 0.")
+@click.option("--decimals", type=int, default=None, help="Round estimates and intervals.")
+@click.option("--status", is_flag=True, help="Show the budget (alone, or after the release).")
+@json_option
+def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | None,
+            keys: str | None, keys_file: Path | None, private_keys: bool, aggs: tuple[str, ...],
+            max_groups: int, max_rows: int, epsilon: float | None, delta: float | None,
+            rho: float | None, budget_epsilon: float | None, budget_delta: float | None,
+            budget_rho: float | None, ledger_path: Path, out: Path | None, level: float,
+            nonnegative: bool, decimals: int | None, status: bool, as_json: bool) -> None:
+    """Release DP aggregates of INFILE (Parquet), spending budget from a ledger."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pets._io import atomic_path
+    from pets.dp import Ledger, Session
+
+    if not infile.is_file():
+        raise InputError(f"input file {str(infile)!r} does not exist")
+    ledger = Ledger(ledger_path)
+    dsid = dataset_id or str(infile.resolve())
+    budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
+    session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger, dataset_id=dsid)
+    payload: dict[str, Any] = {}
+    lines: list[str] = []
+    specs = [parse_agg(s) for s in split_aggs(aggs)]
+    if not specs and not status:
+        raise InputError("nothing to do: give --agg (and --out), or --status")
+    if specs:
+        if out is None:
+            raise InputError("--out is required with --agg")
+        by = [c.strip() for c in group_by.split(",") if c.strip()] if group_by else []
+        q = session.query(by or None, keys=_keys(infile, by, keys, keys_file, private_keys),
+                          max_groups=max_groups, max_rows=max_rows)
+        for sp in specs:
+            k = sp["kind"]
+            if k == "count":
+                q = q.count()
+            elif k == "histogram":
+                q = q.histogram(sp["column"], sp["edges"])
+            elif k == "median":
+                q = q.median(sp["column"], bounds=tuple(sp["bounds"]))
+            elif k == "quantile":
+                q = q.quantile(sp["column"], sp["alphas"], bounds=tuple(sp["bounds"]))
+            else:
+                q = getattr(q, k)(sp["column"], bounds=tuple(sp["bounds"]))
+        rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
+        if nonnegative or decimals is not None:
+            rel = rel.postprocess(nonnegative=nonnegative, decimals=decimals)
+        table = pa.Table.from_pandas(rel.to_frame(), preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[b"pets.release"] = json.dumps(rel.metadata(), default=str).encode()
+        with atomic_path(out) as tmp:
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+        payload["release"] = {**rel.metadata(), "out": str(out), "rows": len(rel.frame)}
+        lines += [repr(rel), rel.to_frame().to_string(index=False, max_rows=60),
+                  f"written to {out}"]
+    if status:
+        st = session.budget
+        payload["status"] = st.as_dict()
+        lines.append(str(st))
+    emit(payload, as_json, lambda: "\n".join(lines))
+
+
+COMMANDS = [release]

@@ -1,0 +1,33 @@
+"""Differential privacy on OpenDP: sessions, budgets, a durable ledger, releases.
+
+The safe layer a data scientist calls. Noise and privacy maps come from OpenDP only (see
+``pets/dp/_opendp.py``); pets bounds each user's contribution, picks the sensitivity, keeps
+the budget and reports accuracy. Guide: ``docs/dp.md``.
+
+Example:
+    >>> import pandas as pd
+    >>> from pets.dp import Budget, Session
+    >>> df = pd.DataFrame({"user_id": ["a", "b", "b"], "spend": [3.0, 5.0, 7.0]})
+    >>> s = Session(df, privacy_unit="user_id", budget=Budget.pure(1.0))
+    >>> r = s.query(max_rows=2).count().sum("spend", bounds=(0, 10)).release(epsilon=0.5)
+    >>> r.to_frame()["statistic"].tolist()
+    ['count', 'sum']
+    >>> s.budget.spent.epsilon
+    0.5
+"""
+
+from pets.dp._budget import Budget, PrivacyLoss
+from pets.dp._ledger import BudgetStatus, Ledger, SpendRecord
+from pets.dp._release import Release
+from pets.dp._session import Query, Session
+
+__all__ = [
+    "Budget",
+    "BudgetStatus",
+    "Ledger",
+    "PrivacyLoss",
+    "Query",
+    "Release",
+    "Session",
+    "SpendRecord",
+]

@@ -1,0 +1,274 @@
+"""A durable privacy-budget ledger on SQLite, shared safely by concurrent processes.
+
+One table holds the total :class:`~pets.dp.Budget` of each (dataset id, privacy unit); another
+holds one row per release with the ε, δ and ρ it spent. Every spend runs in a ``BEGIN
+IMMEDIATE`` transaction (SQLite's write lock, taken *before* reading the total), so two
+processes can never both read "enough left" and jointly overspend. The database runs in WAL
+mode with ``synchronous=FULL``: a committed spend survives a crash or power loss.
+
+:meth:`Ledger.spend` takes the function that draws the noise and runs it *inside* the
+transaction, after the spend row is written and before the commit: the result reaches the
+caller only once the spend is durable, and if drawing fails the transaction rolls back and
+nothing is spent (the discarded noise was never seen).
+
+Example:
+    >>> from pets.dp import Budget, Ledger, PrivacyLoss
+    >>> led = Ledger()                          # in memory; Ledger("budget.db") persists
+    >>> led.register("events", "user_id", Budget.pure(1.0))
+    Budget(kind='pure', epsilon=1.0, delta=0.0, rho=0.0)
+    >>> led.spend("events", "user_id", PrivacyLoss(epsilon=0.75), lambda: "noisy result",
+    ...           query="count by country")
+    'noisy result'
+    >>> led.status("events", "user_id").remaining.epsilon
+    0.25
+    >>> led.spend("events", "user_id", PrivacyLoss(epsilon=0.5), lambda: "never run")
+    Traceback (most recent call last):
+    ...
+    pets._errors.BudgetExhausted: release needs ε=0.5 but only ε=0.25 of ε = 1 (pure DP, basic composition) remains for dataset 'events', unit 'user_id'; nothing was spent
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from pets._errors import BudgetExhausted, InputError
+from pets.dp._budget import Budget, PrivacyLoss
+
+__all__ = ["BudgetStatus", "Ledger", "SpendRecord"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budgets (
+    dataset_id TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    rho REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, unit)
+);
+CREATE TABLE IF NOT EXISTS spends (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset_id TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    rho REAL NOT NULL,
+    query TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spends_by_key ON spends (dataset_id, unit);
+"""
+
+
+@dataclass(frozen=True)
+class SpendRecord:
+    """One recorded release: what it spent, a description of the query, and when."""
+
+    epsilon: float
+    delta: float
+    rho: float
+    query: str
+    at: str
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """The total budget, what has been spent (basic composition) and what remains."""
+
+    dataset_id: str
+    unit: str
+    budget: Budget
+    spent: PrivacyLoss
+    remaining: PrivacyLoss
+    releases: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"dataset_id": self.dataset_id, "unit": self.unit, "kind": self.budget.kind,
+                "total": self.budget.as_loss().as_dict(), "spent": self.spent.as_dict(),
+                "remaining": self.remaining.as_dict(), "releases": self.releases}
+
+    def __str__(self) -> str:
+        b = self.budget
+        if b.kind == "zcdp":
+            parts = [f"ρ spent {self.spent.rho:.6g} of {b.rho:g}, remaining "
+                     f"{self.remaining.rho:.6g}"]
+        else:
+            parts = [f"ε spent {self.spent.epsilon:.6g} of {b.epsilon:g}, remaining "
+                     f"{self.remaining.epsilon:.6g}"]
+        if b.delta:
+            parts.append(f"δ spent {self.spent.delta:.3g} of {b.delta:.3g}")
+        return (f"{self.dataset_id} / {self.unit}: " + "; ".join(parts)
+                + f" ({self.releases} releases; {b.describe()})")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+class Ledger:
+    """A privacy-budget ledger stored in SQLite (``path``) or in memory (``path=None``).
+
+    Safe across threads and processes: every write is a ``BEGIN IMMEDIATE`` transaction, and
+    file ledgers open a fresh connection per operation (so a ledger object survives ``fork``).
+
+    Args:
+        path: The SQLite file (created if missing), or ``None`` for a private in-memory ledger
+            that lives as long as this object.
+        timeout: Seconds to wait for another process's write lock before failing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float = 60.0):
+        self.path = None if path is None else Path(path)
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._memory: sqlite3.Connection | None = None
+        if self.path is None:
+            self._memory = sqlite3.connect(":memory:", isolation_level=None,
+                                           check_same_thread=False)
+            self._memory.executescript(_SCHEMA)
+        else:
+            if self.path.exists() and self.path.is_dir():
+                raise InputError(f"ledger path {str(self.path)!r} is a directory")
+            with self._connect() as con:
+                con.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path) if self.path else None!r})"
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self._memory is not None:
+            with self._lock:
+                yield self._memory
+            return
+        assert self.path is not None
+        try:
+            con = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise InputError(f"cannot open ledger {str(self.path)!r}: {exc}") from exc
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    @staticmethod
+    def _budget(con: sqlite3.Connection, dataset_id: str, unit: str) -> Budget | None:
+        row = con.execute("SELECT kind, epsilon, delta, rho FROM budgets "
+                          "WHERE dataset_id = ? AND unit = ?", (dataset_id, unit)).fetchone()
+        if row is None:
+            return None
+        return Budget(row[0], epsilon=row[1], delta=row[2], rho=row[3])
+
+    @staticmethod
+    def _spent(con: sqlite3.Connection, dataset_id: str, unit: str) -> tuple[PrivacyLoss, int]:
+        rows = con.execute("SELECT epsilon, delta, rho FROM spends WHERE dataset_id = ? "
+                           "AND unit = ?", (dataset_id, unit)).fetchall()
+        return PrivacyLoss.total(PrivacyLoss(*r) for r in rows), len(rows)
+
+    def register(self, dataset_id: str, unit: str, budget: Budget) -> Budget:
+        """Record ``budget`` as the total for (dataset, unit), or check it matches the stored one.
+
+        Raises:
+            InputError: The ledger already holds a different budget for this dataset and unit
+                (a session cannot enlarge or change a recorded budget).
+        """
+        with self._transaction() as con:
+            stored = self._budget(con, dataset_id, unit)
+            if stored is None:
+                con.execute("INSERT INTO budgets VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (dataset_id, unit, budget.kind, budget.epsilon, budget.delta,
+                             budget.rho, _now()))
+                return budget
+        if stored != budget:
+            raise InputError(
+                f"ledger {self!r} already holds budget {stored.describe()} for dataset "
+                f"{dataset_id!r}, unit {unit!r}; a session cannot change it to "
+                f"{budget.describe()}")
+        return stored
+
+    def budget_of(self, dataset_id: str, unit: str) -> Budget | None:
+        """The registered total budget, or ``None``."""
+        with self._connect() as con:
+            return self._budget(con, dataset_id, unit)
+
+    def status(self, dataset_id: str, unit: str) -> BudgetStatus:
+        """Total, spent and remaining budget of (dataset, unit).
+
+        Raises:
+            InputError: No budget is registered for them.
+        """
+        with self._connect() as con:
+            budget = self._budget(con, dataset_id, unit)
+            if budget is None:
+                raise InputError(f"no budget registered in {self!r} for dataset "
+                                 f"{dataset_id!r}, unit {unit!r}")
+            spent, n = self._spent(con, dataset_id, unit)
+        return BudgetStatus(dataset_id, unit, budget, spent, budget.remaining(spent), n)
+
+    def history(self, dataset_id: str, unit: str) -> list[SpendRecord]:
+        """Every recorded spend of (dataset, unit), oldest first."""
+        with self._connect() as con:
+            rows = con.execute("SELECT epsilon, delta, rho, query, at FROM spends WHERE "
+                               "dataset_id = ? AND unit = ? ORDER BY id",
+                               (dataset_id, unit)).fetchall()
+        return [SpendRecord(*r) for r in rows]
+
+    def spend(self, dataset_id: str, unit: str, loss: PrivacyLoss, run: Callable[[], T], *,
+              query: str = "") -> T:
+        """Atomically check the budget, record ``loss``, run ``run()`` and commit.
+
+        ``run`` (the noise draw) executes inside the write transaction: its result is returned
+        only after the spend is committed durably; if it raises, the transaction rolls back and
+        nothing is spent.
+
+        Raises:
+            BudgetExhausted: ``loss`` would exceed the remaining budget; nothing is spent and
+                ``run`` is not called.
+            InputError: No budget is registered for (dataset, unit).
+        """
+        with self._transaction() as con:
+            budget = self._budget(con, dataset_id, unit)
+            if budget is None:
+                raise InputError(f"no budget registered in {self!r} for dataset "
+                                 f"{dataset_id!r}, unit {unit!r}")
+            spent, _ = self._spent(con, dataset_id, unit)
+            after = spent + loss
+            if not budget.allows(after):
+                rem = budget.remaining(spent)
+                need = ", ".join(f"{k}={v:.6g}" for k, v in
+                                 (("ε", loss.epsilon), ("δ", loss.delta), ("ρ", loss.rho)) if v)
+                left = ", ".join(f"{k}={v:.6g}" for k, v in
+                                 (("ε", rem.epsilon), ("δ", rem.delta), ("ρ", rem.rho))
+                                 if getattr(budget, {"ε": "epsilon", "δ": "delta",
+                                                     "ρ": "rho"}[k]))
+                raise BudgetExhausted(
+                    f"release needs {need} but only {left} of {budget.describe()} remains for "
+                    f"dataset {dataset_id!r}, unit {unit!r}; nothing was spent")
+            con.execute("INSERT INTO spends (dataset_id, unit, epsilon, delta, rho, query, at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (dataset_id, unit, loss.epsilon, loss.delta, loss.rho, query, _now()))
+            return run()

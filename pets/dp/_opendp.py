@@ -1,0 +1,210 @@
+"""The only place pets touches OpenDP: measurements, their calibration and their privacy maps.
+
+Every noisy number pets releases is drawn by an OpenDP measurement built here:
+
+* integer vectors (counts, fixed-point sums) — ``dp.m.make_laplace`` (discrete Laplace) under
+  ``l1_distance`` for pure/approximate DP, ``dp.m.make_gaussian`` (discrete Gaussian) under
+  ``l2_distance`` for zCDP;
+* private key selection — ``dp.m.make_laplace_threshold`` / ``make_gaussian_threshold`` over a
+  map of key → count under ``l01inf_distance`` / ``l02inf_distance`` (δ > 0);
+* quantiles — ``dp.m.make_private_quantile`` (OpenDP's ``make_quantile_score_candidates``
+  followed by report-noisy-max, i.e. the exponential mechanism).
+
+Calibration: pets asks OpenDP's privacy map ``meas.map(d_in)`` for the loss at a trial scale,
+solves for the scale that meets the requested loss, then rebuilds and re-checks with the map,
+nudging the scale up until ``meas.map(d_in) <= target``. The loss pets records is always the
+map's answer for the measurement actually invoked, never our own arithmetic.
+
+OpenDP refuses to build these constructors until its ``"contrib"`` feature is enabled, and the
+switch is process-global in OpenDP. :func:`opendp` turns it on lazily, the first time pets
+builds a measurement (never at import time); it is idempotent and never turned off, so code of
+your own that uses OpenDP in the same process also sees it enabled.
+
+Example:
+    >>> m = laplace_vector(l1=20, epsilon=0.5)
+    >>> m.scale, m.loss.epsilon
+    (40.0, 0.5)
+    >>> len(m.measurement([10, 20, 30]))
+    3
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pets._errors import InputError, PetsError
+from pets.dp._budget import PrivacyLoss
+
+__all__ = ["Mechanism", "gaussian_vector", "laplace_vector", "opendp", "quantile_mechanism",
+           "threshold_mechanism"]
+
+Distribution = Literal["discrete_laplace", "discrete_gaussian", "exponential"]
+
+
+def opendp() -> Any:
+    """``opendp.prelude`` with the ``"contrib"`` feature enabled (process-global, see above)."""
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """A calibrated OpenDP measurement with the loss its privacy map gives for ``d_in``."""
+
+    name: str
+    measurement: Any
+    d_in: Any
+    scale: float
+    loss: PrivacyLoss
+    distribution: Distribution
+    threshold: int | None = None
+
+
+def _as_loss(measure: str, value: Any) -> PrivacyLoss:
+    if measure == "MaxDivergence":
+        return PrivacyLoss(epsilon=float(value))
+    if measure == "ZeroConcentratedDivergence":
+        return PrivacyLoss(rho=float(value))
+    if measure == "Approximate(MaxDivergence)":
+        return PrivacyLoss(epsilon=float(value[0]), delta=float(value[1]))
+    if measure == "Approximate(ZeroConcentratedDivergence)":
+        return PrivacyLoss(rho=float(value[0]), delta=float(value[1]))
+    raise PetsError(f"unexpected OpenDP output measure {measure}")  # pragma: no cover
+
+
+def _primary(loss: PrivacyLoss) -> float:
+    return loss.rho if loss.rho else loss.epsilon
+
+
+def _calibrate(build: Callable[[float], Any], d_in: Any, target: float,
+               power: int) -> tuple[Any, float, PrivacyLoss]:
+    """Find a scale whose OpenDP map gives a primary loss (ε or ρ) ``<= target``.
+
+    The loss of these mechanisms is proportional to ``scale ** -power`` (1 for Laplace and the
+    exponential mechanism, 2 for Gaussian): solve at scale 1, then verify with the map and
+    nudge upwards until the map agrees.
+    """
+    if not (math.isfinite(target) and target > 0):
+        raise InputError(f"privacy loss must be finite and > 0, got {target!r}")
+    m1 = build(1.0)
+    l1 = _primary(_as_loss(str(m1.output_measure), m1.map(d_in)))
+    if l1 == 0:  # zero sensitivity: any scale is private
+        return m1, 1.0, _as_loss(str(m1.output_measure), m1.map(d_in))
+    scale = (l1 / target) ** (1.0 / power)
+    for _ in range(200):
+        meas = build(scale)
+        loss = _as_loss(str(meas.output_measure), meas.map(d_in))
+        got = _primary(loss)
+        if got <= target:
+            return meas, scale, loss
+        scale = math.nextafter(scale * (got / target) ** (1.0 / power), math.inf)
+    raise PetsError("could not calibrate the noise scale with OpenDP")  # pragma: no cover
+
+
+def laplace_vector(*, l1: int, epsilon: float, name: str = "laplace") -> Mechanism:
+    """Discrete Laplace noise on an integer vector whose L1 sensitivity is ``l1``.
+
+    Privacy:
+        ``dp.m.make_laplace`` over ``vector_domain(atom_domain(T=i64))`` and ``l1_distance``;
+        pure ε-DP with ``ε = meas.map(l1) <= epsilon``.
+    """
+    dp = opendp()
+    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
+    meas, scale, loss = _calibrate(lambda s: dp.m.make_laplace(*space, scale=s), int(l1),
+                                   epsilon, 1)
+    return Mechanism(name, meas, int(l1), scale, loss, "discrete_laplace")
+
+
+def gaussian_vector(*, l2: float, rho: float, name: str = "gaussian") -> Mechanism:
+    """Discrete Gaussian noise on an integer vector whose L2 sensitivity is ``l2``.
+
+    Privacy:
+        ``dp.m.make_gaussian`` over ``vector_domain(atom_domain(T=i64))`` and
+        ``l2_distance(T=f64)``; ρ-zCDP with ``ρ = meas.map(l2) <= rho``.
+    """
+    dp = opendp()
+    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="f64")
+    meas, scale, loss = _calibrate(lambda s: dp.m.make_gaussian(*space, scale=s), float(l2),
+                                   rho, 2)
+    return Mechanism(name, meas, float(l2), scale, loss, "discrete_gaussian")
+
+
+def threshold_mechanism(*, l0: int, linf: int, primary: float, delta: float, zcdp: bool,
+                        name: str = "threshold") -> Mechanism:
+    """Noisy counts over a key → count map, keeping only keys whose noisy count passes a
+    threshold: private key selection.
+
+    The scale is calibrated to ``primary`` (ε, or ρ under zCDP) with the threshold out of the
+    way; then the smallest integer threshold whose map gives δ ≤ ``delta`` is found by binary
+    search on OpenDP's map.
+
+    Privacy:
+        ``dp.m.make_laplace_threshold`` (``l01inf_distance``, (ε, δ)-DP) or
+        ``dp.m.make_gaussian_threshold`` (``l02inf_distance``, (ρ, δ)-approximate zCDP), with
+        ``d_in = (l0, l1, l∞)``: a user touches at most ``l0`` keys and changes each count by at
+        most ``linf``. Keys are *not* public: δ bounds the chance that a key held by one user
+        alone appears.
+    """
+    dp = opendp()
+    dom = dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64"))
+    if zcdp:
+        metric = dp.l02inf_distance(dp.absolute_distance(T="f64"))
+        d_in: tuple[int, float, float] = (l0, math.sqrt(l0) * linf, float(linf))
+        make = dp.m.make_gaussian_threshold
+    else:
+        metric = dp.l01inf_distance(dp.absolute_distance(T="f64"))
+        d_in = (l0, float(l0 * linf), float(linf))
+        make = dp.m.make_laplace_threshold
+    big = 2**62
+
+    def build(s: float, t: int = big) -> Any:
+        return make(dom, metric, scale=s, threshold=t)
+
+    _, scale, _ = _calibrate(build, d_in, primary, 2 if zcdp else 1)
+    lo, hi = linf, big
+    if _as_loss(str(build(scale, hi).output_measure), build(scale, hi).map(d_in)).delta > delta:
+        raise InputError(f"delta={delta!r} is too small for private key selection")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _as_loss(str(build(scale, mid).output_measure), build(scale, mid).map(d_in)).delta <= delta:
+            hi = mid
+        else:
+            lo = mid + 1
+    meas = build(scale, lo)
+    loss = _as_loss(str(meas.output_measure), meas.map(d_in))
+    return Mechanism(name, meas, d_in, scale, loss,
+                     "discrete_gaussian" if zcdp else "discrete_laplace", threshold=lo)
+
+
+def quantile_mechanism(*, candidates: Sequence[float], alpha: float, rows: int, groups: int,
+                       primary: float, zcdp: bool, name: str = "quantile") -> Mechanism:
+    """The exponential mechanism over ``candidates`` for the ``alpha``-quantile of one group.
+
+    ``measurement`` is the per-group measurement; ``loss`` is the OpenDP map of the
+    composition of ``groups`` copies, each at distance ``rows`` — a user adds at most ``rows``
+    values to each of at most ``groups`` groups, and every other group is unchanged.
+
+    Privacy:
+        ``dp.m.make_private_quantile`` (``make_quantile_score_candidates`` + report noisy max)
+        under ``symmetric_distance``, composed with ``dp.c.make_composition``; ε-DP, or ρ-zCDP
+        when ``zcdp``.
+    """
+    dp = opendp()
+    dom = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+    measure = dp.zero_concentrated_divergence() if zcdp else dp.max_divergence()
+    cands = [float(c) for c in candidates]
+
+    def one(s: float) -> Any:
+        return dp.m.make_private_quantile(dom, dp.symmetric_distance(), measure,
+                                          candidates=cands, alpha=float(alpha), scale=s)
+
+    def build(s: float) -> Any:
+        return dp.c.make_composition([one(s)] * groups)
+
+    _, scale, loss = _calibrate(build, rows, primary, 2 if zcdp else 1)
+    return Mechanism(name, one(scale), rows, scale, loss, "exponential")

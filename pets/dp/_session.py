@@ -1,0 +1,780 @@
+"""``Session`` and ``Query``: user-level differentially private aggregates over pandas data.
+
+Privacy:
+    **Unit**: one value of the ``privacy_unit`` column (e.g. a user) with *all* of its rows —
+    neighbouring datasets differ by adding or removing one unit. **Definition**: ε-DP
+    (``Budget.pure``), (ε, δ)-DP (``Budget.approx``) or ρ-zCDP (``Budget.zcdp``), with basic
+    composition across releases, enforced by the :class:`~pets.dp.Ledger`. **Guarantee**: every
+    noisy number comes from an OpenDP measurement (see :mod:`pets.dp._opendp`), calibrated and
+    accounted by its privacy map ``meas.map(d_in)``. **Sensitivity** (what ``d_in`` is): after
+    bounding, one unit touches at most ``G = max_groups`` groups (cells) and at most
+    ``C = max_rows`` rows in each; each row's value is an integer of magnitude at most ``D``
+    (1 for counts, the fixed-point bound for sums). The vector of per-key aggregates therefore
+    moves by at most ``G·C·D`` in L1 and ``√G·C·D`` in L2 when one unit is added or removed —
+    that is the ``d_in`` pets hands to OpenDP. **Public**: the bounds, ``G`` and ``C``, the
+    quantile candidates, histogram edges, and — unless ``keys="private"`` — the group keys.
+    The number of input rows is *not* released.
+
+Example:
+    >>> from pets.datasets import synthetic_events
+    >>> from pets.dp import Budget, Session
+    >>> events = synthetic_events(5_000, n_users=500, seed=1)
+    >>> s = Session(events, privacy_unit="user_id", budget=Budget.pure(2.0))
+    >>> r = (s.query(by="country", keys=["DE", "FR", "IT"], max_groups=1, max_rows=10)
+    ...       .count().mean("watch_seconds", bounds=(0, 7200)).release(epsilon=1.0))
+    >>> r.to_frame()[["country", "statistic"]].head(2).values.tolist()
+    [['DE', 'count'], ['DE', 'mean']]
+    >>> s.budget.remaining.epsilon
+    1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import itertools
+import json
+import math
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from pets._errors import InputError
+from pets._events import AuditHook, emit
+from pets.dp._bounding import FixedPoint, bound_contributions, fixed_point
+from pets.dp._budget import Budget, PrivacyLoss
+from pets.dp._intervals import halfwidth, ratio_interval
+from pets.dp._ledger import BudgetStatus, Ledger
+from pets.dp._opendp import (
+    Mechanism,
+    gaussian_vector,
+    laplace_vector,
+    quantile_mechanism,
+    threshold_mechanism,
+)
+from pets.dp._release import Release
+
+__all__ = ["DEFAULT_MAX_KEYS", "Query", "Session"]
+
+#: Largest key set (groups × histogram bins) a query may use.
+DEFAULT_MAX_KEYS = 100_000
+
+AggKind = Literal["count", "sum", "mean", "variance", "quantile", "histogram"]
+_LUT_LIMIT = 50_000_000
+
+
+@dataclass(frozen=True)
+class _Agg:
+    kind: AggKind
+    column: str = ""
+    bounds: tuple[float, float] | None = None
+    alphas: tuple[float, ...] = ()
+    edges: tuple[float, ...] = ()
+    candidates: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.kind == "count":
+            return "count"
+        extra = ""
+        if self.bounds is not None:
+            extra = f"[{self.bounds[0]:g}, {self.bounds[1]:g}]"
+        if self.alphas:
+            extra += "@" + ",".join(f"{a:g}" for a in self.alphas)
+        if self.edges:
+            extra += f" bins={len(self.edges) - 1}"
+        return f"{self.kind}({self.column}){extra}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "column": self.column or None,
+                "bounds": list(self.bounds) if self.bounds else None,
+                "alphas": list(self.alphas) or None, "edges": list(self.edges) or None,
+                "label": self.label}
+
+
+def _bounds(column: str, bounds: object) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"bounds for column {column!r} must be two numbers (lower, upper), "
+                         f"got {bounds!r}") from exc
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"bounds for column {column!r} must be finite, got {bounds!r}")
+    if not lo < hi:
+        raise InputError(f"bounds for column {column!r} are reversed or empty: lower {lo:g} "
+                         f"must be < upper {hi:g}")
+    return lo, hi
+
+
+def _positive_int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class Query:
+    """An immutable description of a grouped DP query; each method returns a new query.
+
+    Build with :meth:`Session.query`, add aggregates, then :meth:`release`.
+    """
+
+    session: Session = field(repr=False)
+    by: tuple[str, ...]
+    keys: pd.DataFrame | Literal["private"] | None = field(repr=False)
+    max_groups: int
+    max_rows: int
+    aggs: tuple[_Agg, ...] = ()
+
+    def _add(self, agg: _Agg) -> Query:
+        if agg in self.aggs:
+            raise InputError(f"{agg.label} is already in the query")
+        return dataclasses.replace(self, aggs=(*self.aggs, agg))
+
+    def count(self) -> Query:
+        """The number of rows per group (after contribution bounding)."""
+        return self._add(_Agg("count"))
+
+    def sum(self, column: str, *, bounds: tuple[float, float]) -> Query:
+        """The sum of ``column`` clipped to ``bounds`` per group."""
+        return self._add(_Agg("sum", column, _bounds(column, bounds)))
+
+    def mean(self, column: str, *, bounds: tuple[float, float]) -> Query:
+        """The mean of ``column`` clipped to ``bounds``: centred noisy sum / noisy count + centre.
+
+        The count and the centred sum get equal shares of the budget: with values centred on
+        the middle of ``bounds``, this split minimises the worst-case variance of the ratio.
+        """
+        return self._add(_Agg("mean", column, _bounds(column, bounds)))
+
+    def variance(self, column: str, *, bounds: tuple[float, float]) -> Query:
+        """The (population) variance of ``column`` clipped to ``bounds``, from noisy count,
+        centred sum and centred sum of squares."""
+        return self._add(_Agg("variance", column, _bounds(column, bounds)))
+
+    def quantile(self, column: str, alphas: float | Sequence[float], *,
+                 bounds: tuple[float, float], candidates: int = 1001) -> Query:
+        """The ``alphas``-quantiles of ``column``, chosen among ``candidates`` evenly spaced
+        points of ``bounds`` by the exponential mechanism. No confidence interval is given."""
+        al = (alphas,) if isinstance(alphas, int | float) else tuple(alphas)
+        if not al:
+            raise InputError("quantile needs at least one alpha")
+        for a in al:
+            if isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a <= 1:
+                raise InputError(f"quantile alpha must be in [0, 1], got {a!r}")
+        n = _positive_int("candidates", candidates)
+        if n < 2 or n > 100_000:
+            raise InputError(f"candidates must be between 2 and 100000, got {n}")
+        return self._add(_Agg("quantile", column, _bounds(column, bounds),
+                              tuple(float(a) for a in al), candidates=n))
+
+    def median(self, column: str, *, bounds: tuple[float, float], candidates: int = 1001) -> Query:
+        """The median: :meth:`quantile` at 0.5."""
+        return self.quantile(column, 0.5, bounds=bounds, candidates=candidates)
+
+    def histogram(self, column: str, edges: Sequence[float]) -> Query:
+        """Counts of ``column`` in the bins ``[e0, e1), …, [e(n-1), en]`` per group; values
+        outside ``[e0, en]`` are counted in the first or last bin."""
+        try:
+            e = tuple(float(x) for x in edges)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"histogram edges for {column!r} must be numbers") from exc
+        if len(e) < 2 or not all(math.isfinite(x) for x in e) or any(
+                b <= a for a, b in itertools.pairwise(e)):
+            raise InputError(f"histogram edges for {column!r} must be >= 2 finite, strictly "
+                             f"increasing numbers, got {list(edges)!r}")
+        return self._add(_Agg("histogram", column, (e[0], e[-1]), edges=e))
+
+    def describe(self) -> dict[str, Any]:
+        keys: object = ("private" if isinstance(self.keys, str)
+                        else None if self.keys is None else f"public ({len(self.keys)})")
+        return {"by": list(self.by), "keys": keys, "max_groups": self.max_groups,
+                "max_rows": self.max_rows, "aggregates": [a.describe() for a in self.aggs]}
+
+    def release(self, *, epsilon: float | None = None, delta: float | None = None,
+                rho: float | None = None, level: float = 0.95) -> Release:
+        """Run the query, spend its privacy loss in the ledger, and return the release.
+
+        Args:
+            epsilon: The ε this release may spend (pure and approximate budgets).
+            delta: The δ for private key selection (only with ``keys="private"``).
+            rho: The ρ this release may spend (zCDP budgets).
+            level: Confidence level of the intervals.
+
+        Raises:
+            InputError: Bad input (nothing is spent).
+            BudgetExhausted: The loss would exceed the remaining budget (nothing is spent).
+
+        Privacy:
+            See :mod:`pets.dp._session`: the loss recorded is the sum (basic composition) of
+            the OpenDP privacy maps of the measurements used, each at most its share of the
+            requested ε (or ρ); δ is spent only by private key selection.
+        """
+        return self.session._release(self, epsilon=epsilon, delta=delta, rho=rho, level=level)
+
+
+class Session:
+    """Differentially private queries over one dataset, per privacy unit, within a budget.
+
+    Args:
+        data: A pandas DataFrame, or the path of a Parquet file (columns are read per query).
+        privacy_unit: The column identifying the unit protected (all rows of one value).
+        budget: The total budget of this dataset and unit; with a ledger, it must match the
+            one recorded there (the first session records it).
+        ledger: A persistent :class:`Ledger`; ``None`` keeps an in-memory ledger for this
+            session only.
+        dataset_id: The dataset's name in the ledger (default: the Parquet file's absolute path;
+            required for a DataFrame with a ledger).
+        audit: Hook receiving a ``dp.release`` event (privacy spent, never data).
+        rng: Source of the *sampling* priorities of contribution bounding (default: seeded
+            from ``secrets``). Noise never comes from it.
+        max_keys: Largest key set (groups × bins) a query may use.
+
+    Raises:
+        InputError: Missing privacy-unit column, unreadable file, missing dataset id.
+    """
+
+    def __init__(self, data: pd.DataFrame | str | os.PathLike[str], *, privacy_unit: str,
+                 budget: Budget, ledger: Ledger | None = None, dataset_id: str | None = None,
+                 audit: AuditHook | None = None, rng: np.random.Generator | None = None,
+                 max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if not isinstance(budget, Budget):
+            raise InputError(f"budget must be a pets.dp.Budget, got {type(budget).__name__}")
+        self._path: Path | None = None
+        self._frame: pd.DataFrame | None = None
+        if isinstance(data, pd.DataFrame):
+            self._frame = data
+            columns = [str(c) for c in data.columns]
+            if ledger is not None and dataset_id is None:
+                raise InputError("dataset_id is required when a DataFrame is used with a ledger")
+        elif isinstance(data, str | os.PathLike):
+            self._path = Path(data)
+            columns = self._parquet_columns(self._path)
+            dataset_id = dataset_id or str(self._path.resolve())
+        else:
+            raise InputError(f"data must be a pandas DataFrame or a Parquet path, got "
+                             f"{type(data).__name__}")
+        if privacy_unit not in columns:
+            raise InputError(f"privacy unit column {privacy_unit!r} is not in the data "
+                             f"(columns: {', '.join(columns)})")
+        self.columns = tuple(columns)
+        self.privacy_unit = privacy_unit
+        self.dataset_id = dataset_id
+        self._ledger_key = dataset_id if dataset_id is not None else "(session)"
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.total = self.ledger.register(self._ledger_key, privacy_unit, budget)
+        self.audit = audit
+        self.max_keys = _positive_int("max_keys", max_keys)
+        self._rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+
+    def __repr__(self) -> str:
+        return (f"Session(dataset_id={self.dataset_id!r}, privacy_unit={self.privacy_unit!r}, "
+                f"budget={self.total.describe()!r})")
+
+    @staticmethod
+    def _parquet_columns(path: Path) -> list[str]:
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise InputError(f"input file {str(path)!r} does not exist")
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as exc:
+            raise InputError(f"cannot read Parquet file {str(path)!r}: {exc}") from exc
+
+    @property
+    def budget(self) -> BudgetStatus:
+        """Total, spent and remaining budget (from the ledger, including other processes)."""
+        return self.ledger.status(self._ledger_key, self.privacy_unit)
+
+    def query(self, by: str | Sequence[str] | None = None, *,
+              keys: Any = None, max_groups: int = 1, max_rows: int = 1) -> Query:
+        """Start a query grouped by ``by`` (none: one global group).
+
+        Args:
+            by: Grouping column(s).
+            keys: The public group keys — a list of values (one column), of tuples (several),
+                or a DataFrame with the ``by`` columns; groups absent from the data are
+                released as noise only, rows of groups not listed are dropped. Or
+                ``"private"``: keys are chosen from the data by a noisy threshold (needs δ).
+            max_groups: ``G``, most groups one unit may contribute to (random sample beyond).
+            max_rows: ``C``, most rows one unit may contribute to one group (random sample).
+        """
+        cols = (by,) if isinstance(by, str) else tuple(by or ())
+        for col in cols:
+            if col not in self.columns:
+                raise InputError(f"unknown group column {col!r} (columns: "
+                                 f"{', '.join(self.columns)})")
+        if len(set(cols)) != len(cols):
+            raise InputError(f"duplicate group columns in {list(cols)!r}")
+        if self.privacy_unit in cols:
+            raise InputError(f"cannot group by the privacy unit {self.privacy_unit!r}")
+        g = _positive_int("max_groups", max_groups)
+        c = _positive_int("max_rows", max_rows)
+        key_frame: pd.DataFrame | Literal["private"] | None
+        if not cols:
+            if keys is not None:
+                raise InputError("keys need group columns (by=...)")
+            key_frame, g = None, 1
+        elif isinstance(keys, str):
+            if keys != "private":
+                raise InputError(f"keys must be a collection of group keys or 'private', "
+                                 f"got {keys!r}")
+            key_frame = "private"
+        elif keys is None:
+            raise InputError(f"grouping by {list(cols)!r} needs keys: pass the public keys "
+                             f"(keys=[...]) or keys='private' to select them privately")
+        else:
+            key_frame = self._key_frame(cols, keys)
+        return Query(self, cols, key_frame, g, c)
+
+    def _key_frame(self, cols: tuple[str, ...], keys: Any) -> pd.DataFrame:
+        if isinstance(keys, pd.DataFrame):
+            missing = [c for c in cols if c not in keys.columns]
+            if missing:
+                raise InputError(f"key frame lacks group column(s) {missing!r}")
+            kf = keys[list(cols)].reset_index(drop=True)
+        else:
+            try:
+                n = len(keys)
+            except TypeError as exc:
+                raise InputError("keys must be a list, a tuple, a pandas Index or a DataFrame"
+                                 ) from exc
+            if n > self.max_keys:
+                raise InputError(f"{n} keys exceed the limit of {self.max_keys}")
+            items = list(keys)
+            if len(cols) == 1:
+                kf = pd.DataFrame({cols[0]: items})
+            else:
+                if not all(isinstance(k, tuple) and len(k) == len(cols) for k in items):
+                    raise InputError(f"keys for {list(cols)!r} must be tuples of "
+                                     f"{len(cols)} values")
+                kf = pd.DataFrame(items, columns=list(cols))
+        if len(kf) > self.max_keys:
+            raise InputError(f"{len(kf)} keys exceed the limit of {self.max_keys}")
+        if len(kf) == 0:
+            raise InputError("the key set is empty")
+        if kf.duplicated().any():
+            raise InputError("the key set has duplicate keys")
+        return kf
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def _load(self, columns: list[str]) -> pd.DataFrame:
+        if self._frame is not None:
+            missing = [c for c in columns if c not in self._frame.columns]
+            if missing:
+                raise InputError(f"unknown column(s) {missing!r}")
+            return self._frame[columns]
+        assert self._path is not None
+        missing = [c for c in columns if c not in self.columns]
+        if missing:
+            raise InputError(f"unknown column(s) {missing!r} in {str(self._path)!r}")
+        try:
+            return pd.read_parquet(self._path, columns=columns)
+        except Exception as exc:
+            raise InputError(f"cannot read {str(self._path)!r}: {exc}") from exc
+
+    def _spend_params(self, q: Query, epsilon: float | None, delta: float | None,
+                      rho: float | None) -> tuple[float, float]:
+        kind = self.total.kind
+        private = isinstance(q.keys, str)
+
+        def pos(name: str, v: object) -> float:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                    or v <= 0:
+                raise InputError(f"{name} must be a finite number > 0, got {v!r}")
+            return float(v)
+
+        if kind == "zcdp":
+            if epsilon is not None:
+                raise InputError("this session has a zCDP budget: pass rho=, not epsilon=")
+            primary = pos("rho", rho)
+        else:
+            if rho is not None:
+                raise InputError(f"this session has a {kind} budget: pass epsilon=, not rho=")
+            primary = pos("epsilon", epsilon)
+        d = 0.0
+        if private:
+            if kind == "pure":
+                raise InputError("private key selection needs δ > 0: use Budget.approx or "
+                                 "Budget.zcdp(rho, delta), or pass public keys")
+            if delta is None:
+                raise InputError("private key selection needs delta=")
+            if isinstance(delta, bool) or not isinstance(delta, int | float) \
+                    or not 0 < delta < 1:
+                raise InputError(f"delta must be a number in (0, 1), got {delta!r}")
+            d = float(delta)
+        elif delta is not None:
+            raise InputError("delta is only spent by private key selection (keys='private')")
+        return primary, d
+
+    def _measured(self, frame: pd.DataFrame, column: str) -> np.ndarray:
+        s = frame[column]
+        if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+            raise InputError(f"column {column!r} is not numeric ({s.dtype})")
+        x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        if not np.isfinite(x).all():
+            raise InputError(f"column {column!r} contains NaN, infinite or null values; "
+                             "drop or impute them before a DP query")
+        return x
+
+    def _release(self, q: Query, *, epsilon: float | None, delta: float | None,
+                 rho: float | None, level: float) -> Release:
+        if not q.aggs:
+            raise InputError("the query has no aggregates (add count(), sum(), ...)")
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+            raise InputError(f"level must be in (0, 1), got {level!r}")
+        primary, delta_req = self._spend_params(q, epsilon, delta, rho)
+        zcdp = self.total.kind == "zcdp"
+        measured = list(dict.fromkeys(a.column for a in q.aggs if a.column))
+        for c in measured:
+            if c not in self.columns:
+                raise InputError(f"unknown column {c!r} (columns: {', '.join(self.columns)})")
+        cols = list(dict.fromkeys([self.privacy_unit, *q.by, *measured]))
+        frame = self._load(cols)
+        unit = frame[self.privacy_unit]
+        if unit.isna().any():
+            raise InputError(f"privacy unit column {self.privacy_unit!r} has null values")
+        values = {c: self._measured(frame, c) for c in measured}
+
+        # -- group codes and keys ---------------------------------------------------------
+        private = isinstance(q.keys, str)
+        gcode, keys = _group_codes(frame, q.by, q.keys)
+        nkeys = len(keys)
+        bins = max((len(a.edges) - 1 for a in q.aggs if a.kind == "histogram"), default=1)
+        if nkeys * bins > self.max_keys and not private:
+            raise InputError(f"{nkeys} keys × {bins} bins exceed the limit of {self.max_keys}")
+        sel = gcode >= 0
+        ucode = np.asarray(pd.factorize(unit[sel])[0], dtype=np.int64)
+        gsel = gcode[sel]
+        keep = bound_contributions(ucode, gsel, max_groups=q.max_groups, max_rows=q.max_rows,
+                                   rng=self._rng)
+        rows = np.flatnonzero(sel)[keep]
+        g = gsel[keep]
+        G, C = q.max_groups, q.max_rows
+
+        # -- measurements and their budget shares ------------------------------------------
+        plan = _plan(q.aggs, private)
+        share = primary / sum(w for _, w in plan)
+
+        def vector_mech(name: str, d: int) -> Mechanism:
+            if zcdp:
+                return gaussian_vector(l2=math.sqrt(G) * C * d, rho=share, name=name)
+            return laplace_vector(l1=G * C * d, epsilon=share, name=name)
+
+        mechs: dict[tuple[Any, ...], Mechanism] = {}
+        data: dict[tuple[Any, ...], Any] = {}
+        fps: dict[tuple[Any, ...], FixedPoint] = {}
+        for key, _w in plan:
+            kind = key[0]
+            if kind == "count":
+                data[key] = np.bincount(g, minlength=nkeys)
+                if private:
+                    mechs[key] = threshold_mechanism(l0=G, linf=C, primary=share,
+                                                     delta=delta_req, zcdp=zcdp, name="count")
+                else:
+                    mechs[key] = vector_mech("count", 1)
+            elif kind in ("sum", "csum", "csq"):
+                _, col, lo, hi = key
+                x = np.clip(values[col][rows], lo, hi)
+                if kind == "sum":
+                    fp = fixed_point(x, max(abs(lo), abs(hi)))
+                else:
+                    c, h = (lo + hi) / 2, (hi - lo) / 2
+                    y = np.clip(x - c, -h, h)
+                    fp = fixed_point(y, h) if kind == "csum" else fixed_point(y * y - h * h / 2,
+                                                                              h * h / 2)
+                fps[key] = fp
+                data[key] = _int_sums(g, fp.values, nkeys)
+                mechs[key] = vector_mech(kind, fp.bound)
+            elif kind == "hist":
+                _, col, edges = key
+                e = np.asarray(edges)
+                b = np.clip(np.searchsorted(e, values[col][rows], side="right") - 1, 0,
+                            len(e) - 2)
+                data[key] = (g, b, len(e) - 1)
+                mechs[key] = vector_mech("histogram", 1)
+            elif kind == "quantile":
+                _, col, lo, hi, alpha, ncand = key
+                data[key] = (col, lo, hi)
+                mechs[key] = quantile_mechanism(
+                    candidates=np.linspace(lo, hi, ncand).tolist(), alpha=alpha, rows=C, groups=G,
+                    primary=share, zcdp=zcdp, name="quantile")
+        loss = PrivacyLoss.total(m.loss for m in mechs.values())
+        description = q.describe()
+        description.update(epsilon=epsilon, delta=delta, rho=rho, level=level)
+
+        def run() -> pd.DataFrame:
+            return _execute(q, keys, mechs, data, fps, values, rows, g, level)
+
+        table = self.ledger.spend(self._ledger_key, self.privacy_unit, loss, run,
+                                  query=json.dumps(description, sort_keys=True, default=str))
+        emit(self.audit, "dp.release", dataset_id=self.dataset_id, privacy_unit=self.privacy_unit,
+             epsilon=loss.epsilon, delta=loss.delta, rho=loss.rho, budget_kind=self.total.kind,
+             statistics=[a.label for a in q.aggs], by=list(q.by),
+             keys="private" if private else "public", groups=int(
+                 table[list(q.by)].drop_duplicates().shape[0]) if q.by else 1)
+        return Release(table, q.by, loss, self.dataset_id, self.privacy_unit, float(level),
+                       description, self.total.kind,
+                       _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _plan(aggs: Sequence[_Agg], private: bool) -> list[tuple[tuple[Any, ...], float]]:
+    """The distinct measurements a query needs, each with weight 1 (shared ones once)."""
+    keys: list[tuple[Any, ...]] = []
+
+    def need(k: tuple[Any, ...]) -> None:
+        if k not in keys:
+            keys.append(k)
+
+    if private or any(a.kind in ("count", "mean", "variance") for a in aggs):
+        need(("count",))
+    for a in aggs:
+        if a.kind == "sum":
+            assert a.bounds is not None
+            need(("sum", a.column, *a.bounds))
+        elif a.kind in ("mean", "variance"):
+            assert a.bounds is not None
+            need(("csum", a.column, *a.bounds))
+            if a.kind == "variance":
+                need(("csq", a.column, *a.bounds))
+        elif a.kind == "histogram":
+            need(("hist", a.column, a.edges))
+        elif a.kind == "quantile":
+            assert a.bounds is not None
+            for al in a.alphas:
+                need(("quantile", a.column, *a.bounds, al, a.candidates))
+    return [(k, 1.0) for k in keys]
+
+
+def _int_sums(g: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """Exact per-group sums of integers (float64 accumulation is exact below 2**53)."""
+    if v.size and v.size * float(np.abs(v).max(initial=0)) < 2.0**53:
+        return np.rint(np.bincount(g, weights=v.astype(np.float64), minlength=n)).astype(np.int64)
+    out = np.zeros(n, dtype=np.int64)
+    np.add.at(out, g, v)
+    return out
+
+
+def _group_codes(frame: pd.DataFrame, by: tuple[str, ...],
+                 keys: pd.DataFrame | Literal["private"] | None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Row → key index (``-1``: dropped) and the key frame (public, or every data key)."""
+    n = len(frame)
+    if not by:
+        return np.zeros(n, dtype=np.int64), pd.DataFrame(index=range(1))
+    codes, uniques, mults = [], [], []
+    mult = 1
+    for c in reversed(by):
+        code, uniq = pd.factorize(frame[c], use_na_sentinel=False)
+        codes.append(np.asarray(code, dtype=np.int64))
+        uniques.append(pd.Index(uniq))
+        mults.append(mult)
+        mult *= max(len(uniq), 1)
+        if mult > 2**62:
+            raise InputError(f"too many distinct combinations of {list(by)!r}")
+    codes, uniques, mults = codes[::-1], uniques[::-1], mults[::-1]
+    row = np.zeros(n, dtype=np.int64)
+    for code, m in zip(codes, mults, strict=True):
+        row += code * m
+    if isinstance(keys, str):  # private: every combination present in the data
+        gid, present = pd.factorize(row)
+        present = np.asarray(present, dtype=np.int64)
+        kf = pd.DataFrame({c: uniques[i].take((present // mults[i]) % len(uniques[i]))
+                           for i, c in enumerate(by)})
+        return np.asarray(gid, dtype=np.int64), kf
+    assert keys is not None
+    kcode = np.zeros(len(keys), dtype=np.int64)
+    valid = np.ones(len(keys), dtype=bool)
+    for i, c in enumerate(by):
+        try:
+            idx = uniques[i].get_indexer(pd.Index(keys[c]))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"keys for column {c!r} do not match its type") from exc
+        valid &= idx >= 0
+        kcode += np.where(idx >= 0, idx, 0) * mults[i]
+    if mult <= _LUT_LIMIT:
+        lut = np.full(mult, -1, dtype=np.int64)
+        lut[kcode[valid]] = np.flatnonzero(valid)
+        return lut[row], keys
+    index = pd.Index(np.where(valid, kcode, -1 - np.arange(len(keys))))
+    return np.asarray(index.get_indexer(pd.Index(row)), dtype=np.int64), keys
+
+
+def _noisy(m: Mechanism, vec: np.ndarray) -> np.ndarray:
+    if vec.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray(m.measurement(vec.astype(np.int64).tolist()), dtype=np.int64)
+
+
+def _mech_label(m: Mechanism) -> str:
+    if m.distribution == "exponential":
+        return "exponential mechanism (OpenDP make_private_quantile)"
+    base = "discrete Laplace" if m.distribution == "discrete_laplace" else "discrete Gaussian"
+    if m.threshold is not None:
+        fn = "make_laplace_threshold" if m.distribution == "discrete_laplace" else \
+            "make_gaussian_threshold"
+        return f"{base} with threshold {m.threshold} (OpenDP {fn})"
+    fn = "make_laplace" if m.distribution == "discrete_laplace" else "make_gaussian"
+    return f"{base} (OpenDP {fn})"
+
+
+def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanism],
+             data: dict[tuple[Any, ...], Any], fps: dict[tuple[Any, ...], FixedPoint],
+             values: dict[str, np.ndarray], rows: np.ndarray, g: np.ndarray,
+             level: float) -> pd.DataFrame:
+    """Draw all noise (OpenDP) and assemble the release table. Runs inside the ledger lock."""
+    nkeys = len(keys)
+    out_keys = np.arange(nkeys)
+    noisy: dict[tuple[Any, ...], np.ndarray] = {}
+    if isinstance(q.keys, str):  # private selection first: it decides the released keys
+        m = mechs[("count",)]
+        counts = data[("count",)]
+        kept = m.measurement({int(i): int(v) for i, v in enumerate(counts) if v > 0})
+        # release the selected keys in the order of their values, never in data order
+        chosen = keys.iloc[sorted(kept)]
+        chosen = chosen.sort_values(list(q.by), kind="stable", na_position="last")
+        out_keys = np.asarray(chosen.index, dtype=np.int64)
+        noisy[("count",)] = np.array([kept[int(i)] for i in out_keys], dtype=np.int64)
+    for key, m in mechs.items():
+        if key in noisy:
+            continue
+        kind = key[0]
+        if kind in ("count", "sum", "csum", "csq"):
+            noisy[key] = _noisy(m, np.asarray(data[key])[out_keys])
+        elif kind == "hist":
+            gg, b, nb = data[key]
+            lut = np.full(nkeys, -1, dtype=np.int64)
+            lut[out_keys] = np.arange(out_keys.size)
+            pos = lut[gg]
+            ok = pos >= 0
+            cells = np.bincount(pos[ok] * nb + b[ok], minlength=out_keys.size * nb)
+            noisy[key] = _noisy(m, cells)
+        elif kind == "quantile":
+            col, lo, hi = data[key]
+            x = np.clip(values[col][rows], lo, hi)
+            order = np.argsort(g, kind="stable")
+            xs, gs = x[order], g[order]
+            starts = np.searchsorted(gs, out_keys, side="left")
+            ends = np.searchsorted(gs, out_keys, side="right")
+            noisy[key] = np.array([float(m.measurement(xs[a:b])) for a, b in
+                                   zip(starts, ends, strict=True)], dtype=np.float64)
+
+    records: list[pd.DataFrame] = []
+    key_part = keys.iloc[out_keys].reset_index(drop=True) if q.by else pd.DataFrame(
+        index=range(1))
+    nk = out_keys.size if q.by else 1
+
+    def block(stat: str, column: str, param: str | list[str], est: np.ndarray,
+              lo: np.ndarray, hi: np.ndarray, mech: str, scale: float,
+              used: Sequence[Mechanism], kp: pd.DataFrame | None = None) -> None:
+        loss = PrivacyLoss.total(m.loss for m in used)
+        kpart = key_part if kp is None else kp
+        n = len(kpart)
+        b = kpart.copy()
+        b["statistic"] = stat
+        b["column"] = column
+        b["param"] = param if isinstance(param, list) else [param] * n
+        b["estimate"] = est.astype(np.float64)
+        b["ci_low"] = lo.astype(np.float64)
+        b["ci_high"] = hi.astype(np.float64)
+        b["mechanism"] = mech
+        b["scale"] = float(scale)
+        b["epsilon"] = loss.epsilon
+        b["delta"] = loss.delta
+        b["rho"] = loss.rho
+        b["_block"] = len(records)
+        b["_pos"] = np.arange(n)
+        records.append(b)
+
+    def interval(m: Mechanism, lvl: float) -> int:
+        return halfwidth(m.distribution, m.scale, lvl)
+
+    for a in q.aggs:
+        if a.kind == "count":
+            m = mechs[("count",)]
+            est = noisy[("count",)].astype(np.float64)
+            t = interval(m, level)
+            block("count", "", "", est, est - t, est + t, _mech_label(m), m.scale, [m])
+        elif a.kind == "sum":
+            assert a.bounds is not None
+            key = ("sum", a.column, *a.bounds)
+            m, fp = mechs[key], fps[key]
+            est = noisy[key] * fp.step
+            tw = interval(m, level) * fp.step
+            block("sum", a.column, "", est, est - tw, est + tw, _mech_label(m),
+                  m.scale * fp.step, [m])
+        elif a.kind in ("mean", "variance"):
+            assert a.bounds is not None
+            lo_b, hi_b = a.bounds
+            c, h = (lo_b + hi_b) / 2, (hi_b - lo_b) / 2
+            mc, ms = mechs[("count",)], mechs[("csum", a.column, *a.bounds)]
+            fs = fps[("csum", a.column, *a.bounds)]
+            n_est = noisy[("count",)].astype(np.float64)
+            s_est = noisy[("csum", a.column, *a.bounds)] * fs.step
+            parts = 2 if a.kind == "mean" else 3
+            lvl = 1 - (1 - level) / parts
+            tn = interval(mc, lvl)
+            ts = interval(ms, lvl) * fs.step
+            denom = np.maximum(n_est, 1.0)
+            mean_c = np.clip(s_est / denom, -h, h)
+            m_lo, m_hi = ratio_interval(s_est - ts, s_est + ts, n_est - tn, n_est + tn, -h, h)
+            if a.kind == "mean":
+                block("mean", a.column, "", c + mean_c, c + m_lo, c + m_hi,
+                      f"centred sum / count, {_mech_label(ms)}", ms.scale * fs.step, [ms, mc])
+            else:
+                mq = mechs[("csq", a.column, *a.bounds)]
+                fq = fps[("csq", a.column, *a.bounds)]
+                z_est = noisy[("csq", a.column, *a.bounds)] * fq.step
+                tz = interval(mq, lvl) * fq.step
+                h2 = h * h / 2
+                sq = np.clip(z_est / denom, -h2, h2) + h2
+                var = np.clip(sq - mean_c**2, 0, h * h)
+                q_lo, q_hi = ratio_interval(z_est - tz, z_est + tz, n_est - tn, n_est + tn,
+                                            -h2, h2)
+                m2_lo = np.where((m_lo <= 0) & (m_hi >= 0), 0.0,
+                                 np.minimum(m_lo**2, m_hi**2))
+                m2_hi = np.maximum(m_lo**2, m_hi**2)
+                v_lo = np.clip(q_lo + h2 - m2_hi, 0, h * h)
+                v_hi = np.clip(q_hi + h2 - m2_lo, 0, h * h)
+                block("variance", a.column, "", var, v_lo, v_hi,
+                      f"centred sums / count, {_mech_label(mq)}", mq.scale * fq.step,
+                      [mq, ms, mc])
+        elif a.kind == "quantile":
+            assert a.bounds is not None
+            for al in a.alphas:
+                key = ("quantile", a.column, *a.bounds, al, a.candidates)
+                m = mechs[key]
+                est = noisy[key]
+                nan = np.full(est.size, np.nan)
+                block("quantile", a.column, f"{al:g}", est, nan, nan, _mech_label(m), m.scale,
+                      [m])
+        elif a.kind == "histogram":
+            key = ("hist", a.column, a.edges)
+            m = mechs[key]
+            e = a.edges
+            nb = len(e) - 1
+            labels = [f"[{e[i]:g}, {e[i + 1]:g}" + (")" if i < nb - 1 else "]")
+                      for i in range(nb)]
+            est = noisy[key].astype(np.float64)
+            t = interval(m, level)
+            kp = key_part.loc[key_part.index.repeat(nb)].reset_index(drop=True)
+            block("histogram", a.column, labels * nk, est, est - t, est + t, _mech_label(m),
+                  m.scale, [m], kp=kp)
+    table = pd.concat(records, ignore_index=True)
+    # order: by key (the order of the key set), then statistic in query order
+    if q.by:
+        kidx = np.concatenate([np.repeat(np.arange(nk), len(r) // max(nk, 1))
+                               for r in records])
+        table["_k"] = kidx
+        table = table.sort_values(["_k", "_block", "_pos"], kind="stable").drop(columns=["_k"])
+    return table.drop(columns=["_block", "_pos"]).reset_index(drop=True)
