@@ -100,3 +100,17 @@ class TestKeyConfig:
         env = {"PETS_PKCS11_LIBRARY": HSM_LIB, "PETS_PKCS11_TOKEN": "EU=EU",
                "PETS_PKCS11_PIN": HSM_PIN}
         assert [type(s).__name__ for s in key_services(environ=env)] == ["Pkcs11Keyring"]
+
+
+class TestKeyConfigShipping:
+    def test_key_config_pickles_without_secrets(self, keyring_env):
+        import pickle
+
+        _, env = keyring_env
+        cfg = KeyConfig.from_env(env)
+        blob = pickle.dumps(cfg)
+        assert env["PETS_MASTER_KEY"].encode() not in blob
+        again = pickle.loads(blob)
+        assert again == cfg and hash(again) == hash(cfg)
+        w = again.services(environ=env).wrap("local://eu/k", b"d" * 32, context=EU)
+        assert w.key_uri == "local://eu/k"

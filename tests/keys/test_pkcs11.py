@@ -261,3 +261,26 @@ class TestInitSoftHsmTokens:
         labels = [line.split(":", 1)[1].strip() for line in shown.splitlines()
                   if line.strip().startswith("Label:")]
         assert sorted(label for label in labels if label) == sorted(HSM_TOKENS)
+
+
+class TestAcrossProcesses:
+    def test_rotation_and_destruction_in_another_process_are_seen(self, hsm_eu):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        w1 = hsm_eu.wrap(uri, b"1" * 32, context=EU)
+        code = ("from pets.keys import Pkcs11Keyring as P; import sys; "
+                "r = P(sys.argv[1], 'EU', sys.argv[2], jurisdiction='EU'); "
+                "r.rotate(sys.argv[3]); r.destroy(sys.argv[3], 1)")
+        root = str(Path(__file__).resolve().parents[2])
+        res = subprocess.run([sys.executable, "-c", code, HSM_LIB, HSM_PIN, uri],
+                             capture_output=True, text=True, check=False,
+                             env={**os.environ, "PYTHONPATH": root})
+        assert res.returncode == 0, res.stderr
+        assert hsm_eu.describe(uri).primary_version == 2
+        assert hsm_eu.wrap(uri, b"2" * 32, context=EU).version == 2
+        with pytest.raises(KeyDestroyedError, match="v1 is destroyed"):
+            hsm_eu.unwrap(w1, context=EU)
