@@ -152,6 +152,17 @@ class Pkcs11Keyring:
         KeyNotFoundError: No token with that label.
         KeyServiceError: Wrong PIN (the message names the token, never the PIN), a library that
             will not load, or a token recorded under another jurisdiction.
+
+    Example (needs a SoftHSM2 token; a process loads the module with one configuration, so the
+    runnable version lives in ``tests/keys/test_pkcs11.py``)::
+
+        >>> from pets import Context
+        >>> hsm = Pkcs11Keyring(SOFTHSM2_LIBRARY, "EU", os.environ["PETS_PKCS11_PIN"],
+        ...                     jurisdiction="EU")  # doctest: +SKIP
+        >>> _ = hsm.create("pkcs11://EU/customers", jurisdiction="EU")  # doctest: +SKIP
+        >>> w = hsm.wrap("pkcs11://EU/customers", b"k" * 32, context=Context("EU"))  # doctest: +SKIP
+        >>> hsm.unwrap(w, context=Context("EU")) == b"k" * 32  # doctest: +SKIP
+        True
     """
 
     scheme = "pkcs11"
