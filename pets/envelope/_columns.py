@@ -188,6 +188,17 @@ def _codec_for(series: pd.Series, name: str) -> str:
     raise InputError(f"column {name!r}: dtype {dt} is not supported by column encryption")
 
 
+def _values(series: pd.Series, codec: str) -> np.ndarray[Any, Any]:
+    """All values as a NumPy array of the codec's type (nulls filled, masked by the caller)."""
+    if codec == "int64":
+        return series.to_numpy(dtype=np.int64, na_value=0)
+    if codec == "float64":
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if codec == "bool":
+        return series.to_numpy(dtype=bool, na_value=False)
+    return series.to_numpy(dtype=object)
+
+
 def _encode(values: np.ndarray[Any, Any], codec: str) -> list[bytes]:
     if codec == "str":
         return [v.encode("utf-8") for v in values]
@@ -345,7 +356,7 @@ def encrypt_columns(
             ck = ColumnKey(name, m, codec, str(series.dtype), encoding, wrapped)  # type: ignore[arg-type]
         result[name] = ck
         mask = series.notna().to_numpy()
-        values = series.to_numpy()[mask]
+        values = _values(series, codec)[mask]
         aad = _aad(name, m, ctx_bytes)
         if m == "deterministic" and len(values):
             codes, uniques = pd.factorize(values)
@@ -437,7 +448,8 @@ def decrypt_columns(
         full = np.full(len(series), None, dtype=object)
         full[mask] = values
         try:
-            out[name] = pd.Series(full, index=frame.index).astype(ck.dtype)  # type: ignore[call-overload]
+            restored = pd.Series(full, index=frame.index, dtype=object)
+            out[name] = restored if ck.dtype == "object" else restored.astype(ck.dtype)  # type: ignore[call-overload]
         except (TypeError, ValueError):
             out[name] = pd.Series(full, index=frame.index, dtype=object)
     out.attrs.pop(ATTRS_KEY, None)
