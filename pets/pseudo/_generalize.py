@@ -1,0 +1,544 @@
+"""Generalizers: coarsen a column so that more rows share each value.
+
+Each is a :class:`~pets.pseudo.Transform` (``apply(series) -> series``), vectorized, keeping the
+index, the name and nulls. None is reversible; each says what it keeps (``links``). They are the
+levels of the hierarchies :func:`~pets.pseudo.enforce_k` climbs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hmac
+import ipaddress
+import itertools
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pets._errors import InputError
+from pets._events import AuditHook
+from pets.keys import Secret
+from pets.pseudo._base import KeyedTransform, Transform
+from pets.pseudo._columnar import map_distinct, series_from_arrow
+from pets.pseudo._text import DEFAULT_MAX_BYTES, column_label, normalized_text
+
+__all__ = [
+    "AgeBand",
+    "Bucket",
+    "DateShift",
+    "IPPrefix",
+    "Mask",
+    "PostcodePrefix",
+    "Suppress",
+    "TopBottomCode",
+    "TruncateDate",
+]
+
+
+def _numeric(series: pd.Series, who: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(series.dtype) or not pd.api.types.is_numeric_dtype(series.dtype):
+        raise InputError(f"column {column_label(series)!r}: {who} needs a numeric column, "
+                         f"got {series.dtype}")
+    return series
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}" if float(v) != int(v) or abs(v) >= 1e15 else str(int(v))
+
+
+def _labels(codes: np.ndarray, names: Sequence[str], like: pd.Series) -> pd.Series:
+    table = pa.array(list(names), type=pa.large_string())
+    idx = pa.array(codes, mask=codes < 0, type=pa.int64())
+    return series_from_arrow(pc.take(table, idx) if len(table) else
+                             pa.nulls(len(codes), pa.large_string()), like)
+
+
+class Bucket(Transform):
+    """Numeric bucketing into labelled intervals ``"[lo, hi)"``, by width, edges or quantiles.
+
+    Exactly one of ``width`` (buckets ``[origin + k*width, origin + (k+1)*width)``), ``edges``
+    (sorted boundaries; values below the first become ``"<e0"``, at or above the last
+    ``">=eN"``) or ``quantiles`` (a number of equal-frequency buckets, edges computed from the
+    column — note that data-derived edges themselves reveal a little about the data).
+
+    Links: values in the same bucket become indistinguishable; order of buckets is kept.
+
+    Example:
+        >>> import pandas as pd
+        >>> Bucket(width=10).apply(pd.Series([3, 17, 20, None])).tolist()
+        ['[0, 10)', '[10, 20)', '[20, 30)', <NA>]
+        >>> Bucket(edges=[18, 30, 65]).apply(pd.Series([10, 18, 40, 70])).tolist()
+        ['<18', '[18, 30)', '[30, 65)', '>=65']
+    """
+
+    name: ClassVar[str] = "bucket"
+    links: ClassVar[str] = "values within one bucket become equal; bucket order kept"
+
+    def __init__(self, *, width: float | None = None, edges: Sequence[float] | None = None,
+                 quantiles: int | None = None, origin: float = 0.0) -> None:
+        if sum(x is not None for x in (width, edges, quantiles)) != 1:
+            raise InputError("Bucket needs exactly one of width=, edges=, quantiles=")
+        if width is not None and not width > 0:
+            raise InputError("Bucket width must be > 0")
+        if edges is not None:
+            e = [float(x) for x in edges]
+            if not e or any(b <= a for a, b in itertools.pairwise(e)):
+                raise InputError("Bucket edges must be non-empty and strictly increasing")
+            edges = e
+        if quantiles is not None and not 1 <= quantiles <= 1000:
+            raise InputError("Bucket quantiles must be 1..1000")
+        self.width, self.edges, self.quantiles, self.origin = width, edges, quantiles, origin
+
+    def params(self) -> dict[str, Any]:
+        return {"width": self.width, "edges": self.edges, "quantiles": self.quantiles,
+                "origin": self.origin}
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        _numeric(series, "Bucket")
+        x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        isnan = np.isnan(x)
+        if self.width is not None:
+            w = float(self.width)
+            k = np.floor((np.where(isnan, 0.0, x) - self.origin) / w)
+            codes_f, uniq = pd.factorize(np.where(isnan, np.nan, k), use_na_sentinel=True)
+            names = [f"[{_fmt(self.origin + q * w)}, {_fmt(self.origin + (q + 1) * w)})"
+                     for q in np.asarray(uniq, dtype=np.float64)]
+            return _labels(np.asarray(codes_f, dtype=np.int64), names, series)
+        if self.edges is not None:
+            edges = np.asarray(self.edges)
+            names = [f"<{_fmt(edges[0])}"] + [
+                f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)
+            ] + [f">={_fmt(edges[-1])}"]
+        else:
+            q = np.linspace(0, 1, int(self.quantiles or 1) + 1)
+            present = x[~isnan]
+            edges = np.unique(np.quantile(present, q)) if len(present) else np.zeros(1)
+            names = [f"<{_fmt(edges[0])}"] + [
+                f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)
+            ] + [f">={_fmt(edges[-1])}"]
+            if len(edges) > 1:  # the maximum belongs to the last closed bucket
+                names[-2] = f"[{_fmt(edges[-2])}, {_fmt(edges[-1])}]"
+                x = np.where(x == edges[-1], np.nextafter(edges[-1], -np.inf), x)
+        codes = np.searchsorted(edges, np.where(isnan, 0.0, x), side="right").astype(np.int64)
+        codes[isnan] = -1
+        return _labels(codes, names, series)
+
+
+class TopBottomCode(Transform):
+    """Clip a numeric column: values below ``lower`` become ``lower``, above ``upper`` ``upper``.
+
+    Links: extreme values (often the identifying ones) merge with the thresholds.
+
+    Example:
+        >>> import pandas as pd
+        >>> TopBottomCode(lower=18, upper=90).apply(pd.Series([5, 40, 101])).tolist()
+        [18, 40, 90]
+    """
+
+    name: ClassVar[str] = "top-bottom-code"
+    links: ClassVar[str] = "values beyond the thresholds become equal to the thresholds"
+
+    def __init__(self, *, lower: float | None = None, upper: float | None = None) -> None:
+        if lower is None and upper is None:
+            raise InputError("TopBottomCode needs lower= and/or upper=")
+        if lower is not None and upper is not None and lower > upper:
+            raise InputError("TopBottomCode lower must be <= upper")
+        self.lower, self.upper = lower, upper
+
+    def params(self) -> dict[str, Any]:
+        return {"lower": self.lower, "upper": self.upper}
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        _numeric(series, "TopBottomCode")
+        return series.clip(lower=self.lower, upper=self.upper)
+
+
+_UNITS = ("year", "month", "week", "day", "hour")
+
+
+def _as_datetime(series: pd.Series, who: str) -> pd.Series:
+    if not pd.api.types.is_datetime64_any_dtype(series.dtype):
+        raise InputError(f"column {column_label(series)!r}: {who} needs a datetime column, "
+                         f"got {series.dtype}")
+    return series
+
+
+class TruncateDate(Transform):
+    """Truncate datetimes to the start of their year, month, ISO week (Monday), day or hour.
+
+    Time-zone-aware columns are truncated in their own zone's wall time. The dtype is kept.
+
+    Links: all dates within one period become equal.
+
+    Example:
+        >>> import pandas as pd
+        >>> s = pd.Series(pd.to_datetime(["2024-05-17 13:45", "2024-12-31 00:00", None]))
+        >>> TruncateDate("month").apply(s).dt.strftime("%Y-%m-%d").tolist()
+        ['2024-05-01', '2024-12-01', nan]
+        >>> TruncateDate("week").apply(s)[0].strftime("%a %Y-%m-%d")
+        'Mon 2024-05-13'
+    """
+
+    name: ClassVar[str] = "truncate-date"
+    links: ClassVar[str] = "dates within one period become equal"
+
+    def __init__(self, unit: Literal["year", "month", "week", "day", "hour"] = "month") -> None:
+        if unit not in _UNITS:
+            raise InputError(f"TruncateDate unit must be one of {_UNITS}, got {unit!r}")
+        self.unit = unit
+
+    def params(self) -> dict[str, Any]:
+        return {"unit": self.unit}
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        _as_datetime(series, "TruncateDate")
+        tz = getattr(series.dtype, "tz", None)
+        local = series.dt.tz_localize(None) if tz is not None else series
+        values = local.to_numpy(dtype="datetime64[ns]")
+        nat = np.isnat(values)
+        if self.unit == "year":
+            out = values.astype("datetime64[Y]").astype("datetime64[ns]")
+        elif self.unit == "month":
+            out = values.astype("datetime64[M]").astype("datetime64[ns]")
+        elif self.unit == "week":
+            days = values.astype("datetime64[D]")
+            weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+            out = (days - weekday.astype("timedelta64[D]")).astype("datetime64[ns]")
+        elif self.unit == "day":
+            out = values.astype("datetime64[D]").astype("datetime64[ns]")
+        else:
+            out = values.astype("datetime64[h]").astype("datetime64[ns]")
+        out[nat] = np.datetime64("NaT")
+        res = pd.Series(out, index=series.index, name=series.name)
+        if tz is not None:
+            res = res.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward")
+        return res.astype(series.dtype)
+
+
+class AgeBand(Transform):
+    """Birth date → age band at a reference date, e.g. ``"30-39"``, top-coded as ``"90+"``.
+
+    The age is whole years completed on ``reference`` (a birthday on the reference date
+    counts). Birth dates after the reference date are refused.
+
+    Links: everyone born in the same band (relative to the reference date) becomes equal.
+
+    Example:
+        >>> import pandas as pd, datetime as dt
+        >>> s = pd.Series(pd.to_datetime(["1990-06-15", "1990-06-16", "1930-01-01"]))
+        >>> AgeBand(dt.date(2025, 6, 15), width=5, top=80).apply(s).tolist()
+        ['35-39', '30-34', '80+']
+    """
+
+    name: ClassVar[str] = "age-band"
+    links: ClassVar[str] = "birth dates whose age at the reference date falls in one band"
+
+    def __init__(self, reference: _dt.date | str, *, width: int = 10,
+                 top: int | None = None) -> None:
+        ref = pd.Timestamp(reference)
+        if pd.isna(ref):
+            raise InputError("AgeBand needs a reference date")
+        if not isinstance(width, int) or width < 1:
+            raise InputError("AgeBand width must be a positive integer")
+        if top is not None and top < 0:
+            raise InputError("AgeBand top must be >= 0")
+        self.reference = ref.date()
+        self.width, self.top = width, top
+
+    def params(self) -> dict[str, Any]:
+        return {"reference": self.reference.isoformat(), "width": self.width, "top": self.top}
+
+    def ages(self, series: pd.Series) -> np.ndarray:
+        """Whole years completed at the reference date (float, NaN for nulls)."""
+        _as_datetime(series, "AgeBand")
+        local = series.dt.tz_localize(None) if getattr(series.dtype, "tz", None) else series
+        born = local.to_numpy(dtype="datetime64[D]")
+        nat = np.isnat(born)
+        years = born.astype("datetime64[Y]").astype(np.int64) + 1970
+        months = born.astype("datetime64[M]").astype(np.int64) % 12 + 1
+        days = (born - born.astype("datetime64[M]").astype("datetime64[D]")).astype(np.int64) + 1
+        ref = self.reference
+        before = (months > ref.month) | ((months == ref.month) & (days > ref.day))
+        age = (ref.year - years - before).astype(np.float64)
+        age[nat] = np.nan
+        if (age < 0).any():
+            raise InputError(f"column {column_label(series)!r}: birth date after the reference "
+                             f"date {ref.isoformat()}")
+        return np.asarray(age, dtype=np.float64)
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        age = self.ages(series)
+        nan = np.isnan(age)
+        a = np.where(nan, 0, age).astype(np.int64)
+        w = self.width
+        lo = (a // w) * w
+        if self.top is not None:
+            lo = np.where(a >= self.top, self.top, lo)
+        codes, uniq = pd.factorize(np.where(nan, -1, lo), sort=True)
+        names = []
+        for v in uniq:
+            if self.top is not None and v == self.top:
+                names.append(f"{v}+")
+            elif w == 1:
+                names.append(str(v))
+            else:
+                hi = v + w - 1 if self.top is None else min(v + w - 1, self.top - 1)
+                names.append(f"{v}-{hi}")
+        codes = np.asarray(codes, dtype=np.int64)
+        if len(uniq) and uniq[0] == -1:
+            codes = codes - 1
+            names = names[1:]
+        return _labels(codes, names, series)
+
+
+class PostcodePrefix(Transform):
+    """Keep the first ``keep`` characters of a postcode (optionally ``fill`` the rest).
+
+    Links: postcodes sharing the prefix (a region) become equal.
+
+    Example:
+        >>> import pandas as pd
+        >>> PostcodePrefix(2).apply(pd.Series(["75011", "1010", None])).tolist()
+        ['75', '10', <NA>]
+        >>> PostcodePrefix(2, fill="*").apply(pd.Series(["75011"])).tolist()
+        ['75***']
+    """
+
+    name: ClassVar[str] = "postcode-prefix"
+    links: ClassVar[str] = "postcodes with the same prefix become equal"
+
+    def __init__(self, keep: int = 2, *, fill: str | None = None) -> None:
+        if not isinstance(keep, int) or keep < 0:
+            raise InputError("PostcodePrefix keep must be a non-negative integer")
+        if fill is not None and len(fill) != 1:
+            raise InputError("PostcodePrefix fill must be one character")
+        self.keep, self.fill = keep, fill
+
+    def params(self) -> dict[str, Any]:
+        return {"keep": self.keep, "fill": self.fill}
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        arr = normalized_text(series, strip=True)
+        out = pc.utf8_slice_codeunits(arr, 0, self.keep)
+        if self.fill is not None:
+            lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
+            pad = np.maximum(np.nan_to_num(lengths.astype(np.float64)) - self.keep, 0)
+            tails = pc.binary_repeat(pa.scalar(self.fill, pa.large_string()),
+                                     pa.array(pad.astype(np.int64)))
+            out = pc.binary_join_element_wise(out, tails, pa.scalar("", pa.large_string()))
+        return series_from_arrow(out, series)
+
+
+class IPPrefix(Transform):
+    """Truncate IP addresses to a network prefix, written in CIDR form (``"10.1.2.0/24"``).
+
+    IPv4 is vectorized (octets parsed with Arrow, masked in numpy); IPv6 goes through
+    :mod:`ipaddress` once per distinct value. Invalid addresses are refused.
+
+    Links: addresses within the same prefix become equal.
+
+    Example:
+        >>> import pandas as pd
+        >>> IPPrefix(v4=16).apply(pd.Series(["192.168.7.9", "2001:db8::1", None])).tolist()
+        ['192.168.0.0/16', '2001:db8::/48', <NA>]
+    """
+
+    name: ClassVar[str] = "ip-prefix"
+    links: ClassVar[str] = "addresses in the same network prefix become equal"
+
+    def __init__(self, *, v4: int = 24, v6: int = 48) -> None:
+        if not 0 <= v4 <= 32 or not 0 <= v6 <= 128:
+            raise InputError("IPPrefix needs 0 <= v4 <= 32 and 0 <= v6 <= 128")
+        self.v4, self.v6 = v4, v6
+
+    def params(self) -> dict[str, Any]:
+        return {"v4": self.v4, "v6": self.v6}
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        label = column_label(series)
+        arr = normalized_text(series, strip=True, max_bytes=64)
+        n = len(arr)
+        out = np.empty(n, dtype=object)
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        out[~valid] = None
+        is4 = np.asarray(pc.match_substring_regex(
+            arr, r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$").fill_null(False)
+            .to_numpy(zero_copy_only=False), dtype=bool)
+        if is4.any():
+            parts = pc.split_pattern(arr.filter(pa.array(is4)), ".")
+            octets = np.asarray(pc.cast(pc.list_flatten(parts), pa.int64())
+                                .to_numpy(zero_copy_only=False)).reshape(-1, 4)
+            if (octets > 255).any():
+                bad = int(np.flatnonzero(is4)[int(np.flatnonzero((octets > 255).any(1))[0])])
+                raise InputError(f"column {label!r}: value at position {bad} is not an IP "
+                                 "address")
+            mask = octets * 0
+            bits = self.v4
+            for i in range(4):
+                keep = min(max(bits - 8 * i, 0), 8)
+                mask[:, i] = (0xFF << (8 - keep)) & 0xFF
+            net = (octets & mask).astype(str)
+            out[is4] = np.char.add(np.char.add(np.char.add(np.char.add(
+                np.char.add(np.char.add(np.char.add(net[:, 0], "."), net[:, 1]), "."),
+                net[:, 2]), "."), net[:, 3]), f"/{self.v4}")
+        rest = valid & ~is4
+        if rest.any():
+            values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)[rest]
+            codes, uniq = pd.factorize(values)
+            nets = []
+            for j, v in enumerate(uniq):
+                try:
+                    ip = ipaddress.ip_address(v)
+                except ValueError:
+                    bad = int(np.flatnonzero(rest)[int(np.flatnonzero(codes == j)[0])])
+                    raise InputError(f"column {label!r}: value at position {bad} is not an IP "
+                                     "address") from None
+                plen = self.v4 if ip.version == 4 else self.v6
+                nets.append(str(ipaddress.ip_network(f"{ip}/{plen}", strict=False)))
+            out[rest] = np.asarray(nets, dtype=object)[codes]
+        res = pa.array(out, type=pa.large_string(), from_pandas=True) if n else \
+            pa.array([], type=pa.large_string())
+        return series_from_arrow(res, series)
+
+
+class Mask(Transform):
+    """Replace all but the last ``keep_last`` characters with ``char`` (length kept).
+
+    Links: values sharing their last characters and length become equal.
+
+    Example:
+        >>> import pandas as pd
+        >>> Mask(keep_last=4).apply(pd.Series(["4111111111111111", "12", None])).tolist()
+        ['************1111', '12', <NA>]
+    """
+
+    name: ClassVar[str] = "mask"
+    links: ClassVar[str] = "values with the same last characters and length become equal"
+
+    def __init__(self, keep_last: int = 4, *, char: str = "*") -> None:
+        if not isinstance(keep_last, int) or keep_last < 0:
+            raise InputError("Mask keep_last must be a non-negative integer")
+        if len(char) != 1:
+            raise InputError("Mask char must be one character")
+        self.keep_last, self.char = keep_last, char
+
+    def params(self) -> dict[str, Any]:
+        return {"keep_last": self.keep_last, "char": self.char}
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        arr = normalized_text(series)
+        lengths = pc.utf8_length(arr)
+        hidden = pc.max_element_wise(pc.subtract(lengths, self.keep_last), 0)
+        tail = pc.utf8_slice_codeunits(arr, -self.keep_last) if self.keep_last else \
+            pc.utf8_slice_codeunits(arr, 0, 0)
+        stars = pc.binary_repeat(pa.scalar(self.char, pa.large_string()),
+                                 pc.fill_null(hidden, 0))
+        out = pc.binary_join_element_wise(stars, tail, pa.scalar("", pa.large_string()))
+        return series_from_arrow(out, series)
+
+
+class Suppress(Transform):
+    """Replace every value with ``value`` (default null): the column carries nothing.
+
+    Links: nothing (all rows equal).
+
+    Example:
+        >>> import pandas as pd
+        >>> Suppress("*").apply(pd.Series(["a", "b"])).tolist()
+        ['*', '*']
+    """
+
+    name: ClassVar[str] = "suppress"
+    links: ClassVar[str] = "nothing: every row gets the same value"
+
+    def __init__(self, value: str | None = None) -> None:
+        self.value = value
+
+    def params(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def apply(self, series: pd.Series) -> pd.Series:
+        return pd.Series(pd.array([self.value] * len(series), dtype="string"),
+                         index=series.index, name=series.name)
+
+
+class DateShift(KeyedTransform):
+    """Keyed per-user date shifting: every date of one user moves by the same secret offset.
+
+    The offset of a user is ``HMAC-SHA256(domain_key, normalised user id)`` read as a 64-bit
+    integer, reduced to ``[-max_days, +max_days]`` (bias below 2^-40). Intervals between one
+    user's dates are kept exactly; calendar dates are hidden up to ± ``max_days``.
+
+    Warning — what it links: the offset is deterministic per (user, domain), so the shifted
+    dates of one user stay consistent across tables shifted in the same domain; differences
+    between dates (durations, ordering within a user) are preserved. Not reversible here.
+
+    Example:
+        >>> import pandas as pd
+        >>> from pets.keys import Secret
+        >>> ds = DateShift(Secret(bytes(32)), domain="visits", max_days=30)
+        >>> when = pd.Series(pd.to_datetime(["2025-01-10", "2025-01-20", "2025-03-01"]))
+        >>> who = pd.Series(["ann", "ann", "bob"])
+        >>> out = ds.apply(when, by=who)
+        >>> (out[1] - out[0]).days, abs((out[0] - when[0]).days) <= 30
+        (10, True)
+    """
+
+    name: ClassVar[str] = "date-shift"
+    purpose: ClassVar[str] = "date-shift"
+    links: ClassVar[str] = (
+        "one user's dates keep their intervals (one offset per user and domain); calendar "
+        "dates hidden within ±max_days")
+
+    def __init__(self, secret: Secret, *, domain: str, max_days: int = 30,
+                 by: str | None = None, jurisdiction: str | None = None,
+                 audit: AuditHook | None = None) -> None:
+        self._configure(max_days=max_days, by=by)
+        super().__init__(secret, domain=domain, jurisdiction=jurisdiction, audit=audit)
+
+    def _configure(self, max_days: int = 30, by: str | None = None, **kw: Any) -> None:
+        super()._configure(**kw)
+        if not isinstance(max_days, int) or not 1 <= max_days <= 36500:
+            raise InputError("DateShift max_days must be 1..36500")
+        self.max_days = max_days
+        self.by = by
+
+    def params(self) -> dict[str, Any]:
+        return {"max_days": self.max_days, "by": self.by}
+
+    def offsets(self, users: pd.Series) -> np.ndarray:
+        """The day offset of each row's user (0 where the user is null)."""
+        arr = normalized_text(users, max_bytes=DEFAULT_MAX_BYTES)
+        key = self._key.expose()
+        span = np.uint64(2 * self.max_days + 1)
+        digest = hmac.digest
+
+        def fn(values: list[bytes]) -> np.ndarray:
+            raw = b"".join([digest(key, v, "sha256")[:8] for v in values])
+            word = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+            return (word % span).astype(np.int64).view("S8")
+
+        vals, valid = map_distinct(arr, fn)
+        off = np.zeros(len(arr), dtype=np.int64)
+        if valid.any():
+            off[valid] = np.frombuffer(np.ascontiguousarray(vals[valid]).tobytes(),
+                                       dtype=np.int64) - self.max_days
+        return off
+
+    def apply(self, series: pd.Series, *, by: pd.Series | None = None) -> pd.Series:
+        """Shift ``series`` (datetimes) by the offset of the user in ``by`` (same length).
+
+        :func:`~pets.pseudo.pseudonymize` passes the column named by the ``by`` parameter.
+        """
+        if by is None:
+            raise InputError(f"{self.name} needs by= (the user id column)")
+        _as_datetime(series, "DateShift")
+        if len(by) != len(series):
+            raise InputError("DateShift: by= must have the same length as the dates")
+        days = self.offsets(by.reset_index(drop=True))
+        delta = pd.to_timedelta(days, unit="D")
+        return series + pd.Series(delta, index=series.index)

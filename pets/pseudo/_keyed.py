@@ -1,0 +1,156 @@
+"""Keyed pseudonyms: HMAC-SHA256 under a per-domain key derived from an EU-held root secret."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+
+from pets._errors import InputError
+from pets._events import AuditHook
+from pets.keys import Secret
+from pets.pseudo._base import KeyedTransform
+from pets.pseudo._columnar import fixed_width_strings, map_distinct, series_from_arrow
+from pets.pseudo._text import DEFAULT_MAX_BYTES, normalized_text
+
+__all__ = ["ENCODINGS", "KeyedHash", "encode_digests", "hmac_sha256_digests"]
+
+Encoding = Literal["hex128", "hex256", "base32", "base64url"]
+#: Output encodings: name -> (digest bytes kept, characters per pseudonym).
+ENCODINGS: dict[str, tuple[int, int]] = {
+    "hex128": (16, 32),
+    "hex256": (32, 64),
+    "base32": (16, 26),
+    "base64url": (16, 22),
+}
+
+
+def hmac_sha256_digests(key: bytes, messages: Sequence[bytes]) -> bytes:
+    """HMAC-SHA256 of each message under ``key``, concatenated (32 bytes each).
+
+    This is the one HMAC path of :class:`KeyedHash` (the stdlib's one-shot ``hmac.digest``,
+    computed by OpenSSL); the RFC 4231 known answers are checked against it.
+
+    Example:
+        >>> hmac_sha256_digests(b"Jefe", [b"what do ya want for nothing?"]).hex()[:16]
+        '5bdcc146bf60754e'
+    """
+    digest = hmac.digest
+    return b"".join([digest(key, m, "sha256") for m in messages])
+
+
+def encode_digests(joined: bytes, encoding: str) -> np.ndarray:
+    """Encode concatenated 32-byte digests as a fixed-width ``S`` array (vectorized for hex)."""
+    if encoding not in ENCODINGS:
+        raise InputError(f"unknown encoding {encoding!r}; use one of {sorted(ENCODINGS)}")
+    keep, width = ENCODINGS[encoding]
+    n = len(joined) // 32
+    if n == 0:
+        return np.zeros(0, dtype=f"S{width}")
+    if encoding.startswith("hex"):
+        hexed = np.frombuffer(joined.hex().encode("ascii"), dtype="S64")
+        return hexed.astype(f"S{width}") if width != 64 else hexed.copy()
+    raw = np.frombuffer(joined, dtype=np.uint8).reshape(n, 32)[:, :keep].tobytes()
+    if encoding == "base32":
+        chunks = [base64.b32encode(raw[i:i + keep])[:width].lower()
+                  for i in range(0, len(raw), keep)]
+    else:
+        chunks = [base64.urlsafe_b64encode(raw[i:i + keep])[:width]
+                  for i in range(0, len(raw), keep)]
+    return np.array(chunks, dtype=f"S{width}")
+
+
+class KeyedHash(KeyedTransform):
+    """Keyed pseudonyms: ``HMAC-SHA256(domain_key, normalised value)``, truncated and encoded.
+
+    The domain key is derived with HKDF-SHA256 from the root secret (see
+    :func:`~pets.pseudo.derive_domain_key`); without that secret nobody can compute a pseudonym,
+    so a guessed identifier cannot be tested (unlike a plain or salted hash). Each distinct value
+    is hashed once.
+
+    Warning — what it links: the output is **deterministic**: equal (normalised) inputs in one
+    domain give equal pseudonyms, so all rows of a person stay linkable to each other within
+    the domain, and frequencies are preserved. Pseudonymised data is still personal data.
+    Different domains give unlinkable pseudonyms. Not reversible: keep a token
+    (:class:`~pets.pseudo.Tokenizer`) if you need re-identification.
+
+    Encodings: ``hex128`` (default, 128 bits as 32 hex digits), ``hex256`` (the full MAC),
+    ``base32`` (128 bits, 26 lower-case characters), ``base64url`` (128 bits, 22 characters).
+
+    Args:
+        secret: The 32-byte root secret (see :meth:`from_key` to unwrap it from a key service).
+        domain: Linkage domain, e.g. ``"crm.users"``.
+        encoding: One of :data:`ENCODINGS`.
+        casefold: Case-fold strings first (e-mail addresses).
+        strip: Strip surrounding whitespace first.
+        max_bytes: Refuse values longer than this (UTF-8 bytes).
+
+    Example:
+        >>> import pandas as pd
+        >>> from pets.keys import Secret
+        >>> h = KeyedHash(Secret(bytes(32)), domain="crm")
+        >>> out = h.apply(pd.Series(["ann", "bob", "ann", None], name="user"))
+        >>> out[0] == out[2], out[0] != out[1], pd.isna(out[3]), len(out[0])
+        (True, True, True, 32)
+        >>> KeyedHash(Secret(bytes(32)), domain="billing").apply(pd.Series(["ann"]))[0] == out[0]
+        False
+        >>> h
+        KeyedHash(domain='crm', encoding='hex128', casefold=False, strip=False, key=<hidden>)
+    """
+
+    name: ClassVar[str] = "keyed-hash"
+    purpose: ClassVar[str] = "keyed-hash"
+    reversible: ClassVar[bool] = False
+    links: ClassVar[str] = (
+        "equal normalised inputs within one domain (deterministic; frequencies preserved); "
+        "unlinkable across domains")
+
+    def __init__(self, secret: Secret, *, domain: str, encoding: Encoding = "hex128",
+                 casefold: bool = False, strip: bool = False,
+                 max_bytes: int = DEFAULT_MAX_BYTES, jurisdiction: str | None = None,
+                 audit: AuditHook | None = None) -> None:
+        self._configure(encoding=encoding, casefold=casefold, strip=strip, max_bytes=max_bytes)
+        super().__init__(secret, domain=domain, jurisdiction=jurisdiction, audit=audit)
+
+    def _configure(self, encoding: str = "hex128", casefold: bool = False, strip: bool = False,
+                   max_bytes: int = DEFAULT_MAX_BYTES, **kw: Any) -> None:
+        super()._configure(**kw)
+        if encoding not in ENCODINGS:
+            raise InputError(f"unknown encoding {encoding!r}; use one of {sorted(ENCODINGS)}")
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            raise InputError("max_bytes must be a positive integer")
+        self.encoding = encoding
+        self.casefold = bool(casefold)
+        self.strip = bool(strip)
+        self.max_bytes = max_bytes
+
+    def params(self) -> dict[str, Any]:
+        return {"encoding": self.encoding, "casefold": self.casefold, "strip": self.strip}
+
+    def config(self) -> dict[str, Any]:
+        return {**self.params(), "max_bytes": self.max_bytes}
+
+    def apply(self, series: pd.Series, *, direct: bool | None = None) -> pd.Series:
+        """Pseudonymise a column (nulls stay null; index and name kept).
+
+        Args:
+            series: Strings or integers (see :mod:`pets.pseudo._text` for the normalisation).
+            direct: Force (True) or forbid (False) hashing row by row instead of once per
+                distinct value; by default a sample decides. The output is the same.
+        """
+        arr = normalized_text(series, casefold=self.casefold, strip=self.strip,
+                              max_bytes=self.max_bytes)
+        key = self._key.expose()
+        encoding = self.encoding
+
+        def fn(values: list[bytes]) -> np.ndarray:
+            return encode_digests(hmac_sha256_digests(key, values), encoding)
+
+        values, valid = map_distinct(arr, fn, direct=direct)
+        if values.dtype.itemsize != ENCODINGS[encoding][1]:
+            values = values.astype(f"S{ENCODINGS[encoding][1]}")
+        return series_from_arrow(fixed_width_strings(values, valid), series)
