@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pets import (
-    Context,
     InputError,
     IntegrityError,
     JurisdictionError,
@@ -70,7 +69,7 @@ class TestRoundTrip:
         df = pd.DataFrame({"b": pd.Series(values, dtype=object)})
         out, ck = enc(df, ring, eu, {"b": mode})
         pd.testing.assert_frame_equal(decrypt_columns(out, ck, keys=ring, context=eu), df)
-        di = pd.DataFrame({"i": pd.array(ints + [None], dtype="Int64")})
+        di = pd.DataFrame({"i": pd.array([*ints, None], dtype="Int64")})
         out, ck = enc(di, ring, eu, {"i": mode})
         pd.testing.assert_frame_equal(decrypt_columns(out, ck, keys=ring, context=eu), di)
 
@@ -126,7 +125,7 @@ class TestLinkability:
 
     def test_domain_separated_per_column_and_context(self, ring, eu, tmp_path):
         df = pd.DataFrame({"a": ["same"], "b": ["same"]})
-        out, ck = enc(df, ring, eu, {"a": "deterministic", "b": "deterministic"})
+        out, _ck = enc(df, ring, eu, {"a": "deterministic", "b": "deterministic"})
         assert out["a"][0] != out["b"][0]
         # same key, different column name or context: different ciphertext
         key = b"k" * 64
@@ -269,7 +268,7 @@ class TestRFC5297:
         with pytest.raises(IntegrityError):
             siv_decrypt(key, [bytes(out)], ad)
         with pytest.raises(IntegrityError):
-            siv_decrypt(key, [bytes.fromhex(v["output"])], ad[:-1] + [b"other"])
+            siv_decrypt(key, [bytes.fromhex(v["output"])], [*ad[:-1], b"other"])
 
     def test_column_path_uses_the_primitive(self, ring, eu):
         from pets.envelope import _columns

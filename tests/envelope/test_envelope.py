@@ -129,7 +129,7 @@ class TestTampering:
     failed."""
 
     def test_flipped_byte_anywhere(self, ring, eu, blob):
-        header, size = EnvelopeHeader.from_bytes(blob)
+        header, _size = EnvelopeHeader.from_bytes(blob)
         uri_start = 84 + len(header.context_bytes) + 2 + 2
         uri_end = uri_start + len(EU1)
         version_end = uri_end + 4
