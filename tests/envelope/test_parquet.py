@@ -1,0 +1,222 @@
+"""Parquet modular encryption over pets key services: round trips, the warm-cache jurisdiction
+test, rotation without rewriting data, shredding one column's key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pets import Context, InputError, IntegrityError, JurisdictionError, KeyDestroyedError
+from pets.envelope import (
+    ParquetCrypto,
+    read_encrypted_parquet,
+    rotate_parquet_keys,
+    write_encrypted_parquet,
+)
+from pets.envelope._parquet import key_material_path, master_key_id, uri_from_master_key_id
+
+FOOTER = "memory://eu-dc1/footer"
+PII = "memory://eu-dc1/pii"
+METRICS = "memory://eu-dc1/metrics"
+
+
+@pytest.fixture
+def pring(ring):
+    for uri in (FOOTER, PII, METRICS):
+        ring.create(uri, jurisdiction="EU")
+    return ring
+
+
+@pytest.fixture
+def users():
+    return pd.DataFrame({
+        "user_id": [1, 2, 3],
+        "email": ["a@x.eu", "b@x.eu", None],
+        "country": ["DE", "FR", "IT"],
+        "watch_s": [10.5, 0.0, 3.25],
+    })
+
+
+COLS = {PII: ["email"], METRICS: ["watch_s"]}
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class TestRoundTrip:
+    @settings(max_examples=10, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(emails=st.lists(st.one_of(st.none(), st.text(max_size=12)), min_size=1, max_size=30),
+           plaintext_footer=st.booleans(), double_wrapping=st.booleans())
+    def test_roundtrip(self, pring, eu, tmp_path, emails, plaintext_footer, double_wrapping):
+        df = pd.DataFrame({"email": pd.Series(emails, dtype="str"),
+                           "n": range(len(emails))})
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(df, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys={PII: ["email"]}, plaintext_footer=plaintext_footer,
+                                double_wrapping=double_wrapping)
+        back = read_encrypted_parquet(path, keys=pring, context=eu)
+        pd.testing.assert_frame_equal(back, df, check_dtype=False)
+
+    def test_encrypted_footer_is_unreadable_without_keys(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(users, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys=COLS)
+        with pytest.raises(OSError):
+            pq.read_table(path)
+        assert b"a@x.eu" not in path.read_bytes()
+
+    def test_plaintext_footer_hides_encrypted_columns(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(users, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys=COLS, plaintext_footer=True)
+        assert pq.read_table(path, columns=["country"]).column(0).to_pylist() == \
+            ["DE", "FR", "IT"]
+        with pytest.raises(OSError):
+            pq.read_table(path, columns=["email"])
+
+    def test_master_key_ids_are_uris(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 internal_key_material=False)
+        material = json.loads(key_material_path(path).read_text())
+        ids = {json.loads(v)["masterKeyID"] for v in material.values()}
+        assert {uri_from_master_key_id(i) for i in ids} == {FOOTER, PII, METRICS}
+        assert master_key_id(PII) in ids
+
+    def test_bad_column_keys(self, pring, eu, users, tmp_path):
+        with pytest.raises(InputError, match="not in the data"):
+            write_encrypted_parquet(users, tmp_path / "x.parquet", keys=pring, context=eu,
+                                    footer_key=FOOTER, column_keys={PII: ["nope"]})
+        with pytest.raises(InputError, match="two keys"):
+            write_encrypted_parquet(users, tmp_path / "x.parquet", keys=pring, context=eu,
+                                    footer_key=FOOTER,
+                                    column_keys={PII: ["email"], METRICS: ["email"]})
+        assert not (tmp_path / "x.parquet").exists()
+
+    def test_failed_write_leaves_nothing(self, pring, eu, users, tmp_path):
+        pring.destroy(PII)
+        for internal in (True, False):
+            with pytest.raises(KeyDestroyedError):
+                ParquetCrypto(pring).write(users, tmp_path / "x.parquet", context=eu,
+                                           footer_key=FOOTER, column_keys=COLS,
+                                           internal_key_material=internal)
+        assert list(tmp_path.iterdir()) == []
+
+
+class TestJurisdiction:
+    def test_us_context_cannot_read_through_a_warm_cache(self, pring, eu, users, tmp_path,
+                                                          events):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS)
+        assert pc.read(path, context=eu)["email"][0] == "a@x.eu"  # cache now warm for EU
+        before = len([e for e in events if e.kind == "key.refused"])
+        with pytest.raises(JurisdictionError, match="analyst@us"):
+            pc.read(path, context=Context("US", principal="analyst@us"))
+        assert len([e for e in events if e.kind == "key.refused"]) == before + 1
+        # a second EU principal is also asked for afresh (and allowed)
+        assert pc.read(path, context=Context("EU", principal="other"))["country"].tolist() == \
+            ["DE", "FR", "IT"]
+
+    def test_forget_drops_the_cache(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS)
+        pc.read(path, context=eu)
+        pring.destroy(FOOTER)
+        pc.forget(eu)
+        with pytest.raises(KeyDestroyedError):
+            pc.read(path, context=eu)
+
+
+class TestRotation:
+    def test_rotate_rewrites_only_key_material(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 internal_key_material=False)
+        data_before, km_before = sha(path), key_material_path(path).read_text()
+        for uri in (FOOTER, PII, METRICS):
+            pring.rotate(uri)
+        rotate_parquet_keys(path, keys=pring, context=eu)
+        assert sha(path) == data_before
+        km_after = key_material_path(path).read_text()
+        assert km_after != km_before
+        versions = set()
+        for v in json.loads(km_after).values():
+            wrapped = json.loads(json.loads(v)["wrappedKEK"])
+            versions.add(wrapped["version"])
+        assert versions == {2}
+        for uri in (FOOTER, PII, METRICS):
+            pring.retire(uri, 2)
+        back = ParquetCrypto(pring).read(path, context=eu)
+        pd.testing.assert_frame_equal(back, users, check_dtype=False)
+
+    def test_unrotated_file_fails_after_retirement(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(users, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys=COLS)
+        pring.rotate(FOOTER)
+        pring.retire(FOOTER, 2)
+        with pytest.raises(KeyDestroyedError, match="retired"):
+            read_encrypted_parquet(path, keys=pring, context=eu)
+
+    def test_rotate_needs_external_key_material(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(users, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys=COLS)
+        with pytest.raises(InputError, match="internal_key_material=False"):
+            rotate_parquet_keys(path, keys=pring, context=eu)
+
+
+class TestShreddingAndTampering:
+    def test_destroying_one_column_key_shreds_only_that_column(self, pring, eu, users,
+                                                               tmp_path):
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(users, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys=COLS)
+        pring.destroy(PII)
+        pc = ParquetCrypto(pring)
+        assert pc.read(path, context=eu, columns=["user_id", "watch_s"])["watch_s"].tolist() \
+            == [10.5, 0.0, 3.25]
+        with pytest.raises(KeyDestroyedError):
+            pc.read(path, context=eu, columns=["email"])
+
+    def test_flipped_data_byte(self, pring, eu, tmp_path):
+        df = pd.DataFrame({"email": [f"user{i}@example.eu" for i in range(200)]})
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(df, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys={PII: ["email"]})
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 3] ^= 1  # inside the encrypted column chunk
+        path.write_bytes(bytes(raw))
+        with pytest.raises(IntegrityError):
+            read_encrypted_parquet(path, keys=pring, context=eu)
+
+    def test_tampered_key_material(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        ParquetCrypto(pring).write(users, path, context=eu, footer_key=FOOTER,
+                                   column_keys=COLS, internal_key_material=False)
+        km = key_material_path(path)
+        doc = json.loads(km.read_text())
+        footer = json.loads(doc["footerKey"])
+        wrapped = json.loads(footer["wrappedKEK"])
+        wrapped["key_uri"] = PII  # claim another master key
+        footer["wrappedKEK"] = json.dumps(wrapped)
+        doc["footerKey"] = json.dumps(footer)
+        km.write_text(json.dumps(doc))
+        with pytest.raises(IntegrityError):
+            read_encrypted_parquet(path, keys=pring, context=eu)
+
+    def test_missing_file(self, pring, eu, tmp_path):
+        with pytest.raises(InputError, match="no such file"):
+            read_encrypted_parquet(tmp_path / "none.parquet", keys=pring, context=eu)
