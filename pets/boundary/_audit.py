@@ -277,7 +277,10 @@ class AuditLog:
         return entry
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every whole entry, parsed (not verified: use :func:`verify_log` for that)."""
+        """Every whole entry, parsed (not verified: use :func:`verify_log` for that); none
+        before the first append."""
+        if not self.path.exists():
+            return []
         return read_entries(self.path)
 
     def flows(self) -> pd.DataFrame:

@@ -1,0 +1,136 @@
+"""protect() and reidentify(): treatments applied, manifest signed, refusals recorded."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pets import Context, JurisdictionError, PolicyError
+from pets.boundary import BoundaryKeys, Policy, protect, reidentify, verify_log
+
+
+def _kinds(log) -> list[str]:
+    return [e["kind"] for e in log.entries()]
+
+
+class TestProtect:
+    def test_treatments_manifest_and_audit(self, raw, policy, keys, eu_ctx, log, signer):
+        pf = protect(raw, policy, keys, eu_ctx, audit=log)
+        assert list(pf.data.columns) == ["user_id", "email", "phone", "country", "minutes"]
+        assert len(pf) == len(raw)
+        assert not set(pf.data["user_id"]) & set(raw["user_id"])
+        assert not set(pf.data["email"]) & set(raw["email"])
+        assert pf.data["phone"].map(type).eq(bytes).all()
+        assert pf.data["country"].tolist() == raw["country"].tolist()
+        m = pf.manifest.verify(signer.public_key).verify_data(pf.data)
+        assert m.policy_digest == policy.digest()
+        uid = m.column("user_id")
+        assert (uid.treatment, uid.output, uid.key_uri, uid.key_version, uid.domain) == (
+            "keyed-hash", "pseudonymized", "memory://eu/pseudonyms", 1, "users.user_id")
+        assert "link" in uid.links and not uid.reversible
+        assert m.column("email").reversible
+        phone = m.column("phone")
+        assert phone.output == "encrypted" and phone.key_uri == "memory://eu/columns"
+        assert phone.header is not None and phone.header["columns"][0]["column"] == "phone"
+        assert _kinds(log)[-1] == "boundary.protect"
+        entry = log.entries()[-1]
+        assert entry["fields"]["dropped"] == ["ip"] and entry["fields"]["rows"] == 12
+        assert verify_log(log.path, signer.public_key).ok
+
+    def test_no_key_bytes_in_manifest(self, raw, policy, keys, eu_ctx):
+        pf = protect(raw, policy, keys, eu_ctx)
+        text = pf.manifest.to_json()
+        for name in ("secret", "dek\"", "private"):
+            assert name not in text
+
+    def test_pseudonyms_are_stable_across_runs(self, tmp_path, raw, policy, services, eu_ctx):
+        def run():
+            keys = BoundaryKeys.open(tmp_path / "b", services, context=eu_ctx,
+                                     signing_kek="memory://eu/kek")
+            return protect(raw, policy, keys, eu_ctx).data
+
+        a, b = run(), run()
+        assert a["user_id"].equals(b["user_id"]) and a["email"].equals(b["email"])
+        assert not a["phone"].equals(b["phone"])  # randomized encryption
+
+    def test_outside_home_is_refused_and_recorded(self, raw, policy, keys, us_ctx, log):
+        with pytest.raises(JurisdictionError, match="protect runs in the policy's home EU"):
+            protect(raw, policy, keys, us_ctx, audit=log)
+        (entry,) = log.entries()
+        assert entry["kind"] == "boundary.refused" and entry["actor"] == "analyst@US"
+
+    def test_forgotten_column_is_refused_and_recorded(self, raw, policy, keys, eu_ctx, log):
+        with pytest.raises(PolicyError, match="column 'birth'"):
+            protect(raw.assign(birth="1990"), policy, keys, eu_ctx, audit=log)
+        assert _kinds(log) == ["boundary.refused"]
+        assert "birth" in log.entries()[0]["fields"]["reason"]
+
+    def test_k_not_met_is_refused(self, raw, keys, eu_ctx, log):
+        from tests.boundary.conftest import POLICY
+
+        strict = Policy.from_yaml(POLICY.replace("min_k: 1", "min_k: 5"))
+        with pytest.raises(PolicyError, match=r"k-anonymity of \(country\) is 4 < min_k 5"):
+            protect(raw, strict, keys, eu_ctx, audit=log)
+        assert _kinds(log) == ["boundary.refused"]
+
+    def test_enforce_k_suppresses_small_classes(self, raw, keys, eu_ctx):
+        from tests.boundary.conftest import POLICY
+
+        p = Policy.from_yaml(POLICY.replace("min_k: 1", "min_k: 5\nenforce_k: true"))
+        skewed = raw.assign(country=pd.array(["DE"] * 10 + ["MT", "LU"], dtype="string"))
+        pf = protect(skewed, p, keys, eu_ctx)
+        assert len(pf) == 10 and set(pf.data["country"]) == {"DE"}
+        assert pf.manifest.k_anonymity["suppressed_rows"] == 2
+        assert pf.manifest.k_anonymity["k"] == 10
+
+    def test_bad_treatment_params_name_line_and_column(self, raw, keys, eu_ctx):
+        from tests.boundary.conftest import POLICY
+
+        p = Policy.from_yaml(POLICY.replace(
+            "{role: identifier, treatment: keyed-hash}",
+            "{role: identifier, treatment: keyed-hash, params: {encoding: rot13}}"),
+            source="p.yaml")
+        with pytest.raises(PolicyError, match=r"p\.yaml line 12, column 'user_id'"):
+            protect(raw, p, keys, eu_ctx)
+
+
+class TestReidentify:
+    def test_token_reverses_in_the_eu(self, raw, policy, keys, eu_ctx, log):
+        pf = protect(raw, policy, keys, eu_ctx, audit=log)
+        back = reidentify(pf, "email", pf.data["email"][:3], keys, eu_ctx, audit=log,
+                          reason="ticket-1")
+        assert back.tolist() == raw["email"][:3].tolist()
+        entry = log.entries()[-1]
+        assert entry["kind"] == "boundary.reidentify"
+        assert entry["fields"] == {"dataset": "users", "column": "email", "treatment": "token",
+                                   "rows": 3, "reason": "ticket-1"}
+
+    def test_encrypted_column_reverses_in_the_eu(self, raw, policy, keys, eu_ctx):
+        pf = protect(raw, policy, keys, eu_ctx)
+        assert reidentify(pf, "phone", pf.data["phone"], keys, eu_ctx).tolist() == \
+            raw["phone"].tolist()
+
+    @pytest.mark.parametrize("column", ["email", "phone"])
+    def test_us_context_is_refused_and_recorded(self, raw, policy, keys, services, eu_ctx,
+                                                us_ctx, log, column):
+        for svc in services:
+            svc.audit = log.hook  # the key service reports its own refusal
+        pf = protect(raw, policy, keys, eu_ctx)
+        with pytest.raises(JurisdictionError):
+            reidentify(pf, column, pf.data[column][:2], keys, us_ctx, audit=log)
+        kinds = _kinds(log)
+        assert kinds[-1] == "boundary.refused"
+        assert "key.refused" in kinds[:-1]
+        assert log.entries()[-1]["actor"] == "analyst@US"
+
+    def test_keyed_hash_does_not_reverse(self, raw, policy, keys, eu_ctx):
+        pf = protect(raw, policy, keys, eu_ctx)
+        with pytest.raises(PolicyError, match="cannot be re-identified"):
+            reidentify(pf, "user_id", pf.data["user_id"][:1], keys, eu_ctx)
+
+    def test_unknown_root_is_not_created_on_reidentify(self, raw, policy, keys, services,
+                                                       signer, eu_ctx):
+        pf = protect(raw, policy, keys, eu_ctx)
+        fresh = BoundaryKeys(services, signer)
+        with pytest.raises(Exception, match="no root secret"):
+            reidentify(pf, "email", pf.data["email"][:1], fresh, Context("EU"))
