@@ -468,6 +468,16 @@ class Pkcs11Keyring:
             ]
 
 
+_CONF_MARKER = "# written by pets.keys init_softhsm_tokens"
+
+
+def _is_ours(conf: Path) -> bool:
+    try:
+        return conf.is_file() and conf.read_text().startswith(_CONF_MARKER)
+    except OSError:
+        return False
+
+
 def init_softhsm_tokens(
     directory: str | os.PathLike[str],
     labels: Sequence[str],
@@ -479,12 +489,17 @@ def init_softhsm_tokens(
     """Create a SoftHSM2 token directory with one initialised token per label (for tests/demos).
 
     Writes ``<directory>/softhsm2.conf`` and runs ``softhsm2-util --init-token --free`` for each
-    label not yet present. With ``set_env``, points ``SOFTHSM2_CONF`` at the file: SoftHSM reads
-    it when the library is first loaded, so call this *before* any :class:`Pkcs11Keyring` in the
-    process (a process loads the library once, with one configuration).
+    label not yet present (the PINs appear on that command line: use it for test tokens only).
+    With ``set_env``, points ``SOFTHSM2_CONF`` at the file. SoftHSM reads it when the library is
+    first loaded and a process loads the library once, with one configuration; so with
+    ``set_env``, when ``SOFTHSM2_CONF`` already names a configuration written by this function
+    (earlier in this process, or inherited from a parent), that directory is reused and
+    ``directory`` is ignored — test suites of several packages then share one token directory.
+    Call it *before* the first :class:`Pkcs11Keyring` of the process: tokens created after the
+    library is loaded are only seen by new processes.
 
     Returns:
-        The configuration file.
+        The configuration file in use.
 
     Raises:
         KeyServiceError: ``softhsm2-util`` is missing or fails.
@@ -493,11 +508,16 @@ def init_softhsm_tokens(
     if util is None:
         raise KeyServiceError("softhsm2-util not found (apt-get install softhsm2)")
     base = Path(directory)
+    current = os.environ.get("SOFTHSM2_CONF")
+    if set_env and current and _is_ours(Path(current)):
+        base = Path(current).parent
     tokens = base / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
     conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\nslots.removable = false\n")
+    text = (f"{_CONF_MARKER}\ndirectories.tokendir = {tokens}\nobjectstore.backend = file\n"
+            "log.level = ERROR\nslots.removable = false\n")
+    if not conf.is_file() or conf.read_text() != text:
+        conf.write_text(text)
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
     shown = subprocess.run(  # noqa: S603 - fixed argv, no shell
         [util, "--show-slots"], env=env, capture_output=True, text=True, check=False,
