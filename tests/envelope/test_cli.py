@@ -1,0 +1,116 @@
+"""`pets encrypt|decrypt|rewrap` end to end through pets.cli.main with a local keyring."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from pets.cli import main
+from pets.envelope import EnvelopeHeader
+from pets.keys import LocalKeyring, Secret
+
+KEY = os.urandom(32)
+URI = "local://eu/users"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETS_MASTER_KEY", KEY.hex())
+    monkeypatch.setenv("PETS_JURISDICTION", "EU")
+    monkeypatch.setenv("PETS_PRINCIPAL", "ops@eu")
+    for var in ("PETS_KEYRING", "PETS_KEYRING_PASSPHRASE", "PETS_PKCS11_LIBRARY",
+                "PETS_PKCS11_TOKEN", "PETS_PKCS11_PIN"):
+        monkeypatch.delenv(var, raising=False)
+    ring = LocalKeyring.init(tmp_path / ".pets" / "keyring", name="eu", master_key=Secret(KEY))
+    ring.create(URI, jurisdiction="EU")
+    ring.create("local://eu/backup", jurisdiction="EU")
+    (tmp_path / "plain.csv").write_bytes(b"id,email\n" + b"1,a@x.eu\n" * 5000)
+    return tmp_path
+
+
+def run(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def body_hash(path):
+    data = path.read_bytes()
+    _, size = EnvelopeHeader.from_bytes(data)
+    return hashlib.sha256(data[size:]).hexdigest()
+
+
+class TestEnvelopeCli:
+    @pytest.mark.parametrize("cmd", ["encrypt", "decrypt", "rewrap"])
+    def test_help(self, capsys, cmd):
+        code, out, _ = run(capsys, cmd, "--help")
+        assert code == 0 and "--keyring" in out and "--json" in out
+
+    def test_encrypt_decrypt_roundtrip_json(self, env, capsys):
+        code, out, err = run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI,
+                             "--key", "local://eu/backup", "--context", "table=users",
+                             "--segment-size", "4096", "--json")
+        assert code == 0, err
+        info = json.loads(out)
+        assert [w["key_uri"] for w in info["wrapped_keys"]] == [URI, "local://eu/backup"]
+        assert info["enc_context"] == {"table": "users"}
+        code, out, err = run(capsys, "decrypt", "c.pets", "back.csv", "--json")
+        assert code == 0, err
+        assert (env / "back.csv").read_bytes() == (env / "plain.csv").read_bytes()
+        assert json.loads(out)["plaintext_size"] == (env / "plain.csv").stat().st_size
+        code, out, _ = run(capsys, "decrypt", "c.pets", "back2.csv", "--context", "table=users")
+        assert code == 0 and "decrypted" in out
+
+    def test_exit_codes(self, env, capsys):
+        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI)[0] == 0
+        # wrong context -> integrity (5), nothing written
+        code, _, err = run(capsys, "decrypt", "c.pets", "o1", "--context", "table=x")
+        assert code == 5 and "IntegrityError" in err and not (env / "o1").exists()
+        # wrong jurisdiction -> 4
+        code, _, err = run(capsys, "decrypt", "c.pets", "o2", "--jurisdiction", "US")
+        assert code == 4 and "JurisdictionError" in err and not (env / "o2").exists()
+        # tampered -> 5
+        raw = bytearray((env / "c.pets").read_bytes())
+        raw[-3] ^= 1
+        (env / "t.pets").write_bytes(bytes(raw))
+        code, _, err = run(capsys, "decrypt", "t.pets", "o3")
+        assert code == 5 and not (env / "o3").exists()
+        # not an envelope -> 5 with a format message
+        code, _, err = run(capsys, "decrypt", "plain.csv", "o4")
+        assert code == 5 and "not a valid pets envelope" in err
+        # bad --context syntax -> 1
+        code, _, err = run(capsys, "encrypt", "plain.csv", "x.pets", "--key", URI,
+                           "--context", "novalue")
+        assert code == 1 and "KEY=VALUE" in err
+        # destroyed key version -> key service (7)
+        LocalKeyring(env / ".pets" / "keyring", master_key=Secret(KEY)).destroy(URI, 1)
+        code, _, err = run(capsys, "decrypt", "c.pets", "o5")
+        assert code == 7 and "KeyDestroyedError" in err and not (env / "o5").exists()
+
+    def test_rewrap_in_place_after_rotation(self, env, capsys):
+        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI,
+                   "--segment-size", "1024")[0] == 0
+        before = body_hash(env / "c.pets")
+        ring = LocalKeyring(env / ".pets" / "keyring", master_key=Secret(KEY))
+        ring.rotate(URI)
+        code, out, err = run(capsys, "rewrap", "c.pets", "--to", URI, "--json")
+        assert code == 0, err
+        payload = json.loads(out)
+        assert payload["from"][0]["version"] == 1 and payload["wrapped_keys"][0]["version"] == 2
+        assert body_hash(env / "c.pets") == before
+        ring.retire(URI, 2)
+        assert run(capsys, "decrypt", "c.pets", "back.csv")[0] == 0
+        assert (env / "back.csv").read_bytes() == (env / "plain.csv").read_bytes()
+
+    def test_rewrap_to_another_key_and_out(self, env, capsys):
+        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI)[0] == 0
+        code, out, _ = run(capsys, "rewrap", "c.pets", "--to", "local://eu/backup",
+                           "--out", "moved.pets")
+        assert code == 0 and "local://eu/backup v1" in out
+        assert body_hash(env / "moved.pets") == body_hash(env / "c.pets")
+        code, _, err = run(capsys, "rewrap", "c.pets", "--to", URI, "--jurisdiction", "US")
+        assert code == 4
