@@ -112,5 +112,5 @@ class TestEnvelopeCli:
                            "--out", "moved.pets")
         assert code == 0 and "local://eu/backup v1" in out
         assert body_hash(env / "moved.pets") == body_hash(env / "c.pets")
-        code, _, err = run(capsys, "rewrap", "c.pets", "--to", URI, "--jurisdiction", "US")
+        code, _, _err = run(capsys, "rewrap", "c.pets", "--to", URI, "--jurisdiction", "US")
         assert code == 4
