@@ -357,6 +357,17 @@ class TestAtRest:
         with pytest.raises(IntegrityError):
             ring.describe(URI)
 
+    def test_every_flipped_byte_of_the_key_file_is_detected(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        ring.rotate(URI)
+        original = key_file(ring).read_bytes()
+        for i in range(len(original)):
+            key_file(ring).write_bytes(flip(original, i))
+            with pytest.raises(IntegrityError):
+                ring.describe(URI)
+        key_file(ring).write_bytes(original)
+        assert ring.describe(URI).primary_version == 2
+
     @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"\xff\xfe", b"{}" + b" " * (1 << 20)])
     def test_garbage_key_file_is_integrity_error(self, ring, raw):
         ring.create(URI, jurisdiction="EU")
