@@ -1,0 +1,415 @@
+"""Differentially private aggregates on Dask: bound per user on the workers, noise once on the driver.
+
+The pipeline, and why it carries the pandas path's guarantee (``docs/scale-out.md``):
+
+1. **Shuffle by the privacy unit** (``ddf.shuffle(on=privacy_unit)``): afterwards all rows of
+   a user are in one partition.
+2. **Contribution bounding per partition** with :func:`pets.dp._bounding.bound_contributions`,
+   the function the pandas :class:`~pets.dp.Session` uses: each user keeps at most
+   ``max_groups`` groups and ``max_rows`` rows per group, chosen by uniform random priorities
+   from a numpy ``Generator`` seeded with ``(seed, partition number)``; ``seed`` is 128 bits
+   from the OS CSPRNG, drawn once on the driver per release. The rows kept for a user depend
+   on that user's rows and independent sampling randomness only, so adding or removing one
+   user changes the bounded data by at most ``G`` groups × ``C`` rows — the stability the
+   pandas path's sensitivity rests on. A retried partition recomputes the same rows.
+3. **Clipping and exact partial aggregates per partition**, on the same fixed-point grid as
+   the pandas path (:func:`pets.dp._bounding.fixed_point`): counts and integer sums per public
+   key. Integer sums are exact and associative, so the tree reduction to the driver gives
+   exactly the vector a single machine would compute from the same bounded rows.
+4. **Noise once, on the driver**: the reduced vectors go through the same OpenDP measurements
+   (calibrated to the same ``d_in``), the same ledger spend and the same release assembly as
+   the pandas path. No partition function draws noise, so a retried or speculative task can
+   never produce a second noisy answer.
+
+Supported on Dask: ``count``, ``sum``, ``mean`` and ``variance`` over public keys (or no
+grouping). Quantiles and histograms need per-group row data on the driver and stay on the
+pandas path.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pets._errors import InputError
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+
+    from pets.dp import Budget, Ledger, Release
+    from pets.dp._session import Query
+
+__all__ = ["BoundedAggregates", "BoundingSpec", "DaskQuery", "DaskSession",
+           "bound_partition", "bounded_aggregates"]
+
+PlanKey = tuple[Any, ...]
+_SUPPORTED = ("count", "sum", "mean", "variance")
+
+
+def _label(key: PlanKey) -> str:
+    return "|".join(str(k) for k in key)
+
+
+@dataclass(frozen=True)
+class BoundingSpec:
+    """Everything a partition needs to bound and aggregate: picklable, holds no secret.
+
+    ``seed`` only chooses which rows are kept (sampling, not noise).
+    """
+
+    privacy_unit: str
+    by: tuple[str, ...]
+    keys: tuple[tuple[Any, ...], ...]
+    plan: tuple[PlanKey, ...]
+    max_groups: int
+    max_rows: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.max_groups < 1 or self.max_rows < 1:
+            raise InputError("max_groups and max_rows must be >= 1")
+        for key in self.plan:
+            if key[0] not in ("count", "sum", "csum", "csq"):
+                raise InputError(f"the Dask engine cannot compute {key[0]!r} aggregates")
+
+    @property
+    def columns(self) -> list[str]:
+        measured = [k[1] for k in self.plan if len(k) > 1]
+        return list(dict.fromkeys([self.privacy_unit, *self.by, *measured]))
+
+
+def _group_codes(frame: pd.DataFrame, spec: BoundingSpec) -> np.ndarray:
+    """Index of each row's group in ``spec.keys`` (``-1``: not a public key, dropped)."""
+    if not spec.by:
+        return np.zeros(len(frame), dtype=np.int64)
+    key_index = pd.MultiIndex.from_tuples(list(spec.keys), names=list(spec.by))
+    rows = pd.MultiIndex.from_frame(frame[list(spec.by)].astype(object))
+    return np.asarray(key_index.get_indexer(rows), dtype=np.int64)
+
+
+def _fixed(key: PlanKey, x: np.ndarray) -> Any:
+    """The pandas path's clipping and fixed-point encoding of one measured column."""
+    from pets.dp._bounding import fixed_point
+
+    kind, _, lo, hi = key
+    x = np.clip(x, lo, hi)
+    if kind == "sum":
+        return fixed_point(x, max(abs(lo), abs(hi)))
+    c, h = (lo + hi) / 2, (hi - lo) / 2
+    y = np.clip(x - c, -h, h)
+    return fixed_point(y, h) if kind == "csum" else fixed_point(y * y - h * h / 2, h * h / 2)
+
+
+def _measured(frame: pd.DataFrame, column: str) -> np.ndarray:
+    s = frame[column]
+    if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        raise InputError(f"column {column!r} is not numeric ({s.dtype})")
+    x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isfinite(x).all():
+        raise InputError(f"column {column!r} contains NaN, infinite or null values; "
+                         "drop or impute them before a DP query")
+    return x
+
+
+def _empty_partial(spec: BoundingSpec) -> pd.DataFrame:
+    return pd.DataFrame({"_group": np.zeros(0, np.int64),
+                         **{_label(k): np.zeros(0, np.int64) for k in spec.plan}})
+
+
+def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
+                    partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Bound one partition's users and return its exact partial aggregates per key.
+
+    The partition must hold *all* rows of each of its users (shuffle by the unit first).
+    Returns one row per key present: ``_group`` (index into ``spec.keys``) and one int64
+    column per plan entry (``count``, fixed-point ``sum``/``csum``/``csq``).
+
+    Privacy:
+        Not a release: exact bounded partial aggregates that only the driver sees, where
+        noise is added once. The rows kept for a user depend only on that user's rows and on
+        ``(spec.seed, partition number)``; no noise is drawn here.
+    """
+    from pets.dp._bounding import bound_contributions
+
+    number = int((partition_info or {}).get("number", 0))
+    # A canonical row order: the kept rows then depend on the partition's rows as a multiset
+    # (which the shuffle fixes) and the seed, not on the order a shuffle delivered them in.
+    frame = frame[spec.columns].sort_values(spec.columns, kind="stable", ignore_index=True)
+    unit = frame[spec.privacy_unit]
+    if unit.isna().any():
+        raise InputError(f"privacy unit column {spec.privacy_unit!r} has null values")
+    values = {k[1]: _measured(frame, k[1]) for k in spec.plan if len(k) > 1}
+    groups = _group_codes(frame, spec)
+    sel = groups >= 0
+    users = np.asarray(pd.factorize(unit[sel])[0], dtype=np.int64)
+    rng = np.random.default_rng([spec.seed, number])
+    keep = bound_contributions(users, groups[sel], max_groups=spec.max_groups,
+                               max_rows=spec.max_rows, rng=rng)
+    rows = np.flatnonzero(sel)[keep]
+    g = groups[rows]
+    cols: dict[str, Any] = {"_group": g}
+    for key in spec.plan:
+        if key[0] == "count":
+            cols[_label(key)] = np.ones(g.size, dtype=np.int64)
+        else:
+            cols[_label(key)] = _fixed(key, values[key[1]][rows]).values
+    out: pd.DataFrame = pd.DataFrame(cols).groupby("_group", sort=True).sum().reset_index()
+    return out
+
+
+@dataclass(frozen=True)
+class BoundedAggregates:
+    """Exact aggregates of the bounded data per public key, ready for noise on the driver.
+
+    Attributes:
+        spec: The bounding used (keys, caps, plan, seed).
+        vectors: Plan key -> int64 vector over ``spec.keys`` (zeros for empty keys).
+    """
+
+    spec: BoundingSpec
+    vectors: dict[PlanKey, np.ndarray] = field(default_factory=dict)
+
+    def real(self, key: PlanKey) -> np.ndarray:
+        """A vector in the column's units (counts as they are; sums times the grid step)."""
+        vec: np.ndarray = self.vectors[key].astype(np.float64)
+        if key[0] != "count":
+            vec = vec * float(_fixed(key, np.zeros(0)).step)
+        return vec
+
+
+def bounded_aggregates(
+    data: dd.DataFrame | pd.DataFrame,
+    spec: BoundingSpec,
+    *,
+    shuffle: bool = True,
+    progress: bool | None = None,
+) -> BoundedAggregates:
+    """Shuffle by user, bound, clip and reduce: the exact inputs of the noise step.
+
+    Args:
+        data: The data (Dask; pandas runs the same partition function on one partition).
+        spec: Keys, caps, plan and sampling seed.
+        shuffle: Shuffle by the privacy unit first (turn off only when the data are already
+            partitioned by user).
+        progress: Show progress (default: when interactive).
+
+    Returns:
+        The exact bounded aggregates (small; computed).
+    """
+    cols = spec.columns
+    missing = [c for c in cols if c not in data.columns]
+    if missing:
+        raise InputError(f"column(s) {sorted(set(missing))} not in the frame")
+    if isinstance(data, pd.DataFrame):
+        partial = bound_partition(data[cols], spec)
+    else:
+        from pets.engines._progress import compute
+
+        frame = data[cols]
+        if shuffle:
+            frame = frame.shuffle(on=spec.privacy_unit)
+        parts = frame.map_partitions(bound_partition, spec, meta=_empty_partial(spec))
+        (partial,) = compute(parts.groupby("_group").sum(), progress=progress)
+        partial = partial.reset_index()
+    n = len(spec.keys)
+    table = partial.set_index("_group").reindex(range(n), fill_value=0).astype(np.int64)
+    return BoundedAggregates(spec, {k: table[_label(k)].to_numpy() for k in spec.plan})
+
+
+class DaskSession:
+    """A :class:`pets.dp.Session` whose data is a Dask DataFrame.
+
+    The budget, ledger, audit event, mechanisms and release format are the pandas session's
+    own (a :class:`~pets.dp.Session` over an empty frame with the same columns keeps the
+    budget); only the bounding and aggregation run on the cluster.
+
+    Args:
+        data: The Dask DataFrame.
+        privacy_unit: Column identifying the unit protected (all rows of one value).
+        budget: Total budget of this dataset and unit.
+        ledger: A persistent :class:`~pets.dp.Ledger` (``None``: in memory).
+        dataset_id: Name in the ledger (required with a ledger).
+        audit: Hook receiving ``dp.release``.
+        max_keys: Largest key set a query may use.
+
+    Privacy:
+        As :mod:`pets.dp._session`: user-level ε-DP / (ε, δ)-DP / ρ-zCDP per the budget,
+        unit = all rows of one ``privacy_unit`` value; noise from OpenDP only, added once on
+        the driver to the reduced exact aggregates; public: bounds, caps, keys. See
+        :mod:`pets.engines._dp` for why the Dask path has the same sensitivity.
+
+    Example:
+        >>> import dask.dataframe as dd
+        >>> from pets.datasets import synthetic_events
+        >>> from pets.dp import Budget
+        >>> ddf = dd.from_pandas(synthetic_events(2_000, n_users=200, seed=1), npartitions=2)
+        >>> s = DaskSession(ddf, privacy_unit="user_id", budget=Budget.pure(1.0))
+        >>> r = s.query(by="country", keys=["DE", "FR"], max_rows=5).count().release(
+        ...     epsilon=0.5, progress=False)
+        >>> r.to_frame()["country"].tolist(), s.budget.spent.epsilon
+        (['DE', 'FR'], 0.5)
+    """
+
+    def __init__(self, data: dd.DataFrame, *, privacy_unit: str, budget: Budget,
+                 ledger: Ledger | None = None, dataset_id: str | None = None,
+                 audit: Any = None, max_keys: int | None = None) -> None:
+        from pets.dp import Session
+        from pets.dp._session import DEFAULT_MAX_KEYS
+
+        self.data = data
+        self.session = Session(data._meta, privacy_unit=privacy_unit, budget=budget,
+                               ledger=ledger, dataset_id=dataset_id, audit=audit,
+                               max_keys=max_keys or DEFAULT_MAX_KEYS)
+
+    @property
+    def budget(self) -> Any:
+        """Total, spent and remaining budget (from the ledger)."""
+        return self.session.budget
+
+    def query(self, by: str | Sequence[str] | None = None, *, keys: Any = None,
+              max_groups: int = 1, max_rows: int = 1) -> DaskQuery:
+        """Start a query (as :meth:`pets.dp.Session.query`; keys must be public)."""
+        if isinstance(keys, str):
+            raise InputError("the Dask engine needs public keys (keys=[...]); private key "
+                             "selection runs on the pandas path")
+        return DaskQuery(self, self.session.query(by, keys=keys, max_groups=max_groups,
+                                                  max_rows=max_rows))
+
+    def __repr__(self) -> str:
+        return f"Dask{self.session!r}"
+
+
+@dataclass(frozen=True)
+class DaskQuery:
+    """An immutable grouped DP query over a :class:`DaskSession` (count/sum/mean/variance)."""
+
+    dask_session: DaskSession
+    query: Query
+
+    def count(self) -> DaskQuery:
+        """The number of rows per group (after contribution bounding)."""
+        return DaskQuery(self.dask_session, self.query.count())
+
+    def sum(self, column: str, *, bounds: tuple[float, float]) -> DaskQuery:
+        """The sum of ``column`` clipped to ``bounds`` per group."""
+        return DaskQuery(self.dask_session, self.query.sum(column, bounds=bounds))
+
+    def mean(self, column: str, *, bounds: tuple[float, float]) -> DaskQuery:
+        """The mean of ``column`` clipped to ``bounds`` per group."""
+        return DaskQuery(self.dask_session, self.query.mean(column, bounds=bounds))
+
+    def variance(self, column: str, *, bounds: tuple[float, float]) -> DaskQuery:
+        """The variance of ``column`` clipped to ``bounds`` per group."""
+        return DaskQuery(self.dask_session, self.query.variance(column, bounds=bounds))
+
+    def quantile(self, column: str, *args: Any, **kw: Any) -> DaskQuery:
+        """Not on Dask: quantiles need each group's rows on the driver (use pandas)."""
+        raise InputError(f"quantile({column}) runs on the pandas path: the Dask engine "
+                         f"computes {', '.join(_SUPPORTED)}")
+
+    def median(self, column: str, *args: Any, **kw: Any) -> DaskQuery:
+        """Not on Dask (see :meth:`quantile`)."""
+        return self.quantile(column)
+
+    def histogram(self, column: str, *args: Any, **kw: Any) -> DaskQuery:
+        """Not on Dask yet: use the pandas path."""
+        raise InputError(f"histogram({column}) runs on the pandas path: the Dask engine "
+                         f"computes {', '.join(_SUPPORTED)}")
+
+    def release(self, *, epsilon: float | None = None, rho: float | None = None,
+                level: float = 0.95, seed: int | None = None,
+                progress: bool | None = None) -> Release:
+        """Bound and aggregate on the cluster, then add noise once here and spend the budget.
+
+        Args:
+            epsilon: The ε to spend (pure budgets).
+            rho: The ρ to spend (zCDP budgets).
+            level: Confidence level of the intervals.
+            seed: Sampling seed of the bounding (default: 128 bits from the OS CSPRNG).
+            progress: Show progress (default: when interactive).
+
+        Raises:
+            InputError: Bad input, or an aggregate the Dask engine does not compute
+                (nothing is spent).
+            BudgetExhausted: The loss would exceed the remaining budget (nothing is spent).
+
+        Privacy:
+            The same measurements, ``d_in`` and accounting as
+            :meth:`pets.dp.Query.release`; see :class:`DaskSession`.
+        """
+        return _release(self, epsilon=epsilon, rho=rho, level=level, seed=seed,
+                        progress=progress)
+
+
+def _release(dq: DaskQuery, *, epsilon: float | None, rho: float | None, level: float,
+             seed: int | None, progress: bool | None) -> Release:
+    from pets._events import emit
+    from pets.dp import PrivacyLoss, Release
+    from pets.dp._opendp import Mechanism, gaussian_vector, laplace_vector
+    from pets.dp._session import _execute, _plan
+
+    session, q = dq.dask_session.session, dq.query
+    if not q.aggs:
+        raise InputError("the query has no aggregates (add count(), sum(), ...)")
+    unsupported = sorted({a.kind for a in q.aggs} - set(_SUPPORTED))
+    if unsupported:
+        raise InputError(f"the Dask engine computes {', '.join(_SUPPORTED)}; "
+                         f"{', '.join(unsupported)} run on the pandas path")
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+        raise InputError(f"level must be in (0, 1), got {level!r}")
+    primary, _ = session._spend_params(q, epsilon, None, rho)
+    zcdp = session.total.kind == "zcdp"
+    plan = _plan(q.aggs, False)
+    keys_frame = q.keys if q.by else pd.DataFrame(index=range(1))
+    assert isinstance(keys_frame, pd.DataFrame)
+    key_tuples = (tuple(tuple(r) for r in keys_frame[list(q.by)].itertuples(index=False))
+                  if q.by else ((),))
+    spec = BoundingSpec(session.privacy_unit, q.by, key_tuples, tuple(k for k, _ in plan),
+                        q.max_groups, q.max_rows,
+                        seed if seed is not None else secrets.randbits(128))
+    exact = bounded_aggregates(dq.dask_session.data, spec, progress=progress)
+
+    G, C = q.max_groups, q.max_rows
+    share = primary / sum(w for _, w in plan)
+
+    def vector_mech(name: str, d: int) -> Mechanism:
+        if zcdp:
+            return gaussian_vector(l2=math.sqrt(G) * C * d, rho=share, name=name)
+        return laplace_vector(l1=G * C * d, epsilon=share, name=name)
+
+    mechs: dict[PlanKey, Mechanism] = {}
+    data: dict[PlanKey, Any] = {}
+    fps: dict[PlanKey, Any] = {}
+    for key, _w in plan:
+        data[key] = exact.vectors[key]
+        if key[0] == "count":
+            mechs[key] = vector_mech("count", 1)
+        else:
+            fps[key] = _fixed(key, np.zeros(0))
+            mechs[key] = vector_mech(key[0], fps[key].bound)
+    loss = PrivacyLoss.total(m.loss for m in mechs.values())
+    description = q.describe()
+    description.update(epsilon=epsilon, delta=None, rho=rho, level=level, engine="dask")
+    empty = np.zeros(0, dtype=np.int64)
+
+    def run() -> pd.DataFrame:
+        # the one place noise is drawn: OpenDP, on the driver, once per release
+        return _execute(q, keys_frame, mechs, data, fps, {}, empty, empty, level)
+
+    table = session.ledger.spend(session._ledger_key, session.privacy_unit, loss, run,
+                                 query=json.dumps(description, sort_keys=True, default=str))
+    emit(session.audit, "dp.release", dataset_id=session.dataset_id,
+         privacy_unit=session.privacy_unit, epsilon=loss.epsilon, delta=loss.delta,
+         rho=loss.rho, budget_kind=session.total.kind, statistics=[a.label for a in q.aggs],
+         by=list(q.by), keys="public", groups=len(key_tuples), engine="dask")
+    return Release(table, q.by, loss, session.dataset_id, session.privacy_unit, float(level),
+                   description, session.total.kind,
+                   _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))

@@ -1,0 +1,158 @@
+"""DP aggregates on Dask: bounding per user after a shuffle, exact reduction, noise once."""
+
+from __future__ import annotations
+
+import threading
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from pets import BudgetExhausted, InputError
+from pets.datasets import synthetic_events
+from pets.dp import Budget, Session
+from pets.dp._bounding import fixed_point
+from pets.engines import _dp
+from pets.engines._dp import BoundingSpec, DaskSession, bound_partition, bounded_aggregates
+
+COUNTRIES = ["DE", "FR", "IT", "ES", "PL", "NL"]
+
+
+@pytest.fixture(scope="module")
+def events() -> pd.DataFrame:
+    return synthetic_events(6_000, n_users=400, seed=5)
+
+
+@pytest.fixture(autouse=True)
+def _sync():
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def _spec(plan, *, G=1, C=1, seed=1, keys=COUNTRIES, by=("country",)) -> BoundingSpec:
+    kt = tuple((k,) for k in keys) if by else ((),)
+    return BoundingSpec("user_id", tuple(by), kt, tuple(plan), G, C, seed)
+
+
+SUM = ("sum", "watch_seconds", 0.0, 3600.0)
+_INSIDE = threading.local()
+
+
+class _Flagging:
+    """Wraps the partition function and flags the thread while it runs."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def __call__(self, *args, **kw):
+        _INSIDE.flag = True
+        try:
+            return self.real(*args, **kw)
+        finally:
+            _INSIDE.flag = False
+
+    def __dask_tokenize__(self):
+        return "flagging-bound-partition"
+
+
+class TestBoundedAggregates:
+    def test_equal_to_pandas_groupby_when_caps_do_not_bind(self, events):
+        spec = _spec([("count",), SUM], G=1, C=10_000)
+        got = bounded_aggregates(dd.from_pandas(events, npartitions=5), spec)
+        sub = events[events["country"].isin(COUNTRIES)]
+        fp = fixed_point(np.clip(sub["watch_seconds"].to_numpy(), 0, 3600), 3600.0)
+        exp_sum = pd.Series(fp.values, index=sub.index).groupby(sub["country"]).sum()
+        exp_count = sub.groupby("country").size()
+        assert got.vectors[("count",)].tolist() == [int(exp_count.get(c, 0)) for c in COUNTRIES]
+        assert got.vectors[SUM].tolist() == [int(exp_sum.get(c, 0)) for c in COUNTRIES]
+
+    def test_each_user_keeps_at_most_C_rows_whatever_the_partitioning(self, events):
+        # every user lives in one country, so G never binds: a user keeps min(rows, C)
+        C = 3
+        per_user = events[events["country"].isin(COUNTRIES)].groupby(
+            ["country", "user_id"]).size().clip(upper=C).groupby("country").sum()
+        expected = [int(per_user.get(c, 0)) for c in COUNTRIES]
+        for nparts in (1, 4, 9):
+            got = bounded_aggregates(dd.from_pandas(events, npartitions=nparts),
+                                     _spec([("count",)], C=C))
+            assert got.vectors[("count",)].tolist() == expected
+
+    def test_groups_per_user_are_capped(self):
+        frame = pd.DataFrame({"user_id": ["u"] * 6, "country": COUNTRIES,
+                              "watch_seconds": [1.0] * 6})
+        out = bound_partition(frame, _spec([("count",)], G=2, C=1))
+        assert out["count"].sum() == 2 and len(out) == 2
+
+    def test_same_seed_same_rows_so_retries_agree(self, events):
+        ddf = dd.from_pandas(events, npartitions=4)
+        spec = _spec([("count",), SUM], G=1, C=2, seed=42)
+        a = bounded_aggregates(ddf, spec)
+        b = bounded_aggregates(ddf, spec)
+        assert all((a.vectors[k] == b.vectors[k]).all() for k in spec.plan)
+
+    def test_rows_outside_the_public_keys_are_dropped(self, events):
+        got = bounded_aggregates(dd.from_pandas(events, npartitions=2),
+                                 _spec([("count",)], C=10_000, keys=["DE"]))
+        assert got.vectors[("count",)].tolist() == [int((events["country"] == "DE").sum())]
+
+    def test_nan_in_a_measured_column_is_refused(self, events):
+        bad = events.assign(watch_seconds=events["watch_seconds"].where(events.index != 7))
+        with pytest.raises(InputError, match="watch_seconds"):
+            bounded_aggregates(dd.from_pandas(bad, npartitions=2), _spec([SUM]))
+
+
+class TestDaskSession:
+    def test_release_matches_the_pandas_release_in_everything_but_noise(self, events):
+        q = dict(by="country", keys=COUNTRIES, max_groups=1, max_rows=5)
+        ref = (Session(events, privacy_unit="user_id", budget=Budget.pure(2.0)).query(**q)
+               .count().mean("watch_seconds", bounds=(0, 3600)).release(epsilon=1.0))
+        ds = DaskSession(dd.from_pandas(events, npartitions=3), privacy_unit="user_id",
+                         budget=Budget.pure(2.0))
+        got = (ds.query(**q).count().mean("watch_seconds", bounds=(0, 3600))
+               .release(epsilon=1.0, progress=False))
+        a, b = ref.to_frame(), got.to_frame()
+        same = ["country", "statistic", "column", "param", "mechanism", "scale", "epsilon",
+                "delta", "rho"]
+        pd.testing.assert_frame_equal(a[same], b[same])
+        assert got.loss == ref.loss and ds.budget.spent.epsilon == pytest.approx(1.0)
+        assert got.query["engine"] == "dask"
+
+    def test_noise_is_drawn_once_per_measurement_on_the_driver(self, events, monkeypatch):
+        from pets.dp import _session
+
+        draws: list[bool] = []
+        real_noisy = _session._noisy
+
+        def noisy(m, vec):
+            draws.append(getattr(_INSIDE, "flag", False))
+            return real_noisy(m, vec)
+
+        monkeypatch.setattr(_dp, "bound_partition", _Flagging(_dp.bound_partition))
+        monkeypatch.setattr(_session, "_noisy", noisy)
+        ds = DaskSession(dd.from_pandas(events, npartitions=4), privacy_unit="user_id",
+                         budget=Budget.zcdp(1.0))
+        ds.query(by="country", keys=COUNTRIES, max_rows=3).count().variance(
+            "watch_seconds", bounds=(0, 3600)).release(rho=0.5, progress=False)
+        assert draws == [False, False, False]  # count, centred sum, centred squares: once each
+
+    def test_budget_is_enforced_and_nothing_spent_on_refusal(self, events):
+        ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
+                         budget=Budget.pure(1.0))
+        ds.query().count().release(epsilon=0.8, progress=False)
+        with pytest.raises(BudgetExhausted):
+            ds.query().count().release(epsilon=0.5, progress=False)
+        assert ds.budget.spent.epsilon == pytest.approx(0.8)
+
+    def test_quantiles_and_private_keys_are_refused(self, events):
+        ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
+                         budget=Budget.approx(1.0, 1e-6))
+        with pytest.raises(InputError, match="quantile"):
+            ds.query().median("watch_seconds", bounds=(0, 10))
+        sneaky = _dp.DaskQuery(ds, ds.session.query().median("watch_seconds", bounds=(0, 10)))
+        with pytest.raises(InputError, match="quantile"):
+            sneaky.release(epsilon=0.5, progress=False)
+        with pytest.raises(InputError, match="public keys"):
+            ds.query(by="country", keys="private")
+        assert ds.budget.spent.epsilon == 0
