@@ -310,6 +310,8 @@ class LocalKeyring:
         scheme, authority, name = parse_key_uri(uri)
         if scheme != self.scheme or authority != self.name:
             raise KeyNotFoundError(f"no key {uri} (this is keyring local://{self.name})")
+        if not _NAME.match(name):
+            raise InputError(f"invalid key name in {uri!r}: use 1-64 letters, digits, _ . -")
         return self.path / "keys" / f"{name}.json"
 
     def _mac(self, body: Mapping[str, Any]) -> bytes:
@@ -562,15 +564,21 @@ def _version_entry(body: Mapping[str, Any], version: int) -> dict[str, Any]:
 
 
 def _write_json(file: Path, doc: Mapping[str, Any]) -> None:
-    with atomic_path(file, mode=0o600) as tmp:
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    try:
+        with atomic_path(file, mode=0o600) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise KeyServiceError(f"cannot write {file}: {exc.strerror}") from None
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``<path>/.lock`` (across processes and threads)."""
-    path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise KeyServiceError(f"cannot lock keyring {path}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -486,3 +486,28 @@ class TestHeader:
         (ring.path / "keyring.json").write_bytes(raw)
         with pytest.raises(KeyServiceError, match=r"keyring\.json is not a pets keyring$"):
             LocalKeyring(ring.path, master_key=master)
+
+
+class TestFilesystemErrors:
+    def test_overlong_key_name_is_input_error(self, ring):
+        with pytest.raises(InputError, match="invalid key name"):
+            ring.create("local://eu/" + "x" * 300, jurisdiction="EU")
+
+    def test_failed_write_is_key_service_error_and_changes_nothing(self, ring, monkeypatch):
+        import contextlib
+        import errno
+
+        import pets.keys._local as local
+
+        ring.create(URI, jurisdiction="EU")
+        before = key_file(ring).read_bytes()
+
+        @contextlib.contextmanager
+        def disk_full(dest, *, mode=0o644):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            yield  # pragma: no cover
+
+        monkeypatch.setattr(local, "atomic_path", disk_full)
+        with pytest.raises(KeyServiceError, match=r"cannot write .*No space left on device"):
+            ring.rotate(URI)
+        assert key_file(ring).read_bytes() == before
