@@ -122,8 +122,7 @@ TREATMENTS: Mapping[str, TreatmentSpec] = dict([
     _spec("postcode-prefix", "generalized", [_QI, _SE], _STR),
     _spec("ip-prefix", "generalized", [_QI, _SE], _STR),
     _spec("bucket", "generalized", [_QI, _SE, _ME], _NUM),
-    _spec("top-code", "generalized", [_QI, _SE, _ME], _NUM),
-    _spec("bottom-code", "generalized", [_QI, _SE, _ME], _NUM),
+    _spec("top-bottom-code", "generalized", [_QI, _SE, _ME], _NUM),
     _spec("mask", "generalized", [_ID, _QI, _SE], _STR),
     _spec("suppress", "generalized", [_QI, _SE], _ANY),
     _spec("encrypt", "encrypted", [_ID, _QI, _SE, _ME], _ANY),
@@ -132,8 +131,8 @@ TREATMENTS: Mapping[str, TreatmentSpec] = dict([
 ])
 
 _DEFAULT_KEY = {"encrypt": "columns"}
-_TOP_KEYS = {"version", "dataset", "home", "keys", "min_k", "enforce_k", "destinations",
-             "columns", "description"}
+_TOP_KEYS = {"version", "dataset", "home", "keys", "min_k", "enforce_k", "max_suppression",
+             "destinations", "columns", "description"}
 _COLUMN_KEYS = {"role", "treatment", "params", "domain", "key", "mode", "description"}
 _MODES = ("randomized", "deterministic")
 
@@ -229,8 +228,10 @@ class Policy:
             ``columns`` (column encryption), or any name a column's ``key`` uses.
         destinations: Output kind to the jurisdictions it may go to (``"*"``: anywhere).
         min_k: The k that the quasi-identifiers must reach after treatment.
-        enforce_k: When k is not met, suppress rows (``pets.pseudo.enforce_k``) instead of
-            refusing.
+        enforce_k: When k is not met, suppress the rows of classes smaller than ``min_k``
+            (:func:`pets.pseudo.enforce_k`) instead of refusing.
+        max_suppression: With ``enforce_k``, the largest share of rows (0..1) that may be
+            suppressed; beyond it ``protect`` refuses.
         source: Where the policy came from (for messages).
     """
 
@@ -241,6 +242,7 @@ class Policy:
     destinations: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     min_k: int = 1
     enforce_k: bool = False
+    max_suppression: float = 0.05
     source: str = field(default="<policy>", compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -343,7 +345,8 @@ class Policy:
             dests[kind] = tuple(str(w) for w in where)
         return cls(dataset=doc["dataset"], columns=tuple(rules), home=doc.get("home", "EU"),
                    keys=keys, destinations=dests, min_k=doc.get("min_k", 1),
-                   enforce_k=doc.get("enforce_k", False), source=source, lines=lines)
+                   enforce_k=doc.get("enforce_k", False),
+                   max_suppression=doc.get("max_suppression", 0.05), source=source, lines=lines)
 
     # -- validation --------------------------------------------------------------------------
 
@@ -363,6 +366,11 @@ class Policy:
             raise self._fail("'min_k' must be an integer >= 1", lines.get("min_k"))
         if not isinstance(self.enforce_k, bool):
             raise self._fail("'enforce_k' must be true or false", lines.get("enforce_k"))
+        ms = self.max_suppression
+        if isinstance(ms, bool) or not isinstance(ms, int | float) or not 0 <= ms <= 1:
+            raise self._fail("'max_suppression' must be a number in 0..1",
+                             lines.get("max_suppression"))
+        object.__setattr__(self, "max_suppression", float(ms))
         for name, uri in self.keys.items():
             if not isinstance(uri, str) or "://" not in uri:
                 raise self._fail(f"key {name!r} must be a key URI such as "
@@ -490,6 +498,7 @@ class Policy:
             "keys": dict(sorted(self.keys.items())),
             "destinations": {k: sorted(v) for k, v in sorted(self.destinations.items())},
             "min_k": self.min_k, "enforce_k": self.enforce_k,
+            "max_suppression": self.max_suppression,
             "columns": [r.to_dict() for r in self.columns],
         }
 

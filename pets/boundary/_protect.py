@@ -63,13 +63,12 @@ def _keyed_transform(rule: ColumnRule, policy: Policy, keys: BoundaryKeys, conte
 
 
 def _generalizer(rule: ColumnRule) -> Transform:
-    import pets.pseudo as pseudo
+    from pets import pseudo
 
-    factory = getattr(pseudo, "generalizer", None)
-    if factory is None:
-        raise PolicyError(f"treatment {rule.treatment!r} needs pets.pseudo generalizers")
-    out: Transform = factory(rule.treatment, **dict(rule.params))
-    return out
+    classes: dict[str, type[Transform]] = {c.name: c for c in (
+        pseudo.Bucket, pseudo.TopBottomCode, pseudo.TruncateDate, pseudo.AgeBand,
+        pseudo.PostcodePrefix, pseudo.IPPrefix, pseudo.Mask, pseudo.Suppress)}
+    return classes[rule.treatment](**dict(rule.params))
 
 
 def _build(rule: ColumnRule, policy: Policy, keys: BoundaryKeys, context: Context,
@@ -87,28 +86,29 @@ def _build(rule: ColumnRule, policy: Policy, keys: BoundaryKeys, context: Contex
                           f"{dict(rule.params)}: {exc}") from None
 
 
-def _k_of(frame: pd.DataFrame, qis: Sequence[str]) -> int:
-    if not qis or frame.empty:
-        return len(frame)
-    sizes = frame.groupby(list(qis), dropna=False, observed=True, sort=False).size()
-    return int(sizes.min())
-
-
 def _check_k(frame: pd.DataFrame, policy: Policy) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Measure k over the treated quasi-identifiers; suppress (enforce_k) or refuse."""
+    from pets.pseudo import anonymity_report, enforce_k
+
     qis = policy.quasi_identifiers
-    k = _k_of(frame, qis)
-    info: dict[str, Any] = {"quasi_identifiers": qis, "min_k": policy.min_k, "k": k,
-                            "suppressed_rows": 0}
-    if k >= policy.min_k or not qis:
+    info: dict[str, Any] = {"quasi_identifiers": qis, "min_k": policy.min_k,
+                            "k": len(frame), "suppressed_rows": 0}
+    if not qis or frame.empty:
+        return frame, info
+    report = anonymity_report(frame, qis, k=policy.min_k)
+    info.update(k=int(report.k), classes=int(report.classes),
+                risk_max=float(report.risk_max))
+    if report.k >= policy.min_k:
         return frame, info
     if not policy.enforce_k:
         raise PolicyError(
-            f"{policy.source}: k-anonymity of ({', '.join(qis)}) is {k} < min_k "
+            f"{policy.source}: k-anonymity of ({', '.join(qis)}) is {report.k} < min_k "
             f"{policy.min_k}; generalize the quasi-identifiers more, or set enforce_k: true")
-    sizes = frame.groupby(qis, dropna=False, observed=True, sort=False)[qis[0]].transform("size")
-    keep = sizes >= policy.min_k
-    out = frame.loc[keep.to_numpy()].reset_index(drop=True)
-    info.update(k=_k_of(out, qis), suppressed_rows=int((~keep).sum()), method="suppress")
+    done = enforce_k(frame, qis, policy.min_k, {}, max_suppression=policy.max_suppression)
+    out = done.frame.reset_index(drop=True)
+    info.update(k=int(done.report.k), classes=int(done.report.classes),
+                risk_max=float(done.report.risk_max), suppressed_rows=int(done.rows_suppressed),
+                method="suppress")
     return out, info
 
 
@@ -193,7 +193,14 @@ def _protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: C
         else:
             transform = _build(rule, policy, keys, context, hook)
             try:
-                result = transform.apply(series)
+                by = getattr(transform, "by", None) if rule.treatment == "date-shift" else None
+                if rule.treatment == "date-shift":
+                    if not isinstance(by, str) or by not in frame.columns:
+                        raise PolicyError(f"{_where(policy, rule)}: date-shift needs params.by "
+                                          "naming the user id column")
+                    result = transform.apply(series, by=frame[by])  # type: ignore[call-arg]
+                else:
+                    result = transform.apply(series)
             except (InputError, TypeError, ValueError) as exc:
                 if isinstance(exc, PetsError) and not isinstance(exc, InputError):
                     raise

@@ -76,12 +76,50 @@ class TestProtect:
     def test_enforce_k_suppresses_small_classes(self, raw, keys, eu_ctx):
         from tests.boundary.conftest import POLICY
 
-        p = Policy.from_yaml(POLICY.replace("min_k: 1", "min_k: 5\nenforce_k: true"))
+        p = Policy.from_yaml(POLICY.replace(
+            "min_k: 1", "min_k: 5\nenforce_k: true\nmax_suppression: 0.2"))
         skewed = raw.assign(country=pd.array(["DE"] * 10 + ["MT", "LU"], dtype="string"))
         pf = protect(skewed, p, keys, eu_ctx)
         assert len(pf) == 10 and set(pf.data["country"]) == {"DE"}
         assert pf.manifest.k_anonymity["suppressed_rows"] == 2
         assert pf.manifest.k_anonymity["k"] == 10
+        assert pf.manifest.verify_data(pf.data).rows == 10
+
+    def test_enforce_k_refuses_beyond_max_suppression(self, raw, keys, eu_ctx, log):
+        from tests.boundary.conftest import POLICY
+
+        p = Policy.from_yaml(POLICY.replace(
+            "min_k: 1", "min_k: 5\nenforce_k: true\nmax_suppression: 0.1"))
+        skewed = raw.assign(country=pd.array(["DE"] * 10 + ["MT", "LU"], dtype="string"))
+        with pytest.raises(PolicyError, match="k=5 cannot be met"):
+            protect(skewed, p, keys, eu_ctx, audit=log)
+        assert _kinds(log) == ["boundary.refused"]
+
+    def test_generalizers_and_date_shift(self, keys, eu_ctx):
+        p = Policy.from_yaml("""
+dataset: visits
+keys: {pseudonyms: "memory://eu/pseudonyms"}
+columns:
+  user: {role: identifier, treatment: keyed-hash}
+  born: {role: quasi-identifier, treatment: age-band, params: {reference: 2026-01-01, width: 10}}
+  zip: {role: quasi-identifier, treatment: postcode-prefix, params: {keep: 2}}
+  seen: {role: sensitive, treatment: date-shift, params: {by: user, max_days: 10}}
+  spend: {role: metric, treatment: bucket, params: {width: 100}}
+""")
+        df = pd.DataFrame({
+            "user": ["a", "a", "b"],
+            "born": pd.to_datetime(["1990-05-01", "1990-05-01", "1971-02-03"]),
+            "zip": ["75011", "75011", "13001"],
+            "seen": pd.to_datetime(["2026-01-10", "2026-01-20", "2026-02-01"]),
+            "spend": [12.5, 230.0, 99.0],
+        })
+        pf = protect(df, p, keys, eu_ctx)
+        assert pf.data["born"].tolist() == ["30-39", "30-39", "50-59"]
+        assert pf.data["zip"].tolist() == ["75", "75", "13"]
+        assert pf.data["spend"].tolist() == ["[0, 100)", "[200, 300)", "[0, 100)"]
+        assert (pf.data["seen"][1] - pf.data["seen"][0]).days == 10
+        assert pf.manifest.column("born").params["width"] == 10
+        assert pf.manifest.column("seen").key_uri == "memory://eu/pseudonyms"
 
     def test_bad_treatment_params_name_line_and_column(self, raw, keys, eu_ctx):
         from tests.boundary.conftest import POLICY
