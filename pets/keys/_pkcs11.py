@@ -22,6 +22,7 @@ open and shared by every :class:`Pkcs11Keyring` on that token; a lock serialises
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hmac
 import json
@@ -30,7 +31,7 @@ import shutil
 import struct
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -190,12 +191,23 @@ class Pkcs11Keyring:
     def _session(self) -> Any:
         return self._shared.session
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise use of the shared session; token failures become KeyServiceError."""
+        with self._shared.lock:
+            try:
+                yield
+            except self._pk.exceptions.PKCS11Error as exc:
+                raise KeyServiceError(
+                    f"PKCS#11 token {self.token_label!r} failed: {type(exc).__name__}"
+                ) from None
+
     def _find(self, attrs: Mapping[Any, Any]) -> list[Any]:
         return list(self._session.get_objects(dict(attrs)))
 
     def _check_token_jurisdiction(self) -> None:
         A, OC = self._pk.Attribute, self._pk.ObjectClass
-        with self._shared.lock:
+        with self._locked():
             found = self._find({A.CLASS: OC.DATA, A.LABEL: _TOKEN_MARKER})
             if not found:
                 self._session.create_object({
@@ -337,7 +349,7 @@ class Pkcs11Keyring:
         doc = {"uri": uri, "jurisdiction": code, "created": now, "primary_version": 1,
                "min_decryption_version": 1,
                "versions": [{"version": 1, "state": "active", "created": now}]}
-        with self._shared.lock:
+        with self._locked():
             try:
                 self._meta_objs(uri)
             except KeyNotFoundError:
@@ -352,7 +364,7 @@ class Pkcs11Keyring:
     def wrap(self, uri: str, dek: bytes, *, context: Context,
              enc_context: Mapping[str, str] | None = None) -> WrappedKey:
         """Wrap ``dek`` with AES-GCM inside the token under the primary version."""
-        with self._shared.lock:
+        with self._locked():
             doc = self._meta(uri)
             primary = int(doc["primary_version"])
             state = next((v["state"] for v in doc["versions"] if v["version"] == primary),
@@ -376,7 +388,7 @@ class Pkcs11Keyring:
             IntegrityError: The blob or the encryption context does not authenticate.
         """
         uri, v = wrapped.key_uri, wrapped.version
-        with self._shared.lock:
+        with self._locked():
             doc = self._meta(uri)
             info = self._info(doc)
             check_unwrap_allowed(info, context, self.audit)
@@ -403,7 +415,7 @@ class Pkcs11Keyring:
 
     def rotate(self, uri: str) -> KeyInfo:
         """Generate a new version inside the token and make it primary."""
-        with self._shared.lock:
+        with self._locked():
             doc = self._meta(uri)
             new = max(int(v["version"]) for v in doc["versions"]) + 1
             self._generate(uri, new)
@@ -415,7 +427,7 @@ class Pkcs11Keyring:
 
     def retire(self, uri: str, min_decryption_version: int) -> KeyInfo:
         """Refuse unwrap below ``min_decryption_version`` (lowering it revives versions)."""
-        with self._shared.lock:
+        with self._locked():
             doc = self._meta(uri)
             primary = int(doc["primary_version"])
             if not 1 <= min_decryption_version <= primary:
@@ -431,7 +443,7 @@ class Pkcs11Keyring:
     def destroy(self, uri: str, version: int | None = None) -> KeyInfo:
         """Destroy the version's key object(s) in the token (``C_DestroyObject``)."""
         A, OC = self._pk.Attribute, self._pk.ObjectClass
-        with self._shared.lock:
+        with self._locked():
             doc = self._meta(uri)
             present = {int(v["version"]) for v in doc["versions"]}
             targets = present if version is None else {version}
@@ -450,13 +462,13 @@ class Pkcs11Keyring:
 
     def describe(self, uri: str) -> KeyInfo:
         """Public metadata from the token; never key bytes."""
-        with self._shared.lock:
+        with self._locked():
             return self._info(self._meta(uri))
 
     def list(self) -> list[KeyInfo]:
         """Every pets KEK in this token, sorted by URI."""
         A, OC = self._pk.Attribute, self._pk.ObjectClass
-        with self._shared.lock:
+        with self._locked():
             labels = sorted(
                 str(o[A.LABEL]) for o in self._find({A.CLASS: OC.DATA, A.APPLICATION: "pets"})
                 if str(o[A.LABEL]).startswith(_META_PREFIX)

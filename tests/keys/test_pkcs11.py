@@ -284,3 +284,18 @@ class TestAcrossProcesses:
         assert hsm_eu.wrap(uri, b"2" * 32, context=EU).version == 2
         with pytest.raises(KeyDestroyedError, match="v1 is destroyed"):
             hsm_eu.unwrap(w1, context=EU)
+
+
+class TestTokenFailures:
+    def test_token_errors_become_key_service_errors(self, hsm_eu, monkeypatch):
+        import pkcs11
+
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+
+        def broken(attrs):
+            raise pkcs11.exceptions.DeviceRemoved()
+
+        monkeypatch.setattr(hsm_eu, "_find", broken)
+        with pytest.raises(KeyServiceError, match=r"^PKCS#11 token 'EU' failed: DeviceRemoved$"):
+            hsm_eu.describe(uri)
