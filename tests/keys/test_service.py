@@ -1,0 +1,79 @@
+"""One contract, every backend: MemoryKeyring, LocalKeyring and Pkcs11Keyring behave alike."""
+
+import os
+import uuid
+
+import pytest
+
+from pets import (
+    Context,
+    IntegrityError,
+    JurisdictionError,
+    KeyDestroyedError,
+    KeyNotFoundError,
+)
+from pets.keys import KeyService, LocalKeyring, MemoryKeyring, Secret, WrappedKey
+
+EU = Context("EU", principal="etl@eu")
+
+
+@pytest.fixture(params=["memory", "local", "pkcs11"])
+def backend(request, tmp_path, events):
+    """(service, a fresh EU key URI) for each backend."""
+    name = f"k{uuid.uuid4().hex[:10]}"
+    if request.param == "memory":
+        return MemoryKeyring(audit=events), f"memory://eu/{name}"
+    if request.param == "local":
+        ring = LocalKeyring.init(tmp_path / "r", name="eu", master_key=Secret(os.urandom(32)),
+                                 audit=events)
+        return ring, f"local://eu/{name}"
+    hsm = request.getfixturevalue("hsm_eu")
+    hsm.audit = events
+    request.addfinalizer(lambda: setattr(hsm, "audit", None))
+    return hsm, f"pkcs11://EU/{name}"
+
+
+class TestKeyServiceContract:
+    def test_full_lifecycle_has_the_same_semantics(self, backend, events):
+        svc, uri = backend
+        assert isinstance(svc, KeyService) and svc.supports(uri)
+        info = svc.create(uri, jurisdiction="EU")
+        assert (info.uri, info.jurisdiction, info.primary_version,
+                info.min_decryption_version) == (uri, "EU", 1, 1)
+        w1 = svc.wrap(uri, b"1" * 32, context=EU, enc_context={"c": "x"})
+        assert (w1.key_uri, w1.version, w1.jurisdiction) == (uri, 1, "EU")
+        svc.rotate(uri)
+        w2 = svc.wrap(uri, b"2" * 32, context=EU, enc_context={"c": "x"})
+        assert w2.version == 2
+        assert svc.unwrap(w1, context=EU, enc_context={"c": "x"}) == b"1" * 32
+
+        with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
+            svc.unwrap(w2, context=EU, enc_context={"c": "y"})
+        bad = WrappedKey(uri, 2, "EU", w2.blob[:-1] + bytes([w2.blob[-1] ^ 1]))
+        with pytest.raises(IntegrityError):
+            svc.unwrap(bad, context=EU, enc_context={"c": "x"})
+        with pytest.raises(JurisdictionError, match=f"^key {uri} belongs to EU; unwrap refused"):
+            svc.unwrap(w2, context=Context("US"), enc_context={"c": "x"})
+
+        assert [v.state for v in svc.retire(uri, 2).versions] == ["retired", "active"]
+        with pytest.raises(KeyDestroyedError, match=r"v1 is retired \(min_decryption_version=2\)"):
+            svc.unwrap(w1, context=EU, enc_context={"c": "x"})
+        assert [v.state for v in svc.retire(uri, 1).versions] == ["active", "active"]
+        assert svc.unwrap(w1, context=EU, enc_context={"c": "x"}) == b"1" * 32
+
+        assert [v.state for v in svc.destroy(uri, 1).versions] == ["destroyed", "active"]
+        with pytest.raises(KeyDestroyedError, match=rf"^{uri} v1 is destroyed$"):
+            svc.unwrap(w1, context=EU, enc_context={"c": "x"})
+        assert svc.unwrap(w2, context=EU, enc_context={"c": "x"}) == b"2" * 32
+        with pytest.raises(KeyNotFoundError, match="has no version 9"):
+            svc.unwrap(WrappedKey(uri, 9, "EU", w2.blob), context=EU)
+
+        assert svc.describe(uri) == next(i for i in svc.list() if i.uri == uri)
+        kinds = [e.kind for e in events if e.kind != "keyring.init"]
+        assert kinds == ["key.create", "key.rotate", "key.refused", "key.retire", "key.retire",
+                         "key.destroy"]
+
+    def test_unknown_key(self, backend):
+        svc, uri = backend
+        with pytest.raises(KeyNotFoundError, match=f"^no key {uri}$"):
+            svc.describe(uri)
