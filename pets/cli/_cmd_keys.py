@@ -61,8 +61,9 @@ def keys() -> None:
 @keyring_options
 @json_option
 def init_cmd(name: str, key_config: KeyConfig, as_json: bool) -> None:
-    """Create an empty local keyring (master key from PETS_MASTER_KEY or PETS_KEYRING_PASSPHRASE).
+    """Create an empty local keyring.
 
+    The master key comes from PETS_MASTER_KEY (or a passphrase from PETS_KEYRING_PASSPHRASE).
     Generate a master key with e.g. `python -c "import secrets; print(secrets.token_hex(32))"`
     and keep it in your secret store; without it the keyring cannot be opened.
     """
@@ -87,7 +88,10 @@ def init_cmd(name: str, key_config: KeyConfig, as_json: bool) -> None:
 @keyring_options
 @json_option
 def create_cmd(uri: str, jurisdiction: str, key_config: KeyConfig, as_json: bool) -> None:
-    """Create a KEK named URI (local://RING/NAME or pkcs11://TOKEN/LABEL)."""
+    """Create a KEK named URI.
+
+    URI is local://RING/NAME (local keyring) or pkcs11://TOKEN/LABEL (HSM).
+    """
     info = _services(key_config).for_uri(uri).create(uri, jurisdiction=jurisdiction)
     _show(info, as_json)
 
@@ -96,7 +100,7 @@ def create_cmd(uri: str, jurisdiction: str, key_config: KeyConfig, as_json: bool
 @keyring_options
 @json_option
 def list_cmd(key_config: KeyConfig, as_json: bool) -> None:
-    """List every key (metadata only: no key bytes are ever shown)."""
+    """List keys (metadata only, never key bytes)."""
     infos = [info for svc in _services(key_config) for info in svc.list()]
     emit([i.to_dict() for i in infos], as_json,
          lambda: "\n".join(_info_text(i) for i in infos) or "no keys")
@@ -107,7 +111,10 @@ def list_cmd(key_config: KeyConfig, as_json: bool) -> None:
 @keyring_options
 @json_option
 def describe_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
-    """Show one key's metadata: jurisdiction, versions and their states."""
+    """Show one key's metadata.
+
+    Jurisdiction, primary and minimum decryption versions, and every version's state.
+    """
     _show(_services(key_config).for_uri(uri).describe(uri), as_json)
 
 
@@ -116,7 +123,10 @@ def describe_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
 @keyring_options
 @json_option
 def rotate_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
-    """Add a new key version and make it primary (old versions still unwrap)."""
+    """Add a new primary key version.
+
+    New wraps use it; older versions still unwrap until retired or destroyed.
+    """
     _show(_services(key_config).for_uri(uri).rotate(uri), as_json)
 
 
@@ -127,7 +137,11 @@ def rotate_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
 @keyring_options
 @json_option
 def retire_cmd(uri: str, min_version: int, key_config: KeyConfig, as_json: bool) -> None:
-    """Set the minimum decryption version (like Vault's min_decryption_version)."""
+    """Set the minimum decryption version.
+
+    Versions below it are refused (like Vault's min_decryption_version); lowering it again
+    re-enables them.
+    """
     _show(_services(key_config).for_uri(uri).retire(uri, min_version), as_json)
 
 
@@ -140,7 +154,10 @@ def retire_cmd(uri: str, min_version: int, key_config: KeyConfig, as_json: bool)
 @json_option
 def destroy_cmd(uri: str, version: int | None, yes: bool, key_config: KeyConfig,
                 as_json: bool) -> None:
-    """Crypto-shred a key version (or all): data under it becomes unrecoverable. Irreversible."""
+    """Crypto-shred a key version (irreversible).
+
+    Destroys one version (--version) or all; data wrapped under it becomes unrecoverable.
+    """
     what = f"{uri} v{version}" if version is not None else f"every version of {uri}"
     if not yes:
         if not sys.stdin.isatty():
@@ -165,7 +182,9 @@ def destroy_cmd(uri: str, version: int | None, yes: bool, key_config: KeyConfig,
 def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, ...],
                 allow_jurisdiction_change: bool, jurisdiction: str, principal: str | None,
                 key_config: KeyConfig, as_json: bool) -> None:
-    """Re-wrap the wrapped data key in SRC (WrappedKey JSON) under --to, writing DEST.
+    """Re-wrap a wrapped data key under another key.
+
+    Reads SRC (WrappedKey JSON), re-wraps it under --to's primary version, writes DEST.
 
     The data key is unwrapped and re-wrapped inside pets; the data it protects is untouched.
     DEST may be SRC (it is replaced atomically).
