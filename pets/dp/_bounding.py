@@ -80,15 +80,27 @@ def bound_contributions(users: np.ndarray, groups: np.ndarray, *, max_groups: in
         return keep
     ngroups = int(groups.max()) + 1
     pair = users.astype(np.int64) * ngroups + groups.astype(np.int64)
-    pair_id, pair_vals = pd.factorize(pair)
-    pair_id = np.asarray(pair_id, dtype=np.int64)
-    per_pair = np.bincount(pair_id)
+    space = (int(users.max()) + 1) * ngroups
+    if space <= max(4 * n, 1 << 22) and space < 2**31:
+        # dense pair ids: count with bincount instead of hashing
+        pair_id = pair
+        counts = np.bincount(pair, minlength=space)
+        pair_vals = np.flatnonzero(counts)
+        per_pair = counts
+        pair_keep_index = np.full(space, -1, dtype=np.int64)
+        pair_keep_index[pair_vals] = np.arange(pair_vals.size)
+    else:
+        codes, uniq = pd.factorize(pair)
+        pair_id = np.asarray(codes, dtype=np.int64)
+        pair_vals = np.asarray(uniq, dtype=np.int64)
+        per_pair = np.bincount(pair_id)
+        pair_keep_index = None
     over = per_pair[pair_id] > max_rows
     if over.any():
         idx = np.flatnonzero(over)
         order, rank = rank_within(pair_id[idx], rng)
         keep[idx[order[rank >= max_rows]]] = False
-    pair_user = np.asarray(pair_vals, dtype=np.int64) // ngroups
+    pair_user = pair_vals // ngroups
     per_user = np.bincount(pair_user)
     over_u = per_user[pair_user] > max_groups
     if over_u.any():
@@ -96,7 +108,8 @@ def bound_contributions(users: np.ndarray, groups: np.ndarray, *, max_groups: in
         order, rank = rank_within(pair_user[pidx], rng)
         pair_keep = np.ones(pair_user.size, dtype=bool)
         pair_keep[pidx[order[rank >= max_groups]]] = False
-        keep &= pair_keep[pair_id]
+        slot = pair_id if pair_keep_index is None else pair_keep_index[pair_id]
+        keep &= pair_keep[slot]
     return keep
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import os
 import sqlite3
 import threading
@@ -187,7 +188,10 @@ class Ledger:
     def _spent(con: sqlite3.Connection, dataset_id: str, unit: str) -> tuple[PrivacyLoss, int]:
         rows = con.execute("SELECT epsilon, delta, rho FROM spends WHERE dataset_id = ? "
                            "AND unit = ?", (dataset_id, unit)).fetchall()
-        return PrivacyLoss.total(PrivacyLoss(*r) for r in rows), len(rows)
+        if not rows:
+            return PrivacyLoss(), 0
+        eps, delta, rho = zip(*rows, strict=True)
+        return PrivacyLoss(math.fsum(eps), math.fsum(delta), math.fsum(rho)), len(rows)
 
     def register(self, dataset_id: str, unit: str, budget: Budget) -> Budget:
         """Record ``budget`` as the total for (dataset, unit), or check it matches the stored one.

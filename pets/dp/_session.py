@@ -62,6 +62,10 @@ from pets.dp._release import Release
 
 __all__ = ["DEFAULT_MAX_KEYS", "Query", "Session"]
 
+#: The columns of a release table after the group columns.
+RELEASE_COLUMNS = ("statistic", "column", "param", "estimate", "ci_low", "ci_high", "mechanism",
+                   "scale", "epsilon", "delta", "rho")
+
 #: Largest key set (groups × histogram bins) a query may use.
 DEFAULT_MAX_KEYS = 100_000
 
@@ -313,6 +317,10 @@ class Session:
                                  f"{', '.join(self.columns)})")
         if len(set(cols)) != len(cols):
             raise InputError(f"duplicate group columns in {list(cols)!r}")
+        reserved = set(RELEASE_COLUMNS) & set(cols)
+        if reserved:
+            raise InputError(f"group column(s) {sorted(reserved)!r} clash with release columns; "
+                             "rename them first")
         if self.privacy_unit in cols:
             raise InputError(f"cannot group by the privacy unit {self.privacy_unit!r}")
         g = _positive_int("max_groups", max_groups)
@@ -452,7 +460,7 @@ class Session:
         if nkeys * bins > self.max_keys and not private:
             raise InputError(f"{nkeys} keys × {bins} bins exceed the limit of {self.max_keys}")
         sel = gcode >= 0
-        ucode = np.asarray(pd.factorize(unit[sel])[0], dtype=np.int64)
+        ucode = np.asarray(pd.factorize(unit)[0], dtype=np.int64)[sel]
         gsel = gcode[sel]
         keep = bound_contributions(ucode, gsel, max_groups=q.max_groups, max_rows=q.max_rows,
                                    rng=self._rng)
@@ -680,20 +688,17 @@ def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanis
         loss = PrivacyLoss.total(m.loss for m in used)
         kpart = key_part if kp is None else kp
         n = len(kpart)
-        b = kpart.copy()
-        b["statistic"] = stat
-        b["column"] = column
-        b["param"] = param if isinstance(param, list) else [param] * n
-        b["estimate"] = est.astype(np.float64)
-        b["ci_low"] = lo.astype(np.float64)
-        b["ci_high"] = hi.astype(np.float64)
-        b["mechanism"] = mech
-        b["scale"] = float(scale)
-        b["epsilon"] = loss.epsilon
-        b["delta"] = loss.delta
-        b["rho"] = loss.rho
-        b["_block"] = len(records)
-        b["_pos"] = np.arange(n)
+        cols: dict[str, Any] = dict(
+            statistic=[stat] * n, column=[column] * n,
+            param=param if isinstance(param, list) else [param] * n,
+            estimate=est.astype(np.float64), ci_low=lo.astype(np.float64),
+            ci_high=hi.astype(np.float64), mechanism=[mech] * n,
+            scale=np.full(n, float(scale)), epsilon=np.full(n, loss.epsilon),
+            delta=np.full(n, loss.delta), rho=np.full(n, loss.rho),
+            _block=np.full(n, len(records)), _pos=np.arange(n))
+        b = pd.DataFrame(cols)
+        if q.by:
+            b = pd.concat([kpart.reset_index(drop=True), b], axis=1)
         records.append(b)
 
     def interval(m: Mechanism, lvl: float) -> int:

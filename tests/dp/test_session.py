@@ -1,0 +1,328 @@
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pets import BudgetExhausted, InputError
+from pets.dp import Budget, Ledger, Release, Session
+
+KEYS = ["DE", "FR", "IT"]
+
+
+def session(df, budget=None, **kw):
+    return Session(df, privacy_unit="user_id", budget=budget or Budget.pure(10.0), **kw)
+
+
+class TestPrivacyAccounting:
+    def test_pure_loss_and_scales_follow_the_sensitivity_argument(self, small_events):
+        s = session(small_events)
+        G, C = 2, 3
+        r = (s.query(by="country", keys=KEYS, max_groups=G, max_rows=C).count()
+             .sum("watch", bounds=(0, 100)).mean("watch", bounds=(0, 100)).release(epsilon=0.9))
+        f = r.to_frame()
+        share = 0.3  # three measurements: count, sum, centred sum
+        scales = f.groupby("statistic")["scale"].first()
+        assert scales["count"] == pytest.approx(G * C / share)
+        assert scales["sum"] == pytest.approx(G * C * 100 / share)
+        assert scales["mean"] == pytest.approx(G * C * 50 / share)  # centred: half the range
+        assert r.loss.epsilon <= 0.9 and r.loss.epsilon == pytest.approx(0.9)
+        assert s.budget.spent.epsilon == r.loss.epsilon
+        eps = f.groupby("statistic")["epsilon"].first()
+        assert eps["mean"] == pytest.approx(eps["count"] + eps["sum"])
+
+    def test_zcdp_uses_gaussian_with_l2_sensitivity(self, small_events):
+        s = session(small_events, Budget.zcdp(1.0))
+        r = s.query(by="country", keys=KEYS, max_groups=4, max_rows=2).count().release(rho=0.5)
+        f = r.to_frame()
+        # sigma = sqrt(G) * C / sqrt(2 rho)
+        assert f["scale"].iloc[0] == pytest.approx(math.sqrt(4) * 2 / math.sqrt(1.0))
+        assert "Gaussian" in f["mechanism"].iloc[0]
+        assert r.loss.rho == pytest.approx(0.5) and r.loss.epsilon == 0
+
+    def test_no_grouping_means_one_group_whatever_max_groups(self, small_events):
+        r = session(small_events).query(max_groups=5, max_rows=1).count().release(epsilon=1.0)
+        assert len(r.to_frame()) == 1
+        assert r.to_frame()["scale"].iloc[0] == pytest.approx(1.0)
+
+    def test_overspend_is_refused_and_nothing_spent(self, small_events):
+        s = session(small_events, Budget.pure(1.0))
+        q = s.query(by="country", keys=KEYS).count()
+        q.release(epsilon=0.75)
+        with pytest.raises(BudgetExhausted):
+            q.release(epsilon=0.5)
+        assert s.budget.spent.epsilon == pytest.approx(0.75) and s.budget.releases == 1
+
+    def test_ledger_is_shared_between_sessions(self, small_events, tmp_path):
+        led = tmp_path / "l.db"
+        a = session(small_events, Budget.pure(1.0), ledger=Ledger(led), dataset_id="ev")
+        a.query().count().release(epsilon=0.6)
+        b = session(small_events, Budget.pure(1.0), ledger=Ledger(led), dataset_id="ev")
+        assert b.budget.spent.epsilon == pytest.approx(0.6)
+        with pytest.raises(BudgetExhausted):
+            b.query().count().release(epsilon=0.6)
+
+
+class TestEstimates:
+    def test_high_epsilon_recovers_the_bounded_truth(self, small_events):
+        s = session(small_events, Budget.pure(1e6))
+        r = (s.query(by="country", keys=KEYS, max_groups=1, max_rows=4).count()
+             .sum("watch", bounds=(0, 100)).mean("watch", bounds=(0, 100))
+             .variance("watch", bounds=(0, 100)).release(epsilon=1e5))
+        est = r.estimates().set_index("country")
+        truth = small_events.groupby("country")["watch"].agg(["size", "sum", "mean", "var"])
+        n = truth["size"]
+        assert np.allclose(est["count"], n, atol=1)
+        assert np.allclose(est["sum(watch)"], truth["sum"], rtol=1e-3)
+        assert np.allclose(est["mean(watch)"], truth["mean"], rtol=1e-3)
+        assert np.allclose(est["variance(watch)"], truth["var"] * (n - 1) / n, rtol=1e-2)
+        f = r.to_frame()
+        assert (f["ci_low"] <= f["estimate"]).all() and (f["estimate"] <= f["ci_high"]).all()
+
+    def test_missing_keys_are_noise_only_and_unlisted_groups_dropped(self, small_events):
+        s = session(small_events, Budget.pure(1e6))
+        r = s.query(by="country", keys=["DE", "XX"], max_rows=4).count().release(epsilon=1e5)
+        est = r.estimates().set_index("country")["count"]
+        assert list(est.index) == ["DE", "XX"]
+        assert abs(est["XX"]) < 1 and est["DE"] == pytest.approx(
+            (small_events["country"] == "DE").sum(), abs=1)
+
+    def test_multi_column_grouping_with_tuple_keys(self, small_events):
+        df = small_events.assign(kind=np.where(small_events["watch"] > 50, "long", "short"))
+        s = session(df, Budget.pure(1e6))
+        keys = [("DE", "long"), ("DE", "short"), ("FR", "long")]
+        r = s.query(by=["country", "kind"], keys=keys, max_groups=2, max_rows=4).count(
+            ).release(epsilon=1e5)
+        f = r.to_frame()
+        assert list(zip(f["country"], f["kind"], strict=True)) == keys
+        truth = df.groupby(["country", "kind"]).size()
+        assert f["estimate"].tolist() == pytest.approx([truth[k] for k in keys], abs=1)
+
+    def test_quantiles_come_without_interval_and_within_bounds(self, small_events):
+        s = session(small_events, Budget.pure(1e6))
+        r = s.query(by="country", keys=KEYS, max_rows=4).median("watch", bounds=(0, 100)).quantile(
+            "watch", [0.1, 0.9], bounds=(0, 100), candidates=201).release(epsilon=1e4)
+        f = r.to_frame()
+        assert f["ci_low"].isna().all() and f["ci_high"].isna().all()
+        de = small_events.loc[small_events["country"] == "DE", "watch"]
+        got = f[f["country"] == "DE"].set_index("param")["estimate"]
+        for a in ("0.1", "0.5", "0.9"):
+            assert got[a] == pytest.approx(de.quantile(float(a)), abs=3)
+
+    def test_histogram_cells_sum_to_the_count(self, small_events):
+        s = session(small_events, Budget.pure(1e6))
+        r = s.query(by="country", keys=KEYS, max_rows=4).histogram(
+            "watch", [0, 25, 50, 100]).release(epsilon=1e5)
+        f = r.to_frame()
+        assert f["param"].tolist()[:3] == ["[0, 25)", "[25, 50)", "[50, 100]"]
+        per = f.groupby("country")["estimate"].sum()
+        assert per.to_dict() == pytest.approx(
+            small_events.groupby("country").size().to_dict(), abs=3)
+
+    def test_private_keys_release_common_keys_sorted_and_never_a_lone_user(self, small_events):
+        lone = pd.DataFrame({"user_id": ["lone"], "country": ["ZZ"], "watch": [1.0]})
+        df = pd.concat([small_events, lone], ignore_index=True)
+        s = session(df, Budget.approx(100.0, 1e-3))
+        for _ in range(5):
+            r = s.query(by="country", keys="private", max_rows=4).count().release(
+                epsilon=5.0, delta=1e-5)
+            f = r.to_frame()
+            assert "ZZ" not in set(f["country"])
+            assert f["country"].tolist() == sorted(f["country"])
+            assert set(f["country"]) == set(KEYS)
+            assert "threshold" in f["mechanism"].iloc[0]
+        assert 0 < s.budget.spent.delta <= 5e-5
+
+    def test_parquet_input_defaults_dataset_id_to_the_path(self, small_events, tmp_path):
+        p = tmp_path / "ev.parquet"
+        small_events.to_parquet(p)
+        s = Session(p, privacy_unit="user_id", budget=Budget.pure(1.0), ledger=Ledger())
+        assert s.dataset_id == str(p.resolve())
+        r = s.query(by="country", keys=KEYS).count().release(epsilon=0.5)
+        assert r.dataset_id == str(p.resolve()) and len(r.to_frame()) == 3
+
+
+class TestAudit:
+    def test_release_event_carries_privacy_spent_and_no_data(self, small_events):
+        seen = []
+        s = session(small_events, audit=seen.append, dataset_id="ev")
+        r = s.query(by="country", keys=KEYS, max_rows=2).count().mean(
+            "watch", bounds=(0, 100)).release(epsilon=1.0)
+        assert [e.kind for e in seen] == ["dp.release"]
+        fields = seen[0].fields
+        assert fields["epsilon"] == r.loss.epsilon and fields["dataset_id"] == "ev"
+        blob = json.dumps(fields, default=str)
+        assert not re.search(r"u\d{3}", blob)  # no user ids
+        assert str(round(small_events["watch"].iloc[0], 3)) not in blob
+
+    def test_no_event_when_refused(self, small_events):
+        seen = []
+        s = session(small_events, Budget.pure(0.5), audit=seen.append)
+        with pytest.raises(BudgetExhausted):
+            s.query().count().release(epsilon=1.0)
+        assert seen == []
+
+
+class TestBadInput:
+    def test_missing_privacy_unit_column(self, small_events):
+        with pytest.raises(InputError, match="privacy unit column 'uid'"):
+            Session(small_events, privacy_unit="uid", budget=Budget.pure(1.0))
+
+    def test_missing_parquet_file(self, tmp_path):
+        with pytest.raises(InputError, match="does not exist"):
+            Session(tmp_path / "nope.parquet", privacy_unit="user_id", budget=Budget.pure(1.0))
+
+    def test_frame_with_ledger_needs_a_dataset_id(self, small_events):
+        with pytest.raises(InputError, match="dataset_id"):
+            Session(small_events, privacy_unit="user_id", budget=Budget.pure(1.0),
+                    ledger=Ledger())
+
+    @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, None])
+    def test_nan_inf_or_null_in_a_measured_column(self, small_events, value):
+        df = small_events.astype({"watch": "Float64"})
+        df.loc[3, "watch"] = value
+        s = session(df)
+        with pytest.raises(InputError, match="column 'watch' contains NaN"):
+            s.query().sum("watch", bounds=(0, 100)).release(epsilon=1.0)
+        assert s.budget.releases == 0
+
+    def test_non_numeric_measured_column(self, small_events):
+        s = session(small_events)
+        with pytest.raises(InputError, match="not numeric"):
+            s.query().sum("country", bounds=(0, 1)).release(epsilon=1.0)
+
+    def test_null_privacy_unit(self, small_events):
+        df = small_events.astype({"user_id": "string"})
+        df.loc[0, "user_id"] = None
+        s = session(df)
+        with pytest.raises(InputError, match="null"):
+            s.query().count().release(epsilon=1.0)
+        assert s.budget.releases == 0
+
+    @pytest.mark.parametrize("bounds", [(100, 0), (5, 5), (0, math.inf), (math.nan, 1),
+                                        ("a", 1), (1,)])
+    def test_bad_bounds(self, small_events, bounds):
+        with pytest.raises(InputError, match="bounds"):
+            session(small_events).query().mean("watch", bounds=bounds)
+
+    @pytest.mark.parametrize("eps", [0, -1.0, math.nan, math.inf, None, "1"])
+    def test_bad_epsilon_spends_nothing(self, small_events, eps):
+        s = session(small_events)
+        with pytest.raises(InputError, match="epsilon"):
+            s.query().count().release(epsilon=eps)
+        assert s.budget.releases == 0
+
+    def test_rho_on_a_pure_budget(self, small_events):
+        with pytest.raises(InputError, match="rho"):
+            session(small_events).query().count().release(rho=0.1)
+
+    def test_unknown_group_column(self, small_events):
+        with pytest.raises(InputError, match="unknown group column 'region'"):
+            session(small_events).query(by="region", keys=["x"])
+
+    def test_unknown_measured_column(self, small_events):
+        s = session(small_events)
+        with pytest.raises(InputError, match="unknown column 'spend'"):
+            s.query().sum("spend", bounds=(0, 1)).release(epsilon=1.0)
+
+    def test_huge_inline_key_set(self, small_events):
+        s = session(small_events, max_keys=1000)
+        with pytest.raises(InputError, match="exceed the limit of 1000"):
+            s.query(by="country", keys=[str(i) for i in range(1001)])
+
+    def test_histogram_cells_count_towards_the_key_limit(self, small_events):
+        s = session(small_events, max_keys=10)
+        q = s.query(by="country", keys=KEYS).histogram("watch", list(range(0, 101, 25)))
+        with pytest.raises(InputError, match="exceed the limit"):
+            q.release(epsilon=1.0)
+        assert s.budget.releases == 0
+
+    def test_duplicate_keys(self, small_events):
+        with pytest.raises(InputError, match="duplicate"):
+            session(small_events).query(by="country", keys=["DE", "DE"])
+
+    def test_grouping_without_keys_is_explained(self, small_events):
+        with pytest.raises(InputError, match="keys='private'"):
+            session(small_events).query(by="country")
+
+    def test_private_keys_need_delta_and_a_non_pure_budget(self, small_events):
+        with pytest.raises(InputError, match="Budget.approx"):
+            session(small_events).query(by="country", keys="private").count().release(
+                epsilon=1.0, delta=1e-6)
+        s = session(small_events, Budget.approx(1.0, 1e-5))
+        with pytest.raises(InputError, match="delta="):
+            s.query(by="country", keys="private").count().release(epsilon=1.0)
+
+    def test_delta_with_public_keys(self, small_events):
+        s = session(small_events, Budget.approx(1.0, 1e-5))
+        with pytest.raises(InputError, match="only spent by private key selection"):
+            s.query(by="country", keys=KEYS).count().release(epsilon=0.5, delta=1e-6)
+
+    @pytest.mark.parametrize("kw", [{"max_groups": 0}, {"max_rows": -1}, {"max_rows": 1.5}])
+    def test_bad_contribution_bounds(self, small_events, kw):
+        with pytest.raises(InputError):
+            session(small_events).query(by="country", keys=KEYS, **kw)
+
+    @pytest.mark.parametrize("edges", [[1], [0, 0], [3, 2, 1], [0, math.inf]])
+    def test_bad_histogram_edges(self, small_events, edges):
+        with pytest.raises(InputError, match="edges"):
+            session(small_events).query().histogram("watch", edges)
+
+    @pytest.mark.parametrize("alpha", [-0.1, 1.5, math.nan])
+    def test_bad_quantile_level(self, small_events, alpha):
+        with pytest.raises(InputError, match="alpha"):
+            session(small_events).query().quantile("watch", alpha, bounds=(0, 1))
+
+    def test_empty_query_and_bad_level(self, small_events):
+        s = session(small_events)
+        with pytest.raises(InputError, match="no aggregates"):
+            s.query().release(epsilon=1.0)
+        with pytest.raises(InputError, match="level"):
+            s.query().count().release(epsilon=1.0, level=1.0)
+        assert s.budget.releases == 0
+
+    def test_group_column_clashing_with_release_columns(self, small_events):
+        df = small_events.rename(columns={"country": "estimate"})
+        with pytest.raises(InputError, match="clash"):
+            session(df).query(by="estimate", keys=["DE"])
+
+
+class TestNoiseSource:
+    def test_no_numpy_noise_sampler_in_the_dp_package(self):
+        src = Path(__file__).resolve().parents[2] / "pets" / "dp"
+        for path in src.glob("*.py"):
+            text = path.read_text()
+            for sampler in (".laplace(", ".normal(", ".gumbel(", ".exponential(",
+                            ".geometric("):
+                assert sampler not in text, f"{path.name} calls {sampler}"
+
+
+class TestReleaseObject:
+    def test_to_dict_is_json_and_has_metadata(self, small_events):
+        r = session(small_events, dataset_id="ev").query(by="country", keys=KEYS).count(
+            ).median("watch", bounds=(0, 100)).release(epsilon=1.0)
+        d = json.loads(json.dumps(r.to_dict()))
+        assert d["dataset_id"] == "ev" and d["privacy_unit"] == "user_id"
+        assert d["loss"]["epsilon"] == r.loss.epsilon
+        assert d["query"]["aggregates"][1]["kind"] == "quantile"
+        assert any(row["ci_low"] is None for row in d["rows"])
+
+    def test_postprocessing_clamps_and_widens_but_keeps_the_loss(self, small_events):
+        r = session(small_events).query(by="country", keys=["XX"]).count().sum(
+            "watch", bounds=(0, 100)).release(epsilon=0.01)
+        p = r.postprocess(nonnegative=True, decimals=0)
+        f, g = r.to_frame(), p.to_frame()
+        assert (g["estimate"] >= 0).all() and (g["ci_low"] >= 0).all()
+        assert (g["ci_high"] >= f["ci_high"].clip(lower=0)).all()
+        assert p.loss == r.loss and p.postprocessing == ("nonnegative", "round(0)")
+
+    def test_html_repr_escapes_and_summarises(self, small_events):
+        df = small_events.assign(country=small_events["country"].replace("DE", "<b>DE</b>"))
+        r = session(df).query(by="country", keys=["<b>DE</b>"]).count().release(epsilon=1.0)
+        html = r._repr_html_()
+        assert "&lt;b&gt;DE&lt;/b&gt;" in html and "<b>DE</b>" not in html
+        assert "ε=1" in html and isinstance(r, Release)
+        assert "ε=1" in repr(r)
