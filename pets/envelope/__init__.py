@@ -20,12 +20,8 @@ Example:
     b'rows'
 """
 
-from pets.envelope._columns import (
-    ColumnKey,
-    ColumnKeys,
-    decrypt_columns,
-    encrypt_columns,
-)
+from typing import TYPE_CHECKING, Any
+
 from pets.envelope._envelope import (
     EnvelopeInfo,
     decrypt,
@@ -41,13 +37,51 @@ from pets.envelope._format import (
     EnvelopeFormatError,
     EnvelopeHeader,
 )
-from pets.envelope._parquet import (
-    ParquetCrypto,
-    PetsKmsClient,
-    read_encrypted_parquet,
-    rotate_parquet_keys,
-    write_encrypted_parquet,
-)
+
+if TYPE_CHECKING:
+    from pets.envelope._columns import (
+        ColumnKey,
+        ColumnKeys,
+        decrypt_columns,
+        encrypt_columns,
+    )
+    from pets.envelope._parquet import (
+        ParquetCrypto,
+        PetsKmsClient,
+        read_encrypted_parquet,
+        rotate_parquet_keys,
+        write_encrypted_parquet,
+    )
+
+# Column and Parquet encryption need pandas / pyarrow: they load on first use, so streaming
+# file encryption stays light (a small resident set for multi-GB files).
+_LAZY = {
+    "ColumnKey": "pets.envelope._columns",
+    "ColumnKeys": "pets.envelope._columns",
+    "decrypt_columns": "pets.envelope._columns",
+    "encrypt_columns": "pets.envelope._columns",
+    "ParquetCrypto": "pets.envelope._parquet",
+    "PetsKmsClient": "pets.envelope._parquet",
+    "read_encrypted_parquet": "pets.envelope._parquet",
+    "rotate_parquet_keys": "pets.envelope._parquet",
+    "write_encrypted_parquet": "pets.envelope._parquet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pets.envelope' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",

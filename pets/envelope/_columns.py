@@ -177,6 +177,8 @@ def _codec_for(series: pd.Series, name: str) -> str:
         return "int64"
     if pd.api.types.is_float_dtype(dt):
         return "float64"
+    if isinstance(dt, pd.StringDtype):
+        return "str"
     if pd.api.types.is_string_dtype(dt) or pd.api.types.is_object_dtype(dt):
         kinds = {type(v) for v in series.dropna().to_numpy()}
         if kinds <= {str}:
@@ -231,6 +233,19 @@ def _decode(blobs: list[bytes], codec: str, name: str) -> Any:
 
 
 _CODECS = ("str", "bytes", "bool", "int64", "float64")
+
+
+def _worth_factorizing(values: np.ndarray[Any, Any]) -> bool:
+    """Encrypt each distinct value once, unless a sample says nearly all values are distinct.
+
+    Either way the output is the same (deterministic encryption); this only picks the faster
+    path: factorizing costs more than it saves when few values repeat.
+    """
+    n = len(values)
+    if n < 2048:
+        return n > 0
+    sample = values[:: max(1, n // 4096)]
+    return len(pd.unique(sample)) < 0.8 * len(sample)
 
 
 def _aad(column: str, mode: str, ctx: bytes) -> bytes:
@@ -358,7 +373,7 @@ def encrypt_columns(
         mask = series.notna().to_numpy()
         values = _values(series, codec)[mask]
         aad = _aad(name, m, ctx_bytes)
-        if m == "deterministic" and len(values):
+        if m == "deterministic" and _worth_factorizing(values):
             codes, uniques = pd.factorize(values)
             enc_u = np.empty(len(uniques), dtype=object)
             enc_u[:] = _encrypt_cells(_encode(np.asarray(uniques), codec), dek, m, aad)
