@@ -73,7 +73,8 @@ def ff1_min_length(radix: int) -> int:
 class _Params:
     """Per-length constants: halves, byte lengths, the CBC-MAC state after P and fixed blocks."""
 
-    __slots__ = ("b", "d", "last_prefix", "n", "u", "v", "vector", "words", "y0")
+    __slots__ = ("b", "d", "last_prefix", "n", "p", "qconst", "simple", "u", "v", "vector",
+                 "words", "y0")
 
     def __init__(self, ff1: FF1, n: int, tweak: bytes) -> None:
         radix = ff1.radix
@@ -83,14 +84,20 @@ class _Params:
         self.b = b = -(-((radix**v - 1).bit_length()) // 8)
         self.d = 4 * -(-b // 4) + 4
         t = len(tweak)
-        p = (bytes([1, 2, 1]) + radix.to_bytes(3, "big") + bytes([10, u % 256])
-             + n.to_bytes(4, "big") + t.to_bytes(4, "big"))
-        qconst = tweak + bytes((-t - b - 1) % 16)
-        full = (len(qconst) + 1 + b) // 16 - 1
-        self.y0 = ff1._cbc_mac(p + qconst[: 16 * full])
-        self.last_prefix = qconst[16 * full:]
-        self.vector = radix**v < 2**64 and self.d <= 16
-        self.words = [self.round_words(i) for i in range(_ROUNDS)]
+        self.p = (bytes([1, 2, 1]) + radix.to_bytes(3, "big") + bytes([10, u % 256])
+                  + n.to_bytes(4, "big") + t.to_bytes(4, "big"))
+        self.qconst = qconst = tweak + bytes((-t - b - 1) % 16)
+        # When [i] || NUM(B) fits in Q's last block, everything before it is constant: its
+        # CBC-MAC state is computed once, and each round costs one AES call per value.
+        self.simple = 1 + b <= 16
+        if self.simple:
+            full = (len(qconst) + 1 + b) // 16 - 1
+            self.y0 = ff1._cbc_mac(self.p + qconst[: 16 * full])
+            self.last_prefix = qconst[16 * full:]
+            self.words = [self.round_words(i) for i in range(_ROUNDS)]
+        else:
+            self.y0, self.last_prefix, self.words = b"", b"", []
+        self.vector = self.simple and radix**v < 2**64 and self.d <= 16
 
     def round_words(self, i: int) -> tuple[int, int]:
         """``Y0 xor (prefix || i || 0^b)`` as two big-endian 64-bit words."""
@@ -196,8 +203,16 @@ class FF1:
 
     @staticmethod
     def _round_y(enc: Any, p: _Params, i: int, x: int) -> int:
-        k0, k1 = p.words[i]
-        r = enc.update(((k0 << 64) | (k1 ^ x)).to_bytes(16, "big"))
+        if p.simple:
+            k0, k1 = p.words[i]
+            r = enc.update((((k0 << 64) | k1) ^ x).to_bytes(16, "big"))
+        else:
+            data = p.p + p.qconst + bytes([i]) + x.to_bytes(p.b, "big")
+            y = 0
+            for j in range(0, len(data), 16):
+                y = int.from_bytes(enc.update(
+                    (y ^ int.from_bytes(data[j:j + 16], "big")).to_bytes(16, "big")), "big")
+            r = y.to_bytes(16, "big")
         if p.d <= 16:
             return int.from_bytes(r[: p.d], "big")
         ri = int.from_bytes(r, "big")

@@ -81,8 +81,8 @@ def to_arrow_strings(series: pd.Series, *, column: str | None = None) -> pa.Arra
     if kind == "int":
         values = pd.Series(np.asarray(series.astype(object).where(series.notna(), None),
                                       dtype=object))
-        arr = pa.array(values, type=pa.int64() if _fits64(series) else None, from_pandas=True)
-        if pa.types.is_integer(arr.type):
+        if _fits64(series):
+            arr = pa.array(values, type=pa.int64(), from_pandas=True)
             return pc.cast(arr, pa.large_string())
         return pa.array([None if v is None else str(int(v)) for v in values],
                         type=pa.large_string())
