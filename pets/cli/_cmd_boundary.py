@@ -1,0 +1,331 @@
+"""``pets protect``, ``pets export``, ``pets reidentify`` and ``pets audit``: the boundary CLI.
+
+A whole ETL step is one command with a YAML policy::
+
+    pets protect users.parquet --policy users-policy.yaml --out protected/
+    pets export protected/ --to US --out us/users.parquet --columns user_id,email,country
+    pets audit verify .pets/audit.jsonl --public-key .pets/keyring/boundary/signing-key.pub.pem
+
+Where things live (each with an option and an environment variable):
+
+* the audit log: ``--audit-log`` / ``PETS_AUDIT_LOG`` (default ``./.pets/audit.jsonl``);
+* the boundary keys (signing key, wrapped root secrets, public key PEM): ``--boundary-keys`` /
+  ``PETS_BOUNDARY_KEYS`` (default ``<keyring>/boundary``);
+* the KEKs: the key-service options of ``pets keys`` (``--keyring``, ``PETS_MASTER_KEY``…).
+
+Exit codes: 0 success, 1 bad input, 2 usage, 3 policy refusal, 4 jurisdiction refusal,
+5 integrity failure (tampered data, bad signature, audit log that does not verify), 7 key
+service failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pets._errors import InputError, IntegrityError
+from pets.cli._common import context_options, emit, json_option, make_context
+from pets.cli._keyopts import keyring_options, services_from_options
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pets._events import AuditEvent
+    from pets.boundary import AuditLog, BoundaryKeys, Policy
+    from pets.jurisdiction import Context
+    from pets.keys._config import KeyConfig
+
+__all__ = ["COMMANDS"]
+
+DEFAULT_AUDIT_LOG = Path(".pets") / "audit.jsonl"
+_POLICY_COPY = "policy.yaml"
+
+
+def _audit_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path),
+                        envvar="PETS_AUDIT_LOG", default=DEFAULT_AUDIT_LOG, show_default=True,
+                        help="The audit log to append to. [env: PETS_AUDIT_LOG]")(f)
+
+
+def _boundary_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--boundary-keys", type=click.Path(file_okay=False, path_type=Path),
+                        envvar="PETS_BOUNDARY_KEYS", default=None,
+                        help="Directory of the signing key and wrapped root secrets. "
+                             "[env: PETS_BOUNDARY_KEYS; default <keyring>/boundary]")(f)
+
+
+def _open(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path, ctx: Context,
+          policy: Policy | None) -> tuple[BoundaryKeys, AuditLog]:
+    """Open key services, the boundary keys and the audit log, wired together."""
+    from pets.boundary import AuditLog, BoundaryKeys
+
+    holder: list[AuditLog] = []
+
+    def hook(event: AuditEvent) -> None:
+        if holder:
+            holder[0].hook(event)
+
+    services = services_from_options(key_config, audit=hook)
+    directory = boundary_dir or key_config.keyring / "boundary"
+    signing = policy.keys.get("signing") if policy is not None else None
+    keys = BoundaryKeys.open(directory, services, context=ctx, signing_kek=signing, audit=hook)
+    log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
+    holder.append(log)
+    keys.audit = log.hook
+    return keys, log
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: cannot read Parquet ({type(exc).__name__})") from None
+
+
+def _protected_file(src: Path) -> Path:
+    """A protect output directory (its single ``*.parquet``) or a file."""
+    if src.is_dir():
+        files = sorted(p for p in src.glob("*.parquet") if not p.name.startswith("."))
+        if len(files) != 1:
+            raise InputError(f"{src}: expected exactly one protected .parquet file, found "
+                             f"{len(files)}")
+        return files[0]
+    if not src.exists():
+        raise InputError(f"{src}: no such file or directory")
+    return src
+
+
+# -- protect ------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("infile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="The dataset's policy (YAML).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output directory: <dataset>.parquet (manifest in its metadata), "
+                   "manifest.json, policy.yaml, signing-key.pub.pem.")
+@_audit_option
+@_boundary_option
+@keyring_options
+@context_options
+@json_option
+def protect(infile: Path, policy_path: Path, out: Path, audit_log: Path,
+            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+            as_json: bool, key_config: KeyConfig) -> None:
+    """Protect a raw Parquet table under a policy (runs in the policy's home only)."""
+    from pets._io import atomic_path
+    from pets.boundary import load_policy
+    from pets.boundary import protect as do_protect
+
+    ctx = make_context(jurisdiction, principal)
+    policy = load_policy(policy_path)
+    frame = _read_parquet(infile)
+    keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
+    pf = do_protect(frame, policy, keys, ctx, audit=log)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{policy.dataset}.parquet"
+    pf.write(target)
+    with atomic_path(out / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(pf.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    with atomic_path(out / _POLICY_COPY) as tmp:
+        shutil.copyfile(policy_path, tmp)
+    with atomic_path(out / "signing-key.pub.pem") as tmp:
+        tmp.write_bytes(keys.signer.public_pem())
+    m = pf.manifest
+    result = {"out": str(target), "dataset": m.dataset, "rows_in": len(frame), "rows": m.rows,
+              "columns": m.treatments(), "k_anonymity": dict(m.k_anonymity),
+              "signer": m.signer, "policy_digest": m.policy_digest,
+              "audit_log": str(audit_log)}
+
+    def text() -> str:
+        lines = [f"protected {m.dataset}: {len(frame)} rows in, {m.rows} out -> {target}"]
+        lines += [f"  {c.name:<16} {c.role:<17} {c.treatment}"
+                  + (f" ({c.mode})" if c.mode else "") + f" -> {c.output}" for c in m.columns]
+        k = m.k_anonymity
+        if k.get("quasi_identifiers"):
+            lines.append(f"  k-anonymity: k={k['k']} (min {k['min_k']}) over "
+                         f"{', '.join(k['quasi_identifiers'])}; "
+                         f"{k.get('suppressed_rows', 0)} rows suppressed")
+        lines.append(f"  manifest signed by {m.signer}; audit log {audit_log}")
+        return "\n".join(lines)
+
+    emit(result, as_json, text)
+
+
+# -- export -------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--to", "destination", required=True, help="Destination jurisdiction, e.g. US.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The file to write for the destination (atomically; nothing on refusal).")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="The policy (default: policy.yaml beside the protected file).")
+@click.option("--columns", default=None,
+              help="Comma-separated columns to export (default: all; columns the policy keeps "
+                   "home must be left out).")
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM of the signing key (default: the boundary keys' own).")
+@_audit_option
+@_boundary_option
+@keyring_options
+@context_options
+@json_option
+def export(src: Path, destination: str, out: Path, policy_path: Path | None,
+           columns: str | None, public_key: Path | None, audit_log: Path,
+           boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+           as_json: bool, key_config: KeyConfig) -> None:
+    """Export a protected table through the gate (verifies signature, data and policy)."""
+    from pets.boundary import export as do_export
+    from pets.boundary import load_policy
+
+    ctx = make_context(jurisdiction, principal)
+    file = _protected_file(src)
+    policy = load_policy(policy_path or file.parent / _POLICY_COPY)
+    keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    receipt = do_export(file, destination, out, policy=policy,
+                        public_key=public_key or keys.signer.public_key, context=ctx,
+                        audit=log, columns=cols)
+    emit(receipt.to_dict(), as_json,
+         lambda: (f"exported {receipt.name} to {receipt.destination}: {receipt.rows} rows, "
+                  f"columns {', '.join(receipt.columns)} -> {receipt.path}\n"
+                  f"  sha256 {receipt.sha256}; audit entry {receipt.audit_seq}"))
+
+
+# -- reidentify ---------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--column", required=True, help="The protected column to reverse.")
+@click.option("--value", "values", multiple=True, help="A protected value (repeatable).")
+@click.option("--values-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A text file of protected values, one per line.")
+@click.option("--reason", default="", help="Why (recorded in the audit log, e.g. a ticket).")
+@_audit_option
+@_boundary_option
+@keyring_options
+@context_options
+@json_option
+def reidentify(src: Path, column: str, values: tuple[str, ...], values_file: Path | None,
+               reason: str, audit_log: Path, boundary_keys: Path | None, jurisdiction: str,
+               principal: str | None, as_json: bool, key_config: KeyConfig) -> None:
+    """Reverse tokens, FF1 or encrypted values of a protected table (home jurisdiction only).
+
+    Every call is recorded; a refused call (wrong jurisdiction, irreversible column) is an
+    incident.
+    """
+    import pandas as pd
+
+    from pets.boundary import ProtectedFrame
+    from pets.boundary import reidentify as do_reidentify
+
+    ctx = make_context(jurisdiction, principal)
+    file = _protected_file(src)
+    pf = ProtectedFrame.read(file)
+    keys, log = _open(key_config, boundary_keys, audit_log, ctx, None)
+    pf.manifest.verify(keys.signer.public_key)
+    items = list(values)
+    if values_file is not None:
+        try:
+            items += [v for v in values_file.read_text().splitlines() if v]
+        except OSError as exc:
+            raise InputError(f"{values_file}: cannot read ({exc.strerror})") from None
+    col = pf.manifest.column(column)
+    if not items:
+        raise InputError("give --value or --values-file")
+    series: Any = pd.Series(items, dtype="string")
+    if col.treatment == "encrypt":
+        import base64
+
+        try:
+            series = pd.Series([base64.b64decode(v, validate=True) for v in items],
+                               dtype=object)
+        except ValueError:
+            raise InputError("encrypted values are given base64-encoded") from None
+    out = do_reidentify(pf, column, series, keys, ctx, audit=log, reason=reason)
+    pairs = [{"protected": p, "original": None if pd.isna(o) else str(o)}
+             for p, o in zip(items, out.tolist(), strict=True)]
+    emit(pairs, as_json, lambda: "\n".join(f"{r['protected']}\t{r['original']}"
+                                           for r in pairs))
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+@click.group()
+def audit() -> None:
+    """Verify the audit log and report flows and incidents (needs only the public key)."""
+
+
+@audit.command("verify")
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The signer's Ed25519 public key (PEM).")
+@json_option
+def verify(log: Path, public_key: Path, as_json: bool) -> None:
+    """Check every entry's sequence, hash chain and signature; name the first bad one.
+
+    Exit code 5 when an entry is edited, dropped, reordered or inserted. A torn last line
+    (an interrupted write) is reported but does not fail the check.
+    """
+    from pets.boundary import verify_log
+
+    report = verify_log(log, public_key)
+    emit(report.to_dict(), as_json, report.summary)
+    if not report.ok:
+        raise IntegrityError(f"audit log {log}: entry at line {report.first_bad.line} "
+                             f"(seq {report.first_bad.seq}) fails verification"
+                             if report.first_bad else f"audit log {log} fails verification")
+
+
+def _table(frame: pd.DataFrame, as_json: bool, empty: str) -> None:
+    if as_json:
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        emit(records, True)
+    elif frame.empty:
+        click.echo(empty)
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", 60, "display.width", 200,
+                               "display.max_columns", 20):
+            click.echo(frame.to_string(index=False))
+
+
+@audit.command("flows")
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--wide", is_flag=True, help="Every column (digests, paths, δ, ρ).")
+@json_option
+def flows(log: Path, wide: bool, as_json: bool) -> None:
+    """What left, where to, under which protection, and how much privacy budget."""
+    from pets.boundary import flows as get_flows
+
+    table = get_flows(log)
+    if not wide and not as_json:
+        table = table[["seq", "at", "destination", "output", "name", "rows", "protection",
+                       "epsilon"]].assign(at=table["at"].str.slice(0, 19))
+    _table(table, as_json, "no flows: nothing has left")
+
+
+@audit.command("incidents")
+@click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def incidents(log: Path, as_json: bool) -> None:
+    """Refusals and other incidents, in order."""
+    from pets.boundary import incidents as get_incidents
+
+    table = get_incidents(log)
+    if not as_json:
+        table = table.assign(at=table["at"].str.slice(0, 19))
+    _table(table, as_json, "no incidents")
+
+
+COMMANDS = [protect, export, reidentify, audit]
