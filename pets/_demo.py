@@ -48,7 +48,6 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
     The summary holds counts (users, events, rows exported), the export receipts, every
     refused attempt with the error it raised, the audit verification and the incidents.
     """
-    import pandas as pd
     import pyarrow.parquet as pq
 
     from pets import Context, PetsError
