@@ -84,9 +84,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_SEGMENT_SIZE",
     "ColumnKey",
     "ColumnKeys",
+    "DEFAULT_SEGMENT_SIZE",
     "EnvelopeFormatError",
     "EnvelopeHeader",
     "EnvelopeInfo",

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 
-from pets._errors import InputError, IntegrityError, PetsError
+from pets._errors import InputError, IntegrityError, JurisdictionError, PetsError
 from pets._events import AuditHook, emit
 from pets._io import atomic_path
 from pets.envelope._envelope import Keys, as_services
@@ -292,6 +292,64 @@ class ParquetCrypto:
         self.forget()
         emit(self._audit, "parquet.rotate", file=str(p), principal=context.principal,
              jurisdiction=context.jurisdiction)
+        return p
+
+    def migrate(self, path: PathLike, *, context: Context, to: Mapping[str, str],
+                allow_jurisdiction_change: bool = False) -> Path:
+        """Move a file's keys to other KEKs (``{old_uri: new_uri}``), e.g. local keyring → HSM.
+
+        Needs external key material. Each key wrapped under an ``old_uri`` KEK is unwrapped
+        through the caller's services and wrapped under ``new_uri``'s primary version; only the
+        key-material side file changes (atomically), the Parquet file's bytes stay the same.
+
+        Raises:
+            JurisdictionError: ``context`` may not unwrap, or a target KEK belongs to another
+                jurisdiction and ``allow_jurisdiction_change`` is False.
+            InputError: no external key material, or ``to`` names a key the file does not use.
+        """
+        import json
+
+        p = Path(path)
+        km_path = key_material_path(p)
+        if not km_path.is_file():
+            raise InputError(f"{p}: no external key material; write it with "
+                             "internal_key_material=False to migrate without rewriting")
+        try:
+            doc = json.loads(km_path.read_text())
+            entries = {k: json.loads(v) for k, v in doc.items()}
+        except (OSError, ValueError, TypeError):
+            raise IntegrityError(f"{km_path}: key material failed to authenticate") from None
+        used = {uri_from_master_key_id(e["masterKeyID"]) for e in entries.values()
+                if "masterKeyID" in e}
+        unknown = sorted(set(to) - used)
+        if unknown:
+            raise InputError(f"{p} uses no key {unknown}; it uses {sorted(used)}")
+        for old, new in to.items():
+            old_j = self._keys.for_uri(old).describe(old).jurisdiction
+            new_j = self._keys.for_uri(new).describe(new).jurisdiction
+            if old_j != new_j and not allow_jurisdiction_change:
+                raise JurisdictionError(
+                    f"migrating {old} ({old_j}) to {new} ({new_j}) would move where {p} can be "
+                    "read; pass allow_jurisdiction_change=True to do it")
+        client = PetsKmsClient(self._keys, context, audit=self._audit)
+        moved = []
+        for name, entry in entries.items():
+            old = uri_from_master_key_id(str(entry.get("masterKeyID", "")))
+            if old not in to:
+                continue
+            field = "wrappedKEK" if entry.get("doubleWrapping") else "wrappedDEK"
+            key = client.unwrap_key(entry[field], entry["masterKeyID"])
+            new_id = master_key_id(to[old])
+            entry[field] = client.wrap_key(key, new_id)
+            entry["masterKeyID"] = new_id
+            del key
+            doc[name] = json.dumps(entry, separators=(",", ":"))
+            moved.append(name)
+        with atomic_path(km_path, mode=km_path.stat().st_mode & 0o777) as tmp:
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        self.forget()
+        emit(self._audit, "parquet.migrate", file=str(p), keys=dict(to), entries=moved,
+             principal=context.principal, jurisdiction=context.jurisdiction)
         return p
 
 

@@ -20,10 +20,12 @@ from pets.envelope import (
     write_encrypted_parquet,
 )
 from pets.envelope._parquet import key_material_path, master_key_id, uri_from_master_key_id
+from pets.keys import KeyServices
 
 FOOTER = "memory://eu-dc1/footer"
 PII = "memory://eu-dc1/pii"
 METRICS = "memory://eu-dc1/metrics"
+LOCAL = "local://eu-local/kek"
 
 
 @pytest.fixture
@@ -220,3 +222,77 @@ class TestShreddingAndTampering:
     def test_missing_file(self, pring, eu, tmp_path):
         with pytest.raises(InputError, match="no such file"):
             read_encrypted_parquet(tmp_path / "none.parquet", keys=pring, context=eu)
+
+
+class TestMigration:
+    def test_memory_to_local_keyring_without_touching_data(self, pring, local_ring, eu, users,
+                                                           tmp_path):
+        path = tmp_path / "u.parquet"
+        services = KeyServices([pring, local_ring])
+        pc = ParquetCrypto(services)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 internal_key_material=False)
+        before = sha(path)
+        pc.migrate(path, context=eu, to={FOOTER: LOCAL, PII: LOCAL})
+        assert sha(path) == before
+        ids = {json.loads(v)["masterKeyID"]
+               for v in json.loads(key_material_path(path).read_text()).values()}
+        assert ids == {master_key_id(LOCAL), master_key_id(METRICS)}
+        pring.destroy(FOOTER)
+        pring.destroy(PII)
+        back = ParquetCrypto(services).read(path, context=eu)
+        pd.testing.assert_frame_equal(back, users, check_dtype=False)
+
+    def test_migration_to_another_jurisdiction_needs_consent(self, pring, eu, users,
+                                                             tmp_path):
+        pring.create("memory://us-east/footer", jurisdiction="US")
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 internal_key_material=False)
+        km = key_material_path(path).read_text()
+        with pytest.raises(JurisdictionError, match="allow_jurisdiction_change"):
+            pc.migrate(path, context=eu, to={FOOTER: "memory://us-east/footer"})
+        assert key_material_path(path).read_text() == km
+
+    def test_migration_is_refused_outside_the_jurisdiction(self, pring, local_ring, us, eu,
+                                                           users, tmp_path):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(KeyServices([pring, local_ring]))
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 internal_key_material=False)
+        with pytest.raises(JurisdictionError):
+            pc.migrate(path, context=us, to={FOOTER: LOCAL})
+
+    def test_migration_needs_external_key_material(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        write_encrypted_parquet(users, path, keys=pring, context=eu, footer_key=FOOTER,
+                                column_keys=COLS)
+        with pytest.raises(InputError, match="internal_key_material=False"):
+            ParquetCrypto(pring).migrate(path, context=eu, to={FOOTER: PII})
+
+    def test_unknown_source_key(self, pring, eu, users, tmp_path):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 internal_key_material=False)
+        with pytest.raises(InputError, match="uses no key"):
+            pc.migrate(path, context=eu, to={"memory://eu-dc2/kek": PII})
+
+    def test_local_to_hsm(self, local_ring, hsm_eu, eu, users, tmp_path):
+        import uuid
+
+        hsm_uri = f"pkcs11://EU/parquet-{uuid.uuid4().hex[:8]}"
+        hsm_eu.create(hsm_uri, jurisdiction="EU")
+        services = KeyServices([local_ring, hsm_eu])
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(services)
+        pc.write(users, path, context=eu, footer_key=LOCAL, column_keys={LOCAL: ["email"]},
+                 internal_key_material=False)
+        before = sha(path)
+        pc.migrate(path, context=eu, to={LOCAL: hsm_uri})
+        assert sha(path) == before
+        back = ParquetCrypto(hsm_eu).read(path, context=eu)
+        pd.testing.assert_frame_equal(back, users, check_dtype=False)
+        with pytest.raises(JurisdictionError):
+            ParquetCrypto(hsm_eu).read(path, context=Context("US"))
