@@ -17,7 +17,7 @@ def test_all_is_sorted_unique_and_resolves():
 
 def test_unknown_attribute():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        pets.envelope.nope  # noqa: B018
+        pets.envelope.nope
 
 
 def test_streaming_path_does_not_import_pandas_or_pyarrow():
