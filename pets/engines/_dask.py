@@ -157,10 +157,6 @@ class _DecryptPartition:
                                columns=list(self.columns) if self.columns is not None else None)
 
 
-def _driver_services(keys: WorkerKeys) -> KeyServices:
-    return keys.services()
-
-
 def encrypt_columns(
     ddf: dd.DataFrame,
     columns: Mapping[str, str] | Sequence[str],
@@ -171,6 +167,8 @@ def encrypt_columns(
     column_keys: ColumnKeys | None = None,
     mode: str = "randomized",
     encoding: str = "bytes",
+    services: KeyServices | None = None,
+    wrap_context: Context | None = None,
 ) -> tuple[dd.DataFrame, ColumnKeys]:
     """Column encryption (:func:`pets.envelope.encrypt_columns`) on every partition, lazily.
 
@@ -190,6 +188,8 @@ def encrypt_columns(
         column_keys: Reuse the DEKs of an earlier header (deterministic joins across runs).
         mode: Default mode when ``columns`` is a list.
         encoding: ``"bytes"`` or ``"base64"`` cells.
+        services: Key services the driver wraps the DEKs with (default ``keys.services()``).
+        wrap_context: Context the driver wraps under (default ``keys.context``).
 
     Returns:
         ``(encrypted_ddf, column_keys)``.
@@ -206,8 +206,8 @@ def encrypt_columns(
     uris = [key_uris] if isinstance(key_uris, str) else list(key_uris)
     sample = ddf._meta_nonempty
     spec: Any = wanted
-    meta, header = pd_encrypt(sample, spec, keys=_driver_services(keys), key_uris=uris,
-                              context=keys.context, enc_context=enc_context,
+    meta, header = pd_encrypt(sample, spec, keys=services or keys.services(), key_uris=uris,
+                              context=wrap_context or keys.context, enc_context=enc_context,
                               column_keys=column_keys, encoding=encoding)  # type: ignore[arg-type]
     fn = _EncryptPartition(keys.source, keys.context, header.to_json(),
                            tuple(wanted.items()), tuple(uris), encoding)

@@ -167,8 +167,9 @@ def _read_encrypted(paths: list[str], columns: Sequence[str] | None,
     return out
 
 
-def _write_part(frame: pd.DataFrame, file: str, schema: pa.Schema, row_group_size: int | None,
-                compression: str, encryption: ParquetEncryption | None) -> int:
+def _write_part(frame: pd.DataFrame, file: str, schema: pa.Schema | None,
+                row_group_size: int | None, compression: str,
+                encryption: ParquetEncryption | None) -> int:
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
     if encryption is not None:
         encryption.write(table, file, row_group_size=row_group_size, compression=compression)
@@ -225,7 +226,11 @@ def write_dataset(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        schema = pa.Schema.from_pandas(ddf._meta, preserve_index=False)
+        # object columns (e.g. ciphertext bytes) have no type in the empty meta: let each
+        # partition infer them; every other column gets the meta's exact type
+        meta = ddf._meta
+        schema = (None if any(meta[c].dtype == object for c in meta.columns)
+                  else pa.Schema.from_pandas(meta, preserve_index=False))
         parts = ddf.to_delayed()  # type: ignore[no-untyped-call]
         write = dask.delayed(_write_part, pure=False)
         tasks = [write(part, str(tmp / f"part.{i:05d}.parquet"), schema, row_group_size,

@@ -21,6 +21,27 @@ from tests.conftest import require_service
 HAVE_DASK = all(importlib.util.find_spec(m) is not None
                 for m in ("dask", "dask.dataframe", "distributed"))
 KEK = "local://eu/engine"
+PSEUDONYMS = "local://eu/pseudonyms"
+COLUMNS = "local://eu/columns"
+SIGNING = "local://eu/boundary"
+
+POLICY = f"""
+dataset: users
+home: EU
+keys: {{pseudonyms: "{PSEUDONYMS}", columns: "{COLUMNS}", signing: "{SIGNING}"}}
+min_k: 40
+enforce_k: true
+max_suppression: 0.1
+columns:
+  user_id: {{role: identifier, treatment: keyed-hash}}
+  email: {{role: identifier, treatment: token}}
+  phone: {{role: identifier, treatment: encrypt}}
+  birth_date: {{role: drop}}
+  postcode: {{role: identifier, treatment: encrypt, mode: deterministic}}
+  country: {{role: quasi-identifier, treatment: keep}}
+  ip: {{role: drop}}
+  signup_ts: {{role: metric, treatment: keep}}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +52,8 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = tmp_path_factory.mktemp("ring") / "eu"
     master = secrets.token_bytes(32)
     ring = LocalKeyring.init(path, name="eu", master_key=Secret(master))
-    ring.create(KEK, jurisdiction="EU")
+    for uri in (KEK, PSEUDONYMS, COLUMNS, SIGNING):
+        ring.create(uri, jurisdiction="EU")
     env = {"PETS_MASTER_KEY": master.hex()}
     return {"path": Path(path), "env": env, "config": KeyConfig(keyring=Path(path),
                                                                 keyring_explicit=True),

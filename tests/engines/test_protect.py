@@ -1,0 +1,143 @@
+"""protect() on Dask: the same protected data and manifest as the pandas boundary."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from pets import Context, IntegrityError, JurisdictionError, PolicyError
+from pets.boundary import BoundaryKeys, Policy, ProtectedFrame, SigningKey
+from pets.boundary import protect as pd_protect
+from pets.datasets import synthetic_users
+from pets.engines import WorkerKeys
+from pets.engines._protect import QuantileBucket, protect, verify_dataset
+from pets.envelope import decrypt_columns
+from pets.keys import KeyServices
+from pets.pseudo import Bucket
+from tests.engines.conftest import KEK, POLICY
+
+EU = Context("EU", principal="etl@eu")
+
+
+@pytest.fixture(scope="module")
+def users() -> pd.DataFrame:
+    return synthetic_users(2_500, seed=21)
+
+
+@pytest.fixture(scope="module")
+def bkeys(keyring) -> BoundaryKeys:
+    return BoundaryKeys(KeyServices([keyring["ring"]]), SigningKey.generate())
+
+
+@pytest.fixture(scope="module")
+def workers(keyring, bkeys) -> WorkerKeys:
+    return WorkerKeys(keyring["config"], KEK, EU, services=bkeys.services)
+
+
+@pytest.fixture(autouse=True)
+def _sync(master_key_env):
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def _decrypted(pf: ProtectedFrame, services: KeyServices) -> pd.DataFrame:
+    out = pf.data
+    for col in pf.manifest.columns:
+        if col.treatment == "encrypt":
+            out = decrypt_columns(out, col.header, keys=services, context=EU)
+    return out
+
+
+def assert_same_protection(a: ProtectedFrame, b: ProtectedFrame, services) -> None:
+    """Equal data (encrypted columns after decryption) and equal manifest facts."""
+    pd.testing.assert_frame_equal(_decrypted(a, services), _decrypted(b, services))
+    ma, mb = a.manifest, b.manifest
+    assert ma.rows == mb.rows and ma.k_anonymity == mb.k_anonymity
+    assert ma.treatments() == mb.treatments()
+    for ca, cb in zip(ma.columns, mb.columns, strict=True):
+        if ca.treatment == "encrypt" and ca.mode != "deterministic":
+            ca, cb = (dataclasses.replace(c, digest="", header=None) for c in (ca, cb))
+        elif ca.treatment == "encrypt":
+            ca, cb = (dataclasses.replace(c, header=None, digest="") for c in (ca, cb))
+        assert ca == cb
+
+
+class TestProtect:
+    def test_same_as_the_pandas_boundary(self, users, bkeys, workers):
+        policy = Policy.from_yaml(POLICY)
+        expected = pd_protect(users, policy, bkeys, EU)
+        got = protect(dd.from_pandas(users, npartitions=4), policy, bkeys, EU,
+                      workers=workers, progress=False).compute(progress=False)
+        assert got.manifest.k_anonymity["suppressed_rows"] > 0  # suppression was exercised
+        assert_same_protection(got, expected, bkeys.services)
+        got.manifest.verify(bkeys.public_key).verify_data(got.data)
+
+    def test_refuses_outside_the_home_jurisdiction(self, users, bkeys, workers):
+        with pytest.raises(JurisdictionError, match="policy's home EU"):
+            protect(dd.from_pandas(users, npartitions=2), Policy.from_yaml(POLICY), bkeys,
+                    Context("US"), workers=workers)
+
+    def test_k_anonymity_refusal_without_enforcement(self, users, bkeys, workers):
+        policy = Policy.from_yaml(POLICY.replace("enforce_k: true", "enforce_k: false"))
+        with pytest.raises(PolicyError, match="k-anonymity of \\(country\\) is"):
+            protect(dd.from_pandas(users, npartitions=2), policy, bkeys, EU, workers=workers)
+
+    def test_policy_must_cover_the_columns(self, users, bkeys, workers):
+        with pytest.raises(PolicyError, match="no rule for this column"):
+            protect(dd.from_pandas(users.assign(extra=1), npartitions=2),
+                    Policy.from_yaml(POLICY), bkeys, EU, workers=workers)
+
+
+class TestWriteDataset:
+    def test_parts_are_signed_protected_frames_and_the_dataset_verifies(self, users, bkeys,
+                                                                       workers, tmp_path):
+        policy = Policy.from_yaml(POLICY)
+        lazy = protect(dd.from_pandas(users, npartitions=3), policy, bkeys, EU,
+                       workers=workers, progress=False)
+        manifest = lazy.write(tmp_path / "out", progress=False)
+        files = sorted((tmp_path / "out").glob("part.*.parquet"))
+        assert len(files) == 3 and manifest.rows == sum(
+            len(ProtectedFrame.read(f).data) for f in files)
+        for f in files:
+            pf = ProtectedFrame.read(f)
+            pf.manifest.verify(bkeys.public_key).verify_data(pf.data)
+        assert verify_dataset(tmp_path / "out", bkeys.public_key).rows == manifest.rows
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+    def test_a_missing_or_swapped_part_is_detected(self, users, bkeys, workers, tmp_path):
+        lazy = protect(dd.from_pandas(users, npartitions=3), Policy.from_yaml(POLICY), bkeys,
+                       EU, workers=workers, progress=False)
+        lazy.write(tmp_path / "out", progress=False)
+        a, b = tmp_path / "out" / "part.00000.parquet", tmp_path / "out" / "part.00001.parquet"
+        a.rename(tmp_path / "x")
+        b.rename(a)
+        (tmp_path / "x").rename(b)
+        with pytest.raises(IntegrityError):
+            verify_dataset(tmp_path / "out", bkeys.public_key)
+        b.unlink()
+        with pytest.raises(IntegrityError):
+            verify_dataset(tmp_path / "out", bkeys.public_key)
+
+    def test_signature_by_another_key_is_rejected(self, users, bkeys, workers, tmp_path):
+        lazy = protect(dd.from_pandas(users, npartitions=2), Policy.from_yaml(POLICY), bkeys,
+                       EU, workers=workers, progress=False)
+        lazy.write(tmp_path / "out", progress=False)
+        with pytest.raises(IntegrityError):
+            verify_dataset(tmp_path / "out", SigningKey.generate().public_key)
+
+
+class TestQuantileBucket:
+    def test_global_edges_give_the_pandas_labels(self):
+        x = pd.Series(np.random.default_rng(3).lognormal(3, 1, 5_000))
+        x[::97] = np.nan
+        expected = Bucket(quantiles=7).apply(x)
+        q = np.linspace(0, 1, 8)
+        edges = np.unique(np.quantile(x.dropna().to_numpy(), q))
+        fitted = QuantileBucket(tuple(edges), 7)
+        got = pd.concat([fitted.apply(x.iloc[i:i + 1_000]) for i in range(0, len(x), 1_000)])
+        pd.testing.assert_series_equal(got, expected)
