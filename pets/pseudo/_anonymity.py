@@ -344,10 +344,10 @@ def enforce_k(df: pd.DataFrame, quasi_identifiers: Sequence[str], k: int,
     if not 0.0 <= max_suppression <= 1.0:
         raise InputError("max_suppression must be between 0 and 1")
     qis = tuple(quasi_identifiers)
-    _check_columns(df, [*qis, *hierarchies])
     extra = set(hierarchies) - set(qis)
     if extra:
         raise InputError(f"hierarchies for columns that are not quasi-identifiers: {sorted(extra)}")
+    _check_columns(df, qis)
     n = len(df)
     # Every level of every column, generalized once and factorized once.
     versions: dict[str, list[pd.Series]] = {}

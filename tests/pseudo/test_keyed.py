@@ -124,7 +124,7 @@ class TestKeyedHash:
         ([b"a"], "bytes"),
     ])
     def test_ambiguous_types_are_refused_naming_the_column(self, root, values, kind):
-        with pytest.raises(InputError, match="column 'score'.*cannot be pseudonymized"):
+        with pytest.raises(InputError, match=r"column 'score'.*cannot be pseudonymized"):
             KeyedHash(root, domain="d").apply(pd.Series(values, name="score"))
 
     def test_datetimes_are_refused(self, root):
