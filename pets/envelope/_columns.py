@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
 from pets._errors import InputError, IntegrityError
 from pets._events import AuditHook, emit
-from pets.envelope._envelope import Keys, as_services
+from pets.envelope._envelope import Keys, _unwrap_any, as_services
 from pets.jurisdiction import Context
 from pets.keys import KeyServices, WrappedKey, canonical_context
 
@@ -259,8 +259,6 @@ def _wrap_context(enc_context: Mapping[str, str], column: str, mode: str) -> dic
 
 def _unwrap_dek(ck: ColumnKey, keys: KeyServices, context: Context,
                 enc_context: Mapping[str, str]) -> bytes:
-    from pets.envelope._envelope import _unwrap_any
-
     dek = _unwrap_any(ck.wrapped_keys, keys, context,
                       _wrap_context(enc_context, ck.column, ck.mode), what=f"column {ck.column!r}")
     if len(dek) != _DEK_SIZE[ck.mode]:

@@ -9,7 +9,6 @@ outside the key's jurisdiction refuses.
 from __future__ import annotations
 
 import hmac as _hmac
-import io
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -299,6 +298,38 @@ def _decrypt_stream(src: IO[bytes], dst: IO[bytes] | None, header: EnvelopeHeade
         cur, nxt, cur_len = nxt, cur, nxt_len
 
 
+def _encrypt_bytes(data: memoryview, header: EnvelopeHeader, mkeys: MessageKeys) -> bytes:
+    """The whole envelope for in-memory ``data`` (same layout as :func:`_encrypt_stream`)."""
+    seg = header.segment_size
+    aes = AESGCM(mkeys.segment_key)
+    aad = header.segment_aad()
+    starts = range(0, max(len(data), 1), seg)
+    if len(starts) > MAX_SEGMENTS + 1:
+        raise InputError("input too large for one envelope at this segment size")
+    last = len(starts) - 1
+    parts = [header.to_bytes()]
+    parts += [aes.encrypt(segment_nonce(header.nonce_prefix, i, i == last),
+                          data[start:start + seg], aad) for i, start in enumerate(starts)]
+    return b"".join(parts)
+
+
+def _decrypt_bytes(body: memoryview, header: EnvelopeHeader, mkeys: MessageKeys) -> bytes:
+    """Authenticate and decrypt every segment of an in-memory envelope body."""
+    size = header.segment_size + TAG_SIZE
+    aes = AESGCM(mkeys.segment_key)
+    aad = header.segment_aad()
+    starts = range(0, max(len(body), 1), size)
+    last = len(starts) - 1
+    if len(body) - starts[-1] < TAG_SIZE or last > MAX_SEGMENTS:
+        raise IntegrityError("envelope failed to authenticate")
+    try:
+        return b"".join(aes.decrypt(segment_nonce(header.nonce_prefix, i, i == last),
+                                    body[start:start + size], aad)
+                        for i, start in enumerate(starts))
+    except InvalidTag:
+        raise IntegrityError("envelope failed to authenticate") from None
+
+
 def _read_header(src: IO[bytes]) -> tuple[EnvelopeHeader, int]:
     return EnvelopeHeader.read(src.read)
 
@@ -341,11 +372,10 @@ def encrypt(data: bytes, *, keys: Keys, key_uris: str | Sequence[str], context: 
         raise InputError("encrypt takes bytes")
     services = as_services(keys)
     header, mkeys = _new_message(services, key_uris, context, enc_context, segment_size)
-    out = io.BytesIO()
-    _encrypt_stream(io.BytesIO(data), out, header, mkeys)
+    out = _encrypt_bytes(memoryview(data).cast("B"), header, mkeys)
     emit(audit, "envelope.encrypt", keys=[w.key_uri for w in header.wrapped_keys],
          principal=context.principal, jurisdiction=context.jurisdiction)
-    return out.getvalue()
+    return out
 
 
 def decrypt(data: bytes, *, keys: Keys, context: Context,
@@ -367,12 +397,10 @@ def decrypt(data: bytes, *, keys: Keys, context: Context,
         KeyDestroyedError: the KEK version was destroyed or retired.
         KeyNotFoundError: none of the envelope's keys is held by ``keys``.
     """
-    src = io.BytesIO(data)
-    header, _ = _read_header(src)
+    view = memoryview(data).cast("B")
+    header, hsize = EnvelopeHeader.from_bytes(view)
     _, mkeys = open_dek(header, keys, context, enc_context, audit=audit)
-    out = io.BytesIO()
-    _decrypt_stream(src, out, header, mkeys)
-    return out.getvalue()
+    return _decrypt_bytes(view[hsize:], header, mkeys)
 
 
 def encrypt_file(src: PathLike, dst: PathLike, *, keys: Keys, key_uris: str | Sequence[str],

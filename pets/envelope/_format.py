@@ -329,7 +329,7 @@ class EnvelopeHeader:
         return header, consumed
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> tuple[EnvelopeHeader, int]:
+    def from_bytes(cls, data: bytes | memoryview) -> tuple[EnvelopeHeader, int]:
         """Parse the header at the start of ``data``; return it and its size in bytes."""
         pos = 0
         view = memoryview(data)

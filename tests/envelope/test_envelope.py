@@ -71,8 +71,11 @@ class TestRoundTrip:
         assert info.plaintext_size == len(data)
         back = decrypt_file(enc, out, keys=ring, context=eu)
         assert out.read_bytes() == data and back.plaintext_size == len(data)
-        # the file format and the bytes format are the same
+        # the file format and the bytes format are the same, both ways
         assert decrypt(enc.read_bytes(), keys=ring, context=eu) == data
+        enc.write_bytes(encrypt(data, keys=ring, key_uris=EU1, context=eu, segment_size=seg))
+        decrypt_file(enc, out, keys=ring, context=eu)
+        assert out.read_bytes() == data
 
     def test_segment_count_and_sizes(self, blob):
         _, segs = segments(blob)
