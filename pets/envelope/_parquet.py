@@ -266,9 +266,11 @@ class ParquetCrypto:
         except PetsError:
             raise  # from the KMS client (JurisdictionError is also an OSError)
         except OSError as exc:
-            # pyarrow reports a failed GCM tag as an OSError; a pets error from the KMS
-            # client arrives as itself and is not caught here.
-            raise IntegrityError(f"{p}: Parquet data failed to authenticate") from exc
+            if exc.errno is not None:  # the operating system's error, not pyarrow's
+                raise InputError(f"{p}: cannot read ({exc.strerror})") from None
+            # pyarrow reports a failed GCM tag or corrupt metadata as an OSError; a pets
+            # error from the KMS client arrives as itself and is not caught here.
+            raise IntegrityError(f"{p}: Parquet data failed to authenticate") from None
 
     def read(self, path: PathLike, *, context: Context,
              columns: Sequence[str] | None = None) -> pd.DataFrame:
