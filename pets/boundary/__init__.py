@@ -27,7 +27,6 @@ from pets.boundary._protect import protect, reidentify
 from pets.boundary._signing import SigningKey, load_public_key
 
 __all__ = [
-    "TREATMENTS",
     "AuditLog",
     "BadEntry",
     "BoundaryKeys",
@@ -38,6 +37,7 @@ __all__ = [
     "Policy",
     "ProtectedFrame",
     "SigningKey",
+    "TREATMENTS",
     "TornTail",
     "VerifyReport",
     "export",
