@@ -110,7 +110,7 @@ def _budget(ledger: Any, dataset_id: str, unit: str, eps: float | None, delta: f
 
 def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
           private: bool) -> Any:
-    given = sum(x is not None and x is not False for x in (keys, keys_file, private or None))
+    given = (keys is not None) + (keys_file is not None) + bool(private)
     if not by:
         if given:
             raise InputError("--keys, --keys-file and --private-keys need --group-by")

@@ -10,6 +10,9 @@ Every noisy number pets releases is drawn by an OpenDP measurement built here:
 * quantiles — ``dp.m.make_private_quantile`` (OpenDP's ``make_quantile_score_candidates``
   followed by report-noisy-max, i.e. the exponential mechanism).
 
+Calibrated measurements are cached (``functools.lru_cache``) by their parameters: building
+one costs a few OpenDP calls, and a measurement can be invoked any number of times.
+
 Calibration: pets asks OpenDP's privacy map ``meas.map(d_in)`` for the loss at a trial scale,
 solves for the scale that meets the requested loss, then rebuilds and re-checks with the map,
 nudging the scale up until ``meas.map(d_in) <= target``. The loss pets records is always the
@@ -30,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -106,6 +110,7 @@ def _calibrate(build: Callable[[float], Any], d_in: Any, target: float,
     raise PetsError("could not calibrate the noise scale with OpenDP")  # pragma: no cover
 
 
+@functools.lru_cache(maxsize=256)
 def laplace_vector(*, l1: int, epsilon: float, name: str = "laplace") -> Mechanism:
     """Discrete Laplace noise on an integer vector whose L1 sensitivity is ``l1``.
 
@@ -120,6 +125,7 @@ def laplace_vector(*, l1: int, epsilon: float, name: str = "laplace") -> Mechani
     return Mechanism(name, meas, int(l1), scale, loss, "discrete_laplace")
 
 
+@functools.lru_cache(maxsize=256)
 def gaussian_vector(*, l2: float, rho: float, name: str = "gaussian") -> Mechanism:
     """Discrete Gaussian noise on an integer vector whose L2 sensitivity is ``l2``.
 
@@ -134,6 +140,7 @@ def gaussian_vector(*, l2: float, rho: float, name: str = "gaussian") -> Mechani
     return Mechanism(name, meas, float(l2), scale, loss, "discrete_gaussian")
 
 
+@functools.lru_cache(maxsize=256)
 def threshold_mechanism(*, l0: int, linf: int, primary: float, delta: float, zcdp: bool,
                         name: str = "threshold") -> Mechanism:
     """Noisy counts over a key → count map, keeping only keys whose noisy count passes a
@@ -166,12 +173,17 @@ def threshold_mechanism(*, l0: int, linf: int, primary: float, delta: float, zcd
         return make(dom, metric, scale=s, threshold=t)
 
     _, scale, _ = _calibrate(build, d_in, primary, 2 if zcdp else 1)
+
+    def delta_at(t: int) -> float:
+        m = build(scale, t)
+        return _as_loss(str(m.output_measure), m.map(d_in)).delta
+
     lo, hi = linf, big
-    if _as_loss(str(build(scale, hi).output_measure), build(scale, hi).map(d_in)).delta > delta:
+    if delta_at(hi) > delta:
         raise InputError(f"delta={delta!r} is too small for private key selection")
-    while lo < hi:
+    while lo < hi:  # smallest threshold whose δ meets the target (δ falls as it grows)
         mid = (lo + hi) // 2
-        if _as_loss(str(build(scale, mid).output_measure), build(scale, mid).map(d_in)).delta <= delta:
+        if delta_at(mid) <= delta:
             hi = mid
         else:
             lo = mid + 1
@@ -183,6 +195,14 @@ def threshold_mechanism(*, l0: int, linf: int, primary: float, delta: float, zcd
 
 def quantile_mechanism(*, candidates: Sequence[float], alpha: float, rows: int, groups: int,
                        primary: float, zcdp: bool, name: str = "quantile") -> Mechanism:
+    """The exponential mechanism for the ``alpha``-quantile; see :func:`_quantile_mechanism`."""
+    return _quantile_mechanism(tuple(float(c) for c in candidates), float(alpha), int(rows),
+                               int(groups), float(primary), bool(zcdp), name)
+
+
+@functools.lru_cache(maxsize=64)
+def _quantile_mechanism(candidates: tuple[float, ...], alpha: float, rows: int, groups: int,
+                        primary: float, zcdp: bool, name: str) -> Mechanism:
     """The exponential mechanism over ``candidates`` for the ``alpha``-quantile of one group.
 
     ``measurement`` is the per-group measurement; ``loss`` is the OpenDP map of the
@@ -197,7 +217,7 @@ def quantile_mechanism(*, candidates: Sequence[float], alpha: float, rows: int, 
     dp = opendp()
     dom = dp.vector_domain(dp.atom_domain(T=float, nan=False))
     measure = dp.zero_concentrated_divergence() if zcdp else dp.max_divergence()
-    cands = [float(c) for c in candidates]
+    cands = list(candidates)
 
     def one(s: float) -> Any:
         return dp.m.make_private_quantile(dom, dp.symmetric_distance(), measure,

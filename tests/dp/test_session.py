@@ -249,7 +249,7 @@ class TestBadInput:
             session(small_events).query(by="country")
 
     def test_private_keys_need_delta_and_a_non_pure_budget(self, small_events):
-        with pytest.raises(InputError, match="Budget.approx"):
+        with pytest.raises(InputError, match=r"Budget\.approx"):
             session(small_events).query(by="country", keys="private").count().release(
                 epsilon=1.0, delta=1e-6)
         s = session(small_events, Budget.approx(1.0, 1e-5))
