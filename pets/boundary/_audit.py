@@ -96,7 +96,9 @@ _READ_CHUNK = 1 << 16
 
 def _default(obj: Any) -> Any:
     """JSON encoding for the scalar types lower layers put in events (numpy, dates, paths)."""
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / pandas scalars
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars
+        return obj.tolist()
+    if hasattr(obj, "item") and callable(obj.item):  # other array-library scalars
         return obj.item()
     if isinstance(obj, _dt.datetime | _dt.date):
         return obj.isoformat()

@@ -265,8 +265,13 @@ class Manifest:
             if not isinstance(d, dict) or d.pop("format", None) != _FORMAT:
                 raise ValueError
             d["columns"] = tuple(ColumnManifest.from_dict(c) for c in d["columns"])
-            return cls(**d)
-        except (ValueError, TypeError, KeyError):
+            manifest = cls(**d)
+            manifest.payload()  # hostile shapes (a list where a mapping belongs) fail here
+            if not isinstance(manifest.rows, int) or not all(
+                    isinstance(c.name, str) for c in manifest.columns):
+                raise ValueError
+            return manifest
+        except (ValueError, TypeError, KeyError, AttributeError):
             raise IntegrityError("malformed manifest") from None
 
     def payload(self) -> bytes:

@@ -157,3 +157,18 @@ class TestRepr:
         assert "ProtectedFrame(dataset='t', rows=3" in repr(pf)
         html = pf._repr_html_()
         assert "<table>" in html and "keep" in html and signer.key_id in html
+
+
+class TestHostileManifest:
+    @pytest.mark.parametrize("edit", [
+        lambda d: d["columns"][0].update(params=[1, 2]),
+        lambda d: d["columns"][0].update(name=5),
+        lambda d: d.update(rows="3"),
+        lambda d: d["columns"].append({"nope": 1}),
+        lambda d: d.update(extra=1),
+    ])
+    def test_malformed_shapes_are_integrity_errors(self, signer, edit):
+        d = json.loads(_manifest(_frame()).sign(signer).to_json())
+        edit(d)
+        with pytest.raises(IntegrityError, match="malformed manifest"):
+            Manifest.from_json(json.dumps(d))
