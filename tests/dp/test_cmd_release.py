@@ -1,0 +1,93 @@
+"""``pets release`` (tests for pets/cli/_cmd_release.py live with the DP tests)."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pets import InputError
+from pets.cli import main
+from pets.cli._cmd_release import parse_agg, split_aggs
+from pets.datasets import synthetic_events
+
+
+@pytest.fixture
+def events(tmp_path):
+    p = tmp_path / "events.parquet"
+    synthetic_events(3000, n_users=400, seed=2).to_parquet(p, index=False)
+    return p
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+class TestReleaseCommand:
+    def test_release_writes_parquet_with_metadata_and_spends(self, tmp_path, events, capsys):
+        out, led = tmp_path / "r.parquet", tmp_path / "l.db"
+        code, stdout, _ = run(capsys, "release", events, "--unit", "user_id", "--group-by",
+                              "country", "--keys", "DE,FR,IT",
+                              "--agg", "count,mean:watch_seconds[0,7200]", "--max-rows", "5",
+                              "--epsilon", "1", "--budget-epsilon", "3", "--ledger", led,
+                              "--out", out, "--status", "--json")
+        assert code == 0
+        payload = json.loads(stdout)
+        assert payload["status"]["spent"]["epsilon"] == pytest.approx(1.0)
+        table = pq.read_table(out)
+        meta = json.loads(table.schema.metadata[b"pets.release"])
+        assert meta["privacy_unit"] == "user_id" and meta["loss"]["epsilon"] == pytest.approx(1)
+        df = table.to_pandas()
+        assert sorted(df["country"].unique()) == ["DE", "FR", "IT"]
+        assert set(df["statistic"]) == {"count", "mean"}
+
+    def test_budget_exhausted_exits_6_and_writes_nothing(self, tmp_path, events, capsys):
+        led = tmp_path / "l.db"
+        args = ["release", events, "--unit", "user_id", "--agg", "count", "--ledger", led]
+        assert run(capsys, *args, "--epsilon", "1", "--budget-epsilon", "1.5",
+                   "--out", tmp_path / "a.parquet")[0] == 0
+        code, _, err = run(capsys, *args, "--epsilon", "1", "--out", tmp_path / "b.parquet")
+        assert code == 6 and "BudgetExhausted" in err
+        assert not (tmp_path / "b.parquet").exists()
+        code, stdout, _ = run(capsys, "release", events, "--unit", "user_id", "--ledger", led,
+                              "--status")
+        assert code == 0 and "remaining 0.5" in stdout
+
+    def test_new_ledger_needs_a_budget(self, tmp_path, events, capsys):
+        code, _, err = run(capsys, "release", events, "--unit", "user_id", "--agg", "count",
+                           "--epsilon", "1", "--ledger", tmp_path / "l.db", "--out",
+                           tmp_path / "r.parquet")
+        assert code == 1 and "--budget-epsilon" in err
+
+    def test_private_keys_with_delta(self, tmp_path, events, capsys):
+        code, stdout, _ = run(capsys, "release", events, "--unit", "user_id", "--group-by",
+                              "country", "--private-keys", "--agg", "count", "--epsilon", "1",
+                              "--delta", "1e-6", "--budget-epsilon", "2", "--budget-delta",
+                              "1e-5", "--ledger", tmp_path / "l.db", "--out",
+                              tmp_path / "r.parquet", "--json")
+        assert code == 0
+        assert json.loads(stdout)["release"]["loss"]["delta"] > 0
+
+    def test_grouping_needs_keys(self, tmp_path, events, capsys):
+        code, _, err = run(capsys, "release", events, "--unit", "user_id", "--group-by",
+                           "country", "--agg", "count", "--epsilon", "1", "--budget-epsilon",
+                           "2", "--ledger", tmp_path / "l.db", "--out", tmp_path / "r.parquet")
+        assert code == 1 and "--private-keys" in err
+
+    def test_missing_input_file(self, tmp_path, capsys):
+        code, _, err = run(capsys, "release", tmp_path / "none.parquet", "--unit", "u",
+                           "--ledger", tmp_path / "l.db", "--status")
+        assert code == 1 and "does not exist" in err
+
+
+class TestAggSpecs:
+    def test_split_respects_brackets(self):
+        assert split_aggs(("count,histogram:w[0,1,2],sum:w[0,9]",)) == [
+            "count", "histogram:w[0,1,2]", "sum:w[0,9]"]
+
+    @pytest.mark.parametrize("bad", ["mean:w", "mean:w[0]", "count:w[0,1]", "quantile:w[0,1]",
+                                     "sum:w[0,1]@0.5", "mean:w[a,b]"])
+    def test_bad_specs_are_input_errors(self, bad):
+        with pytest.raises(InputError):
+            parse_agg(bad)
