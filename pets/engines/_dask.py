@@ -60,12 +60,21 @@ def is_dask(frame: object) -> bool:
     return type(frame).__module__.startswith(("dask.dataframe", "dask_expr"))
 
 
-def _meta_series(transform: Transform, nonempty: pd.Series, empty: pd.Series) -> pd.Series:
-    """The output dtype of ``transform``, found on dask's fake non-empty column (or empty)."""
-    for probe in (nonempty, empty):
+def _meta_series(transform: Transform, nonempty: pd.Series, empty: pd.Series,
+                 frame_ne: pd.DataFrame | None = None,
+                 frame: pd.DataFrame | None = None) -> pd.Series:
+    """The output dtype of ``transform``, found on dask's fake non-empty column (or empty).
+
+    Per-user transforms (``by=``) get the user column of the same fake frame.
+    """
+    by = getattr(transform, "by", None)
+    for probe, whole in ((nonempty, frame_ne), (empty, frame)):
         try:
-            out = transform.apply(probe)
-        except (PetsError, ValueError, TypeError):
+            if isinstance(by, str) and whole is not None:
+                out = transform.apply(probe, by=whole[by])  # type: ignore[call-arg]
+            else:
+                out = transform.apply(probe)
+        except (PetsError, ValueError, TypeError, KeyError):
             continue
         return out.iloc[:0]
     raise InputError(f"cannot infer the output type of {transform.name!r} on column "
@@ -95,6 +104,8 @@ def transform_columns(
     Raises:
         InputError: A column is missing, or a keyed transform has no key reference.
     """
+    from pets.engines._protect import _fit
+
     items = list(transforms.items()) if isinstance(transforms, Mapping) else list(transforms)
     outputs = dict(outputs or {})
     missing = [c for c, _ in items if c not in ddf.columns] + [c for c in drop
@@ -108,7 +119,8 @@ def transform_columns(
     steps: list[Step] = []
     for column, t in items:
         out_col = outputs.get(column, column)
-        meta[out_col] = _meta_series(t, meta_ne[column], ddf._meta[column])
+        t = _fit(t, ddf[column])
+        meta[out_col] = _meta_series(t, meta_ne[column], ddf._meta[column], meta_ne, ddf._meta)
         steps.append(Step(column, ship(t, shippers), output=None if out_col == column
                           else out_col))
     for column in drop:

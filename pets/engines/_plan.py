@@ -137,7 +137,15 @@ class PartitionFn:
             if step.drop:
                 out = out.drop(columns=[step.column])
                 continue
-            result = step.resolve().apply(frame[step.column])
+            t = step.resolve()
+            by = getattr(t, "by", None)
+            if isinstance(by, str):  # per-user transforms (date shift) read the user column
+                if by not in frame.columns:
+                    raise InputError(f"column {step.column!r}: {t.name} needs the user column "
+                                     f"{by!r}, which is not in the frame")
+                result = t.apply(frame[step.column], by=frame[by])  # type: ignore[call-arg]
+            else:
+                result = t.apply(frame[step.column])
             out[step.output or step.column] = result
         if self.columns is not None:
             out = out[list(self.columns)]

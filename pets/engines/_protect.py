@@ -139,11 +139,20 @@ class _Guarded:
     def name(self) -> str:
         return self.treatment
 
-    def apply(self, series: pd.Series) -> pd.Series:
-        t = self.inner.build() if hasattr(self.inner, "build") and not hasattr(
+    def _transform(self) -> Any:
+        return self.inner.build() if hasattr(self.inner, "build") and not hasattr(
             self.inner, "apply") else self.inner
+
+    @property
+    def by(self) -> str | None:
+        """The user column of per-user transforms (date shift), else ``None``."""
+        by = getattr(self._transform(), "by", None)
+        return by if isinstance(by, str) else None
+
+    def apply(self, series: pd.Series, **kw: Any) -> pd.Series:
+        t = self._transform()
         try:
-            out: pd.Series = t.apply(series)
+            out: pd.Series = t.apply(series, **kw)
         except (InputError, TypeError, ValueError) as exc:
             if isinstance(exc, PetsError) and not isinstance(exc, InputError):
                 raise
@@ -439,8 +448,14 @@ def _protect(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Con
             entry["reversible"] = True
         elif rule.treatment != "keep":
             transform = _build(rule, policy, keys, context, hook)
+            by = getattr(transform, "by", None) if rule.treatment == "date-shift" else None
+            if rule.treatment == "date-shift" and (not isinstance(by, str)
+                                                   or by not in ddf.columns):
+                raise PolicyError(f"{_where(policy, rule)}: date-shift needs params.by "
+                                  "naming the user id column")
             fitted = _fit(transform, ddf[rule.name])
-            meta[rule.name] = _meta_series(fitted, meta_ne[rule.name], ddf._meta[rule.name])
+            meta[rule.name] = _meta_series(fitted, meta_ne[rule.name], ddf._meta[rule.name],
+                                           meta_ne, ddf._meta)
             steps[rule.name] = Step(rule.name, _Guarded(ship(fitted, shippers),
                                                         _where(policy, rule), rule.treatment))
             desc = transform.describe()

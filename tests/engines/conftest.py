@@ -40,7 +40,22 @@ columns:
   postcode: {{role: identifier, treatment: encrypt, mode: deterministic}}
   country: {{role: quasi-identifier, treatment: keep}}
   ip: {{role: drop}}
-  signup_ts: {{role: metric, treatment: keep}}
+  signup_ts: {{role: metric, treatment: truncate-date, params: {{unit: month}}}}
+"""
+
+EVENTS_POLICY = f"""
+dataset: events
+home: EU
+keys: {{pseudonyms: "{PSEUDONYMS}", columns: "{COLUMNS}", signing: "{SIGNING}"}}
+min_k: 5
+enforce_k: true
+max_suppression: 0.2
+columns:
+  user_id: {{role: identifier, treatment: keyed-hash}}
+  country: {{role: quasi-identifier, treatment: keep}}
+  ts: {{role: sensitive, treatment: date-shift, params: {{by: user_id, max_days: 20}}}}
+  event: {{role: metric, treatment: keep}}
+  watch_seconds: {{role: metric, treatment: bucket, params: {{quantiles: 4}}}}
 """
 
 

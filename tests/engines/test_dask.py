@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.engines.conftest import HAVE_DASK, KEK
+from tests.engines.conftest import HAVE_DASK, KEK, POLICY
 
 if not HAVE_DASK:  # the fixture reports it (skip locally, fail under CI)
     pytest.skip("dask not installed", allow_module_level=True)
@@ -20,16 +20,20 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pets import Context, IntegrityError, JurisdictionError
-from pets.datasets import synthetic_users
+from pets.boundary import BoundaryKeys, Policy, SigningKey
+from pets.boundary import protect as pd_protect
+from pets.datasets import synthetic_events, synthetic_users
+from pets.dp import Budget
 from pets.engines import KeyRef, WorkerKeys
 from pets.engines._dask import decrypt_columns, encrypt_columns, transform_columns
+from pets.engines._dp import BoundingSpec, DaskSession, bounded_aggregates
 from pets.engines._parquet import ParquetEncryption, read_dataset, write_dataset
+from pets.engines._protect import protect, verify_dataset
+from pets.engines._run import run_protect_dask
 from pets.envelope import decrypt_columns as pd_decrypt
 from pets.envelope import encrypt_columns as pd_encrypt
 from pets.keys import KeyServices, Secret
-from pets.pseudo._ff1 import PhoneFF1
-from pets.pseudo._keyed import KeyedHash
-from pets.pseudo._token import Tokenizer
+from pets.pseudo import DateShift, KeyedHash, PhoneFF1, Tokenizer
 
 pytestmark = pytest.mark.dask
 
@@ -61,6 +65,7 @@ def transforms(root) -> dict[str, Any]:
         "email": KeyedHash(root, domain="crm.email", casefold=True),
         "user_id": Tokenizer(root, domain="crm.user"),
         "phone": PhoneFF1(root, domain="crm.phone"),
+        "signup_ts": DateShift(root, domain="crm.dates", by="user_id", max_days=45),
     }
 
 
@@ -83,7 +88,8 @@ class TestPseudonymize:
         got = out.compute()
         expected = users.copy()
         for col, t in transforms.items():
-            expected[col] = t.apply(users[col])
+            extra = {"by": users[t.by]} if getattr(t, "by", None) else {}
+            expected[col] = t.apply(users[col], **extra)
         pd.testing.assert_frame_equal(got, expected)
         assert dict(out.dtypes) == dict(got.dtypes)  # the declared meta is the real schema
 
@@ -205,3 +211,56 @@ def test_key_reference_pickle_is_small_and_key_free(worker_keys):
     ref = worker_keys.ref(Secret(b"s" * 32))
     blob = pickle.dumps(ref)
     assert b"s" * 32 not in blob and len(blob) < 4096
+
+
+class TestDPOnTheCluster:
+    def test_exact_bounded_aggregates_equal_pandas_and_release_spends_once(self, dask_client):
+        events = synthetic_events(8_000, n_users=500, seed=2)
+        keys = ["DE", "FR", "IT", "ES"]
+        spec = BoundingSpec("user_id", ("country",), tuple((k,) for k in keys),
+                            (("count",),), 1, 4, seed=7)
+        got = bounded_aggregates(dd.from_pandas(events, npartitions=6), spec, progress=False)
+        sub = events[events["country"].isin(keys)]
+        per_user = sub.groupby(["country", "user_id"]).size().clip(upper=4).groupby(
+            "country").sum()
+        assert got.vectors[("count",)].tolist() == [int(per_user[k]) for k in keys]
+        ds = DaskSession(dd.from_pandas(events, npartitions=6), privacy_unit="user_id",
+                         budget=Budget.pure(1.0))
+        r = ds.query(by="country", keys=keys, max_rows=4).count().sum(
+            "watch_seconds", bounds=(0, 3600)).release(epsilon=0.6, progress=False)
+        assert r.to_frame()["country"].tolist() == [k for k in keys for _ in range(2)]
+        assert ds.budget.spent.epsilon == pytest.approx(0.6)
+
+
+class TestProtectOnTheCluster:
+    def test_protect_write_with_modular_encryption_and_verify(self, dask_client, users, keyring,
+                                                              services, worker_keys, tmp_path,
+                                                              master_key_env):
+        bkeys = BoundaryKeys(services, SigningKey.generate())
+        policy = Policy.from_yaml(POLICY)
+        ctx = worker_keys.context
+        expected = pd_protect(users, policy, bkeys, ctx)
+        lazy = protect(dd.from_pandas(users, npartitions=3), policy, bkeys, ctx,
+                       workers=worker_keys, progress=False)
+        enc = ParquetEncryption.of(keyring["config"], ctx, footer_key=KEK,
+                                   column_keys={KEK: ["email"]})
+        manifest = lazy.write(tmp_path / "ds", encryption=enc, progress=False)
+        assert manifest.rows == expected.manifest.rows
+        assert manifest.k_anonymity == expected.manifest.k_anonymity
+        with pytest.raises(OSError):
+            pq.read_table(tmp_path / "ds" / "part.00000.parquet")
+        assert verify_dataset(tmp_path / "ds", bkeys.public_key, encryption=enc).rows == \
+            expected.manifest.rows
+
+    def test_run_protect_dask_on_an_existing_client(self, dask_client, users, keyring,
+                                                    services, tmp_path):
+        bkeys = BoundaryKeys(services, SigningKey.generate())
+        write_dataset(dd.from_pandas(users, npartitions=4), tmp_path / "raw", progress=False)
+        summary = run_protect_dask(tmp_path / "raw", Policy.from_yaml(POLICY), tmp_path / "out",
+                                   workers=2, keys=bkeys, key_source=keyring["config"],
+                                   context=Context("EU", principal="etl@eu"),
+                                   client=dask_client, progress=False)
+        assert summary["parts"] == 4 and summary["workers"] == 2
+        assert (tmp_path / "out" / "manifest.json").exists()
+        assert verify_dataset(tmp_path / "out" / "users", bkeys.public_key).rows == \
+            summary["rows"]

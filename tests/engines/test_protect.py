@@ -13,13 +13,13 @@ import pytest
 from pets import Context, IntegrityError, JurisdictionError, PolicyError
 from pets.boundary import BoundaryKeys, Policy, ProtectedFrame, SigningKey
 from pets.boundary import protect as pd_protect
-from pets.datasets import synthetic_users
+from pets.datasets import synthetic_events, synthetic_users
 from pets.engines import WorkerKeys
 from pets.engines._protect import QuantileBucket, protect, verify_dataset
 from pets.envelope import decrypt_columns
 from pets.keys import KeyServices
 from pets.pseudo import Bucket
-from tests.engines.conftest import KEK, POLICY
+from tests.engines.conftest import EVENTS_POLICY, KEK, POLICY
 
 EU = Context("EU", principal="etl@eu")
 
@@ -76,6 +76,15 @@ class TestProtect:
         assert got.manifest.k_anonymity["suppressed_rows"] > 0  # suppression was exercised
         assert_same_protection(got, expected, bkeys.services)
         got.manifest.verify(bkeys.public_key).verify_data(got.data)
+
+    def test_date_shift_and_quantile_buckets_match_the_pandas_boundary(self, bkeys, workers):
+        events = synthetic_events(4_000, n_users=300, seed=8)
+        policy = Policy.from_yaml(EVENTS_POLICY)
+        expected = pd_protect(events, policy, bkeys, EU)
+        got = protect(dd.from_pandas(events, npartitions=5), policy, bkeys, EU,
+                      workers=workers, progress=False).compute(progress=False)
+        assert got.data["watch_seconds"].nunique() > 1  # global quantile edges, not per part
+        assert_same_protection(got, expected, bkeys.services)
 
     def test_refuses_outside_the_home_jurisdiction(self, users, bkeys, workers):
         with pytest.raises(JurisdictionError, match="policy's home EU"):
