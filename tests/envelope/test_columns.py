@@ -288,3 +288,20 @@ class TestRFC5297:
             _columns.siv_encrypt = real
         # AES-256-SIV (64-byte key); each distinct value encrypted once
         assert calls == [(64, [b"x", b"y"], calls[0][2])]
+
+
+class TestStorage:
+    @pytest.mark.parametrize("encoding", ["bytes", "base64"])
+    def test_parquet_roundtrip_carries_the_header_in_metadata(self, ring, eu, frame, tmp_path,
+                                                              encoding):
+        from pets._io import write_parquet
+
+        out, _ = enc(frame, ring, eu, {"email": "deterministic", "user_id": "randomized"},
+                     encoding=encoding)
+        path = write_parquet(out, tmp_path / "enc.parquet")
+        back = pd.read_parquet(path)
+        assert ATTRS_KEY in back.attrs
+        plain = decrypt_columns(back, keys=ring, context=eu)
+        assert plain["email"].tolist()[:1] == ["a@x.eu"] and plain["email"].isna().tolist() == [
+            False, True, False, False]
+        assert plain["user_id"].tolist() == [1, 2, 3, 4]
