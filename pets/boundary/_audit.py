@@ -394,16 +394,27 @@ class VerifyReport:
                                  f"(seq {b.seq}) fails verification: {b.reason}")
 
 
-def _iter_lines(path: Path) -> tuple[list[bytes], TornTail | None]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read audit log ({exc.strerror})") from None
-    lines = data.split(b"\n")
-    torn = None
-    if lines[-1]:
-        torn = TornTail(len(lines), len(lines[-1]))
-    return lines[:-1], torn
+class _Lines:
+    """Stream the newline-terminated lines of a log (constant memory); a last line without
+    its newline is not yielded but kept in ``torn``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.torn: TornTail | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            fh = open(self.path, "rb")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read audit log ({exc.strerror})") from None
+        with fh:
+            lineno = 0
+            for raw in fh:
+                lineno += 1
+                if not raw.endswith(b"\n"):
+                    self.torn = TornTail(lineno, len(raw))
+                    return
+                yield raw[:-1]
 
 
 def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None) -> VerifyReport:
@@ -421,18 +432,22 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None) -
     p = Path(path)
     pub = load_public_key(public_key) if public_key is not None else None
     want_signer = key_id_of(pub) if pub is not None else None
-    lines, torn = _iter_lines(p)
+    lines = _Lines(p)
+    it = iter(lines)
     prev, seq = GENESIS_HASH, 0
-    for lineno, raw in enumerate(lines, start=1):
+    for lineno, raw in enumerate(it, start=1):
         bad = _check_entry(raw, seq, prev, pub, want_signer)
         if bad is not None:
             written_seq, reason = bad
+            for _ in it:  # read on, only to learn whether the tail is torn
+                pass
             return VerifyReport(str(p), False, seq, seq - 1 if seq else None, prev,
-                                pub is not None, BadEntry(lineno, written_seq, reason), torn)
+                                pub is not None, BadEntry(lineno, written_seq, reason),
+                                lines.torn)
         prev = json.loads(raw)["hash"]
         seq += 1
     return VerifyReport(str(p), True, seq, seq - 1 if seq else None, prev, pub is not None,
-                        None, torn)
+                        None, lines.torn)
 
 
 def _check_entry(raw: bytes, seq: int, prev: str, pub: Any,
@@ -477,7 +492,7 @@ def read_entries(source: str | os.PathLike[str]) -> list[dict[str, Any]]:
         InputError: A whole line is not JSON (run :func:`verify_log` to find out more).
     """
     p = Path(source)
-    lines, _ = _iter_lines(p)
+    lines = _Lines(p)
     out = []
     for i, raw in enumerate(lines, start=1):
         try:

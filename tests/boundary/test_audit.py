@@ -230,6 +230,15 @@ class TestTornTail:
         assert repaired["fields"]["torn_bytes"] == len(b'{"seq":3,"half an entr')
         assert list(incidents(log_path)["kind"]) == ["audit.repaired"]
 
+    def test_bad_entry_and_torn_tail_are_both_reported(self, log, log_path, signer):
+        _fill(log, 4)
+        lines = _lines(log_path)
+        del lines[1]
+        log_path.write_bytes(b"".join(line + b"\n" for line in lines) + b'{"seq":4')
+        report = verify_log(log_path, signer.public_key)
+        assert report.first_bad == BadEntry(2, 2, "expected seq 1")
+        assert report.torn_tail is not None and report.torn_tail.line == 4
+
     def test_file_of_only_a_torn_line_restarts_at_seq_0(self, log, log_path, signer):
         log_path.write_bytes(b'{"seq":0,"prev')
         assert verify_log(log_path, signer.public_key).torn_tail is not None
