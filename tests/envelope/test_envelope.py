@@ -438,3 +438,35 @@ class TestCryptoShredding:
         local_ring.destroy(uri, 1)
         with pytest.raises(KeyDestroyedError):
             decrypt(blob, keys=local_ring, context=eu)
+
+
+class TestProperties:
+    @HYPO
+    @given(data=st.binary(min_size=1, max_size=1500), seg=st.integers(64, 200),
+           where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
+    def test_any_single_bit_flip_is_detected(self, ring, eu, data, seg, where, bit):
+        blob = bytearray(encrypt(data, keys=ring, key_uris=[EU1, EU2], context=eu,
+                                 segment_size=seg))
+        blob[int(where * len(blob))] ^= 1 << bit
+        # with two wrapped keys even a changed key URI ends at the header tag
+        with pytest.raises(IntegrityError):
+            decrypt(bytes(blob), keys=ring, context=eu)
+
+    def test_file_decryption_runs_in_constant_memory(self, ring, eu, tmp_path):
+        import tracemalloc
+
+        seg = 64 * 1024
+        src, enc = tmp_path / "big.bin", tmp_path / "big.pets"
+        with open(src, "wb") as f:
+            for _ in range(32):  # 8 MiB
+                f.write(os.urandom(256 * 1024))
+        encrypt_file(src, enc, keys=ring, key_uris=EU1, context=eu, segment_size=seg)
+        tracemalloc.start()
+        try:
+            decrypt_file(enc, tmp_path / "out.bin", keys=ring, context=eu)
+            encrypt_file(src, enc, keys=ring, key_uris=EU1, context=eu, segment_size=seg)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * seg  # a few segment buffers, never the 8 MiB file
+        assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
