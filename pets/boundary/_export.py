@@ -120,9 +120,15 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         if context.jurisdiction != policy.home:
             raise JurisdictionError(f"exports leave from the policy's home {policy.home}; "
                                     f"{context.access_token} is outside it")
-        if _is_release(obj):
-            return _export_release(obj, code, dest, policy, context, audit)
-        return _export_table(obj, code, dest, policy, public_key, context, audit, columns)
+        if dest.is_dir():
+            raise InputError(f"{dest}: cannot write (is a directory)")
+        try:
+            if _is_release(obj):
+                return _export_release(obj, code, dest, policy, context, audit)
+            return _export_table(obj, code, dest, policy, public_key, context, audit, columns)
+        except OSError as exc:
+            raise InputError(f"{dest}: cannot write ({exc.strerror or type(exc).__name__})"
+                             ) from None
     except PetsError as exc:
         audit.append("boundary.refused", actor=context, operation="export",
                      target=_describe(obj), destination=code, path=str(dest),

@@ -210,3 +210,16 @@ def _pem_args():
     from cryptography.hazmat.primitives import serialization
 
     return serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+
+
+class TestExportWriteFailure:
+    def test_unwritable_destination_is_an_input_error_and_recorded(self, pf, policy, signer,
+                                                                   eu_ctx, log, out):
+        from pets import InputError
+
+        (out / "taken").mkdir()
+        with pytest.raises(InputError, match="cannot write"):
+            export(pf, "US", out / "taken", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+        assert sorted(p.name for p in out.iterdir()) == ["taken"]
