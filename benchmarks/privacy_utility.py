@@ -292,10 +292,11 @@ def ensure_venv(name: str, *, venvs: Path = VENVS_DIR, peers: Path = PEERS_DIR,
     venv.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+        # A venv without its own pip (fast); this interpreter's pip installs into it.
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                        capture_output=True, text=True, timeout=300)
-        proc = subprocess.run([str(python), "-m", "pip", "install", "-q",
-                               "--disable-pip-version-check", "-r", str(req)],
+        proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                               "-q", "--disable-pip-version-check", "-r", str(req)],
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, time.perf_counter() - t0, f"pip install timed out after {timeout:.0f} s"

@@ -23,10 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import opendp.prelude as dp
+import opendp.prelude as _dp
 import polars as pl
 from _protocol import Estimates, Intervals, serve
 
+dp: Any = _dp  # the prelude and the polars ``.dp`` plugin namespace are untyped
 dp.enable_features("contrib")
 
 _CACHE: dict[tuple[str, float], tuple[Any, dict[str, float] | None]] = {}
@@ -53,7 +54,7 @@ def _measurement(req: dict[str, Any], query: str, eps: float) -> tuple[Any, dict
         margins=[dp.polars.Margin(by=[g], invariant="keys", max_length=_STATE["n"]),
                  dp.polars.Margin(by=[], max_length=_STATE["n"])],
     )
-    value = pl.col(col).fill_null(lo).clip(lo, hi)
+    value: Any = pl.col(col).fill_null(lo).clip(lo, hi)
     if query == "count":
         agg = dp.len(signed=False)
     elif query == "sum":
@@ -65,7 +66,7 @@ def _measurement(req: dict[str, Any], query: str, eps: float) -> tuple[Any, dict
     else:
         raise ValueError(f"unknown query {query!r}")
     keys = pl.LazyFrame({g: req["keys"]})
-    q = (ctx.query().truncate_per_group(int(req["max_rows_per_user"])).group_by(g)
+    q: Any = (ctx.query().truncate_per_group(int(req["max_rows_per_user"])).group_by(g)
          .agg(agg.alias("estimate")).with_keys(keys))
     half: dict[str, float] | None = None
     if query in ("count", "sum"):
