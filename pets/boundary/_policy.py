@@ -135,6 +135,7 @@ _TOP_KEYS = {"version", "dataset", "home", "keys", "min_k", "enforce_k", "max_su
              "destinations", "columns", "description"}
 _COLUMN_KEYS = {"role", "treatment", "params", "domain", "key", "mode", "description"}
 _MODES = ("randomized", "deterministic")
+MAX_POLICY_CHARS = 1 << 20
 
 
 def dtype_kind(dtype: Any, values: pd.Series | None = None) -> str:
@@ -255,6 +256,8 @@ class Policy:
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<policy>") -> Policy:
         """Parse YAML text (see :func:`load_policy` for files)."""
+        if len(text) > MAX_POLICY_CHARS:
+            raise PolicyError(f"{source}: policy is larger than {MAX_POLICY_CHARS} characters")
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as exc:
@@ -527,11 +530,18 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 
 
 def _to_python(node: yaml.Node, source: str, path: str = "",
-               lines: dict[str, int] | None = None) -> tuple[Any, dict[str, int]]:
+               lines: dict[str, int] | None = None,
+               seen: set[int] | None = None) -> tuple[Any, dict[str, int]]:
     """Construct plain Python from a composed node, recording the line of each mapping key
-    under its dotted path; duplicate keys are refused (plain ``yaml.safe_load`` keeps the last).
+    under its dotted path; duplicate keys are refused (plain ``yaml.safe_load`` keeps the last),
+    and so are aliases (a policy needs none, and nested aliases expand exponentially).
     """
     lines = {} if lines is None else lines
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        raise PolicyError(f"{_where(source, node.start_mark.line + 1)}: YAML aliases are not "
+                          "supported in policies")
+    seen.add(id(node))
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -545,10 +555,10 @@ def _to_python(node: yaml.Node, source: str, path: str = "",
                 raise PolicyError(f"{_where(source, key_node.start_mark.line + 1)}: duplicate "
                                   f"key {key!r}")
             lines[sub] = key_node.start_mark.line + 1
-            out[key], _ = _to_python(value_node, source, sub, lines)
+            out[key], _ = _to_python(value_node, source, sub, lines, seen)
         return out, lines
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, source, path, lines)[0] for v in node.value], lines
+        return [_to_python(v, source, path, lines, seen)[0] for v in node.value], lines
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True), lines

@@ -197,3 +197,19 @@ class TestExamplePolicy:
         policy = Policy.from_yaml(text, source="users-policy.yaml")
         policy.check_frame(synthetic_users(50, seed=1))
         assert policy.allows("dp_release", "US") and not policy.allows("encrypted", "US")
+
+
+class TestHostileYaml:
+    def test_aliases_are_refused(self):
+        text = GOOD.replace("  minutes: {role: metric, treatment: keep}",
+                            "  minutes: &m {role: metric, treatment: keep}\n  other: *m")
+        assert "line 19: YAML aliases are not supported" in str(_bad(text))
+
+    def test_billion_laughs_is_refused_quickly(self):
+        lol = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join('*' + chr(97 + i) for _ in range(9))}]\n"
+            for i in range(8))
+        assert "aliases are not supported" in str(_bad(lol))
+
+    def test_huge_policy_is_refused(self):
+        assert "larger than" in str(_bad("#" * (1 << 21)))
