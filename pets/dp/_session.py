@@ -252,8 +252,11 @@ class Session:
             raise InputError(f"budget must be a pets.dp.Budget, got {type(budget).__name__}")
         self._path: Path | None = None
         self._frame: pd.DataFrame | None = None
+        self._unit_codes: np.ndarray | None = None
         if isinstance(data, pd.DataFrame):
-            self._frame = data
+            # pandas copy-on-write: a shallow copy is a snapshot — later writes to ``data`` do
+            # not reach it, so the privacy-unit codes cached below cannot go stale
+            self._frame = data.copy(deep=False)
             columns = [str(c) for c in data.columns]
             if ledger is not None and dataset_id is None:
                 raise InputError("dataset_id is required when a DataFrame is used with a ledger")
@@ -389,6 +392,18 @@ class Session:
         except Exception as exc:
             raise InputError(f"cannot read {str(self._path)!r}: {exc}") from exc
 
+    def _units(self, frame: pd.DataFrame) -> np.ndarray:
+        """Integer codes of the privacy unit, one per row (cached for an in-memory frame)."""
+        if self._unit_codes is not None:
+            return self._unit_codes
+        unit = frame[self.privacy_unit]
+        if unit.isna().any():
+            raise InputError(f"privacy unit column {self.privacy_unit!r} has null values")
+        codes = np.asarray(pd.factorize(unit)[0], dtype=np.int64)
+        if self._frame is not None:
+            self._unit_codes = codes
+        return codes
+
     def _spend_params(self, q: Query, epsilon: float | None, delta: float | None,
                       rho: float | None) -> tuple[float, float]:
         kind = self.total.kind
@@ -447,9 +462,7 @@ class Session:
                 raise InputError(f"unknown column {c!r} (columns: {', '.join(self.columns)})")
         cols = list(dict.fromkeys([self.privacy_unit, *q.by, *measured]))
         frame = self._load(cols)
-        unit = frame[self.privacy_unit]
-        if unit.isna().any():
-            raise InputError(f"privacy unit column {self.privacy_unit!r} has null values")
+        all_units = self._units(frame)
         values = {c: self._measured(frame, c) for c in measured}
 
         # -- group codes and keys ---------------------------------------------------------
@@ -460,7 +473,7 @@ class Session:
         if nkeys * bins > self.max_keys and not private:
             raise InputError(f"{nkeys} keys × {bins} bins exceed the limit of {self.max_keys}")
         sel = gcode >= 0
-        ucode = np.asarray(pd.factorize(unit)[0], dtype=np.int64)[sel]
+        ucode = all_units[sel]
         gsel = gcode[sel]
         keep = bound_contributions(ucode, gsel, max_groups=q.max_groups, max_rows=q.max_rows,
                                    rng=self._rng)

@@ -2,7 +2,6 @@
 counts; exact discrete-Laplace intervals), and at least 95 % for means (union bound: sound but
 conservative)."""
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -136,6 +136,16 @@ class TestEstimates:
             assert "threshold" in f["mechanism"].iloc[0]
         assert 0 < s.budget.spent.delta <= 5e-5
 
+    def test_session_is_a_snapshot_of_the_frame(self, small_events):
+        df = small_events.copy()
+        s = session(df, Budget.pure(1e6))
+        df["user_id"] = "same-user"  # would collapse all users if the session saw it
+        df.loc[0, "country"] = "FR"
+        r = s.query(by="country", keys=KEYS, max_rows=4).count().release(epsilon=1e5)
+        est = r.estimates().set_index("country")["count"]
+        assert est.to_dict() == pytest.approx(
+            small_events.groupby("country").size().to_dict(), abs=1)
+
     def test_parquet_input_defaults_dataset_id_to_the_path(self, small_events, tmp_path):
         p = tmp_path / "ev.parquet"
         small_events.to_parquet(p)
