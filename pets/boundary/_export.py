@@ -107,6 +107,37 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         PolicyError: Raw data, another policy, or a column/output the policy keeps home.
         IntegrityError: No manifest, a bad signature, or data that does not match it.
         JurisdictionError: The caller is not in the policy's home.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> import pandas as pd
+        >>> from pets import Context
+        >>> from pets.keys import KeyServices, MemoryKeyring
+        >>> from pets.boundary import AuditLog, BoundaryKeys, Policy, SigningKey, protect
+        >>> ring = MemoryKeyring(); _ = ring.create("memory://eu/p", jurisdiction="EU")
+        >>> keys = BoundaryKeys(KeyServices([ring]), SigningKey.generate())
+        >>> policy = Policy.from_yaml('''
+        ... dataset: users
+        ... keys: {pseudonyms: "memory://eu/p"}
+        ... destinations: {pseudonymized: [US], kept: [US]}
+        ... columns:
+        ...   user_id: {role: identifier, treatment: keyed-hash}
+        ...   minutes: {role: metric, treatment: keep}
+        ... ''')
+        >>> eu, d = Context("EU"), pathlib.Path(tempfile.mkdtemp())
+        >>> log = AuditLog(d / "audit.jsonl", signer=keys.signer, actor=eu)
+        >>> raw = pd.DataFrame({"user_id": ["u1", "u2"], "minutes": [3.0, 4.5]})
+        >>> pf = protect(raw, policy, keys, eu, audit=log)
+        >>> export(pf, "US", d / "us.parquet", policy=policy,
+        ...        public_key=keys.signer.public_key, context=eu, audit=log).rows
+        2
+        >>> export(raw, "US", d / "raw.parquet", policy=policy,
+        ...        public_key=keys.signer.public_key, context=eu, audit=log)
+        Traceback (most recent call last):
+        ...
+        pets._errors.PolicyError: raw data cannot be exported: it has no manifest (run protect under the dataset's policy first)
+        >>> [e["kind"] for e in log.entries()], (d / "raw.parquet").exists()
+        (['boundary.protect', 'boundary.export', 'boundary.refused'], False)
     """
     dest = Path(path)
     try:
