@@ -6,7 +6,7 @@ Layout of a keyring directory (every file 0600, the directory 0700, every write 
                              "kdf": {"name": "none"} | {"name": "scrypt", "salt", "n", "r", "p"},
                              "check": b64(nonce ‖ AES-256-GCM(check-key, "pets-keyring-check"))}
     <dir>/keys/<name>.json  {"uri", "jurisdiction", "created", "primary_version",
-                             "min_decryption_version",
+                             "min_decryption_version", "generation",
                              "versions": [{"version", "state", "created",
                                            "kek": b64(nonce ‖ AES-256-GCM(kek-key, KEK, AAD))
                                                   | null once destroyed}],
@@ -25,6 +25,21 @@ Destroying a version deletes its encrypted KEK from the file and overwrites the 
 bytes in place before unlinking them (crypto-shredding as far as the filesystem allows: copy-on-
 write filesystems, snapshots and backups may still hold old copies, each still encrypted under
 the master key).
+
+**Rollback.** An old copy of a key file is still authentic (same master key), so someone who can
+write the directory and kept a copy can restore it and revive a version destroyed or retired
+since. No check inside the directory can tell, because the whole directory can be rolled back
+together. Each key file therefore carries a ``generation`` counter, raised by every write and
+covered by the MAC: a :class:`LocalKeyring` object refuses a file older than one it has already
+read (:class:`~pets.IntegrityError`), and ``describe`` and every ``key.*`` audit event report the
+generation, so an audit log kept elsewhere (``pets.boundary``) records the high-water mark a
+verifier can compare with. Across restarts, only such external state detects a rollback.
+
+Writers hold an exclusive ``fcntl`` lock on ``<dir>/.lock``; every write goes to a temporary
+file (0600 from creation), is ``fsync``-ed, renamed over the old file, and the directory is
+``fsync``-ed, so a rotation that returned survives a crash. Readers take no lock: a reader that
+raced a rename and read the replaced file's shredded bytes reads the new file again instead of
+reporting tampering.
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +82,9 @@ from pets.keys._service import (
     KeyVersion,
     WrappedKey,
     canonical_context,
+    check_dek,
     check_unwrap_allowed,
+    check_wrapped_matches,
     parse_key_uri,
 )
 
@@ -79,6 +97,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CHECK_PLAINTEXT = b"pets-keyring-check"
 _MAX_FILE = 1 << 20  # a key file larger than this is hostile
 _SCRYPT_N = 1 << 15
+_SCRYPT_MIN_N = 1 << 12
+_SCRYPT_MAX_MEM = 1 << 30  # 128 * r * n bytes: refuse headers asking for more (hostile)
+_LOAD_ATTEMPTS = 4
 
 State = Literal["active", "retired", "destroyed"]
 
@@ -104,6 +125,12 @@ def _derive(root: bytes, purpose: str, name: str) -> Secret:
 
 def _scrypt(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode())
+
+
+def _scrypt_params_ok(n: int, r: int, p: int) -> bool:
+    """Power-of-two ``n`` of at least 2^12, and at most 1 GiB of memory and 16 lanes."""
+    return (_SCRYPT_MIN_N <= n and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+            and 128 * r * n <= _SCRYPT_MAX_MEM)
 
 
 @dataclass(frozen=True)
@@ -162,6 +189,8 @@ class LocalKeyring:
     ) -> None:
         self.path = Path(path)
         self.audit = audit
+        self._seen: dict[str, int] = {}  # highest key-file generation read, per URI
+        self._seen_lock = threading.Lock()
         if master_key is None and passphrase is None:
             from pets.keys._config import master_key_from_env
 
@@ -192,9 +221,11 @@ class LocalKeyring:
 
         Give exactly one of ``master_key`` (32 random bytes kept in a secret store) or
         ``passphrase`` (stretched with scrypt, ``n=scrypt_n, r=8, p=1``, random 16-byte salt).
+        ``scrypt_n`` must be a power of two from 2^12 (the default is 2^15, 32 MiB).
 
         Raises:
-            InputError: Bad name, or not exactly one of master key / passphrase.
+            InputError: Bad name, bad ``scrypt_n``, or not exactly one of master key /
+                passphrase.
             KeyServiceError: ``path`` already holds a keyring.
         """
         if not _NAME.match(name):
@@ -213,6 +244,9 @@ class LocalKeyring:
             assert passphrase is not None
             if not passphrase:
                 raise InputError("passphrase must not be empty")
+            if not _scrypt_params_ok(scrypt_n, 8, 1):
+                raise InputError(f"scrypt_n must be a power of two from 2^12 to 2^20, not "
+                                 f"{scrypt_n}")
             salt = os.urandom(16)
             kdf = {"name": "scrypt", "salt": _b64(salt), "n": scrypt_n, "r": 8, "p": 1}
             root = _scrypt(passphrase, salt, scrypt_n, 8, 1)
@@ -274,7 +308,7 @@ class LocalKeyring:
                         f"{where} needs its passphrase: set PETS_KEYRING_PASSPHRASE"
                     )
                 n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-                if not (2 <= n <= 1 << 20 and 1 <= r <= 32 and 1 <= p <= 16):
+                if not _scrypt_params_ok(n, r, p):  # checked before any memory is spent
                     raise KeyServiceError(f"{where}: scrypt parameters out of range")
                 root = _scrypt(passphrase, _unb64(kdf["salt"]), n, r, p)
             else:
@@ -344,18 +378,45 @@ class LocalKeyring:
             raise IntegrityError(f"key file for {uri} failed its integrity check") from None
 
     def _load(self, uri: str) -> dict[str, Any]:
-        """Read and authenticate the key file (no KEK is decrypted)."""
+        """Read and authenticate the key file (no KEK is decrypted).
+
+        A file that fails its check but was replaced meanwhile (a writer renamed a new one over
+        it, and ``destroy`` overwrote the old bytes) is read again; one older than a generation
+        this object already read is refused as a rollback.
+        """
         file = self._file(uri)
-        try:
-            with open(file, "rb") as fh:
-                raw = fh.read(_MAX_FILE + 1)
-        except FileNotFoundError:
-            raise KeyNotFoundError(f"no key {uri}") from None
-        except OSError as exc:
-            raise KeyServiceError(f"cannot read key file for {uri}: {exc.strerror}") from None
-        bad = IntegrityError(f"key file for {uri} failed its integrity check")
+        doc: dict[str, Any] | None = None
+        for attempt in range(_LOAD_ATTEMPTS):
+            try:
+                with open(file, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    raw = fh.read(_MAX_FILE + 1)
+            except FileNotFoundError:
+                raise KeyNotFoundError(f"no key {uri}") from None
+            except OSError as exc:
+                raise KeyServiceError(f"cannot read key file for {uri}: {exc.strerror}") from None
+            doc = self._authenticate(uri, raw)
+            if doc is not None:
+                break
+            if attempt + 1 == _LOAD_ATTEMPTS or not _replaced(file, st):
+                break
+        if doc is None:
+            raise IntegrityError(f"key file for {uri} failed its integrity check")
+        gen = int(doc.get("generation", 0))
+        with self._seen_lock:
+            seen = self._seen.get(uri, -1)
+            if gen < seen:
+                raise IntegrityError(
+                    f"key file for {uri} is older (generation {gen}) than one already read "
+                    f"(generation {seen}): it was rolled back"
+                )
+            self._seen[uri] = gen
+        return doc
+
+    def _authenticate(self, uri: str, raw: bytes) -> dict[str, Any] | None:
+        """The key file's body if ``raw`` is authentic, well-formed and names ``uri``."""
         if len(raw) > _MAX_FILE:
-            raise bad
+            return None
         try:
             doc = json.loads(raw)
             mac = bytes.fromhex(doc.pop("mac"))
@@ -363,14 +424,18 @@ class LocalKeyring:
             h.update(b"pets-local-key-file-v1\x00" + _canonical(doc))
             h.verify(mac)
             if doc.get("uri") != uri:
-                raise bad
+                return None
             self._info(doc)  # structural check
+            if not isinstance(doc.get("generation", 0), int):
+                return None
         except (InvalidSignature, json.JSONDecodeError, UnicodeDecodeError, AttributeError,
                 KeyError, TypeError, ValueError):
-            raise bad from None
+            return None
         return dict(doc)
 
     def _store(self, uri: str, body: dict[str, Any], *, shred_previous: bool = False) -> None:
+        """Write ``body`` (generation raised by one, MAC added) atomically; call under the lock."""
+        body["generation"] = int(body.get("generation", 0)) + 1
         doc = dict(body)
         doc["mac"] = self._mac(body).hex()
         file = self._file(uri)
@@ -389,6 +454,8 @@ class LocalKeyring:
         finally:
             if old is not None:
                 old.close()
+        with self._seen_lock:
+            self._seen[uri] = max(self._seen.get(uri, -1), body["generation"])
 
     def _info(self, body: Mapping[str, Any]) -> KeyInfo:
         versions = [KeyVersion(int(v["version"]), _state(v["state"]), str(v["created"]))
@@ -400,7 +467,8 @@ class LocalKeyring:
             min_decryption_version=int(body["min_decryption_version"]),
             versions=versions,
             backend="local",
-            attributes={"keyring": self.name, "created": str(body["created"])},
+            attributes={"keyring": self.name, "created": str(body["created"]),
+                        "generation": int(body.get("generation", 0))},
         )
 
     @contextlib.contextmanager
@@ -432,18 +500,28 @@ class LocalKeyring:
             if file.exists():
                 raise KeyServiceError(f"key {uri} already exists")
             self._store(uri, body)
-        emit(self.audit, "key.create", key=uri, jurisdiction=code, version=1)
+        emit(self.audit, "key.create", key=uri, jurisdiction=code, version=1,
+             generation=body["generation"])
         return self._info(body)
 
     def wrap(self, uri: str, dek: bytes, *, context: Context,
              enc_context: Mapping[str, str] | None = None) -> WrappedKey:
-        """Wrap ``dek`` (AES-256-GCM) under the primary version with the wrapping AAD."""
+        """Wrap ``dek`` (AES-256-GCM) under the primary version with the wrapping AAD.
+
+        Wrapping releases nothing, so it is allowed from any jurisdiction; note that it decrypts
+        the KEK in this process (a local keyring has no separate key server).
+
+        Raises:
+            InputError: ``dek`` is not 1..1024 bytes.
+            KeyDestroyedError: The primary version is destroyed.
+        """
+        dek = check_dek(dek)
         body = self._load(uri)
         primary = int(body["primary_version"])
         kek = self._open_kek(uri, body, primary)
         nonce = os.urandom(_NONCE)
         aad = wrapping_aad(uri, primary, enc_context)
-        blob = nonce + AESGCM(kek).encrypt(nonce, bytes(dek), aad)
+        blob = nonce + AESGCM(kek).encrypt(nonce, dek, aad)
         return WrappedKey(uri, primary, str(body["jurisdiction"]), blob)
 
     def unwrap(self, wrapped: WrappedKey, *, context: Context,
@@ -454,11 +532,13 @@ class LocalKeyring:
             JurisdictionError: ``context`` is outside the key's jurisdiction (reported to audit).
             KeyNotFoundError: Unknown key or version.
             KeyDestroyedError: The version is destroyed or retired.
-            IntegrityError: The blob, the encryption context or the key file do not authenticate.
+            IntegrityError: The blob, the encryption context or the key file do not authenticate,
+                or the wrapped key states another jurisdiction than its KEK's.
         """
         body = self._load(wrapped.key_uri)
         info = self._info(body)
         check_unwrap_allowed(info, context, self.audit)
+        check_wrapped_matches(wrapped, info)
         v = wrapped.version
         entry = next((x for x in info.versions if x.version == v), None)
         if entry is None:
@@ -490,7 +570,7 @@ class LocalKeyring:
             })
             body["primary_version"] = new
             self._store(uri, body)
-        emit(self.audit, "key.rotate", key=uri, version=new)
+        emit(self.audit, "key.rotate", key=uri, version=new, generation=body["generation"])
         return self._info(body)
 
     def retire(self, uri: str, min_decryption_version: int) -> KeyInfo:
@@ -511,7 +591,8 @@ class LocalKeyring:
                     v["kek"] = self._seal_kek(uri, body["jurisdiction"], n, want, kek)
             body["min_decryption_version"] = min_decryption_version
             self._store(uri, body)
-        emit(self.audit, "key.retire", key=uri, min_decryption_version=min_decryption_version)
+        emit(self.audit, "key.retire", key=uri, min_decryption_version=min_decryption_version,
+             generation=body["generation"])
         return self._info(body)
 
     def destroy(self, uri: str, version: int | None = None) -> KeyInfo:
@@ -527,7 +608,8 @@ class LocalKeyring:
                     v["state"] = "destroyed"
                     v["kek"] = None
             self._store(uri, body, shred_previous=True)
-        emit(self.audit, "key.destroy", key=uri, versions=sorted(targets))
+        emit(self.audit, "key.destroy", key=uri, versions=sorted(targets),
+             generation=body["generation"])
         return self._info(body)
 
     def describe(self, uri: str) -> KeyInfo:
@@ -564,11 +646,31 @@ def _version_entry(body: Mapping[str, Any], version: int) -> dict[str, Any]:
 
 
 def _write_json(file: Path, doc: Mapping[str, Any]) -> None:
+    """Atomic, durable write: temp file (0600, fsync-ed by ``atomic_path``), rename, then fsync
+    the directory so the rename itself survives a crash."""
     try:
         with atomic_path(file, mode=0o600) as tmp:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        _fsync_dir(file.parent)
     except OSError as exc:
         raise KeyServiceError(f"cannot write {file}: {exc.strerror}") from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replaced(file: Path, opened: os.stat_result) -> bool:
+    """True when ``file`` now names another inode than the one that was read."""
+    try:
+        now = os.stat(file)
+    except OSError:
+        return False
+    return (now.st_ino, now.st_dev) != (opened.st_ino, opened.st_dev)
 
 
 @contextlib.contextmanager

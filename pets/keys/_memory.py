@@ -32,7 +32,9 @@ from pets.keys._service import (
     KeyVersion,
     WrappedKey,
     canonical_context,
+    check_dek,
     check_unwrap_allowed,
+    check_wrapped_matches,
     parse_key_uri,
 )
 
@@ -107,6 +109,7 @@ class MemoryKeyring:
 
     def wrap(self, uri: str, dek: bytes, *, context: Context,
              enc_context: Mapping[str, str] | None = None) -> WrappedKey:
+        dek = check_dek(dek)
         info = self._get(uri)
         kek = self._keys[uri][info.primary_version]
         if kek is None:
@@ -120,6 +123,7 @@ class MemoryKeyring:
                enc_context: Mapping[str, str] | None = None) -> bytes:
         info = self._get(wrapped.key_uri)
         check_unwrap_allowed(info, context, self.audit)
+        check_wrapped_matches(wrapped, info)
         versions = self._keys[wrapped.key_uri]
         if wrapped.version not in versions:
             raise KeyNotFoundError(f"{wrapped.key_uri} has no version {wrapped.version}")

@@ -15,21 +15,39 @@ tag, AAD = :func:`~pets.keys.wrapping_aad` of URI, version and encryption contex
 ``nonce ‖ ciphertext ‖ tag`` — the same layout as :class:`~pets.keys.LocalKeyring` and
 ``cryptography``'s ``AESGCM``. Unwrapping decrypts inside the token and returns the data key.
 
+Before a key object is used, its attributes are checked: it must have been generated in the token
+(``CKA_LOCAL``), never extractable and always sensitive, an AES-256 key. An object planted under a
+pets label by someone holding the PIN (an imported key whose bytes they know, say) is refused
+with :class:`~pets.IntegrityError` instead of being used to wrap data keys.
+
 PKCS#11 logins belong to the whole process (a second ``C_Login`` fails with
 ``UserAlreadyLoggedIn``), so one session per (library, token) is opened, logged in once, kept
 open and shared by every :class:`Pkcs11Keyring` on that token; a lock serialises its use.
+Across processes on one host, an ``fcntl`` lock file per (library, token) in
+``$XDG_RUNTIME_DIR`` (else the temp directory) is held exclusively while keys are created,
+rotated, retired or destroyed and shared while they are used, so concurrent rotations never lose
+a version and readers never see a half-made update. Processes on *different* hosts sharing a
+network HSM are not serialised by it.
+
+Nonces: each wrap draws a fresh 96-bit nonce from ``os.urandom`` on the host and passes it in
+``CK_GCM_PARAMS`` (SoftHSM and most HSMs accept caller nonces; FIPS-mode HSMs that insist on
+generating the IV themselves are not supported). With random nonces, keep well under 2^32 wraps
+per KEK version (NIST SP 800-38D §8.3): rotate.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
+import hashlib
 import hmac
 import json
 import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +69,9 @@ from pets.keys._service import (
     KeyInfo,
     KeyVersion,
     WrappedKey,
+    check_dek,
     check_unwrap_allowed,
+    check_wrapped_matches,
     parse_key_uri,
 )
 
@@ -80,11 +100,49 @@ def _pin_digest(pin: str) -> bytes:
 
 @dataclass
 class _Shared:
-    """One logged-in session per (library, token) in this process."""
+    """One logged-in session per (library, token) in this process, and its host lock file."""
 
     session: Any
     pin_digest: bytes
+    lock_path: Path
     lock: threading.RLock = field(default_factory=threading.RLock)
+    depth: int = 0
+
+
+def _lock_path(library: str, token_label: str) -> Path:
+    """The host-wide lock file of one (library, token): per user, never a secret in its name."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    digest = hashlib.sha256(f"{library}\x00{token_label}".encode()).hexdigest()[:20]
+    return Path(base) / f"pets-pkcs11-{os.getuid()}-{digest}.lock"
+
+
+@contextlib.contextmanager
+def _host_lock(shared: _Shared, exclusive: bool) -> Iterator[None]:
+    """``fcntl.flock`` on the token's lock file (taken once per thread-lock holder).
+
+    Call with ``shared.lock`` held. The outermost caller decides the mode; nested calls reuse it
+    (an exclusive holder may read; a shared holder must not write — the code never nests so).
+    """
+    if shared.depth:
+        shared.depth += 1
+        try:
+            yield
+        finally:
+            shared.depth -= 1
+        return
+    try:
+        fd = os.open(shared.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise KeyServiceError(
+            f"cannot open PKCS#11 lock file {shared.lock_path}: {exc.strerror}"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        shared.depth = 1
+        yield
+    finally:
+        shared.depth = 0
+        os.close(fd)  # releases the lock
 
 
 _SESSIONS: dict[tuple[str, str], _Shared] = {}
@@ -93,7 +151,6 @@ _SESSIONS_LOCK = threading.Lock()
 
 def _login(library: str, token_label: str, pin: str) -> _Shared:
     pkcs11: Any = require("pkcs11", "hsm")
-    exc_mod = pkcs11.exceptions
     key = (os.path.realpath(library), token_label)
     with _SESSIONS_LOCK:
         shared = _SESSIONS.get(key)
@@ -105,36 +162,43 @@ def _login(library: str, token_label: str, pin: str) -> _Shared:
             return shared
         if not Path(library).is_file():
             raise KeyServiceError(f"PKCS#11 library {library} not found")
-        try:
-            lib = pkcs11.lib(key[0])  # one path per module: a second C_Initialize would fail
-            token = lib.get_token(token_label=token_label)
-        except exc_mod.NoSuchToken:
-            raise KeyNotFoundError(
-                f"no PKCS#11 token labelled {token_label!r} in {library}"
-            ) from None
-        except exc_mod.MultipleTokensReturned:
-            raise KeyServiceError(
-                f"several PKCS#11 tokens are labelled {token_label!r} in {library}"
-            ) from None
-        except (exc_mod.PKCS11Error, OSError, RuntimeError) as exc:
-            raise KeyServiceError(
-                f"cannot load PKCS#11 library {library}: {type(exc).__name__}"
-            ) from None
-        try:
-            session = token.open(rw=True, user_pin=pin)
-        except (exc_mod.PinIncorrect, exc_mod.PinLenRange, exc_mod.PinInvalid):
-            raise KeyServiceError(
-                f"login to PKCS#11 token {token_label!r} failed: incorrect PIN"
-            ) from None
-        except exc_mod.PinLocked:
-            raise KeyServiceError(f"PKCS#11 token {token_label!r}: the user PIN is locked") from None
-        except exc_mod.PKCS11Error as exc:
-            raise KeyServiceError(
-                f"login to PKCS#11 token {token_label!r} failed: {type(exc).__name__}"
-            ) from None
-        shared = _Shared(session, _pin_digest(pin))
+        probe = _Shared(None, b"", _lock_path(key[0], token_label))
+        with _host_lock(probe, exclusive=True):  # concurrent SoftHSM loads can fail
+            shared = _open_session(pkcs11, library, key[0], token_label, pin)
         _SESSIONS[key] = shared
         return shared
+
+
+def _open_session(pkcs11: Any, library: str, real: str, token_label: str, pin: str) -> _Shared:
+    exc_mod = pkcs11.exceptions
+    try:
+        lib = pkcs11.lib(real)  # one path per module: a second C_Initialize would fail
+        token = lib.get_token(token_label=token_label)
+    except exc_mod.NoSuchToken:
+        raise KeyNotFoundError(
+            f"no PKCS#11 token labelled {token_label!r} in {library}"
+        ) from None
+    except exc_mod.MultipleTokensReturned:
+        raise KeyServiceError(
+            f"several PKCS#11 tokens are labelled {token_label!r} in {library}"
+        ) from None
+    except (exc_mod.PKCS11Error, OSError, RuntimeError) as exc:
+        raise KeyServiceError(
+            f"cannot load PKCS#11 library {library}: {type(exc).__name__}"
+        ) from None
+    try:
+        session = token.open(rw=True, user_pin=pin)
+    except (exc_mod.PinIncorrect, exc_mod.PinLenRange, exc_mod.PinInvalid):
+        raise KeyServiceError(
+            f"login to PKCS#11 token {token_label!r} failed: incorrect PIN"
+        ) from None
+    except exc_mod.PinLocked:
+        raise KeyServiceError(f"PKCS#11 token {token_label!r}: the user PIN is locked") from None
+    except exc_mod.PKCS11Error as exc:
+        raise KeyServiceError(
+            f"login to PKCS#11 token {token_label!r} failed: {type(exc).__name__}"
+        ) from None
+    return _Shared(session, _pin_digest(pin), _lock_path(real, token_label))
 
 
 class Pkcs11Keyring:
@@ -192,9 +256,13 @@ class Pkcs11Keyring:
         return self._shared.session
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise use of the shared session; token failures become KeyServiceError."""
-        with self._shared.lock:
+    def _locked(self, *, exclusive: bool = False) -> Iterator[None]:
+        """Serialise use of the shared session (threads) and of the token (processes).
+
+        ``exclusive`` for operations that change the token; token failures become
+        KeyServiceError naming the token.
+        """
+        with self._shared.lock, _host_lock(self._shared, exclusive):
             try:
                 yield
             except self._pk.exceptions.PKCS11Error as exc:
@@ -207,7 +275,7 @@ class Pkcs11Keyring:
 
     def _check_token_jurisdiction(self) -> None:
         A, OC = self._pk.Attribute, self._pk.ObjectClass
-        with self._locked():
+        with self._locked(exclusive=True):
             found = self._find({A.CLASS: OC.DATA, A.LABEL: _TOKEN_MARKER})
             if not found:
                 self._session.create_object({
@@ -300,12 +368,34 @@ class Pkcs11Keyring:
         )
 
     def _key(self, uri: str, version: int) -> Any:
-        A, OC = self._pk.Attribute, self._pk.ObjectClass
+        """The version's key object, after checking it is a KEK pets generated in the token.
+
+        Raises:
+            KeyDestroyedError: No such object (destroyed).
+            IntegrityError: Several objects, or one that was imported, is (or was ever)
+                extractable or not sensitive, or is not AES-256 — never used.
+        """
+        pk = self._pk
+        A, OC = pk.Attribute, pk.ObjectClass
         found = self._find({A.CLASS: OC.SECRET_KEY, A.LABEL: self._name(uri),
                             A.ID: _version_id(version)})
-        if len(found) != 1:
+        if not found:
             raise KeyDestroyedError(f"{uri} v{version} is not in the token (destroyed)")
-        return found[0]
+        bad = IntegrityError(f"{uri} v{version}: the key object in the token is not a KEK pets "
+                             f"generated there (imported, extractable or duplicated); refused")
+        if len(found) != 1:
+            raise bad
+        obj = found[0]
+        try:
+            ok = (obj[A.LOCAL] is True and obj[A.NEVER_EXTRACTABLE] is True
+                  and obj[A.ALWAYS_SENSITIVE] is True and obj[A.EXTRACTABLE] is False
+                  and obj[A.SENSITIVE] is True and obj[A.KEY_TYPE] == pk.KeyType.AES
+                  and int(obj[A.VALUE_LEN]) == 32)
+        except (pk.exceptions.AttributeTypeInvalid, pk.exceptions.AttributeSensitive):
+            ok = False
+        if not ok:
+            raise bad
+        return obj
 
     def _generate(self, uri: str, version: int) -> None:
         pk = self._pk
@@ -315,11 +405,20 @@ class Pkcs11Keyring:
             capabilities=pk.MechanismFlag.ENCRYPT | pk.MechanismFlag.DECRYPT,
             template={A.SENSITIVE: True, A.EXTRACTABLE: False, A.PRIVATE: True,
                       A.WRAP: False, A.UNWRAP: False, A.DERIVE: False,
-                      A.SIGN: False, A.VERIFY: False},
+                      A.SIGN: False, A.VERIFY: False,
+                      A.MODIFIABLE: False, A.COPYABLE: False},
         )
 
     def _gcm(self, nonce: bytes, aad: bytes) -> Any:
         return self._pk.GCMParams(nonce, aad, 128)
+
+    def _token_failures(self) -> tuple[type[BaseException], ...]:
+        """PKCS#11 errors that mean the token or session failed, not that a blob is forged."""
+        e = self._pk.exceptions
+        return (e.DeviceError, e.DeviceMemory, e.DeviceRemoved, e.TokenNotPresent,
+                e.TokenNotRecognised, e.SessionClosed, e.SessionHandleInvalid,
+                e.UserNotLoggedIn, e.HostMemory, e.KeyHandleInvalid, e.ObjectHandleInvalid,
+                e.OperationActive, e.FunctionCancelled)
 
     # ------------------------------------------------------------- protocol
 
@@ -349,7 +448,7 @@ class Pkcs11Keyring:
         doc = {"uri": uri, "jurisdiction": code, "created": now, "primary_version": 1,
                "min_decryption_version": 1,
                "versions": [{"version": 1, "state": "active", "created": now}]}
-        with self._locked():
+        with self._locked(exclusive=True):
             try:
                 self._meta_objs(uri)
             except KeyNotFoundError:
@@ -363,7 +462,14 @@ class Pkcs11Keyring:
 
     def wrap(self, uri: str, dek: bytes, *, context: Context,
              enc_context: Mapping[str, str] | None = None) -> WrappedKey:
-        """Wrap ``dek`` with AES-GCM inside the token under the primary version."""
+        """Wrap ``dek`` with AES-GCM inside the token under the primary version.
+
+        Raises:
+            InputError: ``dek`` is not 1..1024 bytes.
+            KeyDestroyedError: The primary version is destroyed.
+            IntegrityError: The key object is not a KEK pets generated in the token.
+        """
+        dek = check_dek(dek)
         with self._locked():
             doc = self._meta(uri)
             primary = int(doc["primary_version"])
@@ -373,7 +479,7 @@ class Pkcs11Keyring:
                 raise KeyDestroyedError(f"{uri} v{primary} is destroyed")
             key = self._key(uri, primary)
             nonce = os.urandom(_NONCE)
-            ct = key.encrypt(bytes(dek), mechanism=self._pk.Mechanism.AES_GCM,
+            ct = key.encrypt(dek, mechanism=self._pk.Mechanism.AES_GCM,
                              mechanism_param=self._gcm(nonce, wrapping_aad(uri, primary,
                                                                            enc_context)))
         return WrappedKey(uri, primary, self.jurisdiction, nonce + bytes(ct))
@@ -385,13 +491,16 @@ class Pkcs11Keyring:
         Raises:
             JurisdictionError: ``context`` is in another jurisdiction (reported to audit).
             KeyDestroyedError: The version is destroyed or retired.
-            IntegrityError: The blob or the encryption context does not authenticate.
+            IntegrityError: The blob or the encryption context does not authenticate, the
+                wrapped key states another jurisdiction, or the key object is not a pets KEK.
+            KeyServiceError: The token or session failed (not the blob).
         """
         uri, v = wrapped.key_uri, wrapped.version
         with self._locked():
             doc = self._meta(uri)
             info = self._info(doc)
             check_unwrap_allowed(info, context, self.audit)
+            check_wrapped_matches(wrapped, info)
             entry = next((x for x in info.versions if x.version == v), None)
             if entry is None:
                 raise KeyNotFoundError(f"{uri} has no version {v}")
@@ -409,13 +518,15 @@ class Pkcs11Keyring:
                 dek = key.decrypt(blob[_NONCE:], mechanism=self._pk.Mechanism.AES_GCM,
                                   mechanism_param=self._gcm(blob[:_NONCE],
                                                             wrapping_aad(uri, v, enc_context)))
+            except self._token_failures():
+                raise  # the token, not the blob, failed: KeyServiceError via _locked
             except self._pk.exceptions.PKCS11Error:
                 raise IntegrityError("wrapped key failed to authenticate") from None
         return bytes(dek)
 
     def rotate(self, uri: str) -> KeyInfo:
         """Generate a new version inside the token and make it primary."""
-        with self._locked():
+        with self._locked(exclusive=True):
             doc = self._meta(uri)
             new = max(int(v["version"]) for v in doc["versions"]) + 1
             self._generate(uri, new)
@@ -427,7 +538,7 @@ class Pkcs11Keyring:
 
     def retire(self, uri: str, min_decryption_version: int) -> KeyInfo:
         """Refuse unwrap below ``min_decryption_version`` (lowering it revives versions)."""
-        with self._locked():
+        with self._locked(exclusive=True):
             doc = self._meta(uri)
             primary = int(doc["primary_version"])
             if not 1 <= min_decryption_version <= primary:
@@ -443,7 +554,7 @@ class Pkcs11Keyring:
     def destroy(self, uri: str, version: int | None = None) -> KeyInfo:
         """Destroy the version's key object(s) in the token (``C_DestroyObject``)."""
         A, OC = self._pk.Attribute, self._pk.ObjectClass
-        with self._locked():
+        with self._locked(exclusive=True):
             doc = self._meta(uri)
             present = {int(v["version"]) for v in doc["versions"]}
             targets = present if version is None else {version}

@@ -15,12 +15,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pets._errors import (
     InputError,
+    IntegrityError,
     JurisdictionError,
     KeyNotFoundError,
 )
@@ -41,6 +42,39 @@ __all__ = [
 _URI = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<authority>[A-Za-z0-9_.-]+)/(?P<name>[A-Za-z0-9_.-]+)$")
 MAX_CONTEXT_ITEMS = 64
 MAX_CONTEXT_BYTES = 8192
+MAX_DEK_BYTES = 1024
+
+
+def check_dek(dek: object) -> bytes:
+    """Validate a data key before wrapping: bytes-like, 1 to 1024 bytes. Returns it as bytes.
+
+    ``bytes(32)`` is 32 zero bytes, so an ``int`` (or ``str``) passed by mistake is refused
+    rather than silently wrapped.
+
+    Example:
+        >>> len(check_dek(bytearray(32)))
+        32
+        >>> check_dek(32)
+        Traceback (most recent call last):
+        ...
+        pets._errors.InputError: a data key must be bytes, not int
+    """
+    if not isinstance(dek, bytes | bytearray | memoryview):
+        raise InputError(f"a data key must be bytes, not {type(dek).__name__}")
+    raw = bytes(dek)
+    if not 1 <= len(raw) <= MAX_DEK_BYTES:
+        raise InputError(f"a data key must be 1..{MAX_DEK_BYTES} bytes, not {len(raw)}")
+    return raw
+
+
+def check_wrapped_matches(wrapped: WrappedKey, info: KeyInfo) -> None:
+    """Refuse a wrapped key whose stated jurisdiction is not its KEK's (a tampered header).
+
+    ``WrappedKey.jurisdiction`` is not covered by the wrapping AAD, so every backend compares it
+    with the key's own (authenticated) jurisdiction before using the KEK.
+    """
+    if wrapped.jurisdiction != info.jurisdiction:
+        raise IntegrityError("wrapped key failed to authenticate")
 
 
 def parse_key_uri(uri: str) -> tuple[str, str, str]:
@@ -246,7 +280,7 @@ class KeyServices:
         svc = self.for_uri(wrapped.key_uri)
         return svc.unwrap(wrapped, context=context, enc_context=enc_context)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[KeyService]:
         return iter(self._services)
 
     def __repr__(self) -> str:

@@ -206,7 +206,7 @@ class TestWrapUnwrap:
 
     @settings(max_examples=40, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(dek=st.binary(min_size=0, max_size=96),
+    @given(dek=st.binary(min_size=1, max_size=96),
            ctx=st.dictionaries(st.text(max_size=12), st.text(max_size=20), max_size=5))
     def test_roundtrip_property(self, ring, dek, ctx):
         if not ring.list():
@@ -288,7 +288,8 @@ class TestLifecycle:
         ring.destroy(URI, 1)
         assert events.kinds() == ["keyring.init", "key.create", "key.rotate", "key.retire",
                                  "key.destroy"]
-        assert events[-1].fields == {"key": URI, "versions": [1]}
+        assert events[-1].fields == {"key": URI, "versions": [1], "generation": 4}
+        assert [e.fields.get("generation") for e in events[1:]] == [1, 2, 3, 4]
 
 
 class TestAtRest:
@@ -394,8 +395,9 @@ class TestAtRest:
         body["min_decryption_version"] = 2
         body["jurisdiction"] = "US"
         ring._store(URI, body)
+        forged = WrappedKey(w2.key_uri, w2.version, "US", w2.blob)  # the header edited too
         with pytest.raises(IntegrityError, match="failed its integrity check"):
-            ring.unwrap(w2, context=US)  # passes the (forged) jurisdiction check, then fails
+            ring.unwrap(forged, context=US)  # passes the (forged) jurisdiction check, then fails
         with pytest.raises(IntegrityError, match="failed its integrity check"):
             ring.wrap(URI, b"x", context=US)
 
