@@ -393,7 +393,7 @@ class Policy:
                     codes.append(Jurisdiction(w).code)
                 except InputError:
                     raise self._fail(f"invalid jurisdiction {w!r} for {kind}", line) from None
-            dests[kind] = tuple(codes)
+            dests[kind] = tuple(sorted(set(codes)))
         object.__setattr__(self, "destinations", dests)
         seen: set[str] = set()
         rules = []
@@ -504,6 +504,33 @@ class Policy:
             "max_suppression": self.max_suppression,
             "columns": [r.to_dict() for r in self.columns],
         }
+
+    def to_yaml(self) -> str:
+        """The policy as YAML that :meth:`from_yaml` reads back to an equal policy.
+
+        Example:
+            >>> p = Policy("d", (ColumnRule("x", "metric", "keep"),))
+            >>> Policy.from_yaml(p.to_yaml()) == p
+            True
+        """
+        columns: dict[str, dict[str, Any]] = {}
+        for r in self.columns:
+            body: dict[str, Any] = {"role": r.role, "treatment": r.treatment}
+            if r.params:
+                body["params"] = dict(r.params)
+            if r.domain is not None:
+                body["domain"] = r.domain
+            if r.key is not None:
+                body["key"] = r.key
+            if r.mode is not None:
+                body["mode"] = r.mode
+            columns[r.name] = body
+        doc = {"version": _FORMAT_VERSION, "dataset": self.dataset, "home": self.home,
+               "keys": dict(self.keys), "min_k": self.min_k, "enforce_k": self.enforce_k,
+               "max_suppression": self.max_suppression,
+               "destinations": {k: list(v) for k, v in self.destinations.items()},
+               "columns": columns}
+        return str(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
     def digest(self) -> str:
         """SHA-256 (hex) of the canonical JSON of :meth:`to_dict`."""

@@ -6,9 +6,11 @@ import textwrap
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pets import InputError, PolicyError
-from pets.boundary import ColumnRule, Policy, load_policy
+from pets.boundary import TREATMENTS, ColumnRule, Policy, load_policy
 
 GOOD = textwrap.dedent("""\
     dataset: users
@@ -56,7 +58,7 @@ class TestParse:
         assert p.column("user_id").key == "pseudonyms"
         assert p.column("email").key == "columns" and p.column("email").mode == "deterministic"
         assert p.column("note").treatment == "drop" and p.column("note").output is None
-        assert p.destinations["pseudonymized"] == ("US", "SG")
+        assert p.destinations["pseudonymized"] == ("SG", "US")
         assert p.column("age").line == 18
         assert p.quasi_identifiers == ["age"]
 
@@ -213,3 +215,41 @@ class TestHostileYaml:
 
     def test_huge_policy_is_refused(self):
         assert "larger than" in str(_bad("#" * (1 << 21)))
+
+
+_ROLE_TREATMENTS = {
+    role: sorted(t for t, spec in TREATMENTS.items() if role in spec.roles)
+    for role in ("identifier", "quasi-identifier", "sensitive", "metric", "drop")
+}
+
+
+@st.composite
+def policies(draw):
+    n = draw(st.integers(1, 6))
+    names = draw(st.lists(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), min_size=n,
+                          max_size=n, unique=True))
+    rules = []
+    for name in names:
+        role = draw(st.sampled_from(sorted(_ROLE_TREATMENTS)))
+        treatment = draw(st.sampled_from(_ROLE_TREATMENTS[role]))
+        mode = draw(st.sampled_from([None, "randomized", "deterministic"])) \
+            if treatment == "encrypt" else None
+        params = {"width": draw(st.integers(1, 50))} if treatment == "bucket" else {}
+        rules.append(ColumnRule(name, role, treatment, params=params, mode=mode))
+    kinds = draw(st.lists(st.sampled_from(["pseudonymized", "generalized", "encrypted", "kept",
+                                           "dp_release"]), unique=True))
+    dests = {k: tuple(draw(st.lists(st.sampled_from(["US", "SG", "UK", "*"]), unique=True)))
+             for k in kinds}
+    return Policy(dataset=draw(st.from_regex(r"[a-z]{1,8}", fullmatch=True)),
+                  columns=tuple(rules), destinations=dests,
+                  keys={"pseudonyms": "local://eu/p", "columns": "local://eu/c"},
+                  min_k=draw(st.integers(1, 20)), enforce_k=draw(st.booleans()),
+                  max_suppression=draw(st.sampled_from([0.0, 0.05, 0.5, 1.0])))
+
+
+class TestRoundTrip:
+    @settings(max_examples=60, deadline=None)
+    @given(policies())
+    def test_yaml_roundtrip_gives_an_equal_policy_and_digest(self, policy):
+        back = Policy.from_yaml(policy.to_yaml())
+        assert back == policy and back.digest() == policy.digest()
