@@ -1,0 +1,68 @@
+"""The engine surface: pandas and Dask engines agree; public names are exactly __all__."""
+
+from __future__ import annotations
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+
+import pets.engines
+import pets.engines.dask
+from pets import Context, InputError
+from pets.datasets import synthetic_users
+from pets.engines import DaskEngine, InProcessKeys, PandasEngine, WorkerKeys, engine_for
+from pets.keys import KeyServices, MemoryKeyring, Secret
+from pets.pseudo import AgeBand, DateShift, KeyedHash
+
+
+@pytest.fixture
+def workers() -> WorkerKeys:
+    ring = MemoryKeyring()
+    ring.create("memory://eu/kek", jurisdiction="EU")
+    return WorkerKeys(InProcessKeys(KeyServices([ring])), "memory://eu/kek", Context("EU"))
+
+
+@pytest.mark.parametrize("module", [pets.engines, pets.engines.dask])
+class TestExportedMembers:
+    def test_all_is_sorted_unique_and_public(self, module):
+        assert list(module.__all__) == sorted(set(module.__all__))
+        assert all(hasattr(module, n) and not n.startswith("_") for n in module.__all__)
+
+    def test_every_public_attribute_is_exported(self, module):
+        public = {n for n in dir(module) if not n.startswith("_")}
+        modules = {n for n in public if type(getattr(module, n)).__name__ == "module"}
+        assert public - modules - {"annotations"} == set(module.__all__)
+
+
+class TestEngineFor:
+    def test_picks_by_frame_type(self, workers):
+        assert isinstance(engine_for(pd.DataFrame()), PandasEngine)
+        ddf = dd.from_pandas(pd.DataFrame({"a": [1]}), npartitions=1)
+        assert isinstance(engine_for(ddf, workers), DaskEngine)
+
+    def test_dask_frame_needs_key_references(self):
+        ddf = dd.from_pandas(pd.DataFrame({"a": [1]}), npartitions=1)
+        with pytest.raises(InputError, match="workers=WorkerKeys"):
+            engine_for(ddf)
+
+    def test_other_types_are_refused(self):
+        with pytest.raises(InputError, match="no engine for list"):
+            engine_for([1, 2])
+
+
+class TestEnginesAgree:
+    def test_dask_engine_equals_pandas_engine_in_process(self, workers):
+        users = synthetic_users(1_500, seed=4)
+        root = Secret.generate()
+        transforms = {
+            "email": KeyedHash(root, domain="d.email"),
+            "birth_date": AgeBand(reference="2026-01-01", width=10),
+            "signup_ts": DateShift(root, domain="d.dates", by="user_id"),
+        }
+        expected = PandasEngine().pseudonymize(users, transforms)
+        with dask.config.set(scheduler="threads"):
+            got = DaskEngine(workers).pseudonymize(dd.from_pandas(users, npartitions=4),
+                                                   transforms).compute()
+        pd.testing.assert_frame_equal(got, expected)
+        assert not expected["signup_ts"].equals(users["signup_ts"])

@@ -1,0 +1,81 @@
+"""Partition plumbing: shipping refuses key bytes; partition functions are pure."""
+
+from __future__ import annotations
+
+import pickle
+
+import pandas as pd
+import pytest
+
+from pets import Context, InputError
+from pets.engines import InProcessKeys, KeyRef, PartitionFn, Rebuild, Step, forget_keys, ship
+from pets.engines._plan import forget_built
+from pets.keys import KeyServices, MemoryKeyring, Secret
+from pets.pseudo import KeyedHash, Mask
+
+
+class Leaky:
+    """A transform that holds a key but has no worker reference."""
+
+    name = "leaky"
+
+    def __init__(self, key: Secret) -> None:
+        self.key = key
+
+    def apply(self, s: pd.Series) -> pd.Series:
+        return s
+
+
+BUILT: list[int] = []
+
+
+def counting_factory(secret: Secret, *, domain: str) -> KeyedHash:
+    BUILT.append(1)
+    return KeyedHash(secret, domain=domain)
+
+
+class TestShip:
+    def test_transform_holding_a_key_is_refused(self):
+        with pytest.raises(InputError, match="'leaky' holds a key"):
+            ship(Leaky(Secret.generate()))
+
+    def test_keyed_pseudo_transform_without_keys_is_refused(self):
+        with pytest.raises(TypeError):
+            pickle.dumps(KeyedHash(Secret.generate(), domain="x"))
+        with pytest.raises(InputError, match="holds a key"):
+            ship(KeyedHash(Secret.generate(), domain="x"))
+
+    def test_keyless_transform_ships_as_itself(self):
+        m = Mask()
+        assert ship(m) is m
+
+
+class TestPartitionFn:
+    def test_missing_column_names_it(self):
+        fn = PartitionFn((Step("email", Mask()),))
+        with pytest.raises(InputError, match="'email'"):
+            fn(pd.DataFrame({"x": [1]}))
+
+    def test_does_not_modify_its_input(self):
+        frame = pd.DataFrame({"email": ["a@b.eu"], "n": [1]})
+        before = frame.copy()
+        PartitionFn((Step("email", Mask()), Step("n", drop=True)))(frame)
+        pd.testing.assert_frame_equal(frame, before)
+
+
+class TestRebuild:
+    def test_builds_once_per_process_and_matches_the_driver(self):
+        ring = MemoryKeyring()
+        ring.create("memory://eu/k", jurisdiction="EU")
+        root = Secret.generate()
+        ref = KeyRef.wrap(root, "memory://eu/k", source=InProcessKeys(KeyServices([ring])),
+                          context=Context("EU"))
+        rb = Rebuild.of(counting_factory, ref, domain="crm")
+        forget_keys()
+        forget_built()
+        BUILT.clear()
+        s = pd.Series(["ann", "bob"])
+        copies = [pickle.loads(pickle.dumps(rb)) for _ in range(3)]
+        outs = [c.build().apply(s) for c in copies]
+        assert len(BUILT) == 1
+        pd.testing.assert_series_equal(outs[0], KeyedHash(root, domain="crm").apply(s))
