@@ -5,6 +5,7 @@ A whole ETL step is one command with a YAML policy::
     pets protect users.parquet --policy users-policy.yaml --out protected/
     pets export protected/ --to US --out us/users.parquet --columns user_id,email,country
     pets audit verify .pets/audit.jsonl --public-key .pets/keyring/boundary/signing-key.pub.pem
+    pets policy check users-policy.yaml --data users.parquet
 
 Where things live (each with an option and an environment variable):
 
@@ -258,6 +259,46 @@ def reidentify(src: Path, column: str, values: tuple[str, ...], values_file: Pat
                                            for r in pairs))
 
 
+# -- policy -------------------------------------------------------------------------------------
+
+@click.group("policy")
+def policy_group() -> None:
+    """Check boundary policies before a pipeline runs them."""
+
+
+@policy_group.command("check")
+@click.argument("policy_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also check a Parquet table against the policy (columns and dtypes).")
+@json_option
+def check(policy_path: Path, data: Path | None, as_json: bool) -> None:
+    """Validate a policy (exit 3 naming the line and column of the first problem)."""
+    from pets.boundary import load_policy
+
+    p = load_policy(policy_path)
+    if data is not None:
+        p.check_frame(_read_parquet(data))
+    result = {
+        "policy": str(policy_path), "dataset": p.dataset, "home": p.home, "digest": p.digest(),
+        "columns": {r.name: {"role": r.role, "treatment": r.treatment, "output": r.output}
+                    for r in p.columns},
+        "quasi_identifiers": p.quasi_identifiers, "min_k": p.min_k,
+        "destinations": {k: list(v) for k, v in p.destinations.items()},
+        "checked_data": str(data) if data is not None else None,
+    }
+
+    def text() -> str:
+        lines = [f"OK: {policy_path}: dataset {p.dataset}, home {p.home}, digest "
+                 f"{p.digest()[:16]}…" + (f"; fits {data}" if data is not None else "")]
+        lines += [f"  {r.name:<16} {r.role:<17} {r.treatment:<16} -> {r.output or 'dropped'}"
+                  for r in p.columns]
+        lines += [f"  {kind} may go to: {', '.join(v) or 'nowhere (stays home)'}"
+                  for kind, v in p.destinations.items()]
+        return "\n".join(lines)
+
+    emit(result, as_json, text)
+
+
 # -- audit --------------------------------------------------------------------------------------
 
 @click.group()
@@ -328,4 +369,4 @@ def incidents(log: Path, as_json: bool) -> None:
     _table(table, as_json, "no incidents")
 
 
-COMMANDS = [protect, export, reidentify, audit]
+COMMANDS = [protect, export, reidentify, audit, policy_group]

@@ -136,3 +136,23 @@ class TestAuditCommands:
 
     def test_missing_log_exits_1(self, env, capsys):
         assert main(["audit", "flows", "nope.jsonl"]) == 1
+
+
+class TestPolicyCheckCommand:
+    def test_good_policy_and_data(self, env, capsys):
+        assert main(["policy", "check", "policy.yaml", "--data", "users.parquet",
+                     "--json"]) == 0
+        out = _json(capsys)
+        assert out["columns"]["phone"]["output"] == "encrypted" and len(out["digest"]) == 64
+
+    def test_bad_policy_exits_3_naming_line_and_column(self, env, capsys):
+        text = (env / "policy.yaml").read_text().replace("treatment: token",
+                                                         "treatment: tokenize")
+        (env / "bad.yaml").write_text(text)
+        assert main(["policy", "check", "bad.yaml"]) == 3
+        err = capsys.readouterr().err
+        assert "bad.yaml line" in err and "column 'email'" in err and "'tokenize'" in err
+
+    def test_data_with_an_extra_column_exits_3(self, env, capsys):
+        pd.read_parquet(env / "users.parquet").assign(x=1).to_parquet(env / "u3.parquet")
+        assert main(["policy", "check", "policy.yaml", "--data", "u3.parquet"]) == 3
