@@ -184,6 +184,7 @@ def _protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: C
         series = frame[rule.name]
         if rule.treatment == "keep":
             out[rule.name] = series.reset_index(drop=True)
+            entry["links"] = "everything: the original values are kept"
         elif rule.treatment == "encrypt":
             out[rule.name] = series.reset_index(drop=True)
             encrypt.append(rule)
