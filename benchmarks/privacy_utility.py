@@ -11,8 +11,10 @@ subprocess: pets and OpenDP in this interpreter, the others in their own venv un
 their pins clash with pets') — speaking the JSON protocol of ``benchmarks/peers/_protocol.py``.
 A peer that cannot be installed or run is reported with the captured reason, never dropped.
 
-Measured per (dataset, library, query, ε): mean absolute error and mean relative error against
-the statistic on the raw data (what the analyst wants; includes the bias of bounding), the mean
+Measured per (dataset, library, query, ε): mean absolute error (``mae``), mean relative error
+over groups (``mre``) and relative MAE (``rel_mae`` = Σ|error| / Σ|truth|, the headline: it is
+not dominated by the smallest groups) against the statistic on the raw data (what the analyst
+wants; includes the bias of bounding), the mean
 absolute error against the bounded statistic (the noise alone), the coverage of the library's
 own confidence intervals against the bounded statistic (what an interval claims to cover), and
 the share of groups released.
@@ -188,6 +190,22 @@ def relative_errors(estimates: Mapping[str, float], truth: Mapping[str, float]) 
     return np.asarray(np.abs(est - tru) / np.abs(tru))
 
 
+def relative_mae(estimates: Mapping[str, float], truth: Mapping[str, float]) -> float:
+    """``Σ|estimate − truth| / Σ|truth|`` over released groups: the error as a share of the
+    typical group's value. Unlike the mean of per-group relative errors it is not dominated by
+    the smallest groups (NaN when nothing comparable was released or every truth is 0).
+
+    >>> relative_mae({"a": 12.0, "b": 1.0}, {"a": 10.0, "b": 0.0})
+    0.3
+    """
+    keys = [k for k in truth
+            if k in estimates and math.isfinite(estimates[k]) and math.isfinite(truth[k])]
+    denom = sum(abs(truth[k]) for k in keys)
+    if not keys or denom == 0:
+        return math.nan
+    return sum(abs(estimates[k] - truth[k]) for k in keys) / denom
+
+
 def coverage(intervals: Mapping[str, Sequence[float]], target: Mapping[str, float]) -> float:
     """Share of groups whose interval ``[lo, hi]`` contains the target (NaN if none).
 
@@ -230,12 +248,14 @@ def summarize(ds: Dataset, library: str, results: Sequence[Mapping[str, Any]]) -
         mae = [float(np.mean(e)) for t in trials if (e := absolute_errors(t["estimates"], truth)).size]
         mre = [float(np.mean(e)) for t in trials
                if (e := relative_errors(t["estimates"], truth)).size]
+        rmae = [relative_mae(t["estimates"], truth) for t in trials]
         mab = [float(np.mean(e)) for t in trials
                if (e := absolute_errors(t["estimates"], target)).size]
         cov = [coverage(t["ci"], target) for t in trials if t.get("ci")]
         rows.append({
             "dataset": ds.name, "library": library, "query": query, "epsilon": eps,
             "trials": len(trials), "mae": _nanmean(mae), "mre": _nanmean(mre),
+            "rel_mae": _nanmean(rmae),
             "mae_vs_bounded": _nanmean(mab), "ci_coverage": _nanmean(cov),
             "released": _nanmean(released_share(t["estimates"], ds.keys) for t in trials),
             "seconds": float(np.median([t["seconds"] for t in trials])),
@@ -375,8 +395,8 @@ class Config:
 
 FULL = Config(epsilons=(0.05, 0.1, 0.3, 1.0, 3.0, 10.0), trials=5,
               n_events=100_000, n_users=10_000, n_census=20_000, slow_trials=3)
-QUICK = Config(epsilons=(0.1, 1.0, 10.0), trials=3, n_events=20_000, n_users=2_000,
-               n_census=5_000, peer_timeout=900.0, slow_trials=2)
+QUICK = Config(epsilons=(0.1, 1.0, 10.0), trials=2, n_events=10_000, n_users=1_000,
+               n_census=3_000, peer_timeout=900.0, slow_trials=1)
 
 
 def build_request(ds: Dataset, data_path: Path, cfg: Config) -> dict[str, Any]:
@@ -458,8 +478,11 @@ class UtilityResult(Result):
         lines += ["", "## Datasets", ""]
         lines += [f"- **{d['name']}**: {d['description']}" for d in self.datasets]
         for ds in self.datasets:
-            lines += ["", f"## {ds['name']}: mean relative error vs the raw statistic", ""]
-            lines += _pivot(self.rows, ds["name"], "mre", self.config["epsilons"])
+            lines += ["", f"## {ds['name']}: relative MAE (Σ|error| / Σ|truth|) vs the raw "
+                      "statistic", ""]
+            lines += _pivot(self.rows, ds["name"], "rel_mae", self.config["epsilons"])
+            lines += ["", f"## {ds['name']}: mean absolute error", ""]
+            lines += _pivot(self.rows, ds["name"], "mae", self.config["epsilons"])
         lines += ["", "## Confidence-interval coverage (nominal "
                   f"{1 - self.config['alpha']:.0%}, against the bounded statistic)", ""]
         lines += _coverage_table(self.rows)
@@ -588,7 +611,7 @@ def run(quick: bool = False, *, libraries: Sequence[str] | None = None,
 
 def plot_errors(rows: Sequence[Mapping[str, Any]], directory: Path,
                 datasets: Sequence[str]) -> list[Path]:
-    """One PNG per dataset: mean relative error vs ε (log-log), a panel per query."""
+    """One PNG per dataset: relative MAE vs ε (log-log), a panel per query."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -600,9 +623,9 @@ def plot_errors(rows: Sequence[Mapping[str, Any]], directory: Path,
                                  sharex=True)
         for ax, q in zip(axes, QUERIES, strict=True):
             for i, lib in enumerate(LIBRARIES):
-                sel = sorted((r["epsilon"], r["mre"]) for r in rows
+                sel = sorted((r["epsilon"], r["rel_mae"]) for r in rows
                              if r["dataset"] == name and r["library"] == lib and r["query"] == q
-                             and math.isfinite(r["mre"]) and r["mre"] > 0)
+                             and math.isfinite(r["rel_mae"]) and r["rel_mae"] > 0)
                 if sel:
                     x, y = zip(*sel, strict=True)
                     ax.plot(x, y, marker="o", ms=3, lw=2.4 if lib == "pets" else 1.2,
@@ -612,7 +635,7 @@ def plot_errors(rows: Sequence[Mapping[str, Any]], directory: Path,
             ax.set_title(q)
             ax.set_xlabel("ε per query")
             ax.grid(True, which="both", alpha=0.3)
-        axes[0].set_ylabel("mean relative error")
+        axes[0].set_ylabel("relative MAE (Σ|err| / Σ|truth|)")
         handles, labels = axes[0].get_legend_handles_labels()
         for ax in axes[1:]:
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):

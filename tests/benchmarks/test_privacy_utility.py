@@ -80,6 +80,16 @@ class TestErrors:
     def test_relative_error_uses_magnitude_of_negative_truth(self):
         assert pu.relative_errors({"a": -6.0}, {"a": -4.0}).tolist() == [0.5]
 
+    def test_relative_mae_weights_groups_by_their_size(self):
+        est = {"big": 1010.0, "tiny": 3.0}
+        truth = {"big": 1000.0, "tiny": 1.0}
+        assert pu.relative_mae(est, truth) == pytest.approx(12 / 1001)
+        assert pu.relative_errors(est, truth).tolist() == [0.01, 2.0]
+
+    def test_relative_mae_nan_without_comparable_groups(self):
+        assert math.isnan(pu.relative_mae({}, {"a": 1.0}))
+        assert math.isnan(pu.relative_mae({"a": 2.0}, {"a": 0.0}))
+
     def test_nothing_released_gives_empty(self):
         assert pu.absolute_errors({}, {"a": 1.0}).size == 0
         assert pu.relative_errors({}, {"a": 1.0}).size == 0
@@ -132,6 +142,7 @@ class TestSummarize:
         assert row["mae_vs_bounded"] == 0.0
         assert row["mae"] == pytest.approx((27 - 7) / 2)
         assert row["mre"] == pytest.approx((20 / 27) / 2)
+        assert row["rel_mae"] == pytest.approx(20 / 32)
         assert row["ci_coverage"] == 0.5
         assert row["released"] == 1.0
         assert row["trials"] == 2
