@@ -172,3 +172,33 @@ class TestReidentify:
         fresh = BoundaryKeys(services, signer)
         with pytest.raises(Exception, match="no root secret"):
             reidentify(pf, "email", pf.data["email"][:1], fresh, Context("EU"))
+
+
+class TestExamplePolicies:
+    def test_users_and_events_pseudonyms_join_on_the_shared_domain(self, services, signer,
+                                                                   eu_ctx):
+        from importlib.resources import files
+
+        from pets.datasets import synthetic_events, synthetic_users
+        from pets.keys import KeyServices, MemoryKeyring
+
+        def load(name):
+            text = (files("pets") / "examples" / name).read_text()
+            return Policy.from_yaml(text.replace("local://", "memory://"), source=name)
+
+        ring = MemoryKeyring()
+        for k in ("boundary", "pseudonyms", "columns"):
+            ring.create(f"memory://eu/{k}", jurisdiction="EU")
+        keys = BoundaryKeys(KeyServices([ring]), signer)
+        users, events = synthetic_users(5000, seed=3), synthetic_events(20000, n_users=5000,
+                                                                        seed=3)
+        users_policy = Policy.from_yaml(
+            (files("pets") / "examples" / "users-policy.yaml").read_text()
+            .replace("local://", "memory://").replace("min_k: 5", "min_k: 1"))
+        pu = protect(users, users_policy, keys, eu_ctx)  # min_k 1: rows stay aligned
+        pe = protect(events, load("events-policy.yaml"), keys, eu_ctx)
+        assert pe.data["ts"].dt.hour.eq(0).all()
+        pseudonym = dict(zip(users["user_id"], pu.data["user_id"], strict=True))
+        expected = events["user_id"].map(pseudonym)
+        assert pe.data["user_id"].tolist() == expected.tolist()
+        assert not set(pe.data["user_id"]) & set(events["user_id"])
