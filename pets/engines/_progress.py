@@ -66,7 +66,10 @@ def compute(*collections: Any, progress: bool | None = None, client: Any = None)
         futures = client.compute(list(collections))
         if show:
             dist: Any = importlib.import_module("distributed")
-            dist.progress(futures, notebook="ipykernel" in sys.modules)
+            try:
+                dist.progress(futures, notebook="ipykernel" in sys.modules)
+            except ImportError:  # a notebook without ipywidgets: the text bar
+                dist.progress(futures, notebook=False)
         return tuple(client.gather(futures))
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if show:
