@@ -353,8 +353,10 @@ def encrypt_columns(
         if name not in frame.columns:
             raise InputError(f"no column {name!r} in the frame")
         series = frame[name]
-        codec = _codec_for(series, name)
         prior = result.get(name)
+        # an all-null batch (e.g. one partition) keeps the codec the keys were made with
+        codec = prior.codec if prior is not None and not series.notna().any() else _codec_for(
+            series, name)
         if prior is not None:
             if prior.mode != m or prior.codec != codec:
                 raise InputError(f"column {name!r}: column_keys say {prior.mode}/{prior.codec}, "

@@ -305,3 +305,14 @@ class TestStorage:
         assert plain["email"].tolist()[:1] == ["a@x.eu"] and plain["email"].isna().tolist() == [
             False, True, False, False]
         assert plain["user_id"].tolist() == [1, 2, 3, 4]
+
+
+class TestBatches:
+    def test_all_null_batch_reuses_the_keys_codec(self, ring, eu):
+        first = pd.DataFrame({"b": pd.Series([b"\x01", b"\x02"], dtype=object)})
+        _, ck = enc(first, ring, eu, {"b": "deterministic"})
+        empty = pd.DataFrame({"b": pd.Series([None, None], dtype=object)})
+        out, ck2 = enc(empty, ring, eu, {"b": "deterministic"}, column_keys=ck)
+        assert ck2.columns["b"].codec == "bytes" and out["b"].isna().all()
+        back = decrypt_columns(out, ck2, keys=ring, context=eu)
+        assert back["b"].isna().all()
