@@ -444,7 +444,7 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None) -
             return VerifyReport(str(p), False, seq, seq - 1 if seq else None, prev,
                                 pub is not None, BadEntry(lineno, written_seq, reason),
                                 lines.torn)
-        prev = json.loads(raw)["hash"]
+        prev = str(json.loads(raw)["hash"])
         seq += 1
     return VerifyReport(str(p), True, seq, seq - 1 if seq else None, prev, pub is not None,
                         None, lines.torn)
