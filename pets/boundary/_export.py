@@ -33,7 +33,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -85,7 +85,7 @@ def _describe(obj: Any) -> str:
 
 def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
            public_key: PublicKeyLike, context: Context, audit: AuditLog,
-           columns: Sequence[str] | None = None) -> ExportReceipt:
+           columns: Sequence[str] | Literal["allowed"] | None = None) -> ExportReceipt:
     """Check ``obj`` against ``policy`` and, if it may go ``to`` the destination, write it.
 
     Args:
@@ -98,7 +98,9 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         context: Who exports: must run in the policy's home jurisdiction.
         audit: The audit log: receives ``boundary.export`` or ``boundary.refused``.
         columns: Export only these columns of a table (default: all). Columns whose output may
-            not leave (e.g. encrypted ones) must be left out this way.
+            not leave (e.g. encrypted ones) must be left out this way, or by asking for
+            ``"allowed"``: exactly the columns the policy lets go to ``to`` (the receipt and the
+            audit entry list them).
 
     Returns:
         An :class:`ExportReceipt`.
@@ -177,7 +179,7 @@ def _is_release(obj: Any) -> bool:
 
 def _export_table(obj: Any, to: str, dest: Path, policy: Policy, public_key: PublicKeyLike,
                   context: Context, audit: AuditLog,
-                  columns: Sequence[str] | None) -> ExportReceipt:
+                  columns: Sequence[str] | Literal["allowed"] | None) -> ExportReceipt:
     if isinstance(obj, pd.DataFrame):
         raise PolicyError("raw data cannot be exported: it has no manifest (run protect "
                           "under the dataset's policy first)")
@@ -192,7 +194,13 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy, public_key: Pub
         raise PolicyError(f"{manifest.dataset!r} was protected under another policy "
                           f"(digest {manifest.policy_digest[:12]}…, this policy "
                           f"{policy.digest()[:12]}…)")
-    names = [c.name for c in manifest.columns] if columns is None else list(columns)
+    if columns == "allowed":
+        names = [c.name for c in manifest.columns if policy.allows(c.output, to)]
+        if not names:
+            raise PolicyError(f"policy {policy.source} lets no column of "
+                              f"{manifest.dataset!r} go to {to}")
+    else:
+        names = [c.name for c in manifest.columns] if columns is None else list(columns)
     for n in names:
         manifest.column(n)
     if not names:

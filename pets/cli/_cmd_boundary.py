@@ -25,7 +25,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -171,7 +171,8 @@ def protect(infile: Path, policy_path: Path, out: Path, audit_log: Path,
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="The policy (default: policy.yaml beside the protected file).")
 @click.option("--columns", default=None,
-              help="Comma-separated columns to export (default: all; columns the policy keeps "
+              help="Comma-separated columns to export, or 'allowed' for every column the "
+                   "policy lets go to the destination (default: all; columns the policy keeps "
                    "home must be left out).")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PEM of the signing key (default: the boundary keys' own).")
@@ -192,7 +193,11 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
     file = _protected_file(src)
     policy = load_policy(policy_path or file.parent / _POLICY_COPY)
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
-    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    cols: list[str] | Literal["allowed"] | None = None
+    if columns == "allowed":
+        cols = "allowed"
+    elif columns:
+        cols = [c.strip() for c in columns.split(",") if c.strip()]
     receipt = do_export(file, destination, out, policy=policy,
                         public_key=public_key or keys.signer.public_key, context=ctx,
                         audit=log, columns=cols)

@@ -72,6 +72,11 @@ class TestExportCommand:
         assert receipt["columns"] == SAFE.split(",") and receipt["destination"] == "US"
         assert (env / "us" / "u.parquet").exists()
 
+    def test_columns_allowed(self, env, capsys):
+        assert main(["export", "prot", "--to", "US", "--out", "us/u.parquet", "--columns",
+                     "allowed", "--json"]) == 0
+        assert _json(capsys)["columns"] == SAFE.split(",")
+
     @pytest.mark.parametrize("args, code", [
         (["prot", "--to", "US"], 3),                                   # encrypted column
         (["prot", "--to", "BR", "--columns", SAFE], 3),                # wrong destination

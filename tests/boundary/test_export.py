@@ -223,3 +223,17 @@ class TestExportWriteFailure:
                    context=eu_ctx, audit=log, columns=SAFE)
         assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
         assert sorted(p.name for p in out.iterdir()) == ["taken"]
+
+
+class TestExportAllowedColumns:
+    def test_allowed_picks_exactly_what_may_go(self, pf, policy, signer, eu_ctx, log, out):
+        r = export(pf, "US", out / "u.parquet", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns="allowed")
+        assert list(r.columns) == SAFE
+        assert log.entries()[-1]["fields"]["columns"] == SAFE
+
+    def test_allowed_with_nothing_allowed_is_refused(self, pf, policy, signer, eu_ctx, log,
+                                                     out):
+        _refused(log, out, PolicyError, "lets no column of 'users' go to BR", lambda: export(
+            pf, "BR", out / "u.parquet", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns="allowed"))
