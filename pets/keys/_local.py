@@ -98,7 +98,8 @@ _CHECK_PLAINTEXT = b"pets-keyring-check"
 _MAX_FILE = 1 << 20  # a key file larger than this is hostile
 _SCRYPT_N = 1 << 15
 _SCRYPT_MIN_N = 1 << 12
-_SCRYPT_MAX_MEM = 1 << 30  # 128 * r * n bytes: refuse headers asking for more (hostile)
+_SCRYPT_MAX_MEM = 1 << 28  # 128 * r * n bytes: refuse headers asking for more (hostile)
+_SCRYPT_MAX_WORK = 1 << 21  # n * r * p: the same bound on time
 _LOAD_ATTEMPTS = 4
 
 State = Literal["active", "retired", "destroyed"]
@@ -128,9 +129,10 @@ def _scrypt(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 
 def _scrypt_params_ok(n: int, r: int, p: int) -> bool:
-    """Power-of-two ``n`` of at least 2^12, and at most 1 GiB of memory and 16 lanes."""
+    """Power-of-two ``n`` of at least 2^12; at most 256 MiB and 2^21 ``n*r*p`` (a hostile
+    header cannot make opening the keyring exhaust memory or time)."""
     return (_SCRYPT_MIN_N <= n and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
-            and 128 * r * n <= _SCRYPT_MAX_MEM)
+            and 128 * r * n <= _SCRYPT_MAX_MEM and n * r * p <= _SCRYPT_MAX_WORK)
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ class LocalKeyring:
 
         Give exactly one of ``master_key`` (32 random bytes kept in a secret store) or
         ``passphrase`` (stretched with scrypt, ``n=scrypt_n, r=8, p=1``, random 16-byte salt).
-        ``scrypt_n`` must be a power of two from 2^12 (the default is 2^15, 32 MiB).
+        ``scrypt_n`` must be a power of two from 2^12 to 2^18 (default 2^15: 32 MiB).
 
         Raises:
             InputError: Bad name, bad ``scrypt_n``, or not exactly one of master key /
@@ -245,7 +247,7 @@ class LocalKeyring:
             if not passphrase:
                 raise InputError("passphrase must not be empty")
             if not _scrypt_params_ok(scrypt_n, 8, 1):
-                raise InputError(f"scrypt_n must be a power of two from 2^12 to 2^20, not "
+                raise InputError(f"scrypt_n must be a power of two from 2^12 to 2^18, not "
                                  f"{scrypt_n}")
             salt = os.urandom(16)
             kdf = {"name": "scrypt", "salt": _b64(salt), "n": scrypt_n, "r": 8, "p": 1}
@@ -386,6 +388,7 @@ class LocalKeyring:
         """
         file = self._file(uri)
         doc: dict[str, Any] | None = None
+        gen = seen = -1
         for attempt in range(_LOAD_ATTEMPTS):
             try:
                 with open(file, "rb") as fh:
@@ -397,21 +400,22 @@ class LocalKeyring:
                 raise KeyServiceError(f"cannot read key file for {uri}: {exc.strerror}") from None
             doc = self._authenticate(uri, raw)
             if doc is not None:
-                break
+                gen = int(doc.get("generation", 0))
+                with self._seen_lock:
+                    seen = self._seen.get(uri, -1)
+                    if gen >= seen:
+                        self._seen[uri] = gen
+                        return doc
+            # Bad or older than already seen: a writer may have renamed a newer file over the
+            # one we opened (and shredded it) — then read again; otherwise it is tampering.
             if attempt + 1 == _LOAD_ATTEMPTS or not _replaced(file, st):
                 break
         if doc is None:
             raise IntegrityError(f"key file for {uri} failed its integrity check")
-        gen = int(doc.get("generation", 0))
-        with self._seen_lock:
-            seen = self._seen.get(uri, -1)
-            if gen < seen:
-                raise IntegrityError(
-                    f"key file for {uri} is older (generation {gen}) than one already read "
-                    f"(generation {seen}): it was rolled back"
-                )
-            self._seen[uri] = gen
-        return doc
+        raise IntegrityError(
+            f"key file for {uri} is older (generation {gen}) than one already read "
+            f"(generation {seen}): it was rolled back"
+        )
 
     def _authenticate(self, uri: str, raw: bytes) -> dict[str, Any] | None:
         """The key file's body if ``raw`` is authentic, well-formed and names ``uri``."""

@@ -387,11 +387,14 @@ class Pkcs11Keyring:
             raise bad
         obj = found[0]
         try:
-            ok = (obj[A.LOCAL] is True and obj[A.NEVER_EXTRACTABLE] is True
-                  and obj[A.ALWAYS_SENSITIVE] is True and obj[A.EXTRACTABLE] is False
-                  and obj[A.SENSITIVE] is True and obj[A.KEY_TYPE] == pk.KeyType.AES
-                  and int(obj[A.VALUE_LEN]) == 32)
-        except (pk.exceptions.AttributeTypeInvalid, pk.exceptions.AttributeSensitive):
+            got = obj.get_attributes([A.LOCAL, A.NEVER_EXTRACTABLE, A.ALWAYS_SENSITIVE,
+                                      A.EXTRACTABLE, A.SENSITIVE, A.KEY_TYPE, A.VALUE_LEN])
+            ok = (got[A.LOCAL] is True and got[A.NEVER_EXTRACTABLE] is True
+                  and got[A.ALWAYS_SENSITIVE] is True and got[A.EXTRACTABLE] is False
+                  and got[A.SENSITIVE] is True and got[A.KEY_TYPE] == pk.KeyType.AES
+                  and int(got[A.VALUE_LEN]) == 32)
+        except (pk.exceptions.AttributeTypeInvalid, pk.exceptions.AttributeSensitive,
+                KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise bad

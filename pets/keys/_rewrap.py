@@ -51,12 +51,15 @@ def rewrap(
         target_enc_context: The context to bind to the new wrapping; default ``enc_context``.
         allow_jurisdiction_change: Moving a data key to a KEK of *another* jurisdiction changes
             where the data may be decrypted, so it is refused unless this is True.
-        audit: Hook receiving a ``key.rewrap`` event (URIs and versions only).
+        audit: Hook receiving ``key.rewrap`` (URIs, versions, both keys' jurisdictions, who)
+            or ``key.rewrap_refused``; never key bytes.
 
     Returns:
-        The new wrapped key. The caller never sees the data key.
+        The new wrapped key. The caller never sees the data key; no event, exception or return
+        value carries it.
 
     Raises:
+        InputError: ``context`` is not a :class:`~pets.Context` (checked before anything else).
         JurisdictionError: ``context`` may not unwrap the source, or the target key belongs to
             another jurisdiction and ``allow_jurisdiction_change`` is False.
         KeyDestroyedError: The source version is destroyed or retired.
@@ -75,6 +78,10 @@ def rewrap(
         >>> ring.unwrap(new, context=Context("EU")) == b"d" * 32
         True
     """
+    if not isinstance(context, Context):
+        raise InputError("context must be a pets.Context")
+    if not isinstance(wrapped, WrappedKey):
+        raise InputError("wrapped must be a pets.keys.WrappedKey")
     target_uri = target_uri or wrapped.key_uri
     src = _service(source, wrapped.key_uri)
     dst = _service(target if target is not None else source, target_uri)
@@ -90,14 +97,13 @@ def rewrap(
             f"({dst_info.jurisdiction}) moves the data to another jurisdiction; refused "
             f"(allow_jurisdiction_change=True, or --allow-jurisdiction-change, does it on purpose)"
         )
-    if not isinstance(context, Context):
-        raise InputError("context must be a pets.Context")
     dek = src.unwrap(wrapped, context=context, enc_context=enc_context)
     try:
         out = dst.wrap(target_uri, dek, context=context, enc_context=new_ctx)
     finally:
         del dek
     emit(audit, "key.rewrap", key=wrapped.key_uri, version=wrapped.version, target=out.key_uri,
-         target_version=out.version, principal=context.principal,
+         target_version=out.version, key_jurisdiction=src_info.jurisdiction,
+         target_jurisdiction=dst_info.jurisdiction, principal=context.principal,
          jurisdiction=context.jurisdiction)
     return out

@@ -169,3 +169,86 @@ class TestKeyringOptions:
                                              Pkcs11TokenConfig("B", "SG"))
         assert seen["cfg"].keyring_explicit
         assert "set PETS_PKCS11_PIN" in str(res.exception)  # secrets only from the environment
+
+
+def _forms(secret: bytes) -> list[str]:
+    import base64
+
+    return [secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(),
+            base64.urlsafe_b64encode(secret).decode().rstrip("="), repr(secret)]
+
+
+class TestNoSecretInCliOutput:
+    def test_no_command_prints_master_key_kek_data_key_or_passphrase(self, env, capsys,
+                                                                     monkeypatch):
+        """Every keys command, text and --json, successes and failures: stdout and stderr."""
+        outputs = []
+
+        def go(*args):
+            code, out, err = run(capsys, *args)
+            outputs.append(out + err)
+            return code
+
+        assert go("keys", "init", "--name", "eu") == 0
+        assert go("keys", "init", "--name", "eu", "--json") == 7  # already exists
+        for fmt in ((), ("--json",)):
+            uri = f"local://eu/k{len(fmt)}"
+            assert go("keys", "create", uri, *fmt) == 0
+            assert go("keys", "rotate", uri, *fmt) == 0
+            assert go("keys", "retire", uri, "--min-version", "2", *fmt) == 0
+            assert go("keys", "describe", uri, *fmt) == 0
+            assert go("keys", "list", *fmt) == 0
+        r = ring()
+        dek = os.urandom(32)
+        w = r.wrap("local://eu/k0", dek, context=Context("EU"), enc_context={"t": "u"})
+        (env / "w.json").write_text(w.to_json())
+        for fmt in ((), ("--json",)):
+            assert go("keys", "migrate", "w.json", f"m{len(fmt)}.json", "--to", "local://eu/k1",
+                      "--context", "t=u", *fmt) == 0
+            assert go("keys", "migrate", "w.json", "x.json", "--to", "local://eu/k1",
+                      "--context", "t=wrong", *fmt) == 5
+            assert go("keys", "migrate", "w.json", "x.json", "--to", "local://eu/k1",
+                      "--context", "t=u", "--jurisdiction", "US", *fmt) == 4
+        keks = [r._open_kek(f"local://eu/k{i}", r._load(f"local://eu/k{i}"), v)
+                for i in (0, 1) for v in (1, 2)]
+        assert go("keys", "destroy", "local://eu/k0", "--yes", "--json") == 0
+        assert go("keys", "migrate", "w.json", "x.json", "--to", "local://eu/k1",
+                  "--context", "t=u") == 7  # destroyed
+        body = json.loads((env / ".pets/keyring/keys/k1.json").read_text())
+        body["jurisdiction"] = "US"
+        (env / ".pets/keyring/keys/k1.json").write_text(json.dumps(body))
+        assert go("keys", "describe", "local://eu/k1", "--json") == 5
+        wrong = os.urandom(32)
+        monkeypatch.setenv("PETS_MASTER_KEY", wrong.hex())
+        assert go("keys", "list", "--json") == 7
+        monkeypatch.setenv("PETS_MASTER_KEY", "not-a-key-" + KEY.hex()[:20])
+        assert go("keys", "list") == 1
+        monkeypatch.delenv("PETS_MASTER_KEY")
+        phrase = "correct horse battery staple"
+        monkeypatch.setenv("PETS_KEYRING_PASSPHRASE", phrase)
+        assert go("keys", "init", "--name", "pp", "--keyring", "pp", "--json") == 0
+        monkeypatch.setenv("PETS_KEYRING_PASSPHRASE", phrase + "!")
+        assert go("keys", "list", "--keyring", "pp") == 7
+
+        text = "\n".join(outputs)
+        secrets = [KEY, wrong, dek, *keks]
+        leaked = [f for s in secrets for f in _forms(s) if f in text]
+        assert leaked == []
+        assert phrase not in text
+        assert "not-a-key-" not in text
+
+    def test_migrate_from_another_jurisdiction_decrypts_no_kek(self, env, capsys, monkeypatch):
+        run(capsys, "keys", "init", "--name", "eu")
+        r = ring()
+        r.create("local://eu/a", jurisdiction="EU")
+        r.create("local://eu/b", jurisdiction="EU")
+        (env / "w.json").write_text(r.wrap("local://eu/a", b"m" * 32,
+                                           context=Context("EU")).to_json())
+        opened = []
+        real = LocalKeyring._open_kek
+        monkeypatch.setattr(LocalKeyring, "_open_kek",
+                            lambda self, *a: opened.append(a) or real(self, *a))
+        code, _, err = run(capsys, "keys", "migrate", "w.json", "out.json", "--to",
+                           "local://eu/b", "--jurisdiction", "US", "--principal", "spy")
+        assert code == 4 and "unwrap refused for spy@US" in err
+        assert opened == [] and not (env / "out.json").exists()

@@ -513,3 +513,210 @@ class TestFilesystemErrors:
         with pytest.raises(KeyServiceError, match=r"cannot write .*No space left on device"):
             ring.rotate(URI)
         assert key_file(ring).read_bytes() == before
+
+
+class TestRollbackAndSwaps:
+    """An attacker who can write the keyring directory (but has no master key)."""
+
+    def test_rolled_back_file_is_refused_by_a_keyring_that_read_a_newer_one(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w1 = ring.wrap(URI, b"1" * 32, context=EU)
+        ring.rotate(URI)
+        saved = key_file(ring).read_bytes()  # generation 2: v1 still active
+        ring.destroy(URI, 1)
+        key_file(ring).write_bytes(saved)  # resurrect v1 from the saved copy
+        for call in (lambda: ring.unwrap(w1, context=EU), lambda: ring.describe(URI),
+                     lambda: ring.rotate(URI)):
+            with pytest.raises(IntegrityError,
+                               match=r"older \(generation 2\) than one already read "
+                                     r"\(generation 3\): it was rolled back"):
+                call()
+
+    def test_rollback_across_restarts_is_only_visible_against_external_state(self, ring, master,
+                                                                              events):
+        """The limit, stated as a test: a fresh process cannot tell a rolled-back file (nothing
+        inside the directory can), but the generation the audit log recorded exposes it."""
+        ring.create(URI, jurisdiction="EU")
+        w1 = ring.wrap(URI, b"1" * 32, context=EU)
+        saved = key_file(ring).read_bytes()
+        ring.destroy(URI, 1)
+        audited = events[-1].fields["generation"]
+        key_file(ring).write_bytes(saved)
+        fresh = LocalKeyring(ring.path, master_key=master)
+        assert fresh.unwrap(w1, context=EU) == b"1" * 32  # resurrected: not preventable here
+        assert fresh.describe(URI).attributes["generation"] < audited  # ...but detectable
+
+    def test_key_file_swapped_between_keys_is_refused(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        ring.create("local://eu/other", jurisdiction="US")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        key_file(ring).write_bytes(key_file(ring, "other").read_bytes())
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.unwrap(WrappedKey(URI, 1, "US", w.blob), context=US)
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.describe(URI)
+
+    def test_key_file_moved_to_another_keyring_with_the_same_master_key_is_refused(
+            self, ring, master, tmp_path):
+        other = LocalKeyring.init(tmp_path / "us-ring", name="us", master_key=master)
+        other.create("local://us/customers", jurisdiction="US")
+        ring.create(URI, jurisdiction="EU")
+        key_file(ring).write_bytes(key_file(other).read_bytes())
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.describe(URI)
+
+    def test_keyring_header_swapped_from_another_keyring_does_not_open(self, ring, master,
+                                                                       tmp_path):
+        other = LocalKeyring.init(tmp_path / "o", name="eu", master_key=Secret(os.urandom(32)))
+        (ring.path / "keyring.json").write_bytes((other.path / "keyring.json").read_bytes())
+        with pytest.raises(KeyServiceError, match="wrong master key or passphrase"):
+            LocalKeyring(ring.path, master_key=master)
+
+    def test_wrapped_key_claiming_another_jurisdiction_is_refused(self, ring, monkeypatch):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        opened = []
+        real = LocalKeyring._open_kek
+        monkeypatch.setattr(LocalKeyring, "_open_kek",
+                            lambda self, *a: opened.append(a) or real(self, *a))
+        with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
+            ring.unwrap(WrappedKey(URI, 1, "US", w.blob), context=EU)
+        assert opened == []
+        with pytest.raises(JurisdictionError):  # the refusal still comes first for US callers
+            ring.unwrap(WrappedKey(URI, 1, "US", w.blob), context=US)
+
+
+class TestScrypt:
+    def test_hostile_scrypt_parameters_are_refused_before_deriving(self, tmp_path):
+        ring = LocalKeyring.init(tmp_path / "p", name="eu", passphrase="pw", scrypt_n=1 << 12)
+        head_file = ring.path / "keyring.json"
+        head = json.loads(head_file.read_text())
+        for n, r, p in [(1 << 20, 32, 1), (1 << 20, 8, 1), (1 << 15, 8, 16), (3 << 12, 8, 1),
+                        (2, 8, 1)]:
+            head["kdf"].update(n=n, r=r, p=p)
+            head_file.write_text(json.dumps(head))
+            with pytest.raises(KeyServiceError, match="scrypt parameters out of range"):
+                LocalKeyring(ring.path, passphrase="pw")
+
+    @pytest.mark.parametrize("n", [1 << 10, 3 << 12, 1 << 19])
+    def test_weak_or_odd_scrypt_n_is_refused_at_init(self, tmp_path, n):
+        with pytest.raises(InputError, match="scrypt_n must be a power of two"):
+            LocalKeyring.init(tmp_path / "p", name="eu", passphrase="pw", scrypt_n=n)
+        assert not LocalKeyring.exists(tmp_path / "p")
+
+    def test_default_parameters_are_stored(self, tmp_path):
+        LocalKeyring.init(tmp_path / "p", name="eu", passphrase="pw")
+        kdf = json.loads((tmp_path / "p" / "keyring.json").read_text())["kdf"]
+        assert (kdf["n"], kdf["r"], kdf["p"]) == (1 << 15, 8, 1)
+        assert len(base64.b64decode(kdf["salt"])) == 16
+
+
+class TestDekValidation:
+    @pytest.mark.parametrize("dek, msg", [(32, "must be bytes, not int"),
+                                          ("k" * 32, "must be bytes, not str"),
+                                          (b"", r"1\.\.1024 bytes, not 0"),
+                                          (b"k" * 1025, r"1\.\.1024 bytes, not 1025")])
+    def test_non_bytes_or_empty_or_huge_dek_is_refused(self, ring, dek, msg):
+        ring.create(URI, jurisdiction="EU")
+        with pytest.raises(InputError, match=msg):
+            ring.wrap(URI, dek, context=EU)
+
+
+class TestDurability:
+    def test_every_write_fsyncs_the_file_and_its_directory(self, ring, monkeypatch):
+        synced = []
+        real = os.fsync
+
+        def spy(fd):
+            synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", spy)
+        ring.create(URI, jurisdiction="EU")
+        assert synced.count(False) >= 1 and synced.count(True) >= 1
+        synced.clear()
+        ring.rotate(URI)
+        assert synced == [False, True]  # the new file, then the rename in its directory
+
+
+class TestDestroyRacingUnwrap:
+    def test_reader_of_a_shredded_file_retries_instead_of_reporting_tampering(
+            self, ring, monkeypatch):
+        """Deterministic interleaving: unwrap opens the key file, destroy renames a new file over
+        it and shreds the old bytes, then unwrap reads. The result must be the truth (destroyed),
+        not a false IntegrityError."""
+        import builtins
+
+        import pets.keys._local as local
+
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        state = {"armed": True}
+
+        def racing_open(file, mode="r", *a, **kw):
+            fh = builtins.open(file, mode, *a, **kw)
+            if state["armed"] and mode == "rb" and Path(file) == key_file(ring):
+                state["armed"] = False
+                ring.destroy(URI, 1)  # runs between open and read
+            return fh
+
+        monkeypatch.setattr(local, "open", racing_open, raising=False)
+        with pytest.raises(KeyDestroyedError, match=r"^local://eu/customers v1 is destroyed$"):
+            ring.unwrap(w, context=EU)
+        assert not state["armed"]
+
+    def test_reader_of_a_replaced_older_file_is_not_mistaken_for_a_rollback(
+            self, ring, monkeypatch):
+        """Same interleaving with a rotation: the reader holds generation 1 while this very
+        object already wrote generation 2. The file was replaced, not rolled back."""
+        import builtins
+
+        import pets.keys._local as local
+
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        state = {"armed": True}
+
+        def racing_open(file, mode="r", *a, **kw):
+            fh = builtins.open(file, mode, *a, **kw)
+            if state["armed"] and mode == "rb" and Path(file) == key_file(ring):
+                state["armed"] = False
+                ring.rotate(URI)
+            return fh
+
+        monkeypatch.setattr(local, "open", racing_open, raising=False)
+        assert ring.unwrap(w, context=EU) == b"d" * 32
+        assert not state["armed"] and ring.describe(URI).primary_version == 2
+
+    def test_threads_destroying_and_unwrapping_never_see_a_false_integrity_error(self, ring):
+        import threading
+
+        names = [f"local://eu/r{i}" for i in range(6)]
+        wrapped = {}
+        for uri in names:
+            ring.create(uri, jurisdiction="EU")
+            wrapped[uri] = ring.wrap(uri, b"d" * 32, context=EU)
+        outcomes, stop = [], threading.Event()
+
+        def reader():
+            while not stop.is_set():
+                for uri in names:
+                    try:
+                        ring.unwrap(wrapped[uri], context=EU)
+                        outcomes.append("ok")
+                    except KeyDestroyedError:
+                        outcomes.append("destroyed")
+                    except Exception as exc:  # the test records anything else
+                        outcomes.append(repr(exc))
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for uri in names:
+            ring.rotate(uri)
+            ring.destroy(uri, 1)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert set(outcomes) <= {"ok", "destroyed"}, set(outcomes) - {"ok", "destroyed"}
+        assert "destroyed" in outcomes

@@ -299,3 +299,139 @@ class TestTokenFailures:
         monkeypatch.setattr(hsm_eu, "_find", broken)
         with pytest.raises(KeyServiceError, match=r"^PKCS#11 token 'EU' failed: DeviceRemoved$"):
             hsm_eu.describe(uri)
+
+
+class TestKeyObjectChecks:
+    """Someone holding the PIN plants a key whose bytes they know under a pets label."""
+
+    def _plant(self, hsm, uri, version, *, value=None, local_copy=False):
+        from pkcs11 import Attribute as A
+        from pkcs11 import KeyType, ObjectClass
+
+        from pets.keys._pkcs11 import _version_id
+
+        label = uri.rsplit("/", 1)[1]
+        with hsm._shared.lock:
+            if local_copy:  # a second, genuine-looking generated object: a duplicate
+                return hsm._session.generate_key(
+                    KeyType.AES, 256, label=label, id=_version_id(version), store=True,
+                    template={A.SENSITIVE: True, A.EXTRACTABLE: False})
+            return hsm._session.create_object({
+                A.CLASS: ObjectClass.SECRET_KEY, A.KEY_TYPE: KeyType.AES, A.TOKEN: True,
+                A.PRIVATE: True, A.LABEL: label, A.ID: _version_id(version),
+                A.VALUE: value, A.ENCRYPT: True, A.DECRYPT: True,
+                A.SENSITIVE: True, A.EXTRACTABLE: False,
+            })
+
+    def test_imported_key_under_a_pets_label_is_never_used(self, hsm_eu):
+        from pkcs11 import Attribute, ObjectClass
+
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        label = uri.rsplit("/", 1)[1]
+        with hsm_eu._shared.lock:
+            for obj in hsm_eu._find({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                     Attribute.LABEL: label}):
+                obj.destroy()  # the genuine KEK is gone...
+        known = os.urandom(32)
+        self._plant(hsm_eu, uri, 1, value=known)  # ...and one the attacker knows replaces it
+        refused = rf"^{uri} v1: the key object in the token is not a KEK pets generated there"
+        with pytest.raises(IntegrityError, match=refused):
+            hsm_eu.wrap(uri, b"d" * 32, context=EU)
+        forged = AESGCM(known)
+        nonce = os.urandom(12)
+        blob = nonce + forged.encrypt(nonce, b"e" * 32, wrapping_aad(uri, 1, None))
+        with pytest.raises(IntegrityError, match=refused):
+            hsm_eu.unwrap(WrappedKey(uri, 1, "EU", blob), context=EU)
+
+    def test_duplicated_version_object_is_refused(self, hsm_eu):
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        self._plant(hsm_eu, uri, 1, local_copy=True)
+        with pytest.raises(IntegrityError, match="imported, extractable or duplicated"):
+            hsm_eu.wrap(uri, b"d" * 32, context=EU)
+
+    def test_new_keks_cannot_be_modified_or_copied(self, hsm_eu):
+        import pkcs11
+        from pkcs11 import Attribute
+
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        label = uri.rsplit("/", 1)[1]
+        [obj] = hsm_eu._find({Attribute.CLASS: pkcs11.ObjectClass.SECRET_KEY,
+                              Attribute.LABEL: label})
+        assert obj[Attribute.MODIFIABLE] is False and obj[Attribute.COPYABLE] is False
+        assert obj[Attribute.LOCAL] is True and obj[Attribute.ALWAYS_SENSITIVE] is True
+        assert obj[Attribute.WRAP] is False and obj[Attribute.UNWRAP] is False
+        with pytest.raises(pkcs11.exceptions.PKCS11Error):
+            obj[Attribute.WRAP] = True
+
+
+class TestNonces:
+    def test_every_wrap_draws_a_fresh_nonce(self, hsm_eu):
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        blobs = [hsm_eu.wrap(uri, b"d" * 32, context=EU).blob for _ in range(200)]
+        assert len({b[:12] for b in blobs}) == 200
+        assert len(set(blobs)) == 200
+
+
+class TestErrorMapping:
+    def test_a_failing_token_during_unwrap_is_not_reported_as_tampering(self, hsm_eu,
+                                                                        monkeypatch):
+        import pkcs11
+
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        w = hsm_eu.wrap(uri, b"d" * 32, context=EU)
+
+        class Unplugged:
+            def decrypt(self, *a, **kw):
+                raise pkcs11.exceptions.DeviceRemoved()
+
+        monkeypatch.setattr(hsm_eu, "_key", lambda uri, version: Unplugged())
+        with pytest.raises(KeyServiceError, match=r"^PKCS#11 token 'EU' failed: DeviceRemoved$"):
+            hsm_eu.unwrap(w, context=EU)
+
+    def test_wrapped_key_claiming_another_jurisdiction_is_refused(self, hsm_eu):
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        w = hsm_eu.wrap(uri, b"d" * 32, context=EU)
+        with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
+            hsm_eu.unwrap(WrappedKey(uri, 1, "SG", w.blob), context=EU)
+
+
+ROTATOR = (
+    "import sys\n"
+    "from pets.keys import Pkcs11Keyring\n"
+    "r = Pkcs11Keyring(sys.argv[1], 'EU', sys.argv[2], jurisdiction='EU')\n"
+    "for _ in range(int(sys.argv[4])):\n"
+    "    r.rotate(sys.argv[3])\n"
+)
+
+
+class TestConcurrentProcesses:
+    def test_processes_rotating_one_key_lose_no_version(self, hsm_eu):
+        """Without a cross-process lock, two rotations both made version N+1 (two token
+        objects, one surviving metadata generation) and the key could no longer wrap."""
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        n_procs, rounds = 3, 4
+        root = str(Path(__file__).resolve().parents[2])
+        procs = [subprocess.Popen([sys.executable, "-c", ROTATOR, HSM_LIB, HSM_PIN, uri,
+                                   str(rounds)], stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHONPATH": root})
+                 for _ in range(n_procs)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        info = hsm_eu.describe(uri)
+        total = n_procs * rounds + 1
+        assert [v.version for v in info.versions] == list(range(1, total + 1))
+        assert info.primary_version == total
+        w = hsm_eu.wrap(uri, b"d" * 32, context=EU)
+        assert w.version == total and hsm_eu.unwrap(w, context=EU) == b"d" * 32

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from pets import (
     Context,
+    InputError,
     IntegrityError,
     JurisdictionError,
     KeyDestroyedError,
@@ -51,6 +52,7 @@ class TestRewrap:
         assert b.unwrap(new, context=EU) == b"m" * 32
         assert events.kinds() == ["key.rewrap"]
         assert set(events[0].fields) == {"key", "version", "target", "target_version",
+                                         "key_jurisdiction", "target_jurisdiction",
                                          "principal", "jurisdiction"}
 
     def test_new_encryption_context_can_be_bound(self, two_dcs):
@@ -121,3 +123,59 @@ class TestRewrap:
         assert w.version == rotations + 1
         w = rewrap(w, source=mem, target_uri="memory://eu/k2", context=EU)
         assert mem.unwrap(w, context=EU) == dek
+
+
+class TestRewrapHardening:
+    def test_refusal_comes_before_any_kek_is_decrypted(self, ring, events, monkeypatch):
+        ring.create("local://eu/kek", jurisdiction="EU")
+        ring.create("local://eu/kek2", jurisdiction="EU")
+        old = ring.wrap("local://eu/kek", b"m" * 32, context=EU)
+        opened = []
+        real = LocalKeyring._open_kek
+        monkeypatch.setattr(LocalKeyring, "_open_kek",
+                            lambda self, *a: opened.append(a) or real(self, *a))
+        with pytest.raises(JurisdictionError, match="unwrap refused for spy@US"):
+            rewrap(old, source=ring, target_uri="local://eu/kek2",
+                   context=Context("US", principal="spy"), audit=events)
+        assert opened == []
+        assert events.kinds()[-1] == "key.refused"
+
+    def test_a_context_that_is_not_a_context_is_refused_first(self, ring):
+        ring.create("local://eu/kek", jurisdiction="EU")
+        ring.create("local://eu/us-kek", jurisdiction="US")
+        old = ring.wrap("local://eu/kek", b"m" * 32, context=EU)
+        for target in ("local://eu/kek", "local://eu/us-kek"):
+            with pytest.raises(InputError, match=r"^context must be a pets\.Context$"):
+                rewrap(old, source=ring, target_uri=target, context="EU")  # type: ignore[arg-type]
+
+    def test_cross_jurisdiction_move_is_audited_with_both_jurisdictions(self, ring, events):
+        ring.create("local://eu/kek", jurisdiction="EU")
+        ring.create("local://eu/us-kek", jurisdiction="US")
+        old = ring.wrap("local://eu/kek", b"m" * 32, context=EU)
+        rewrap(old, source=ring, target_uri="local://eu/us-kek", context=EU,
+               allow_jurisdiction_change=True, audit=events)
+        ev = events[-1]
+        assert ev.kind == "key.rewrap"
+        assert (ev.fields["key_jurisdiction"], ev.fields["target_jurisdiction"]) == ("EU", "US")
+
+    def test_the_data_key_appears_in_no_event_result_or_error(self, ring, events):
+        import base64
+
+        dek = os.urandom(32)
+        ring.create("local://eu/kek", jurisdiction="EU")
+        ring.create("local://eu/us-kek", jurisdiction="US")
+        old = ring.wrap("local://eu/kek", dek, context=EU, enc_context={"t": "u"})
+        ring.rotate("local://eu/kek")
+        new = rewrap(old, source=ring, context=EU, enc_context={"t": "u"}, audit=events)
+        texts = [repr(new), new.to_json(), repr(events)]
+        for call in (
+            lambda: rewrap(old, source=ring, context=EU, enc_context={"t": "x"}, audit=events),
+            lambda: rewrap(old, source=ring, target_uri="local://eu/us-kek", context=EU,
+                           enc_context={"t": "u"}, audit=events),
+            lambda: rewrap(old, source=ring, context=Context("US"), enc_context={"t": "u"}),
+        ):
+            with pytest.raises(Exception) as exc:
+                call()
+            texts.append(f"{exc.value}|{exc.value!r}")
+        forms = (dek.hex(), base64.b64encode(dek).decode(), repr(dek))
+        assert not [t for t in texts for f in forms if f in t]

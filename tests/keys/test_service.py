@@ -77,3 +77,66 @@ class TestKeyServiceContract:
         svc, uri = backend
         with pytest.raises(KeyNotFoundError, match=f"^no key {uri}$"):
             svc.describe(uri)
+
+    @pytest.mark.parametrize("dek", [32, "k" * 32, b"", b"k" * 1025, None])
+    def test_bad_data_key_is_input_error(self, backend, dek):
+        from pets import InputError
+
+        svc, uri = backend
+        svc.create(uri, jurisdiction="EU")
+        with pytest.raises(InputError, match="a data key must be"):
+            svc.wrap(uri, dek, context=EU)
+
+    def test_wrapped_key_stating_another_jurisdiction_is_refused(self, backend, events):
+        svc, uri = backend
+        svc.create(uri, jurisdiction="EU")
+        w = svc.wrap(uri, b"d" * 32, context=EU)
+        with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
+            svc.unwrap(WrappedKey(uri, 1, "US", w.blob), context=EU)
+        with pytest.raises(JurisdictionError):
+            svc.unwrap(WrappedKey(uri, 1, "US", w.blob), context=Context("US"))
+        assert [e.kind for e in events][-1] == "key.refused"
+
+
+def _forms(secret: bytes) -> list[str]:
+    import base64
+
+    return [secret.hex(), secret.hex().upper(), base64.b64encode(secret).decode(),
+            base64.urlsafe_b64encode(secret).decode().rstrip("="), repr(secret)]
+
+
+class TestNoSecretInErrors:
+    def test_no_error_of_any_failure_mode_carries_the_data_key(self, backend, events, caplog):
+        """Every failure mode of every backend: message, repr, notes, chained context."""
+        import logging
+
+        svc, uri = backend
+        caplog.set_level(logging.DEBUG)
+        svc.create(uri, jurisdiction="EU")
+        dek = os.urandom(32)
+        w = svc.wrap(uri, dek, context=EU, enc_context={"t": "users"})
+        svc.rotate(uri)
+        bad_blob = WrappedKey(uri, 1, "EU", w.blob[:-1] + bytes([w.blob[-1] ^ 1]))
+        calls = [
+            lambda: svc.unwrap(w, context=Context("US"), enc_context={"t": "users"}),
+            lambda: svc.unwrap(w, context=EU, enc_context={"t": "events"}),
+            lambda: svc.unwrap(bad_blob, context=EU, enc_context={"t": "users"}),
+            lambda: svc.unwrap(WrappedKey(uri, 1, "EU", w.blob[:20]), context=EU),
+            lambda: svc.unwrap(WrappedKey(uri, 2, "EU", w.blob), context=EU,
+                               enc_context={"t": "users"}),
+            lambda: svc.unwrap(WrappedKey(uri, 1, "US", w.blob), context=EU),
+            lambda: svc.wrap(uri, dek + dek[:1] * 1000, context=EU),
+            lambda: svc.retire(uri, 2) and svc.unwrap(w, context=EU, enc_context={"t": "users"}),
+            lambda: svc.destroy(uri, 1) and svc.unwrap(w, context=EU, enc_context={"t": "users"}),
+        ]
+        texts = []
+        for call in calls:
+            with pytest.raises(Exception) as exc:
+                call()
+            e = exc.value
+            texts.append(f"{e}|{e!r}|{getattr(e, '__notes__', '')}|{e.__context__!r}"
+                         f"|{e.__cause__!r}")
+        texts += [repr(ev) for ev in events] + [r.getMessage() for r in caplog.records]
+        texts += [repr(svc), repr(svc.describe(uri)), repr(svc.list())]
+        leaked = [t for t in texts for f in _forms(dek) if f in t]
+        assert leaked == []
