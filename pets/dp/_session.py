@@ -122,7 +122,7 @@ def _positive_int(name: str, v: object) -> int:
     return int(v)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Query:
     """An immutable description of a grouped DP query; each method returns a new query.
 
@@ -142,11 +142,21 @@ class Query:
         return dataclasses.replace(self, aggs=(*self.aggs, agg))
 
     def count(self) -> Query:
-        """The number of rows per group (after contribution bounding)."""
+        """The number of rows per group (after contribution bounding).
+
+        Privacy:
+            Discrete Laplace (``make_laplace``, L1 sensitivity ``G·C``) or discrete Gaussian
+            (``make_gaussian``, L2 ``√G·C``); under ``keys="private"`` the threshold mechanism.
+        """
         return self._add(_Agg("count"))
 
     def sum(self, column: str, *, bounds: tuple[float, float]) -> Query:
-        """The sum of ``column`` clipped to ``bounds`` per group."""
+        """The sum of ``column`` clipped to ``bounds`` per group.
+
+        Privacy:
+            Fixed-point integer sums with per-row magnitude ``D`` (``max(|L|, |U|)`` in grid
+            steps); ``make_laplace`` with L1 sensitivity ``G·C·D`` (or Gaussian, ``√G·C·D``).
+        """
         return self._add(_Agg("sum", column, _bounds(column, bounds)))
 
     def mean(self, column: str, *, bounds: tuple[float, float]) -> Query:
@@ -154,18 +164,33 @@ class Query:
 
         The count and the centred sum get equal shares of the budget: with values centred on
         the middle of ``bounds``, this split minimises the worst-case variance of the ratio.
+
+        Privacy:
+            Two measurements: the count (as :meth:`count`) and the sum of ``x − c`` clipped to
+            ``[−h, h]`` (``c``, ``h`` the centre and half-width of ``bounds``), sensitivity
+            ``G·C·h`` in grid steps.
         """
         return self._add(_Agg("mean", column, _bounds(column, bounds)))
 
     def variance(self, column: str, *, bounds: tuple[float, float]) -> Query:
         """The (population) variance of ``column`` clipped to ``bounds``, from noisy count,
-        centred sum and centred sum of squares."""
+        centred sum and centred sum of squares.
+
+        Privacy:
+            Three measurements: count, centred sum, and the sum of ``(x − c)² − h²/2``
+            (magnitude ``h²/2`` per row), each as for :meth:`sum`.
+        """
         return self._add(_Agg("variance", column, _bounds(column, bounds)))
 
     def quantile(self, column: str, alphas: float | Sequence[float], *,
                  bounds: tuple[float, float], candidates: int = 1001) -> Query:
         """The ``alphas``-quantiles of ``column``, chosen among ``candidates`` evenly spaced
-        points of ``bounds`` by the exponential mechanism. No confidence interval is given."""
+        points of ``bounds`` by the exponential mechanism. No confidence interval is given.
+
+        Privacy:
+            ``make_private_quantile`` per group at symmetric distance ``C``; the loss is the
+            OpenDP map of ``G`` composed copies (a user touches at most ``G`` groups).
+        """
         al = (alphas,) if isinstance(alphas, int | float) else tuple(alphas)
         if not al:
             raise InputError("quantile needs at least one alpha")
@@ -179,12 +204,21 @@ class Query:
                               tuple(float(a) for a in al), candidates=n))
 
     def median(self, column: str, *, bounds: tuple[float, float], candidates: int = 1001) -> Query:
-        """The median: :meth:`quantile` at 0.5."""
+        """The median: :meth:`quantile` at 0.5.
+
+        Privacy:
+            As :meth:`quantile`.
+        """
         return self.quantile(column, 0.5, bounds=bounds, candidates=candidates)
 
     def histogram(self, column: str, edges: Sequence[float]) -> Query:
         """Counts of ``column`` in the bins ``[e0, e1), …, [e(n-1), en]`` per group; values
-        outside ``[e0, en]`` are counted in the first or last bin."""
+        outside ``[e0, en]`` are counted in the first or last bin.
+
+        Privacy:
+            Counts over (group × bin) cells: a user's ``C`` rows in a group spread over its
+            bins, so L1 sensitivity ``G·C`` (L2 ``√G·C``), as for :meth:`count`.
+        """
         try:
             e = tuple(float(x) for x in edges)
         except (TypeError, ValueError) as exc:
