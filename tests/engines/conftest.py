@@ -16,10 +16,20 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_service
+from tests.conftest import IN_CI, require_service
 
 HAVE_DASK = all(importlib.util.find_spec(m) is not None
                 for m in ("dask", "dask.dataframe", "distributed"))
+DASK = "dask[dataframe] and distributed (pip install 'pets[dask]')"
+
+
+def require_dask() -> None:
+    """Call at the top of a test module that imports dask: fails under CI, skips locally."""
+    if HAVE_DASK:
+        return
+    if IN_CI:
+        require_service(False, DASK)
+    pytest.skip(f"not available: {DASK}", allow_module_level=True)
 KEK = "local://eu/engine"
 PSEUDONYMS = "local://eu/pseudonyms"
 COLUMNS = "local://eu/columns"
@@ -78,7 +88,7 @@ def keyring(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def dask_client(keyring: dict[str, Any]) -> Iterator[Any]:
     """A ``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``."""
-    require_service(HAVE_DASK, "dask[dataframe] and distributed (pip install 'pets[dask]')")
+    require_service(HAVE_DASK, DASK)
     from distributed import Client, LocalCluster
 
     with warnings.catch_warnings():

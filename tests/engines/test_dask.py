@@ -9,31 +9,30 @@ from typing import Any
 
 import pytest
 
-from tests.engines.conftest import HAVE_DASK, KEK, POLICY
+from tests.engines.conftest import KEK, POLICY, require_dask
 
-if not HAVE_DASK:  # the fixture reports it (skip locally, fail under CI)
-    pytest.skip("dask not installed", allow_module_level=True)
+require_dask()
 
-import cloudpickle
-import dask.dataframe as dd
-import pandas as pd
-import pyarrow.parquet as pq
+import cloudpickle  # noqa: E402
+import dask.dataframe as dd  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
-from pets import Context, IntegrityError, JurisdictionError
-from pets.boundary import BoundaryKeys, Policy, SigningKey
-from pets.boundary import protect as pd_protect
-from pets.datasets import synthetic_events, synthetic_users
-from pets.dp import Budget
-from pets.engines import KeyRef, WorkerKeys
-from pets.engines._dask import decrypt_columns, encrypt_columns, transform_columns
-from pets.engines._dp import BoundingSpec, DaskSession, bounded_aggregates
-from pets.engines._parquet import ParquetEncryption, read_dataset, write_dataset
-from pets.engines._protect import protect, verify_dataset
-from pets.engines._run import run_protect_dask
-from pets.envelope import decrypt_columns as pd_decrypt
-from pets.envelope import encrypt_columns as pd_encrypt
-from pets.keys import KeyServices, Secret
-from pets.pseudo import DateShift, KeyedHash, PhoneFF1, Tokenizer
+from pets import Context, IntegrityError, JurisdictionError  # noqa: E402
+from pets.boundary import BoundaryKeys, Policy, SigningKey  # noqa: E402
+from pets.boundary import protect as pd_protect  # noqa: E402
+from pets.datasets import synthetic_events, synthetic_users  # noqa: E402
+from pets.dp import Budget  # noqa: E402
+from pets.engines import KeyRef, WorkerKeys  # noqa: E402
+from pets.engines._dask import decrypt_columns, encrypt_columns, transform_columns  # noqa: E402
+from pets.engines._dp import BoundingSpec, DaskSession, bounded_aggregates  # noqa: E402
+from pets.engines._parquet import ParquetEncryption, read_dataset, write_dataset  # noqa: E402
+from pets.engines._protect import protect, verify_dataset  # noqa: E402
+from pets.engines._run import run_protect_dask  # noqa: E402
+from pets.envelope import decrypt_columns as pd_decrypt  # noqa: E402
+from pets.envelope import encrypt_columns as pd_encrypt  # noqa: E402
+from pets.keys import KeyServices, Secret  # noqa: E402
+from pets.pseudo import DateShift, KeyedHash, PhoneFF1, Tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.dask
 

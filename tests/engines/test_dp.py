@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import threading
+from tests.engines.conftest import require_dask
 
-import dask
-import dask.dataframe as dd
-import numpy as np
-import pandas as pd
-import pytest
+require_dask()
 
-from pets import BudgetExhausted, InputError
-from pets.datasets import synthetic_events
-from pets.dp import Budget, Session
-from pets.dp._bounding import fixed_point
-from pets.engines import _dp
-from pets.engines._dp import BoundingSpec, DaskSession, bound_partition, bounded_aggregates
+import threading  # noqa: E402
+
+import dask  # noqa: E402
+import dask.dataframe as dd  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from pets import BudgetExhausted, InputError  # noqa: E402
+from pets.datasets import synthetic_events  # noqa: E402
+from pets.dp import Budget, Session  # noqa: E402
+from pets.dp._bounding import fixed_point  # noqa: E402
+from pets.engines import _dp  # noqa: E402
+from pets.engines._dp import BoundingSpec, DaskSession, bound_partition, bounded_aggregates  # noqa: E402
 
 COUNTRIES = ["DE", "FR", "IT", "ES", "PL", "NL"]
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import dask
-import dask.dataframe as dd
-import pandas as pd
-import pytest
+from tests.engines.conftest import require_dask
 
-import pets.engines
-import pets.engines.dask
-from pets import Context, InputError
-from pets.datasets import synthetic_users
-from pets.engines import DaskEngine, InProcessKeys, PandasEngine, WorkerKeys, engine_for
-from pets.keys import KeyServices, MemoryKeyring, Secret
-from pets.pseudo import AgeBand, DateShift, KeyedHash
+require_dask()
+
+import dask  # noqa: E402
+import dask.dataframe as dd  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+import pets.engines  # noqa: E402
+import pets.engines.dask  # noqa: E402
+from pets import Context, InputError  # noqa: E402
+from pets.datasets import synthetic_users  # noqa: E402
+from pets.engines import DaskEngine, InProcessKeys, PandasEngine, WorkerKeys, engine_for  # noqa: E402
+from pets.keys import KeyServices, MemoryKeyring, Secret  # noqa: E402
+from pets.pseudo import AgeBand, DateShift, KeyedHash  # noqa: E402
 
 
 @pytest.fixture

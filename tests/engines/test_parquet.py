@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import dask
-import dask.dataframe as dd
-import pandas as pd
-import pyarrow.parquet as pq
-import pytest
+from tests.engines.conftest import require_dask
 
-from pets import InputError
-from pets.datasets import synthetic_events
-from pets.engines._parquet import read_dataset, write_dataset
+require_dask()
+
+import dask  # noqa: E402
+import dask.dataframe as dd  # noqa: E402
+import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+
+from pets import InputError  # noqa: E402
+from pets.datasets import synthetic_events  # noqa: E402
+from pets.engines._parquet import read_dataset, write_dataset  # noqa: E402
 
 
 @pytest.fixture

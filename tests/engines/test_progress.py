@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import dask
-import pytest
+from tests.engines.conftest import require_dask
 
-from pets.engines._progress import compute, interactive
+require_dask()
+
+import dask  # noqa: E402
+import pytest  # noqa: E402
+
+from pets.engines._progress import compute, interactive  # noqa: E402
 
 
 class TestCompute:

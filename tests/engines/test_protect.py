@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
+from tests.engines.conftest import require_dask
 
-import dask
-import dask.dataframe as dd
-import numpy as np
-import pandas as pd
-import pytest
+require_dask()
 
-from pets import Context, IntegrityError, JurisdictionError, PolicyError
-from pets.boundary import BoundaryKeys, Policy, ProtectedFrame, SigningKey
-from pets.boundary import protect as pd_protect
-from pets.datasets import synthetic_events, synthetic_users
-from pets.engines import WorkerKeys
-from pets.engines._protect import QuantileBucket, protect, verify_dataset
-from pets.envelope import decrypt_columns
-from pets.keys import KeyServices
-from pets.pseudo import Bucket
-from tests.engines.conftest import EVENTS_POLICY, KEK, POLICY
+import dataclasses  # noqa: E402
+
+import dask  # noqa: E402
+import dask.dataframe as dd  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from pets import Context, IntegrityError, JurisdictionError, PolicyError  # noqa: E402
+from pets.boundary import BoundaryKeys, Policy, ProtectedFrame, SigningKey  # noqa: E402
+from pets.boundary import protect as pd_protect  # noqa: E402
+from pets.datasets import synthetic_events, synthetic_users  # noqa: E402
+from pets.engines import WorkerKeys  # noqa: E402
+from pets.engines._protect import QuantileBucket, protect, verify_dataset  # noqa: E402
+from pets.envelope import decrypt_columns  # noqa: E402
+from pets.keys import KeyServices  # noqa: E402
+from pets.pseudo import Bucket  # noqa: E402
+from tests.engines.conftest import EVENTS_POLICY, KEK, POLICY  # noqa: E402
 
 EU = Context("EU", principal="etl@eu")
 
