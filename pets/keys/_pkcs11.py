@@ -438,7 +438,9 @@ class Pkcs11Keyring:
 
         Raises:
             InputError: ``jurisdiction`` is not this token's jurisdiction.
-            KeyServiceError: The key already exists.
+            KeyServiceError: The key already exists, or the token holds key objects with its
+                label but no metadata (an interrupted create, or deleted metadata: pets will not
+                guess whether data was wrapped under them).
         """
         code = Jurisdiction(jurisdiction).code
         if code != self.jurisdiction:
@@ -458,6 +460,12 @@ class Pkcs11Keyring:
                 pass
             else:
                 raise KeyServiceError(f"key {uri} already exists")
+            A, OC = self._pk.Attribute, self._pk.ObjectClass
+            if self._find({A.CLASS: OC.SECRET_KEY, A.LABEL: self._name(uri)}):
+                raise KeyServiceError(
+                    f"PKCS#11 token {self.token_label!r} holds key objects labelled "
+                    f"{self._name(uri)!r} without pets metadata; remove them or use another label"
+                )
             self._generate(uri, 1)
             self._save_meta(uri, doc, new=True)
         emit(self.audit, "key.create", key=uri, jurisdiction=code, version=1)
@@ -528,10 +536,18 @@ class Pkcs11Keyring:
         return bytes(dek)
 
     def rotate(self, uri: str) -> KeyInfo:
-        """Generate a new version inside the token and make it primary."""
+        """Generate a new version inside the token and make it primary.
+
+        An object left with the new version's ID by an interrupted rotation (generated, but
+        never recorded, so nothing was ever wrapped under it) is destroyed first.
+        """
+        A, OC = self._pk.Attribute, self._pk.ObjectClass
         with self._locked(exclusive=True):
             doc = self._meta(uri)
             new = max(int(v["version"]) for v in doc["versions"]) + 1
+            for orphan in self._find({A.CLASS: OC.SECRET_KEY, A.LABEL: self._name(uri),
+                                      A.ID: _version_id(new)}):
+                orphan.destroy()
             self._generate(uri, new)
             doc["versions"].append({"version": new, "state": "active", "created": _now()})
             doc["primary_version"] = new

@@ -107,7 +107,12 @@ def canonical_context(enc_context: Mapping[str, str] | None) -> bytes:
     for k, v in ctx.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise InputError("encryption context keys and values must be strings")
-    out = json.dumps(ctx, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        out = json.dumps(ctx, sort_keys=True, separators=(",", ":"),
+                         ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InputError("encryption context keys and values must be valid Unicode text "
+                         "(no lone surrogates)") from None
     if len(out) > MAX_CONTEXT_BYTES:
         raise InputError(f"encryption context is {len(out)} bytes; at most {MAX_CONTEXT_BYTES}")
     return out
@@ -168,11 +173,30 @@ class WrappedKey:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WrappedKey:
+        """Parse :meth:`to_dict` output strictly: text fields are strings, the version an
+        integer 1 .. 2^32-1 (not a float, bool or string), the blob base64.
+
+        Example:
+            >>> WrappedKey.from_dict({"key_uri": "memory://eu/k", "version": 1.5,
+            ...                       "jurisdiction": "EU", "blob": ""})
+            Traceback (most recent call last):
+            ...
+            pets._errors.InputError: malformed wrapped key: version must be an integer 1 .. 2^32-1
+        """
         try:
-            return cls(str(d["key_uri"]), int(d["version"]), str(d["jurisdiction"]),
-                       base64.b64decode(d["blob"], validate=True))
-        except (KeyError, TypeError, ValueError) as exc:
+            uri, version, jur, blob = d["key_uri"], d["version"], d["jurisdiction"], d["blob"]
+        except (KeyError, TypeError) as exc:
             raise InputError(f"malformed wrapped key: {exc.__class__.__name__}") from None
+        if not (isinstance(uri, str) and isinstance(jur, str) and isinstance(blob, str)):
+            raise InputError("malformed wrapped key: key_uri, jurisdiction and blob are text")
+        if isinstance(version, bool) or not isinstance(version, int) or not (
+                1 <= version < 1 << 32):
+            raise InputError("malformed wrapped key: version must be an integer 1 .. 2^32-1")
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except ValueError as exc:
+            raise InputError(f"malformed wrapped key: {exc.__class__.__name__}") from None
+        return cls(uri, version, jur, raw)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -435,3 +435,26 @@ class TestConcurrentProcesses:
         assert info.primary_version == total
         w = hsm_eu.wrap(uri, b"d" * 32, context=EU)
         assert w.version == total and hsm_eu.unwrap(w, context=EU) == b"d" * 32
+
+
+class TestInterruptedOperations:
+    def _generate_orphan(self, hsm, uri, version):
+        from pets.keys._pkcs11 import _version_id
+
+        with hsm._shared.lock:
+            hsm._generate(uri, version)  # a key object, but no metadata records it
+        return _version_id(version)
+
+    def test_rotation_interrupted_before_its_metadata_does_not_break_the_next_one(self, hsm_eu):
+        uri = fresh()
+        hsm_eu.create(uri, jurisdiction="EU")
+        self._generate_orphan(hsm_eu, uri, 2)  # crash between generate and save
+        assert hsm_eu.rotate(uri).primary_version == 2
+        w = hsm_eu.wrap(uri, b"d" * 32, context=EU)
+        assert w.version == 2 and hsm_eu.unwrap(w, context=EU) == b"d" * 32
+
+    def test_create_over_orphan_key_objects_is_refused(self, hsm_eu):
+        uri = fresh()
+        self._generate_orphan(hsm_eu, uri, 1)
+        with pytest.raises(KeyServiceError, match="without pets metadata"):
+            hsm_eu.create(uri, jurisdiction="EU")

@@ -140,3 +140,36 @@ class TestNoSecretInErrors:
         texts += [repr(svc), repr(svc.describe(uri)), repr(svc.list())]
         leaked = [t for t in texts for f in _forms(dek) if f in t]
         assert leaked == []
+
+
+class TestWrappedKeyParsing:
+    @pytest.mark.parametrize("version", ["1", 1.5, 1.0, True, 0, -1, 1 << 32, None])
+    def test_version_must_be_a_plain_integer(self, version):
+        from pets import InputError
+
+        d = {"key_uri": "memory://eu/k", "version": version, "jurisdiction": "EU", "blob": ""}
+        with pytest.raises(InputError, match="version must be an integer"):
+            WrappedKey.from_dict(d)
+
+    @pytest.mark.parametrize("field, value", [("key_uri", 7), ("jurisdiction", ["EU"]),
+                                              ("blob", b"AA==")])
+    def test_text_fields_must_be_text(self, field, value):
+        from pets import InputError
+
+        d = {"key_uri": "memory://eu/k", "version": 1, "jurisdiction": "EU", "blob": "AA=="}
+        d[field] = value
+        with pytest.raises(InputError, match="malformed wrapped key"):
+            WrappedKey.from_dict(d)
+
+    def test_roundtrip(self):
+        w = WrappedKey("memory://eu/k", 3, "EU", os.urandom(60))
+        assert WrappedKey.from_json(w.to_json()) == w
+
+
+class TestCanonicalContext:
+    def test_lone_surrogate_is_input_error(self):
+        from pets import InputError
+        from pets.keys import canonical_context
+
+        with pytest.raises(InputError, match="valid Unicode"):
+            canonical_context({"a": "\ud800"})
