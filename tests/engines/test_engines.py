@@ -8,6 +8,7 @@ require_dask()
 
 import dask  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -17,7 +18,39 @@ from pets import Context, InputError  # noqa: E402
 from pets.datasets import synthetic_users  # noqa: E402
 from pets.engines import DaskEngine, InProcessKeys, PandasEngine, WorkerKeys, engine_for  # noqa: E402
 from pets.keys import KeyServices, MemoryKeyring, Secret  # noqa: E402
-from pets.pseudo import AgeBand, DateShift, KeyedHash  # noqa: E402
+from pets.pseudo import (  # noqa: E402
+    AgeBand,
+    Bucket,
+    DateShift,
+    FF1Transform,
+    IPPrefix,
+    KeyedHash,
+    Mask,
+    PhoneFF1,
+    PostcodePrefix,
+    Suppress,
+    Tokenizer,
+    TopBottomCode,
+    TruncateDate,
+)
+
+ROOT = Secret(bytes(range(32)))
+EVERY_TRANSFORM = {
+    "keyed-hash": ("email", KeyedHash(ROOT, domain="t.email", casefold=True)),
+    "token": ("user_id", Tokenizer(ROOT, domain="t.user")),
+    "ff1": ("digits", FF1Transform(ROOT, domain="t.digits")),
+    "ff1-phone": ("phone", PhoneFF1(ROOT, domain="t.phone")),
+    "date-shift": ("signup_ts", DateShift(ROOT, domain="t.dates", by="user_id")),
+    "age-band": ("birth_date", AgeBand("2026-01-01", width=20)),
+    "truncate-date": ("signup_ts", TruncateDate("month")),
+    "postcode-prefix": ("postcode", PostcodePrefix(2)),
+    "ip-prefix": ("ip", IPPrefix(v4=16)),
+    "mask": ("phone", Mask(keep_last=2)),
+    "suppress": ("country", Suppress()),
+    "bucket-width": ("amount", Bucket(width=250)),
+    "bucket-quantiles": ("amount", Bucket(quantiles=5)),
+    "top-bottom-code": ("amount", TopBottomCode(lower=10, upper=900)),
+}
 
 
 @pytest.fixture
@@ -56,6 +89,21 @@ class TestEngineFor:
 
 
 class TestEnginesAgree:
+    @pytest.mark.parametrize("name", sorted(EVERY_TRANSFORM))
+    def test_every_transform_is_identical_on_dask(self, name, workers):
+        users = synthetic_users(1_200, seed=9)
+        rng = np.random.default_rng(9)
+        users["digits"] = pd.array(rng.integers(10**8, 10**9, len(users)).astype(str),
+                                   dtype="string")
+        users["amount"] = rng.lognormal(5, 1, len(users))
+        column, transform = EVERY_TRANSFORM[name]
+        expected = PandasEngine().pseudonymize(users, {column: transform})
+        with dask.config.set(scheduler="threads"):
+            got = DaskEngine(workers).pseudonymize(dd.from_pandas(users, npartitions=5),
+                                                   {column: transform}).compute()
+        pd.testing.assert_frame_equal(got, expected)
+        assert not got[column].equals(users[column])
+
     def test_dask_engine_equals_pandas_engine_in_process(self, workers):
         users = synthetic_users(1_500, seed=4)
         root = Secret.generate()
