@@ -305,7 +305,7 @@ def ensure_venv(name: str, *, venvs: Path = VENVS_DIR, peers: Path = PEERS_DIR,
     python = venv / "bin" / "python"
     stamp = venv / ".pets-requirements-sha256"
     digest = requirements_digest(req)
-    if python.exists() and stamp.is_file() and stamp.read_text().strip() == digest:
+    if python.exists() and stamp.is_file() and stamp.read_text().split()[:1] == [digest]:
         return python, None, ""
     if venv.exists():
         shutil.rmtree(venv)
@@ -325,8 +325,18 @@ def ensure_venv(name: str, *, venvs: Path = VENVS_DIR, peers: Path = PEERS_DIR,
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         return None, seconds, f"pip install failed: {_tail(proc.stderr)}"
-    stamp.write_text(digest + "\n")
+    stamp.write_text(f"{digest}\n{seconds:.1f}\n")
     return python, seconds, ""
+
+
+def recorded_install_seconds(name: str, *, venvs: Path = VENVS_DIR) -> float | None:
+    """How long the install of a reused peer venv took when it was built (from its stamp)."""
+    stamp = venvs / name / ".pets-requirements-sha256"
+    try:
+        parts = stamp.read_text().split()
+        return float(parts[1]) if len(parts) > 1 else None
+    except (OSError, ValueError):
+        return None
 
 
 def run_adapter(library: str, python: Path, script: Path, request: Mapping[str, Any],
@@ -419,6 +429,8 @@ def run_library(library: str, ds: Dataset, request: Mapping[str, Any], workdir: 
         if library not in installs:
             installs[library] = ensure_venv(library, timeout=cfg.peer_timeout)
         python, install_s, reason = installs[library]
+        if install_s is None and python is not None:
+            install_s = recorded_install_seconds(library)
         if python is None:
             return PeerOutcome(library, "unavailable", reason, install_seconds=install_s)
     else:
@@ -467,7 +479,7 @@ class UtilityResult(Result):
                  f"ε per query (pure DP, user-level) on the grid {list(self.config['epsilons'])}; "
                  f"{self.config['trials']} trials per ε; public group keys; the same "
                  "contribution bounds for every library.", "", "## Libraries", "",
-                 "| dataset | library | version | status | install s | run s | reason |",
+                 "| dataset | library | version | status | venv install s | run s | reason |",
                  "|---|---|---|---|---|---|---|"]
         for o in self.outcomes:
             inst = "" if o["install_seconds"] is None else f"{o['install_seconds']:.0f}"

@@ -27,6 +27,7 @@ def test_outputs_are_cleared(path):
             assert cell.execution_count is None, f"{path.name}: a code cell has a count"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_runs_top_to_bottom(path, tmp_path):
     from nbclient import NotebookClient

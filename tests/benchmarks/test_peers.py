@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from benchmarks import privacy_utility as pu
 
@@ -108,6 +109,17 @@ class TestEnsureVenv:
         assert first[0] is not None and first[1] is not None
         second = pu.ensure_venv("ok", venvs=venvs, peers=tmp_path)
         assert second == (first[0], None, "")
+        recorded = pu.recorded_install_seconds("ok", venvs=venvs)
+        assert recorded == pytest.approx(first[1], abs=0.06)
+
+    def test_changed_requirements_rebuild_the_venv(self, tmp_path):
+        req = tmp_path / "ok.txt"
+        req.write_text("# v1\n")
+        venvs = tmp_path / "v"
+        pu.ensure_venv("ok", venvs=venvs, peers=tmp_path, timeout=120)
+        req.write_text("# v2\n")
+        python, secs, reason = pu.ensure_venv("ok", venvs=venvs, peers=tmp_path, timeout=120)
+        assert python is not None and secs is not None and reason == ""
 
 
 class TestRunReportsEveryLibrary:
