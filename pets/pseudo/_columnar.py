@@ -54,6 +54,8 @@ def map_distinct(arr: pa.Array, fn: Callable[[list[bytes]], np.ndarray],
     if direct:
         present = arr.filter(pa.array(valid)) if arr.null_count else arr
         out_present = fn(present.cast(pa.large_binary()).to_pylist())
+        if not arr.null_count:
+            return out_present, valid
         out = np.zeros(n, dtype=out_present.dtype)
         out[valid] = out_present
         return out, valid

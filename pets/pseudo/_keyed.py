@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -29,17 +29,37 @@ ENCODINGS: dict[str, tuple[int, int]] = {
 }
 
 
+def _one_shot_hmac() -> Callable[[bytes, bytes, str], bytes]:
+    """The stdlib's OpenSSL one-shot HMAC without ``hmac.digest``'s Python wrapper, if present.
+
+    ``hmac.digest`` itself just dispatches to ``_hashlib.hmac_digest``; calling it directly saves
+    ~20 % per value. Checked against ``hmac.digest`` before use, else ``hmac.digest``.
+    """
+    try:
+        import _hashlib
+
+        fast = _hashlib.hmac_digest
+        if fast(b"k", b"m", "sha256") == hmac.digest(b"k", b"m", "sha256"):
+            return fast  # type: ignore[no-any-return]
+    except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover
+        pass
+    return hmac.digest  # pragma: no cover
+
+
+_HMAC = _one_shot_hmac()
+
+
 def hmac_sha256_digests(key: bytes, messages: Sequence[bytes]) -> bytes:
     """HMAC-SHA256 of each message under ``key``, concatenated (32 bytes each).
 
-    This is the one HMAC path of :class:`KeyedHash` (the stdlib's one-shot ``hmac.digest``,
-    computed by OpenSSL); the RFC 4231 known answers are checked against it.
+    This is the one HMAC path of :class:`KeyedHash` (the stdlib's one-shot HMAC, computed by
+    OpenSSL); the RFC 4231 known answers are checked against it.
 
     Example:
         >>> hmac_sha256_digests(b"Jefe", [b"what do ya want for nothing?"]).hex()[:16]
         '5bdcc146bf60754e'
     """
-    digest = hmac.digest
+    digest = _HMAC
     return b"".join([digest(key, m, "sha256") for m in messages])
 
 
@@ -51,10 +71,10 @@ def encode_digests(joined: bytes, encoding: str) -> np.ndarray:
     n = len(joined) // 32
     if n == 0:
         return np.zeros(0, dtype=f"S{width}")
+    raw = joined if keep == 32 else \
+        np.frombuffer(joined, dtype=np.uint8).reshape(n, 32)[:, :keep].tobytes()
     if encoding.startswith("hex"):
-        hexed = np.frombuffer(joined.hex().encode("ascii"), dtype="S64")
-        return hexed.astype(f"S{width}") if width != 64 else hexed.copy()
-    raw = np.frombuffer(joined, dtype=np.uint8).reshape(n, 32)[:, :keep].tobytes()
+        return np.frombuffer(raw.hex().encode("ascii"), dtype=f"S{width}")
     if encoding == "base32":
         chunks = [base64.b32encode(raw[i:i + keep])[:width].lower()
                   for i in range(0, len(raw), keep)]
