@@ -139,3 +139,28 @@ class TestAccessor:
         assert df.pets.anonymity_report(["zip"], k=2).k == 1
         res = df.pets.enforce_k(["zip"], 2, {"zip": [pets.pseudo.Suppress("*")]})
         assert res.frame["zip"].tolist() == ["*", "*", "*"]
+
+
+class TestEmptyColumns:
+    @pytest.mark.parametrize("spec,dtype", [
+        ("keyed-hash:d", "string"), ("token:d", "string"), ("ff1:d", "string"),
+        ("ff1-phone:d", "string"), ("bucket:width=5", "float64"),
+        ("top-bottom-code:upper=3", "Int64"), ("truncate-date:week", "datetime64[s]"),
+        ("age-band:2025-01-01", "datetime64[ns]"), ("postcode-prefix:2", "string"),
+        ("ip-prefix", "string"), ("mask:2", "string"), ("suppress", "string"),
+    ])
+    def test_every_transform_handles_an_empty_column(self, spec, dtype):
+        t = transform_from_spec(spec, root=Secret(bytes(32)))
+        out = t.apply(pd.Series([], dtype=dtype, name="c"))
+        assert len(out) == 0 and out.name == "c"
+
+    @pytest.mark.parametrize("spec,dtype", [
+        ("keyed-hash:d", "string"), ("token:d", "string"), ("ff1:d", "string"),
+        ("ff1-phone:d", "string"), ("bucket:width=5", "float64"),
+        ("truncate-date:week", "datetime64[s]"), ("age-band:2025-01-01", "datetime64[ns]"),
+        ("postcode-prefix:2", "string"), ("ip-prefix", "string"), ("mask:2", "string"),
+    ])
+    def test_every_transform_keeps_nulls(self, spec, dtype):
+        t = transform_from_spec(spec, root=Secret(bytes(32)))
+        out = t.apply(pd.Series([None, None], dtype=dtype))
+        assert out.isna().all() and len(out) == 2

@@ -112,6 +112,11 @@ class TestKeyedHash:
         assert ints.tolist() == strings.tolist()
         assert nullable[0] == strings[0] and pd.isna(nullable[1]) and nullable[2] == strings[1]
 
+    def test_unsigned_64_bit_ints_beyond_int64_are_exact(self, root):
+        h = KeyedHash(root, domain="d")
+        big = h.apply(pd.Series([2**64 - 1, 5], dtype="uint64"))
+        assert big.tolist() == h.apply(pd.Series([str(2**64 - 1), "5"])).tolist()
+
     def test_huge_python_ints_are_decimal_too(self, root):
         h = KeyedHash(root, domain="d")
         big = 2**80

@@ -157,3 +157,15 @@ class TestTokenizer:
         assert len(tok.reverse(pd.Series([], dtype="string"), context=Context("EU"))) == 0
         assert tok.reverse(pd.Series([None, None], dtype="string"),
                            context=Context("EU")).isna().all()
+
+
+class TestTokenizerHostileInput:
+    def test_a_10mb_value_is_rejected_cleanly(self, tok):
+        from pets import InputError
+
+        with pytest.raises(InputError, match="column 'note': value at position 0"):
+            tok.apply(pd.Series(["x" * (10 * 1024 * 1024)], name="note"))
+
+    def test_a_huge_token_is_rejected_without_decrypting(self, tok):
+        with pytest.raises(IntegrityError):
+            tok.reverse(pd.Series(["t1." + "A" * (1024 * 1024)]), context=Context("EU"))
