@@ -144,7 +144,8 @@ def run(quick: bool = False) -> AnonymityResult:
         for k in QUICK_KS if quick else KS:
             result.add(**measure(frame, k, ms))
     result.notes += [
-        f"synthetic_users({n:,}, seed=0); quasi-identifiers birth_date, postcode, country.",
+        f"synthetic_users({n:,}, seed=0){' (quick run)' if quick else ''}; quasi-identifiers "
+        "birth_date, postcode, country.",
         "Hierarchies: birth_date → year → 5/10/20-year bands; postcode → 3/2/1 leading "
         "characters; country → suppressed. Levels are applied to the original column.",
         "discernibility (lower is better) counts a suppressed row as indistinguishable from "

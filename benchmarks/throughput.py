@@ -351,6 +351,8 @@ def run(quick: bool = False, *, sizes: Sequence[int] | None = None,
                 print(f"throughput: {case.name} · {n:,} rows", file=sys.stderr, flush=True)
                 result.add(**measure(case, n, Path(tmp), repeat=3 if n <= 1_000_000 else 1))
     result.notes += [
+        f"{'quick run (up to 1M rows)' if quick and sizes is None else 'sizes'}: "
+        f"{', '.join(f'{n:,}' for n in (sizes or (QUICK_SIZES if quick else SIZES)))} rows.",
         "ratio = baseline time / pets time (1.0 = as fast as the bare primitive, higher is "
         "better). Medians of 3 runs after a warm-up (a single run at 10M rows).",
         "Data: distinct e-mail-like strings (hash, token, column encryption), random 10-digit "
