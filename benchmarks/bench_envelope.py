@@ -16,6 +16,7 @@ Cases (each with a baseline measured in the same run):
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -24,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks._harness import Result, median_time
+from benchmarks._harness import Result
 
 MIB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +62,13 @@ if case == "baseline":
                 aes.decrypt_into(nonce, mc, b"", mp); g.write(mp)
             g.flush(); os.fsync(g.fileno())
     for name, fn in (("crypto_only", crypto_only), ("with_io", with_io)):
-        times = []
+        times, cpus = [], []
         fn()
         for _ in range(repeat):
-            t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+            t, c = time.perf_counter(), time.process_time(); fn()
+            times.append(time.perf_counter() - t); cpus.append(time.process_time() - c)
         out[name] = sorted(times)[len(times) // 2]
+        out[name + "_cpu"] = sorted(cpus)[len(cpus) // 2]
 else:
     from pets import Context
     from pets.envelope import decrypt_file, encrypt_file
@@ -73,15 +77,17 @@ else:
     ring.create("memory://eu/kek", jurisdiction="EU")
     ctx = Context("EU", principal="bench")
     enc, dec = os.path.join(d, "f.pets"), os.path.join(d, "f.dec")
-    te, td = [], []
+    te, td, cpu = [], [], []
     for _ in range(repeat + 1):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         encrypt_file(src, enc, keys=ring, key_uris="memory://eu/kek", context=ctx)
         te.append(time.perf_counter() - t)
         t = time.perf_counter()
         decrypt_file(enc, dec, keys=ring, context=ctx)
         td.append(time.perf_counter() - t)
-    te, td = te[1:], td[1:]
+        cpu.append(time.process_time() - c)
+    te, td, cpu = te[1:], td[1:], cpu[1:]
+    out["both_cpu"] = sorted(cpu)[len(cpu) // 2]
     out["encrypt"] = sorted(te)[len(te) // 2]
     out["decrypt"] = sorted(td)[len(td) // 2]
     out["both"] = sorted(a + b for a, b in zip(te, td))[len(te) // 2]
@@ -103,6 +109,19 @@ def _child(case: str, src: Path, repeat: int) -> tuple[dict[str, float], float]:
     return json.loads(proc.stdout), max(peak, before) / 1024
 
 
+def _wall_and_cpu(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
+    """Median wall time and median CPU time (this process) of ``fn()`` after one warm-up."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeat):
+        gc.collect()
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def bench_files(result: Result, quick: bool) -> None:
     size_mib = 64 if quick else 512
     repeat = 3
@@ -119,11 +138,15 @@ def bench_files(result: Result, quick: bool) -> None:
                mb_per_s=2 * mb / env["both"],
                baseline="AESGCM encrypt_into/decrypt_into 1 MiB, same read/write/fsync",
                baseline_s=base["with_io"], ratio=base["with_io"] / env["both"],
-               target=">= 0.70", peak_rss_mib=round(rss, 1), rss_target="< 150")
+               target=">= 0.70", cpu_s=env["both_cpu"], baseline_cpu_s=base["with_io_cpu"],
+               cpu_ratio=base["with_io_cpu"] / env["both_cpu"],
+               peak_rss_mib=round(rss, 1), rss_target="< 150")
     result.add(case=f"file encrypt+decrypt {size_mib} MiB (vs crypto only)",
                median_s=env["both"], mb_per_s=2 * mb / env["both"],
                baseline="AESGCM encrypt_into/decrypt_into 1 MiB, in memory, no I/O",
-               baseline_s=base["crypto_only"], ratio=base["crypto_only"] / env["both"])
+               baseline_s=base["crypto_only"], ratio=base["crypto_only"] / env["both"],
+               cpu_s=env["both_cpu"], baseline_cpu_s=base["crypto_only_cpu"],
+               cpu_ratio=base["crypto_only_cpu"] / env["both_cpu"])
     result.add(case=f"file encrypt {size_mib} MiB", median_s=env["encrypt"],
                mb_per_s=mb / env["encrypt"])
     result.add(case=f"file decrypt {size_mib} MiB", median_s=env["decrypt"],
@@ -162,12 +185,15 @@ def bench_columns(result: Result, quick: bool) -> None:
 
     for mode, bare, target, primitive in (("randomized", bare_gcm, 400_000, "AESGCM"),
                                           ("deterministic", bare_siv, 300_000, "AESSIV")):
-        t = median_time(lambda m=mode: encrypt_columns(  # type: ignore[misc]
-            frame, {"v": m}, keys=ring, key_uris="memory://eu/kek", context=ctx), repeat=3)
-        tb = median_time(bare, repeat=3)
+        def ours(m: str = mode) -> None:
+            encrypt_columns(frame, {"v": m}, keys=ring, key_uris="memory://eu/kek", context=ctx)
+
+        t, c = _wall_and_cpu(ours)
+        tb, cb = _wall_and_cpu(bare)
         result.add(case=f"column {mode} {n:,} x 16 B", median_s=t, cells_per_s=n / t,
-                   target_cells_per_s=target, baseline=f"bare per-cell {primitive}",
-                   baseline_s=tb, ratio=tb / t)
+                   cpu_s=c, cells_per_cpu_s=n / c, target_cells_per_s=target,
+                   baseline=f"bare per-cell {primitive}", baseline_s=tb, ratio=tb / t,
+                   baseline_cpu_s=cb, cpu_ratio=cb / c)
 
 
 def bench_parquet(result: Result, quick: bool) -> None:
@@ -196,22 +222,26 @@ def bench_parquet(result: Result, quick: bool) -> None:
     pc = ParquetCrypto(ring)
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
         plain_p, enc_p = Path(tmp) / "plain.parquet", Path(tmp) / "enc.parquet"
-        plain_times, enc_times = [], []
+        plain_times, enc_times, plain_cpu, enc_cpu = [], [], [], []
         for i in range(6):  # interleaved so load changes hit both alike; first pair = warm-up
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             pq.write_table(table, plain_p)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             pc.write(table, enc_p, context=ctx, footer_key="memory://eu/footer",
                      column_keys={"memory://eu/pii": ["user_id", "email"],
                                   "memory://eu/metrics": ["country", "watch_s"]})
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             if i:
                 plain_times.append(t1 - t0)
                 enc_times.append(t2 - t1)
+                plain_cpu.append(c1 - c0)
+                enc_cpu.append(c2 - c1)
         tp, te = statistics.median(plain_times), statistics.median(enc_times)
+        cp, ce = statistics.median(plain_cpu), statistics.median(enc_cpu)
         result.add(case=f"Parquet write {n:,} rows x 4 cols, all encrypted + footer",
                    median_s=te, baseline="plain pyarrow write_table", baseline_s=tp,
-                   ratio=te / tp, target="<= 1.15",
+                   ratio=te / tp, target="<= 1.15", cpu_s=ce, baseline_cpu_s=cp,
+                   cpu_ratio=ce / cp,
                    size_ratio=enc_p.stat().st_size / plain_p.stat().st_size)
 
 
@@ -222,7 +252,9 @@ def run(quick: bool) -> Result:
     bench_parquet(result, quick)
     result.notes += [
         "ratio: baseline time / pets time for throughput cases (higher is better, 1.0 = as fast "
-        "as the baseline); pets time / baseline time for Parquet (lower is better).",
+        "as the baseline); pets time / baseline time for Parquet (lower is better). "
+        "cpu_* columns use process CPU time, which a loaded shared machine distorts less than "
+        "wall time; wall-time medians are the headline.",
         "encrypt_file/decrypt_file write through pets._io.atomic_path (temp file, fsync, "
         "rename); the I/O baseline does the same read/write/fsync with bare AESGCM.",
         f"load average at the end of the run: {os.getloadavg()[0]:.1f} on "
