@@ -14,7 +14,7 @@ import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -99,6 +99,9 @@ class MessageKeys:
     segment_key: bytes = field(repr=False)
     header_key: bytes = field(repr=False)
     commitment: bytes = field(repr=False)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("MessageKeys cannot be pickled")
 
 
 def derive_keys(dek: bytes, salt: bytes, suite: int = SUITE_AES256GCM_HKDF_SHA256_COMMIT

@@ -71,9 +71,13 @@ class TestLayout:
         nonces = {segment_nonce(b"p" * 7, i, last) for i in range(3) for last in (False, True)}
         assert len(nonces) == 6
 
-    def test_message_keys_do_not_show_in_repr(self):
+    def test_message_keys_do_not_show_in_repr_or_pickle(self):
+        import pickle
+
         k = derive_keys(b"k" * 32, b"s" * 32)
         assert k.segment_key.hex() not in repr(k) and "segment_key" not in repr(k)
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(k)
 
 
 class TestUnknownFormats:
