@@ -90,6 +90,39 @@ class TestProtect:
         assert got.data["watch_seconds"].nunique() > 1  # global quantile edges, not per part
         assert_same_protection(got, expected, bkeys.services)
 
+    def test_protect_graph_holds_no_root_domain_or_column_keys(self, users, bkeys, workers):
+        import cloudpickle
+
+        from pets.keys import Secret, WrappedKey
+        from pets.pseudo import derive_domain_key
+
+        policy = Policy.from_yaml(POLICY)
+        lazy = protect(dd.from_pandas(users, npartitions=2), policy, bkeys, EU,
+                       workers=workers, progress=False)
+        blob = cloudpickle.dumps(dict(lazy.data.__dask_graph__()))
+        wrapped = bkeys.root_for(policy.keys["pseudonyms"], context=EU, create=False)
+        root = Secret(bkeys.services.unwrap(wrapped, context=EU))
+        from pets.pseudo import KeyedHash, Tokenizer  # the keys protect's transforms hold
+
+        secrets = [root.expose()] + [
+            derive_domain_key(root, cls.purpose, domain, length=cls.key_length).expose()
+            for cls, domain in ((KeyedHash, "users.user_id"), (Tokenizer, "users.email"))]
+
+        assert KeyedHash.from_key(bkeys.services, wrapped, context=EU, domain="users.user_id"
+                                  ).worker_ref().domain_key == secrets[1]
+        assert Tokenizer.from_key(bkeys.services, wrapped, context=EU, domain="users.email"
+                                  ).worker_ref().domain_key == secrets[2]
+        for col in ("phone", "postcode"):
+            ck = next(c for c in lazy.columns if c["name"] == col)["header"]
+            w = ck["columns"][0]["wrapped_keys"][0]
+            mode = ck["columns"][0]["mode"]
+            secrets.append(bkeys.services.unwrap(
+                WrappedKey.from_dict(w), context=EU,
+                enc_context={**ck["enc_context"], "pets.column": col,
+                             "pets.column_mode": mode}))
+        for s in secrets:
+            assert s not in blob and s.hex().encode() not in blob
+
     def test_refuses_outside_the_home_jurisdiction(self, users, bkeys, workers):
         with pytest.raises(JurisdictionError, match="policy's home EU"):
             protect(dd.from_pandas(users, npartitions=2), Policy.from_yaml(POLICY), bkeys,
