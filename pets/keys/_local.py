@@ -258,6 +258,7 @@ class LocalKeyring:
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, 0o700)
         (path / "keys").mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path / "keys", 0o700)  # also when it existed already, with looser modes
         head = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "name": name, "kdf": kdf,
                 "check": _b64(check), "created": _now()}
         with _locked(path):

@@ -8,6 +8,8 @@ from typing import NoReturn
 
 __all__ = ["Secret"]
 
+_HASH_KEY = os.urandom(32)  # per process: hashes of equal secrets agree, and reveal nothing
+
 
 class Secret:
     """Secret key material: never in ``repr``/``str``, never pickled, exposed only explicitly.
@@ -55,7 +57,9 @@ class Secret:
         return hmac.compare_digest(self._value, other._value)
 
     def __hash__(self) -> int:
-        return id(self)
+        """Consistent with ``==`` (equal secrets hash alike), keyed per process so the hash
+        reveals nothing about the bytes."""
+        return int.from_bytes(hmac.digest(_HASH_KEY, self._value, "sha256")[:8], "big")
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("Secret cannot be pickled: pass a key reference instead")

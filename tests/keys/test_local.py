@@ -720,3 +720,13 @@ class TestDestroyRacingUnwrap:
             t.join()
         assert set(outcomes) <= {"ok", "destroyed"}, set(outcomes) - {"ok", "destroyed"}
         assert "destroyed" in outcomes
+
+
+class TestPermissions:
+    def test_init_tightens_a_pre_existing_keys_directory(self, tmp_path, master):
+        (tmp_path / "r" / "keys").mkdir(parents=True)
+        os.chmod(tmp_path / "r" / "keys", 0o777)
+        os.chmod(tmp_path / "r", 0o755)
+        LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
+        assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o700
+        assert stat.S_IMODE((tmp_path / "r" / "keys").stat().st_mode) == 0o700
