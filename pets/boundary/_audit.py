@@ -525,6 +525,13 @@ def flows(source: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> pd.Da
     ``dp_release``), ``name`` (dataset or release), ``columns``, ``protection`` (column:
     treatment, …), ``rows``, ``digest`` (SHA-256 of what left), the privacy budget a DP release
     spent (``epsilon``, ``delta``, ``rho``) and ``path``.
+
+    Example:
+        >>> table = flows([{"seq": 4, "kind": "boundary.export", "fields": {
+        ...     "destination": "US", "output": "table", "name": "users", "rows": 10,
+        ...     "columns": ["user_id"], "treatments": {"user_id": "keyed-hash"}}}])
+        >>> table[["destination", "output", "rows", "protection"]].to_dict("records")
+        [{'destination': 'US', 'output': 'table', 'rows': 10, 'protection': 'user_id:keyed-hash'}]
     """
     import pandas as pd
 
@@ -560,6 +567,14 @@ def incidents(source: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> p
 
     Columns: ``seq``, ``at``, ``actor``, ``kind``, ``target`` (dataset, key or path),
     ``destination`` and ``reason``.
+
+    Example:
+        >>> table = incidents([
+        ...     {"seq": 0, "kind": "boundary.protect", "fields": {}},
+        ...     {"seq": 1, "kind": "key.refused", "actor": "bob@US",
+        ...      "fields": {"key": "local://eu/kek", "jurisdiction": "US", "operation": "unwrap"}}])
+        >>> table[["seq", "actor", "kind", "target"]].to_dict("records")
+        [{'seq': 1, 'actor': 'bob@US', 'kind': 'key.refused', 'target': 'local://eu/kek'}]
     """
     import pandas as pd
 

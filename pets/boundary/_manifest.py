@@ -350,7 +350,26 @@ class ProtectedFrame:
     """Protected data plus the signed :class:`Manifest` that says how it was protected.
 
     ``data`` is a pandas DataFrame; do not modify it in place (the manifest's digests would no
-    longer match and the export gate would refuse it).
+    longer match and the export gate would refuse it). In a notebook it shows the manifest
+    (column, role, treatment, output, key) above the first rows.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> import pandas as pd
+        >>> from pets.boundary import SigningKey
+        >>> df = pd.DataFrame({"n": [1, 2]})
+        >>> key = SigningKey.generate()
+        >>> m = Manifest.build(df, dataset="t", policy_digest="0" * 64, home="EU",
+        ...                    created_by="etl@EU", columns=[{"name": "n", "role": "metric",
+        ...                    "treatment": "keep", "output": "kept"}]).sign(key)
+        >>> path = ProtectedFrame(df, m).write(pathlib.Path(tempfile.mkdtemp()) / "t.parquet")
+        >>> pf, export_record = read_protected(path, key.public_key)
+        >>> pf.data["n"].tolist(), export_record
+        ([1, 2], None)
+        >>> read_protected(path, SigningKey.generate().public_key)
+        Traceback (most recent call last):
+        ...
+        pets._errors.IntegrityError: manifest signature is not valid
     """
 
     data: pd.DataFrame

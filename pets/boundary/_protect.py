@@ -274,6 +274,23 @@ def reidentify(protected: ProtectedFrame, column: str, values: pd.Series | Seque
     Raises:
         PolicyError: The column's treatment does not reverse (keyed hashes, generalizers).
         JurisdictionError: ``context`` is outside the key's jurisdiction.
+
+    Example:
+        >>> import pandas as pd
+        >>> from pets import Context
+        >>> from pets.keys import KeyServices, MemoryKeyring
+        >>> from pets.boundary import BoundaryKeys, Policy, SigningKey, protect
+        >>> ring = MemoryKeyring(); _ = ring.create("memory://eu/p", jurisdiction="EU")
+        >>> keys = BoundaryKeys(KeyServices([ring]), SigningKey.generate())
+        >>> policy = Policy.from_dict({"dataset": "crm", "keys": {"pseudonyms": "memory://eu/p"},
+        ...     "columns": {"email": {"role": "identifier", "treatment": "token"}}})
+        >>> pf = protect(pd.DataFrame({"email": ["ann@mail.eu"]}), policy, keys, Context("EU"))
+        >>> reidentify(pf, "email", pf.data["email"], keys, Context("EU")).tolist()
+        ['ann@mail.eu']
+        >>> reidentify(pf, "email", pf.data["email"], keys, Context("US", principal="bob"))
+        Traceback (most recent call last):
+        ...
+        pets._errors.JurisdictionError: key memory://eu/p belongs to EU; unwrap refused for bob@US
     """
     series = pd.Series(list(values) if not isinstance(values, pd.Series) else values,
                        name=column)
