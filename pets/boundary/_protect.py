@@ -188,8 +188,10 @@ def _protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: C
         elif rule.treatment == "encrypt":
             out[rule.name] = series.reset_index(drop=True)
             encrypt.append(rule)
-            entry["links"] = ("equal values in this column give equal ciphertexts (linkable)"
-                              if rule.mode == "deterministic" else "nothing")
+            entry["links"] = (
+                "equal values in this column give equal ciphertexts (linkable); value lengths "
+                "and nulls show" if rule.mode == "deterministic"
+                else "no equalities; only value lengths and nulls show")
             entry["reversible"] = True
         else:
             transform = _build(rule, policy, keys, context, hook)
