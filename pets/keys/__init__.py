@@ -20,7 +20,9 @@ from pets.keys._service import (
     KeyVersion,
     WrappedKey,
     canonical_context,
+    check_dek,
     check_unwrap_allowed,
+    check_wrapped_matches,
     parse_key_uri,
 )
 
@@ -37,7 +39,9 @@ __all__ = [
     "Secret",
     "WrappedKey",
     "canonical_context",
+    "check_dek",
     "check_unwrap_allowed",
+    "check_wrapped_matches",
     "key_services",
     "parse_key_uri",
     "rewrap",

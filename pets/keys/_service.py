@@ -35,7 +35,9 @@ __all__ = [
     "KeyVersion",
     "WrappedKey",
     "canonical_context",
+    "check_dek",
     "check_unwrap_allowed",
+    "check_wrapped_matches",
     "parse_key_uri",
 ]
 
@@ -71,7 +73,16 @@ def check_wrapped_matches(wrapped: WrappedKey, info: KeyInfo) -> None:
     """Refuse a wrapped key whose stated jurisdiction is not its KEK's (a tampered header).
 
     ``WrappedKey.jurisdiction`` is not covered by the wrapping AAD, so every backend compares it
-    with the key's own (authenticated) jurisdiction before using the KEK.
+    with the key's own (authenticated) jurisdiction before using the KEK — after
+    :func:`check_unwrap_allowed`, so callers from elsewhere still get :class:`JurisdictionError`.
+
+    Example:
+        >>> info = KeyInfo("memory://eu/k", "EU", 1, 1, [], "memory")
+        >>> check_wrapped_matches(WrappedKey("memory://eu/k", 1, "EU", b""), info)
+        >>> check_wrapped_matches(WrappedKey("memory://eu/k", 1, "US", b""), info)
+        Traceback (most recent call last):
+        ...
+        pets._errors.IntegrityError: wrapped key failed to authenticate
     """
     if wrapped.jurisdiction != info.jurisdiction:
         raise IntegrityError("wrapped key failed to authenticate")

@@ -173,3 +173,15 @@ class TestCanonicalContext:
 
         with pytest.raises(InputError, match="valid Unicode"):
             canonical_context({"a": "\ud800"})
+
+
+class TestExports:
+    def test_all_is_sorted_and_is_exactly_the_public_surface(self):
+        import types
+
+        import pets.keys as keys
+
+        assert list(keys.__all__) == sorted(set(keys.__all__))
+        public = {n for n in dir(keys) if not n.startswith("_")
+                  and not isinstance(getattr(keys, n), types.ModuleType)}
+        assert public == set(keys.__all__)
