@@ -417,13 +417,17 @@ class _Lines:
                 yield raw[:-1]
 
 
-def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None) -> VerifyReport:
+def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None, *,
+               expect_head: tuple[int, str] | None = None) -> VerifyReport:
     """Check a log's sequence numbers, hash chain and (with ``public_key``) every signature.
 
     Args:
         path: The JSON-lines log.
         public_key: The signer's Ed25519 public key (object, PEM, or PEM file). ``None`` checks
             the chain only — anyone can forge a consistent chain, so auditors pass the key.
+        expect_head: ``(seq, hash)`` of a head noted at an earlier audit (``hash`` may be a
+            prefix of at least 16 hex digits). The log must still hold that entry: this is what
+            catches a clean cut of the newest entries, which a chain alone cannot.
 
     Returns:
         A :class:`VerifyReport`; the log is not modified. Call ``raise_for_status()`` to turn a
@@ -432,11 +436,21 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None) -
     p = Path(path)
     pub = load_public_key(public_key) if public_key is not None else None
     want_signer = key_id_of(pub) if pub is not None else None
+    if expect_head is not None:
+        head_seq, head_hash = int(expect_head[0]), str(expect_head[1]).lower()
+        if head_seq < 0 or len(head_hash) < 16 or len(head_hash) > 64 or any(
+                c not in "0123456789abcdef" for c in head_hash):
+            raise InputError("expected head must be SEQ and at least 16 hex digits of its hash")
     lines = _Lines(p)
     it = iter(lines)
     prev, seq = GENESIS_HASH, 0
+    lineno = 0
     for lineno, raw in enumerate(it, start=1):
         bad = _check_entry(raw, seq, prev, pub, want_signer)
+        if bad is None:
+            digest = str(json.loads(raw)["hash"])
+            if expect_head is not None and seq == head_seq and not digest.startswith(head_hash):
+                bad = (seq, "differs from the head noted earlier (the log was rewritten)")
         if bad is not None:
             written_seq, reason = bad
             for _ in it:  # read on, only to learn whether the tail is torn
@@ -444,8 +458,13 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None) -
             return VerifyReport(str(p), False, seq, seq - 1 if seq else None, prev,
                                 pub is not None, BadEntry(lineno, written_seq, reason),
                                 lines.torn)
-        prev = str(json.loads(raw)["hash"])
+        prev = digest
         seq += 1
+    if expect_head is not None and seq <= head_seq:
+        cut = BadEntry(lineno + 1, None, f"the log ends before the noted head seq {head_seq} "
+                                         "(entries were cut)")
+        return VerifyReport(str(p), False, seq, seq - 1 if seq else None, prev,
+                            pub is not None, cut, lines.torn)
     return VerifyReport(str(p), True, seq, seq - 1 if seq else None, prev, pub is not None,
                         None, lines.torn)
 

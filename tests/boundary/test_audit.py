@@ -205,6 +205,44 @@ class TestVerifyDetectsTampering:
             filled.write_bytes(original)
 
 
+class TestNotedHead:
+    def test_noted_head_still_present_after_more_appends(self, log, log_path, signer):
+        _fill(log, 4)
+        head = verify_log(log_path, signer.public_key)
+        _fill(log, 2)
+        report = verify_log(log_path, signer.public_key,
+                            expect_head=(head.head_seq, head.head_hash[:16]))
+        assert report.ok and report.entries == 6
+
+    def test_clean_cut_of_newest_entries_is_caught_with_a_noted_head(self, log, log_path,
+                                                                     signer):
+        _fill(log, 6)
+        head = verify_log(log_path, signer.public_key)
+        _write(log_path, _lines(log_path)[:3])
+        assert verify_log(log_path, signer.public_key).ok  # the chain alone cannot tell
+        report = verify_log(log_path, signer.public_key,
+                            expect_head=(head.head_seq, head.head_hash))
+        assert not report.ok and report.first_bad == BadEntry(
+            4, None, "the log ends before the noted head seq 5 (entries were cut)")
+
+    def test_log_rewritten_by_the_key_holder_is_caught(self, log, log_path, signer, tmp_path):
+        _fill(log, 3)
+        head = verify_log(log_path, signer.public_key)
+        other = AuditLog(tmp_path / "b.jsonl", signer=signer, actor="etl@EU")
+        for i in range(3):
+            other.append("test.event", i=i, note="rewritten")
+        report = verify_log(other.path, signer.public_key,
+                            expect_head=(head.head_seq, head.head_hash))
+        assert report.first_bad is not None and report.first_bad.line == 3
+        assert "differs from the head noted earlier" in report.first_bad.reason
+
+    @pytest.mark.parametrize("head", [(-1, "ab" * 8), (0, "abc"), (0, "zz" * 8)])
+    def test_malformed_head_is_an_input_error(self, log, log_path, signer, head):
+        _fill(log, 1)
+        with pytest.raises(InputError):
+            verify_log(log_path, signer.public_key, expect_head=head)
+
+
 class TestTornTail:
     def test_truncated_mid_entry_verifies_up_to_last_whole_entry(self, log, log_path, signer):
         _fill(log, 4)

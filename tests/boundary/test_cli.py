@@ -125,6 +125,16 @@ class TestAuditCommands:
         report = json.loads(capsys.readouterr().out)
         assert report["first_bad"]["line"] == i + 1 and not report["ok"]
 
+    def test_expect_head(self, env, capsys):
+        assert main(["audit", "verify", LOG, "--public-key", PUB, "--json"]) == 0
+        report = _json(capsys)
+        head = f"{report['head_seq']}:{report['head_hash'][:16]}"
+        assert main(["audit", "verify", LOG, "--public-key", PUB, "--expect-head", head]) == 0
+        lines = (env / LOG).read_text().splitlines()
+        (env / LOG).write_text("\n".join(lines[:-1]) + "\n")
+        assert main(["audit", "verify", LOG, "--public-key", PUB, "--expect-head", head]) == 5
+        assert main(["audit", "verify", LOG, "--public-key", PUB, "--expect-head", "x"]) == 1
+
     def test_flows_and_incidents(self, env, capsys):
         assert main(["export", "prot", "--to", "US", "--out", "us/u.parquet",
                      "--columns", SAFE]) == 0
