@@ -730,3 +730,30 @@ class TestPermissions:
         LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
         assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o700
         assert stat.S_IMODE((tmp_path / "r" / "keys").stat().st_mode) == 0o700
+
+
+class TestMoreAttacks:
+    def test_every_truncation_of_the_key_file_is_detected(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        original = key_file(ring).read_bytes()
+        for cut in range(0, len(original) - 1, 7):
+            key_file(ring).write_bytes(original[:cut])
+            with pytest.raises(IntegrityError, match="failed its integrity check"):
+                ring.unwrap(w, context=EU)
+        key_file(ring).write_bytes(original + b"{}")
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.unwrap(w, context=EU)
+
+    def test_same_uri_in_another_keyring_with_another_master_key_does_not_unwrap(
+            self, ring, tmp_path):
+        """Two data centres that both named their keyring "eu": same URI, different KEKs."""
+        twin = LocalKeyring.init(tmp_path / "twin", name="eu", master_key=Secret(os.urandom(32)))
+        twin.create(URI, jurisdiction="EU")
+        ring.create(URI, jurisdiction="EU")
+        w = twin.wrap(URI, b"d" * 32, context=EU)
+        with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
+            ring.unwrap(w, context=EU)
+        key_file(ring).write_bytes(key_file(twin).read_bytes())  # and its key file is useless
+        with pytest.raises(IntegrityError, match="failed its integrity check"):
+            ring.describe(URI)
