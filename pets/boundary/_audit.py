@@ -417,14 +417,17 @@ class _Lines:
                 yield raw[:-1]
 
 
-def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None, *,
+def verify_log(path: str | os.PathLike[str],
+               public_key: PublicKeyLike | Sequence[PublicKeyLike] | None, *,
                expect_head: tuple[int, str] | None = None) -> VerifyReport:
     """Check a log's sequence numbers, hash chain and (with ``public_key``) every signature.
 
     Args:
         path: The JSON-lines log.
-        public_key: The signer's Ed25519 public key (object, PEM, or PEM file). ``None`` checks
-            the chain only — anyone can forge a consistent chain, so auditors pass the key.
+        public_key: The signer's Ed25519 public key (object, PEM, or PEM file), or a list of
+            them when the signing key was rotated (each entry names its signer's key id).
+            ``None`` checks the chain only — anyone can forge a consistent chain, so auditors
+            pass the key.
         expect_head: ``(seq, hash)`` of a head noted at an earlier audit (``hash`` may be a
             prefix of at least 16 hex digits). The log must still hold that entry: this is what
             catches a clean cut of the newest entries, which a chain alone cannot.
@@ -434,8 +437,14 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None, *
         failure into :class:`~pets.IntegrityError`.
     """
     p = Path(path)
-    pub = load_public_key(public_key) if public_key is not None else None
-    want_signer = key_id_of(pub) if pub is not None else None
+    if public_key is None:
+        keyring: dict[str, Any] | None = None
+    else:
+        many: list[Any] = (list(public_key) if isinstance(public_key, list | tuple)
+                           else [public_key])
+        if not many:
+            raise InputError("give at least one public key")
+        keyring = {key_id_of(k): k for k in (load_public_key(x) for x in many)}
     if expect_head is not None:
         head_seq, head_hash = int(expect_head[0]), str(expect_head[1]).lower()
         if head_seq < 0 or len(head_hash) < 16 or len(head_hash) > 64 or any(
@@ -446,7 +455,7 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None, *
     prev, seq = GENESIS_HASH, 0
     lineno = 0
     for lineno, raw in enumerate(it, start=1):
-        bad = _check_entry(raw, seq, prev, pub, want_signer)
+        bad = _check_entry(raw, seq, prev, keyring)
         if bad is None:
             digest = str(json.loads(raw)["hash"])
             if expect_head is not None and seq == head_seq and not digest.startswith(head_hash):
@@ -456,7 +465,7 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None, *
             for _ in it:  # read on, only to learn whether the tail is torn
                 pass
             return VerifyReport(str(p), False, seq, seq - 1 if seq else None, prev,
-                                pub is not None, BadEntry(lineno, written_seq, reason),
+                                keyring is not None, BadEntry(lineno, written_seq, reason),
                                 lines.torn)
         prev = digest
         seq += 1
@@ -464,13 +473,13 @@ def verify_log(path: str | os.PathLike[str], public_key: PublicKeyLike | None, *
         cut = BadEntry(lineno + 1, None, f"the log ends before the noted head seq {head_seq} "
                                          "(entries were cut)")
         return VerifyReport(str(p), False, seq, seq - 1 if seq else None, prev,
-                            pub is not None, cut, lines.torn)
-    return VerifyReport(str(p), True, seq, seq - 1 if seq else None, prev, pub is not None,
+                            keyring is not None, cut, lines.torn)
+    return VerifyReport(str(p), True, seq, seq - 1 if seq else None, prev, keyring is not None,
                         None, lines.torn)
 
 
-def _check_entry(raw: bytes, seq: int, prev: str, pub: Any,
-                 want_signer: str | None) -> tuple[int | None, str] | None:
+def _check_entry(raw: bytes, seq: int, prev: str,
+                 keyring: Mapping[str, Any] | None) -> tuple[int | None, str] | None:
     try:
         entry = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -492,8 +501,9 @@ def _check_entry(raw: bytes, seq: int, prev: str, pub: Any,
         return written, "not in canonical form (edited)"
     if _entry_hash(entry) != entry["hash"]:
         return written, "hash does not match the entry's content (edited)"
-    if pub is not None:
-        if entry["signer"] != want_signer or not isinstance(entry["sig"], str):
+    if keyring is not None:
+        pub = keyring.get(entry["signer"]) if isinstance(entry["signer"], str) else None
+        if pub is None or not isinstance(entry["sig"], str):
             return written, "not signed by this key"
         try:
             sig = base64.b64decode(entry["sig"], validate=True)

@@ -313,13 +313,16 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.argument("log", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The signer's Ed25519 public key (PEM).")
+@click.option("--public-key", "public_keys", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, multiple=True,
+              help="The signer's Ed25519 public key (PEM); repeat it for each key the log was "
+                   "signed with across rotations.")
 @click.option("--expect-head", default=None, metavar="SEQ:HASH",
               help="A head noted at an earlier audit (SEQ and >= 16 hex digits of its hash): "
                    "the log must still hold it, which catches a cut of the newest entries.")
 @json_option
-def verify(log: Path, public_key: Path, expect_head: str | None, as_json: bool) -> None:
+def verify(log: Path, public_keys: tuple[Path, ...], expect_head: str | None,
+           as_json: bool) -> None:
     """Check every entry's sequence, hash chain and signature; name the first bad one.
 
     Exit code 5 when an entry is edited, dropped, reordered or inserted (or, with
@@ -334,7 +337,7 @@ def verify(log: Path, public_key: Path, expect_head: str | None, as_json: bool) 
         if not sep or not seq_text.isdigit():
             raise InputError(f"--expect-head {expect_head!r}: expected SEQ:HASH")
         head = (int(seq_text), digest)
-    report = verify_log(log, public_key, expect_head=head)
+    report = verify_log(log, list(public_keys), expect_head=head)
     emit(report.to_dict(), as_json, report.summary)
     if not report.ok:
         raise IntegrityError(f"audit log {log}: entry at line {report.first_bad.line} "

@@ -160,6 +160,15 @@ class TestVerifyDetectsTampering:
         bad = verify_log(filled, signer.public_key).first_bad
         assert bad == BadEntry(4, 3, "not signed by this key")
 
+    def test_rotated_signing_key_verifies_with_both_public_keys(self, filled, signer):
+        new = SigningKey.generate()
+        AuditLog(filled, signer=new, actor="etl@EU").append("after.rotation")
+        assert verify_log(filled, [signer.public_key, new.public_key]).ok
+        bad = verify_log(filled, signer.public_key).first_bad
+        assert bad == BadEntry(self.N + 1, self.N, "not signed by this key")
+        with pytest.raises(InputError, match="at least one public key"):
+            verify_log(filled, [])
+
     def test_wrong_public_key_fails_at_the_first_entry(self, filled):
         bad = verify_log(filled, SigningKey.generate().public_key).first_bad
         assert bad == BadEntry(1, 0, "not signed by this key")
