@@ -42,7 +42,7 @@ from pets._io import atomic_path
 from pets.boundary._audit import AuditLog
 from pets.boundary._manifest import EXPORT_KEY, ProtectedFrame
 from pets.boundary._policy import Policy
-from pets.boundary._signing import PublicKeyLike, load_public_key
+from pets.boundary._signing import PublicKeyLike
 from pets.jurisdiction import Context, Jurisdiction
 
 __all__ = ["ExportReceipt", "export"]
@@ -84,7 +84,8 @@ def _describe(obj: Any) -> str:
 
 
 def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
-           public_key: PublicKeyLike, context: Context, audit: AuditLog,
+           public_key: PublicKeyLike | Sequence[PublicKeyLike], context: Context,
+           audit: AuditLog,
            columns: Sequence[str] | Literal["allowed"] | None = None) -> ExportReceipt:
     """Check ``obj`` against ``policy`` and, if it may go ``to`` the destination, write it.
 
@@ -94,7 +95,8 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         to: The destination jurisdiction, e.g. ``"US"``.
         path: Where to write (atomically; nothing is written on refusal).
         policy: The policy the data was protected under.
-        public_key: The home jurisdiction's Ed25519 public key (or its PEM / PEM file).
+        public_key: The home jurisdiction's Ed25519 public key (or its PEM / PEM file), or a
+            list of them after a rotation of the signing key.
         context: Who exports: must run in the policy's home jurisdiction.
         audit: The audit log: receives ``boundary.export`` or ``boundary.refused``.
         columns: Export only these columns of a table (default: all). Columns whose output may
@@ -177,7 +179,8 @@ def _is_release(obj: Any) -> bool:
     return isinstance(obj, Release)
 
 
-def _export_table(obj: Any, to: str, dest: Path, policy: Policy, public_key: PublicKeyLike,
+def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
+                  public_key: PublicKeyLike | Sequence[PublicKeyLike],
                   context: Context, audit: AuditLog,
                   columns: Sequence[str] | Literal["allowed"] | None) -> ExportReceipt:
     if isinstance(obj, pd.DataFrame):
@@ -188,7 +191,7 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy, public_key: Pub
     if not isinstance(obj, ProtectedFrame):
         raise PolicyError(f"cannot export a {type(obj).__name__}: only protected tables and "
                           "DP releases may leave")
-    manifest = obj.manifest.verify(load_public_key(public_key))
+    manifest = obj.manifest.verify(public_key)
     manifest.verify_data(obj.data)
     if manifest.policy_digest != policy.digest():
         raise PolicyError(f"{manifest.dataset!r} was protected under another policy "

@@ -288,14 +288,21 @@ class Manifest:
         sig = key.sign(unsigned.payload())
         return replace(unsigned, signature=base64.b64encode(sig).decode())
 
-    def verify(self, public_key: PublicKeyLike) -> Manifest:
+    def verify(self, public_key: PublicKeyLike | Sequence[PublicKeyLike]) -> Manifest:
         """Check the signature; returns ``self`` so calls chain.
+
+        Args:
+            public_key: The home's Ed25519 public key, or a list of them (after a rotation of
+                the signing key: the manifest names its signer's key id).
 
         Raises:
             IntegrityError: Unsigned, signed by another key, or altered after signing.
         """
-        pub = load_public_key(public_key)
-        if self.signature is None or self.signer != key_id_of(pub):
+        many: list[Any] = (list(public_key) if isinstance(public_key, list | tuple)
+                           else [public_key])
+        keys = {key_id_of(k): k for k in (load_public_key(x) for x in many)}
+        pub = keys.get(self.signer) if self.signer is not None else None
+        if self.signature is None or pub is None:
             raise IntegrityError("manifest signature is not valid")
         try:
             sig = base64.b64decode(self.signature, validate=True)
@@ -446,7 +453,8 @@ def _read_parquet(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[byte
 
 
 def read_protected(path: str | os.PathLike[str],
-                   public_key: PublicKeyLike) -> tuple[ProtectedFrame, dict[str, Any] | None]:
+                   public_key: PublicKeyLike | Sequence[PublicKeyLike]
+                   ) -> tuple[ProtectedFrame, dict[str, Any] | None]:
     """Read and fully check a protected or exported file: signature, then data.
 
     Returns:

@@ -98,6 +98,12 @@ class TestSignature:
         with pytest.raises(IntegrityError):
             m.sign(SigningKey.generate()).verify(signer.public_key)
 
+    def test_any_of_several_keys_after_a_rotation(self, signer):
+        m = _manifest(_frame()).sign(signer)
+        assert m.verify([SigningKey.generate().public_key, signer.public_key]) is m
+        with pytest.raises(IntegrityError):
+            m.verify([SigningKey.generate().public_key])
+
     def test_json_roundtrip(self, signer):
         m = _manifest(_frame()).sign(signer)
         assert Manifest.from_json(m.to_json()) == m
