@@ -1,7 +1,7 @@
 """Utility lost to k-anonymity: ``pets.pseudo.enforce_k`` on the synthetic users, k = 2 … 50.
 
 Quasi-identifiers: birth date (→ year → 5-year → 10-year → 20-year bands), postcode (→ 3, 2, 1
-leading characters) and country (→ suppressed). For each k and each suppression allowance,
+leading characters → suppressed) and country (→ suppressed). For each k and each suppression allowance,
 ``enforce_k`` searches the generalization lattice; we record what it cost:
 
 - ``rows_suppressed`` / ``suppression_rate``: records removed because their class stayed below k;
@@ -58,7 +58,7 @@ def hierarchies() -> dict[str, list[Any]]:
 
     return {
         "birth_date": [year, band(5), band(10), band(20)],
-        "postcode": [PostcodePrefix(3), PostcodePrefix(2), PostcodePrefix(1)],
+        "postcode": [PostcodePrefix(3), PostcodePrefix(2), PostcodePrefix(1), Suppress()],
         "country": [Suppress()],
     }
 
@@ -147,7 +147,7 @@ def run(quick: bool = False) -> AnonymityResult:
         f"synthetic_users({n:,}, seed=0){' (quick run)' if quick else ''}; quasi-identifiers "
         "birth_date, postcode, country.",
         "Hierarchies: birth_date → year → 5/10/20-year bands; postcode → 3/2/1 leading "
-        "characters; country → suppressed. Levels are applied to the original column.",
+        "characters → suppressed; country → suppressed. Levels are applied to the original column.",
         "discernibility (lower is better) counts a suppressed row as indistinguishable from "
         "every row; disc_norm = discernibility / rows²; c_avg = (kept rows / classes) / k.",
     ]

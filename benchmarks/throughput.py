@@ -342,14 +342,16 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def run(quick: bool = False, *, sizes: Sequence[int] | None = None,
-        cases: Sequence[Case] = CASES) -> ThroughputResult:
-    """Time every case at every size (``quick``: up to 1M rows)."""
+        cases: Sequence[Case] = CASES, repeat: int | None = None) -> ThroughputResult:
+    """Time every case at every size (``quick``: up to 1M rows); ``repeat`` overrides the
+    number of timed runs (default 3, 1 above 1M rows)."""
     result = ThroughputResult("throughput")
     with tempfile.TemporaryDirectory(prefix="pets-bench-throughput-") as tmp:
         for n in sizes or (QUICK_SIZES if quick else SIZES):
             for case in cases:
                 print(f"throughput: {case.name} · {n:,} rows", file=sys.stderr, flush=True)
-                result.add(**measure(case, n, Path(tmp), repeat=3 if n <= 1_000_000 else 1))
+                reps = repeat or (3 if n <= 1_000_000 else 1)
+                result.add(**measure(case, n, Path(tmp), repeat=reps))
     result.notes += [
         f"{'quick run (up to 1M rows)' if quick and sizes is None else 'sizes'}: "
         f"{', '.join(f'{n:,}' for n in (sizes or (QUICK_SIZES if quick else SIZES)))} rows.",
