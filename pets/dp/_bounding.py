@@ -9,7 +9,8 @@ Two caps make the sensitivity of every grouped aggregate finite:
   keeps the pairs with the ``G`` smallest — a uniform random sample of the user's groups.
 
 Both are implemented by sorting on (key, priority) and ranking within runs; only rows or pairs
-in over-limit keys are sorted. After bounding, adding or removing one user changes at most
+in over-limit keys are sorted, and users whose rows all fall in one group (found in O(n)) skip
+the pair hashing. After bounding, adding or removing one user changes at most
 ``G`` groups, each by at most ``C`` rows. The priorities come from a numpy ``Generator``
 (seeded from the OS CSPRNG by default): they decide *which* rows are kept, never the noise,
 which comes only from OpenDP.
@@ -78,29 +79,43 @@ def bound_contributions(users: np.ndarray, groups: np.ndarray, *, max_groups: in
     keep = np.ones(n, dtype=bool)
     if n == 0:
         return keep
-    ngroups = int(groups.max()) + 1
-    pair = users.astype(np.int64) * ngroups + groups.astype(np.int64)
-    space = (int(users.max()) + 1) * ngroups
-    if space <= max(4 * n, 1 << 22) and space < 2**31:
-        # dense pair ids: count with bincount instead of hashing
-        pair_id = pair
-        counts = np.bincount(pair, minlength=space)
-        pair_vals = np.flatnonzero(counts)
-        per_pair = counts
-        pair_keep_index = np.full(space, -1, dtype=np.int64)
-        pair_keep_index[pair_vals] = np.arange(pair_vals.size)
-    else:
-        codes, uniq = pd.factorize(pair)
-        pair_id = np.asarray(codes, dtype=np.int64)
-        pair_vals = np.asarray(uniq, dtype=np.int64)
-        per_pair = np.bincount(pair_id)
-        pair_keep_index = None
+    u = users.astype(np.int64)
+    g = groups.astype(np.int64)
+    ngroups = int(g.max()) + 1
+    per_user = np.bincount(u)
+    # Fast path: a user whose rows all share one group has one (user, group) pair, so only
+    # the row cap can bind. Found in O(n): by Cauchy–Schwarz, (Σg)² = n·Σg² iff g is constant
+    # (integer sums, exact in float64 because (rows·groups)² < 2**52 is checked).
+    single = np.zeros(per_user.size, dtype=bool)
+    if int(per_user.max()) * ngroups < 2**26:
+        s1 = np.rint(np.bincount(u, weights=g.astype(np.float64))).astype(np.int64)
+        s2 = np.rint(np.bincount(u, weights=(g * g).astype(np.float64))).astype(np.int64)
+        single = s2 * per_user == s1 * s1
+    row_single = single[u]
+    over = row_single & (per_user[u] > max_rows)
+    if over.any():
+        idx = np.flatnonzero(over)
+        order, rank = rank_within(u[idx], rng)
+        keep[idx[order[rank >= max_rows]]] = False
+    if not row_single.all():
+        midx = np.flatnonzero(~row_single)
+        keep[midx] = _bound_pairs(u[midx], g[midx], ngroups, max_groups, max_rows, rng)
+    return keep
+
+
+def _bound_pairs(u: np.ndarray, g: np.ndarray, ngroups: int, max_groups: int, max_rows: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """The general case (users in several groups): hash the (user, group) pairs."""
+    keep = np.ones(u.size, dtype=bool)
+    codes, uniq = pd.factorize(u * ngroups + g)
+    pair_id = np.asarray(codes, dtype=np.int64)
+    per_pair = np.bincount(pair_id)
     over = per_pair[pair_id] > max_rows
     if over.any():
         idx = np.flatnonzero(over)
         order, rank = rank_within(pair_id[idx], rng)
         keep[idx[order[rank >= max_rows]]] = False
-    pair_user = pair_vals // ngroups
+    pair_user = np.asarray(uniq, dtype=np.int64) // ngroups
     per_user = np.bincount(pair_user)
     over_u = per_user[pair_user] > max_groups
     if over_u.any():
@@ -108,8 +123,7 @@ def bound_contributions(users: np.ndarray, groups: np.ndarray, *, max_groups: in
         order, rank = rank_within(pair_user[pidx], rng)
         pair_keep = np.ones(pair_user.size, dtype=bool)
         pair_keep[pidx[order[rank >= max_groups]]] = False
-        slot = pair_id if pair_keep_index is None else pair_keep_index[pair_id]
-        keep &= pair_keep[slot]
+        keep &= pair_keep[pair_id]
     return keep
 
 

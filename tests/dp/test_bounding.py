@@ -50,6 +50,15 @@ class TestBoundContributions:
                    for _ in range(4000))
         assert np.all(np.abs(kept / 4000 - 0.2) < 0.04)
 
+    def test_mixed_single_and_multi_group_users(self):
+        users = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+        groups = np.array([3, 3, 3, 0, 1, 1, 2, 5])
+        keep = bound_contributions(users, groups, max_groups=1, max_rows=2,
+                                   rng=np.random.default_rng(4))
+        _check(users, groups, keep, 1, 2)
+        assert keep[users == 0].sum() == 2 and keep[users == 2].all()
+        assert 1 <= keep[users == 1].sum() <= 2
+
     def test_sparse_pair_space_uses_the_hash_path_and_still_bounds(self):
         users = np.array([0, 0, 0, 10**9, 10**9])
         groups = np.array([0, 5000, 5000, 1, 1])
