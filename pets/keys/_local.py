@@ -30,8 +30,9 @@ the master key).
 write the directory and kept a copy can restore it and revive a version destroyed or retired
 since. No check inside the directory can tell, because the whole directory can be rolled back
 together. Each key file therefore carries a ``generation`` counter, raised by every write and
-covered by the MAC: a :class:`LocalKeyring` object refuses a file older than one it has already
-read (:class:`~pets.IntegrityError`), and ``describe`` and every ``key.*`` audit event report the
+covered by the MAC: the process refuses a file older than one it has already read or written
+through any :class:`LocalKeyring` on that keyring (:class:`~pets.IntegrityError`), and
+``describe`` and every ``key.*`` audit event report the
 generation, so an audit log kept elsewhere (``pets.boundary``) records the high-water mark a
 verifier can compare with. Across restarts, only such external state detects a rollback.
 
@@ -103,6 +104,12 @@ _SCRYPT_MAX_WORK = 1 << 21  # n * r * p: the same bound on time
 _LOAD_ATTEMPTS = 4
 
 State = Literal["active", "retired", "destroyed"]
+
+# Highest key-file generation this process has read or written, per (keyring directory, keyring
+# check value, key URI): every LocalKeyring object on the same keyring shares it, so a file
+# rolled back while the process runs is refused whichever object reads it next.
+_SEEN: dict[tuple[str, str, str], int] = {}
+_SEEN_LOCK = threading.Lock()
 
 
 def _now() -> str:
@@ -191,8 +198,6 @@ class LocalKeyring:
     ) -> None:
         self.path = Path(path)
         self.audit = audit
-        self._seen: dict[str, int] = {}  # highest key-file generation read, per URI
-        self._seen_lock = threading.Lock()
         if master_key is None and passphrase is None:
             from pets.keys._config import master_key_from_env
 
@@ -200,6 +205,9 @@ class LocalKeyring:
         head = self._read_header(self.path)
         self.name: str = head["name"]
         self._keys = self._open(head, master_key, passphrase)
+        # This keyring's identity for the rollback high-water marks: its directory and its
+        # random check value (a keyring deleted and re-created at the same path is another one).
+        self._ident = (os.path.realpath(self.path), str(head["check"]))
 
     # ----------------------------------------------------------------- set-up
 
@@ -402,10 +410,10 @@ class LocalKeyring:
             doc = self._authenticate(uri, raw)
             if doc is not None:
                 gen = int(doc.get("generation", 0))
-                with self._seen_lock:
-                    seen = self._seen.get(uri, -1)
+                with _SEEN_LOCK:
+                    seen = _SEEN.get((*self._ident, uri), -1)
                     if gen >= seen:
-                        self._seen[uri] = gen
+                        _SEEN[(*self._ident, uri)] = gen
                         return doc
             # Bad or older than already seen: a writer may have renamed a newer file over the
             # one we opened (and shredded it) — then read again; otherwise it is tampering.
@@ -459,8 +467,9 @@ class LocalKeyring:
         finally:
             if old is not None:
                 old.close()
-        with self._seen_lock:
-            self._seen[uri] = max(self._seen.get(uri, -1), body["generation"])
+        with _SEEN_LOCK:
+            mark = (*self._ident, uri)
+            _SEEN[mark] = max(_SEEN.get(mark, -1), body["generation"])
 
     def _info(self, body: Mapping[str, Any]) -> KeyInfo:
         versions = [KeyVersion(int(v["version"]), _state(v["state"]), str(v["created"]))

@@ -534,17 +534,28 @@ class TestRollbackAndSwaps:
 
     def test_rollback_across_restarts_is_only_visible_against_external_state(self, ring, master,
                                                                               events):
-        """The limit, stated as a test: a fresh process cannot tell a rolled-back file (nothing
-        inside the directory can), but the generation the audit log recorded exposes it."""
+        """The limit, stated as a test: every keyring object of this process refuses the old
+        file, but a fresh process cannot tell (nothing inside the directory can); the generation
+        the audit log recorded exposes it."""
         ring.create(URI, jurisdiction="EU")
         w1 = ring.wrap(URI, b"1" * 32, context=EU)
         saved = key_file(ring).read_bytes()
         ring.destroy(URI, 1)
         audited = events[-1].fields["generation"]
         key_file(ring).write_bytes(saved)
-        fresh = LocalKeyring(ring.path, master_key=master)
-        assert fresh.unwrap(w1, context=EU) == b"1" * 32  # resurrected: not preventable here
-        assert fresh.describe(URI).attributes["generation"] < audited  # ...but detectable
+        with pytest.raises(IntegrityError, match="rolled back"):  # same process: any object
+            LocalKeyring(ring.path, master_key=master).unwrap(w1, context=EU)
+        code = ("import sys; from pets import Context; from pets.keys import LocalKeyring, "
+                "Secret, WrappedKey\n"
+                "r = LocalKeyring(sys.argv[1], master_key=Secret(bytes.fromhex(sys.argv[2])))\n"
+                "w = WrappedKey.from_json(sys.argv[3])\n"
+                "assert r.unwrap(w, context=Context('EU')) == b'1' * 32\n"
+                "print(r.describe(w.key_uri).attributes['generation'])")
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        res = subprocess.run([sys.executable, "-c", code, str(ring.path), master.expose().hex(),
+                              w1.to_json()], capture_output=True, text=True, env=env, check=False)
+        assert res.returncode == 0, res.stderr  # after a restart: resurrected, not preventable
+        assert int(res.stdout) < audited  # ...but the audited generation exposes it
 
     def test_key_file_swapped_between_keys_is_refused(self, ring):
         ring.create(URI, jurisdiction="EU")
@@ -757,3 +768,17 @@ class TestMoreAttacks:
         key_file(ring).write_bytes(key_file(twin).read_bytes())  # and its key file is useless
         with pytest.raises(IntegrityError, match="failed its integrity check"):
             ring.describe(URI)
+
+
+    def test_a_keyring_recreated_at_the_same_path_is_not_mistaken_for_a_rollback(
+            self, tmp_path, master):
+        import shutil
+
+        first = LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
+        first.create(URI, jurisdiction="EU")
+        for _ in range(3):
+            first.rotate(URI)
+        shutil.rmtree(tmp_path / "r")
+        again = LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
+        again.create(URI, jurisdiction="EU")  # generation 1 again, but another keyring
+        assert again.describe(URI).attributes["generation"] == 1
