@@ -22,6 +22,8 @@ from pets.keys._service import KeyInfo, KeyServices, WrappedKey
 
 __all__ = ["COMMANDS"]
 
+_MAX_WRAPPED_FILE = 1 << 16  # a WrappedKey JSON is a few hundred bytes
+
 
 def _info_text(info: KeyInfo) -> str:
     versions = ", ".join(f"v{v.version} {v.state}" for v in info.versions)
@@ -193,7 +195,11 @@ def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, 
     from pets.keys._rewrap import rewrap
 
     try:
-        text = src.read_text()
+        with open(src, "rb") as fh:
+            raw = fh.read(_MAX_WRAPPED_FILE + 1)
+        if len(raw) > _MAX_WRAPPED_FILE:
+            raise InputError(f"{src}: not a wrapped key (over {_MAX_WRAPPED_FILE} bytes)")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read wrapped key {src}: {exc.__class__.__name__}") from None
     try:

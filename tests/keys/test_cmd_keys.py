@@ -252,3 +252,13 @@ class TestNoSecretInCliOutput:
                            "local://eu/b", "--jurisdiction", "US", "--principal", "spy")
         assert code == 4 and "unwrap refused for spy@US" in err
         assert opened == [] and not (env / "out.json").exists()
+
+
+    def test_migrate_refuses_a_huge_input_without_reading_it_all(self, env, capsys):
+        run(capsys, "keys", "init", "--name", "eu")
+        ring().create("local://eu/b", jurisdiction="EU")
+        (env / "huge.json").write_bytes(b" " * (1 << 20))
+        code, _, err = run(capsys, "keys", "migrate", "huge.json", "out.json", "--to",
+                           "local://eu/b")
+        assert code == 1 and "huge.json: not a wrapped key (over 65536 bytes)" in err
+        assert not (env / "out.json").exists()
