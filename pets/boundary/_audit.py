@@ -509,6 +509,8 @@ def _check_entry(raw: bytes, seq: int, prev: str,
             sig = base64.b64decode(entry["sig"], validate=True)
         except (binascii.Error, ValueError):
             return written, "malformed signature"
+        if base64.b64encode(sig).decode() != entry["sig"]:  # non-zero padding bits
+            return written, "malformed signature"
         if not verify_signature(pub, _SIG_DOMAIN + bytes.fromhex(entry["hash"]), sig):
             return written, "bad signature"
     return None

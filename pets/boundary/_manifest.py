@@ -308,6 +308,8 @@ class Manifest:
             sig = base64.b64decode(self.signature, validate=True)
         except (binascii.Error, ValueError):
             raise IntegrityError("manifest signature is not valid") from None
+        if base64.b64encode(sig).decode() != self.signature:  # one encoding per signature
+            raise IntegrityError("manifest signature is not valid")
         if not verify_signature(pub, self.payload(), sig):
             raise IntegrityError("manifest signature is not valid")
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -178,6 +179,21 @@ class TestVerifyDetectsTampering:
         assert verify_log(log_path, None).ok
         assert verify_log(log_path, signer.public_key).first_bad == BadEntry(
             1, 0, "not signed by this key")
+
+    def test_signature_with_altered_padding_bits_is_caught(self, filled, signer):
+        lines = _lines(filled)
+        entry = json.loads(lines[2])
+        sig = entry["sig"]
+        assert sig.endswith("==")
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        last = alphabet.index(sig[-3])
+        entry["sig"] = sig[:-3] + alphabet[last ^ 0b0001] + "=="  # same decoded bytes
+        assert base64.b64decode(entry["sig"]) == base64.b64decode(sig)
+        lines[2] = json.dumps(entry, sort_keys=True, separators=(",", ":"),
+                              ensure_ascii=False).encode()
+        _write(filled, lines)
+        assert verify_log(filled, signer.public_key).first_bad == BadEntry(
+            3, 2, "malformed signature")
 
     def test_garbage_line_is_caught(self, filled, signer):
         lines = _lines(filled)
