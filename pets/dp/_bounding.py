@@ -81,6 +81,10 @@ def bound_contributions(users: np.ndarray, groups: np.ndarray, *, max_groups: in
         return keep
     u = users.astype(np.int64)
     g = groups.astype(np.int64)
+    if int(u.max()) >= 4 * n:  # sparse codes: make them dense before counting per user
+        u = np.asarray(pd.factorize(u)[0], dtype=np.int64)
+    if int(g.max()) >= 4 * n:
+        g = np.asarray(pd.factorize(g)[0], dtype=np.int64)
     ngroups = int(g.max()) + 1
     per_user = np.bincount(u)
     # Fast path: a user whose rows all share one group has one (user, group) pair, so only

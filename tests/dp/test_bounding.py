@@ -59,9 +59,9 @@ class TestBoundContributions:
         assert keep[users == 0].sum() == 2 and keep[users == 2].all()
         assert 1 <= keep[users == 1].sum() <= 2
 
-    def test_sparse_pair_space_uses_the_hash_path_and_still_bounds(self):
+    def test_sparse_codes_are_densified_and_still_bounded(self):
         users = np.array([0, 0, 0, 10**9, 10**9])
-        groups = np.array([0, 5000, 5000, 1, 1])
+        groups = np.array([0, 5 * 10**9, 5 * 10**9, 1, 1])
         keep = bound_contributions(users, groups, max_groups=1, max_rows=1,
                                    rng=np.random.default_rng(0))
         _check(users, groups, keep, 1, 1)
