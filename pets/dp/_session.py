@@ -735,11 +735,15 @@ def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanis
         loss = PrivacyLoss.total(m.loss for m in used)
         kpart = key_part if kp is None else kp
         n = len(kpart)
+        text = {"statistic": [stat] * n, "column": [column] * n,
+                "param": param if isinstance(param, list) else [param] * n,
+                "mechanism": [mech] * n}
         cols: dict[str, Any] = dict(
-            statistic=[stat] * n, column=[column] * n,
-            param=param if isinstance(param, list) else [param] * n,
+            statistic=pd.Series(text["statistic"], dtype="str"),
+            column=pd.Series(text["column"], dtype="str"),
+            param=pd.Series(text["param"], dtype="str"),
             estimate=est.astype(np.float64), ci_low=lo.astype(np.float64),
-            ci_high=hi.astype(np.float64), mechanism=[mech] * n,
+            ci_high=hi.astype(np.float64), mechanism=pd.Series(text["mechanism"], dtype="str"),
             scale=np.full(n, float(scale)), epsilon=np.full(n, loss.epsilon),
             delta=np.full(n, loss.delta), rho=np.full(n, loss.rho),
             _block=np.full(n, len(records)), _pos=np.arange(n))

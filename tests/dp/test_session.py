@@ -146,6 +146,15 @@ class TestEstimates:
         assert est.to_dict() == pytest.approx(
             small_events.groupby("country").size().to_dict(), abs=1)
 
+    def test_private_keys_may_release_no_group_at_all(self):
+        df = pd.DataFrame({"user_id": ["a", "b"], "country": ["DE", "FR"], "watch": [1.0, 2.0]})
+        s = session(df, Budget.approx(10.0, 1e-5))
+        r = s.query(by="country", keys="private").count().mean("watch", bounds=(0, 10)).median(
+            "watch", bounds=(0, 10)).release(epsilon=1.0, delta=1e-6)
+        assert r.to_frame().empty and r.estimates().empty
+        assert json.dumps(r.to_dict()) and "0 rows" in repr(r)
+        assert s.budget.releases == 1
+
     def test_parquet_input_defaults_dataset_id_to_the_path(self, small_events, tmp_path):
         p = tmp_path / "ev.parquet"
         small_events.to_parquet(p)
