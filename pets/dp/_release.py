@@ -34,7 +34,7 @@ from pets.dp._budget import PrivacyLoss
 __all__ = ["Release"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Release:
     """Noisy estimates with intervals and the privacy they cost. Immutable; see module doc.
 
