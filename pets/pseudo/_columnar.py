@@ -66,7 +66,7 @@ def map_distinct(arr: pa.Array, fn: Callable[[list[bytes]], np.ndarray],
     codes = enc.indices.fill_null(0).to_numpy(zero_copy_only=False)
     if len(table) == 0:
         return np.zeros(n, dtype="S1"), valid
-    return table[codes], valid
+    return np.take(table, codes), valid
 
 
 def fixed_width_strings(values: np.ndarray, valid: np.ndarray) -> pa.Array:
