@@ -232,7 +232,8 @@ class WorkerKeys:
 
     Every distinct secret handed to :meth:`ref` is wrapped once under ``kek_uri`` (a fresh wrap
     of a key the driver already holds), so a job with ten columns keyed by one domain key ships
-    one reference.
+    one reference. The helper remembers those secrets (driver memory only) for its lifetime and
+    refuses to be pickled.
 
     Args:
         source: How worker processes open the key service (a ``KeyConfig`` for real clusters).
