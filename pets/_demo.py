@@ -205,6 +205,8 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
     echo("== 8. Auditor: verify the log with the public key, then flows and incidents")
     report = verify_log(log.path, public_pem)
     echo("   " + report.summary())
+    echo(f"   next audit: pets audit verify eu/audit.jsonl --public-key "
+         f"auditor/eu-signing-key.pem --expect-head {report.head_seq}:{report.head_hash[:16]}")
     flow = flows(log.path)
     echo("   flows (what left, where, under which protection, how much budget):")
     _table(flow[["seq", "destination", "output", "name", "rows", "protection", "epsilon"]],
