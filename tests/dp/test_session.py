@@ -43,6 +43,16 @@ class TestPrivacyAccounting:
         assert "Gaussian" in f["mechanism"].iloc[0]
         assert r.loss.rho == pytest.approx(0.5) and r.loss.epsilon == 0
 
+    def test_zcdp_private_keys_and_quantiles_spend_rho_and_delta(self, small_events):
+        s = session(small_events, Budget.zcdp(1.0, 1e-5))
+        r = s.query(by="country", keys="private", max_rows=4).count().median(
+            "watch", bounds=(0, 100)).release(rho=0.5, delta=1e-6)
+        f = r.to_frame()
+        assert set(f["country"]) == set(KEYS)
+        assert "make_gaussian_threshold" in f["mechanism"].iloc[0]
+        assert r.loss.epsilon == 0 and r.loss.rho == pytest.approx(0.5)
+        assert 0 < r.loss.delta <= 1e-6 and s.budget.spent.delta == r.loss.delta
+
     def test_no_grouping_means_one_group_whatever_max_groups(self, small_events):
         r = session(small_events).query(max_groups=5, max_rows=1).count().release(epsilon=1.0)
         assert len(r.to_frame()) == 1
