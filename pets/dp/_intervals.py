@@ -79,8 +79,9 @@ def ratio_interval(s_lo: np.ndarray, s_hi: np.ndarray, n_lo: np.ndarray, n_hi: n
         (array([-1.]), array([2.]))
     """
     ok = n_lo > 0
-    safe_lo = np.where(ok, n_lo, 1.0)
-    corners = np.stack([s_lo / safe_lo, s_lo / n_hi, s_hi / safe_lo, s_hi / n_hi])
+    safe_lo = np.where(ok, n_lo, 1.0)  # n_lo > 0 implies n_hi > 0; elsewhere unused
+    safe_hi = np.where(ok, n_hi, 1.0)
+    corners = np.stack([s_lo / safe_lo, s_lo / safe_hi, s_hi / safe_lo, s_hi / safe_hi])
     low = np.where(ok, np.clip(corners.min(axis=0), lo, hi), lo)
     high = np.where(ok, np.clip(corners.max(axis=0), lo, hi), hi)
     return low, high

@@ -57,6 +57,12 @@ class TestRatioInterval:
         r = true_s / true_n
         assert lo[0] - 1e-9 * abs(r) <= r <= hi[0] + 1e-9 * abs(r)
 
+    def test_zero_or_negative_upper_count_does_not_warn(self):
+        # filterwarnings=error turns a division-by-zero RuntimeWarning into a failure
+        lo, hi = ratio_interval(np.array([1.0, -2.0]), np.array([2.0, 3.0]),
+                                np.array([-9.0, -4.0]), np.array([0.0, -1.0]), -7.0, 7.0)
+        assert lo.tolist() == [-7.0, -7.0] and hi.tolist() == [7.0, 7.0]
+
     def test_non_positive_count_gives_the_declared_range(self):
         lo, hi = ratio_interval(np.array([1.0]), np.array([2.0]), np.array([-3.0]),
                                 np.array([5.0]), -7.0, 7.0)
