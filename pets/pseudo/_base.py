@@ -148,20 +148,22 @@ class WorkerKeyRef:
         return (f"WorkerKeyRef(kind={self.kind!r}, domain={self.domain!r}, "
                 f"domain_key=<{len(self.domain_key)} bytes>)")
 
-    def build(self) -> KeyedTransform:
-        """Rebuild the transform on the worker."""
+    def build(self, *, audit: AuditHook | None = None) -> KeyedTransform:
+        """Rebuild the transform on the worker (``audit`` receives its re-identification events)."""
         from pets.pseudo._registry import keyed_class
 
         cls = keyed_class(self.kind)
         return cls._from_domain_key(Secret(self.domain_key), domain=self.domain,
-                                    origin=self.origin, **dict(self.params))
+                                    origin=self.origin, audit=audit, **dict(self.params))
 
 
 class KeyedTransform(Transform):
     """A transform keyed by a domain key derived from a root secret.
 
     Subclasses set ``purpose`` (the HKDF purpose label) and ``key_length`` and implement
-    :meth:`_setup` (called with the derived domain key) and :meth:`params`.
+    :meth:`_configure` (non-key parameters), :meth:`params` and :meth:`apply`. Build them with
+    the constructor (raw root secret), :meth:`from_key` (unwrap through a key service),
+    :meth:`from_root` or :meth:`from_domain_key`.
     """
 
     purpose: ClassVar[str] = "keyed"
