@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from pets.jurisdiction import Context
 from pets.keys import Secret
 from pets.pseudo._anonymity import AnonymityReport, Enforcement, Level, anonymity_report, enforce_k
 from pets.pseudo._base import Transform
@@ -57,6 +58,10 @@ class PetsSeriesAccessor:
     def apply(self, transform: Transform) -> pd.Series:
         """Apply any transform."""
         return transform.apply(self._s)
+
+    def reidentify(self, transform: Tokenizer | FF1Transform, *, context: Context) -> pd.Series:
+        """Reverse tokens / FF1 ciphertext (key's jurisdiction only; audited)."""
+        return transform.reverse(self._s, context=context)
 
     def keyed_hash(self, secret: Secret, *, domain: str, **kw: Any) -> pd.Series:
         """:class:`~pets.pseudo.KeyedHash` (deterministic: links equal values in the domain)."""

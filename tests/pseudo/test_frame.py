@@ -164,3 +164,35 @@ class TestEmptyColumns:
         t = transform_from_spec(spec, root=Secret(bytes(32)))
         out = t.apply(pd.Series([None, None], dtype=dtype))
         assert out.isna().all() and len(out) == 2
+
+
+KEYED_SPECS = ["keyed-hash:crm", "token:crm", "ff1:crm", "ff1-phone:crm",
+               "date-shift:crm:by=user"]
+
+
+class TestKeyedTransformsResistLeaking:
+    @pytest.mark.parametrize("spec", KEYED_SPECS)
+    def test_no_key_material_in_repr_describe_or_pickle(self, spec):
+        import json
+        import pickle
+
+        from pets.pseudo import derive_domain_key
+
+        root = Secret(bytes(range(32)))
+        t = transform_from_spec(spec, root=root)
+        key = derive_domain_key(root, t.purpose, "crm", length=t.key_length).expose()
+        text = repr(t) + str(t) + json.dumps(t.describe()) + repr(t.worker_ref())
+        for secret in (key, root.expose()):
+            assert secret.hex() not in text.lower()
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(t)
+        ref = pickle.loads(pickle.dumps(t.worker_ref()))
+        assert root.expose() not in pickle.dumps(t.worker_ref())
+        assert ref.build().describe() == t.describe()
+
+    def test_accessor_reidentify(self):
+        from pets import Context
+
+        tok = Tokenizer(Secret(bytes(32)), domain="crm", jurisdiction="EU")
+        t = pd.Series(["a", "b"]).pets.apply(tok)
+        assert t.pets.reidentify(tok, context=Context("EU")).tolist() == ["a", "b"]
