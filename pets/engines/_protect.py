@@ -428,45 +428,28 @@ def _protect(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Con
                                 f"policy's home {policy.home}")
     policy.check_frame(ddf._meta)
     hook = _hook(audit)
+    entries = _entries(ddf, policy, keys, context)
     shippers = [keyed_shipper(workers)]
-    entries: dict[str, dict[str, Any]] = {}
     steps: dict[str, Step] = {}
     encrypt: list[Any] = []
     meta = ddf._meta.copy()
     meta_ne = ddf._meta_nonempty
     for rule in policy.columns:
-        if rule.output is None:
+        if rule.output is None or rule.treatment == "keep":
             continue
-        entry: dict[str, Any] = {"name": rule.name, "role": rule.role,
-                                 "treatment": rule.treatment, "output": rule.output,
-                                 "params": dict(rule.params), "domain": rule.domain,
-                                 "mode": rule.mode}
         if rule.treatment == "encrypt":
             encrypt.append(rule)
-            entry["links"] = ("equal values in this column give equal ciphertexts (linkable)"
-                              if rule.mode == "deterministic" else "nothing")
-            entry["reversible"] = True
-        elif rule.treatment != "keep":
-            transform = _build(rule, policy, keys, context, hook)
-            by = getattr(transform, "by", None) if rule.treatment == "date-shift" else None
-            if rule.treatment == "date-shift" and (not isinstance(by, str)
-                                                   or by not in ddf.columns):
-                raise PolicyError(f"{_where(policy, rule)}: date-shift needs params.by "
-                                  "naming the user id column")
-            fitted = _fit(transform, ddf[rule.name])
-            meta[rule.name] = _meta_series(fitted, meta_ne[rule.name], ddf._meta[rule.name],
-                                           meta_ne, ddf._meta)
-            steps[rule.name] = Step(rule.name, _Guarded(ship(fitted, shippers),
-                                                        _where(policy, rule), rule.treatment))
-            desc = transform.describe()
-            entry.update(links=str(desc.get("links", "")),
-                         reversible=bool(desc.get("reversible", False)),
-                         key_uri=desc.get("key_uri"), key_version=desc.get("key_version"),
-                         key_jurisdiction=desc.get("jurisdiction"))
-            entry["params"] = {k: v for k, v in desc.items() if k not in (
-                "name", "links", "reversible", "key_uri", "key_version", "jurisdiction",
-                "domain")}
-        entries[rule.name] = entry
+            continue
+        transform = _build(rule, policy, keys, context, hook)
+        by = getattr(transform, "by", None) if rule.treatment == "date-shift" else None
+        if rule.treatment == "date-shift" and (not isinstance(by, str) or by not in ddf.columns):
+            raise PolicyError(f"{_where(policy, rule)}: date-shift needs params.by "
+                              "naming the user id column")
+        fitted = _fit(transform, ddf[rule.name])
+        meta[rule.name] = _meta_series(fitted, meta_ne[rule.name], ddf._meta[rule.name],
+                                       meta_ne, ddf._meta)
+        steps[rule.name] = Step(rule.name, _Guarded(ship(fitted, shippers),
+                                                    _where(policy, rule), rule.treatment))
     out_cols = tuple(entries)
     fn = PartitionFn(tuple(steps.values()), columns=out_cols)
     data: dd.DataFrame = ddf.map_partitions(fn, meta=meta[list(out_cols)])  # type: ignore[no-untyped-call]
@@ -499,6 +482,25 @@ def _protect(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Con
     dropped = tuple(r.name for r in policy.columns if r.output is None)
     return DaskProtected(data, tuple(entries[c] for c in out_cols), info, rows_in, policy, keys,
                          context, audit, dropped)
+
+
+def _entries(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys,
+             context: Context) -> dict[str, dict[str, Any]]:
+    """The manifest's column entries, made by the pandas boundary itself on a few real rows.
+
+    ``pets.boundary.protect`` runs on the first rows (k-anonymity relaxed: it is checked over
+    the whole dataset separately), so the descriptions (links, parameters, key URIs and
+    versions) are exactly the pandas path's. Digests and encryption headers are replaced later.
+    """
+    import dataclasses as dc
+
+    from pets.boundary import protect as pd_protect
+
+    sample = ddf.head(16, compute=True)  # first partition only
+    relaxed = dc.replace(policy, min_k=1, enforce_k=False)
+    manifest = pd_protect(sample, relaxed, keys, context).manifest
+    return {c.name: {k: v for k, v in c.to_dict().items() if k not in ("digest", "header")}
+            for c in manifest.columns}
 
 
 def _k_anonymity(policy: Policy, qis: list[str], n: int, sizes: pd.Series | None
