@@ -263,3 +263,20 @@ class TestProtectOnTheCluster:
         assert (tmp_path / "out" / "manifest.json").exists()
         assert verify_dataset(tmp_path / "out" / "users", bkeys.public_key).rows == \
             summary["rows"]
+
+
+class TestRunProtectDaskOwnCluster:
+    def test_starts_and_stops_its_own_local_cluster(self, users, keyring, services, tmp_path,
+                                                    master_key_env):
+        bkeys = BoundaryKeys(services, SigningKey.generate())
+        users.to_parquet(tmp_path / "raw.parquet", index=False)
+        enc = {KEK: ["user_id"]}
+        summary = run_protect_dask(tmp_path / "raw.parquet", Policy.from_yaml(POLICY),
+                                   tmp_path / "out", workers=1, keys=bkeys,
+                                   key_source=keyring["config"], context=Context("EU"),
+                                   parquet_encryption=enc, footer_key=KEK, progress=False)
+        assert summary["workers"] == 1 and summary["parquet_encryption"] is True
+        assert (tmp_path / "out" / "signing-key.pub.pem").read_bytes() == \
+            bkeys.signer.public_pem()
+        with pytest.raises(OSError):  # modular encryption: unreadable without the keys
+            pq.read_table(next((tmp_path / "out" / "users").glob("part.*.parquet")))
