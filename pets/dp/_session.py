@@ -127,6 +127,9 @@ class Query:
     """An immutable description of a grouped DP query; each method returns a new query.
 
     Build with :meth:`Session.query`, add aggregates, then :meth:`release`.
+
+    Privacy:
+        Nothing is measured until :meth:`release`; building a query spends nothing.
     """
 
     session: Session = field(repr=False)
@@ -276,6 +279,12 @@ class Session:
 
     Raises:
         InputError: Missing privacy-unit column, unreadable file, missing dataset id.
+
+    Privacy:
+        Protects every row of one ``privacy_unit`` value (user-level DP) under the budget's
+        definition (pure, approximate or zCDP), with basic composition across releases kept by
+        the ledger. See the module documentation for the sensitivity argument and
+        ``docs/dp.md`` for the mechanisms.
     """
 
     def __init__(self, data: pd.DataFrame | str | os.PathLike[str], *, privacy_unit: str,
