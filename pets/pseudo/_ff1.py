@@ -555,8 +555,12 @@ class FF1Transform(KeyedTransform):
     def reverse(self, series: pd.Series, *, context: Context) -> pd.Series:
         """Decrypt, in the key's jurisdiction only (reported to the audit hook)."""
         self._check_reverse(context, len(series))
-        arr = self._strings(series)
-        out = self._ff1.crypt_arrow(arr, column=column_label(series), encrypt=False)
+        try:
+            arr = self._strings(series)
+            out = self._ff1.crypt_arrow(arr, column=column_label(series), encrypt=False)
+        except InputError:
+            self._report_reverse(context, len(series), int(series.isna().sum()), "bad-input")
+            raise
         self._report_reverse(context, len(series), int(arr.null_count), "ok")
         return series_from_arrow(out, series)
 
@@ -671,6 +675,10 @@ class PhoneFF1(FF1Transform):
     def reverse(self, series: pd.Series, *, context: Context) -> pd.Series:
         """Decrypt, in the key's jurisdiction only (reported to the audit hook)."""
         self._check_reverse(context, len(series))
-        out, nulls = self._phone(series, encrypt=False)
+        try:
+            out, nulls = self._phone(series, encrypt=False)
+        except InputError:
+            self._report_reverse(context, len(series), int(series.isna().sum()), "bad-input")
+            raise
         self._report_reverse(context, len(series), nulls, "ok")
         return out

@@ -180,6 +180,16 @@ class TestFF1Transform:
         assert back.fillna("-").tolist() == s.fillna("-").tolist()
         assert events[-1].fields["outcome"] == "ok" and events[-1].fields["nulls"] == 1
 
+    def test_failed_reverse_is_audited(self, root, events):
+        f = FF1Transform(root, domain="cards", jurisdiction="EU", audit=events.append)
+        with pytest.raises(InputError):
+            f.reverse(pd.Series(["12x4567"]), context=Context("EU"))
+        assert events[-1].fields["outcome"] == "bad-input"
+        p = PhoneFF1(root, domain="p", jurisdiction="EU", audit=events.append)
+        with pytest.raises(InputError):
+            p.reverse(pd.Series(["+49"]), context=Context("EU"))
+        assert events[-1].fields["outcome"] == "bad-input"
+
     def test_reverse_is_refused_outside_the_eu(self, root, events):
         f = FF1Transform(root, domain="cards", jurisdiction="EU", audit=events.append)
         out = f.apply(pd.Series(["4111111111111111"]))
