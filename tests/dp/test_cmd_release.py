@@ -75,6 +75,22 @@ class TestReleaseCommand:
                            "2", "--ledger", tmp_path / "l.db", "--out", tmp_path / "r.parquet")
         assert code == 1 and "--private-keys" in err
 
+    def test_keys_file_with_two_columns_and_postprocessing(self, tmp_path, events, capsys):
+        keys = tmp_path / "keys.csv"
+        keys.write_text("country,event\nDE,play\nFR,play\nXX,play\n")
+        out = tmp_path / "r.parquet"
+        code, _, err = run(capsys, "release", events, "--unit", "user_id", "--group-by",
+                           "country,event", "--keys-file", keys, "--agg",
+                           "count,histogram:watch_seconds[0,60,600,7200]", "--max-groups", "3",
+                           "--max-rows", "4", "--epsilon", "0.5", "--budget-epsilon", "1",
+                           "--ledger", tmp_path / "l.db", "--out", out, "--nonnegative",
+                           "--decimals", "0")
+        assert code == 0, err
+        df = pq.read_table(out).to_pandas()
+        assert list(df.drop_duplicates(["country", "event"])[["country", "event"]].itertuples(
+            index=False, name=None)) == [("DE", "play"), ("FR", "play"), ("XX", "play")]
+        assert (df["estimate"] >= 0).all() and (df["estimate"] == df["estimate"].round()).all()
+
     def test_missing_input_file(self, tmp_path, capsys):
         code, _, err = run(capsys, "release", tmp_path / "none.parquet", "--unit", "u",
                            "--ledger", tmp_path / "l.db", "--status")
