@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hmac
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -75,13 +74,32 @@ def encode_digests(joined: bytes, encoding: str) -> np.ndarray:
         np.frombuffer(joined, dtype=np.uint8).reshape(n, 32)[:, :keep].tobytes()
     if encoding.startswith("hex"):
         return np.frombuffer(raw.hex().encode("ascii"), dtype=f"S{width}")
-    if encoding == "base32":
-        chunks = [base64.b32encode(raw[i:i + keep])[:width].lower()
-                  for i in range(0, len(raw), keep)]
-    else:
-        chunks = [base64.urlsafe_b64encode(raw[i:i + keep])[:width]
-                  for i in range(0, len(raw), keep)]
-    return np.array(chunks, dtype=f"S{width}")
+    bits, alphabet = (5, _B32) if encoding == "base32" else (6, _B64URL)
+    return _radix_encode(np.frombuffer(raw, dtype=np.uint8).reshape(n, keep), bits, alphabet,
+                         width)
+
+
+_B32 = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", dtype=np.uint8)
+_B64URL = np.frombuffer(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", dtype=np.uint8)
+_CHUNK = 1 << 18
+
+
+def _radix_encode(raw: np.ndarray, bits: int, alphabet: np.ndarray, width: int) -> np.ndarray:
+    """RFC 4648 base32 / base64url (no padding) of each row, vectorized with unpackbits.
+
+    The row's bits are zero-padded to ``width * bits`` and cut into ``bits``-bit groups, which
+    is exactly what ``base64.b32encode`` / ``urlsafe_b64encode`` produce before padding.
+    """
+    n = len(raw)
+    out = np.empty((n, width), dtype=np.uint8)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint8)
+    pad = width * bits - raw.shape[1] * 8
+    for i in range(0, n, _CHUNK):
+        b = np.unpackbits(raw[i:i + _CHUNK], axis=1)
+        b = np.pad(b, ((0, 0), (0, pad))).reshape(len(b), width, bits)
+        out[i:i + _CHUNK] = alphabet[(b * weights).sum(axis=2, dtype=np.uint8)]
+    return out.view(f"S{width}").ravel()
 
 
 class KeyedHash(KeyedTransform):

@@ -87,6 +87,17 @@ class TestKeyedHash:
         assert set("".join(out)) <= set(allowed[encoding])
         assert out.nunique() == 50
 
+    @settings(max_examples=30, deadline=None)
+    @given(st.lists(st.binary(min_size=32, max_size=32), max_size=40))
+    def test_base32_and_base64url_match_the_stdlib(self, digests):
+        import base64
+
+        joined = b"".join(digests)
+        b32 = [x.decode() for x in encode_digests(joined, "base32")]
+        b64 = [x.decode() for x in encode_digests(joined, "base64url")]
+        assert b32 == [base64.b32encode(d[:16]).decode().rstrip("=").lower() for d in digests]
+        assert b64 == [base64.urlsafe_b64encode(d[:16]).decode().rstrip("=") for d in digests]
+
     def test_unknown_encoding_is_refused(self, root):
         with pytest.raises(InputError, match="unknown encoding"):
             KeyedHash(root, domain="d", encoding="md5")  # type: ignore[arg-type]
