@@ -21,8 +21,9 @@ The pipeline, and why it carries the pandas path's guarantee (``docs/scale-out.m
    the pandas path. No partition function draws noise, so a retried or speculative task can
    never produce a second noisy answer.
 
-Supported on Dask: ``count``, ``sum``, ``mean`` and ``variance`` over public keys (or no
-grouping). Quantiles and histograms need per-group row data on the driver and stay on the
+Supported on Dask: ``count``, ``sum``, ``mean`` and ``variance``, over public keys, keys
+selected privately (OpenDP's threshold mechanism on the reduced counts, on the driver), or no
+grouping. Quantiles and histograms need per-group row data on the driver and stay on the
 pandas path.
 """
 
@@ -276,10 +277,12 @@ class DaskSession:
 
     def query(self, by: str | Sequence[str] | None = None, *, keys: Any = None,
               max_groups: int = 1, max_rows: int = 1) -> DaskQuery:
-        """Start a query (as :meth:`pets.dp.Session.query`; keys must be public)."""
-        if isinstance(keys, str):
-            raise InputError("the Dask engine needs public keys (keys=[...]); private key "
-                             "selection runs on the pandas path")
+        """Start a query, as :meth:`pets.dp.Session.query`.
+
+        ``keys`` are the public group keys, or ``"private"``: the keys present in the data
+        are found on the cluster (never released as such) and only those whose noisy count
+        passes OpenDP's threshold appear in the release (needs δ).
+        """
         return DaskQuery(self, self.session.query(by, keys=keys, max_groups=max_groups,
                                                   max_rows=max_rows))
 
@@ -324,13 +327,14 @@ class DaskQuery:
         raise InputError(f"histogram({column}) runs on the pandas path: the Dask engine "
                          f"computes {', '.join(_SUPPORTED)}")
 
-    def release(self, *, epsilon: float | None = None, rho: float | None = None,
-                level: float = 0.95, seed: int | None = None,
+    def release(self, *, epsilon: float | None = None, delta: float | None = None,
+                rho: float | None = None, level: float = 0.95, seed: int | None = None,
                 progress: bool | None = None) -> Release:
         """Bound and aggregate on the cluster, then add noise once here and spend the budget.
 
         Args:
-            epsilon: The ε to spend (pure budgets).
+            epsilon: The ε to spend (pure and approximate budgets).
+            delta: The δ of private key selection (only with ``keys="private"``).
             rho: The ρ to spend (zCDP budgets).
             level: Confidence level of the intervals.
             seed: Sampling seed of the bounding (default: 128 bits from the OS CSPRNG).
@@ -345,15 +349,30 @@ class DaskQuery:
             The same measurements, ``d_in`` and accounting as
             :meth:`pets.dp.Query.release`; see :class:`DaskSession`.
         """
-        return _release(self, epsilon=epsilon, rho=rho, level=level, seed=seed,
+        return _release(self, epsilon=epsilon, delta=delta, rho=rho, level=level, seed=seed,
                         progress=progress)
 
 
-def _release(dq: DaskQuery, *, epsilon: float | None, rho: float | None, level: float,
-             seed: int | None, progress: bool | None) -> Release:
+def _data_keys(data: dd.DataFrame, by: tuple[str, ...], progress: bool | None) -> pd.DataFrame:
+    """Every combination of ``by`` present in the data (driver only; never released)."""
+    from pets.engines._progress import compute
+
+    (present,) = compute(data[list(by)].drop_duplicates(), progress=progress)
+    frame: pd.DataFrame = present.reset_index(drop=True)
+    return frame
+
+
+def _release(dq: DaskQuery, *, epsilon: float | None, delta: float | None,
+             rho: float | None, level: float, seed: int | None,
+             progress: bool | None) -> Release:
     from pets._events import emit
     from pets.dp import PrivacyLoss, Release
-    from pets.dp._opendp import Mechanism, gaussian_vector, laplace_vector
+    from pets.dp._opendp import (
+        Mechanism,
+        gaussian_vector,
+        laplace_vector,
+        threshold_mechanism,
+    )
     from pets.dp._session import _execute, _plan
 
     session, q = dq.dask_session.session, dq.query
@@ -365,11 +384,14 @@ def _release(dq: DaskQuery, *, epsilon: float | None, rho: float | None, level: 
                          f"{', '.join(unsupported)} run on the pandas path")
     if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
         raise InputError(f"level must be in (0, 1), got {level!r}")
-    primary, _ = session._spend_params(q, epsilon, None, rho)
+    primary, delta_req = session._spend_params(q, epsilon, delta, rho)
     zcdp = session.total.kind == "zcdp"
-    plan = _plan(q.aggs, False)
-    keys_frame = q.keys if q.by else pd.DataFrame(index=range(1))
-    assert isinstance(keys_frame, pd.DataFrame)
+    private = isinstance(q.keys, str)
+    plan = _plan(q.aggs, private)
+    chosen: Any = (_data_keys(dq.dask_session.data, q.by, progress) if private
+                   else q.keys if q.by else pd.DataFrame(index=range(1)))
+    assert isinstance(chosen, pd.DataFrame)
+    keys_frame: pd.DataFrame = chosen
     key_tuples = (tuple(tuple(r) for r in keys_frame[list(q.by)].itertuples(index=False))
                   if q.by else ((),))
     spec = BoundingSpec(session.privacy_unit, q.by, key_tuples, tuple(k for k, _ in plan),
@@ -390,14 +412,17 @@ def _release(dq: DaskQuery, *, epsilon: float | None, rho: float | None, level: 
     fps: dict[PlanKey, Any] = {}
     for key, _w in plan:
         data[key] = exact.vectors[key]
-        if key[0] == "count":
+        if key[0] == "count" and private:
+            mechs[key] = threshold_mechanism(l0=G, linf=C, primary=share, delta=delta_req,
+                                             zcdp=zcdp, name="count")
+        elif key[0] == "count":
             mechs[key] = vector_mech("count", 1)
         else:
             fps[key] = _fixed(key, np.zeros(0))
             mechs[key] = vector_mech(key[0], fps[key].bound)
     loss = PrivacyLoss.total(m.loss for m in mechs.values())
     description = q.describe()
-    description.update(epsilon=epsilon, delta=None, rho=rho, level=level, engine="dask")
+    description.update(epsilon=epsilon, delta=delta, rho=rho, level=level, engine="dask")
     empty = np.zeros(0, dtype=np.int64)
 
     def run() -> pd.DataFrame:
@@ -409,7 +434,9 @@ def _release(dq: DaskQuery, *, epsilon: float | None, rho: float | None, level: 
     emit(session.audit, "dp.release", dataset_id=session.dataset_id,
          privacy_unit=session.privacy_unit, epsilon=loss.epsilon, delta=loss.delta,
          rho=loss.rho, budget_kind=session.total.kind, statistics=[a.label for a in q.aggs],
-         by=list(q.by), keys="public", groups=len(key_tuples), engine="dask")
+         by=list(q.by), keys="private" if private else "public",
+         groups=int(table[list(q.by)].drop_duplicates().shape[0]) if q.by else 1,
+         engine="dask")
     return Release(table, q.by, loss, session.dataset_id, session.privacy_unit, float(level),
                    description, session.total.kind,
                    _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))

@@ -149,7 +149,30 @@ class TestDaskSession:
             ds.query().count().release(epsilon=0.5, progress=False)
         assert ds.budget.spent.epsilon == pytest.approx(0.8)
 
-    def test_quantiles_and_private_keys_are_refused(self, events):
+    def test_private_keys_release_only_keys_past_the_threshold(self, events):
+        ds = DaskSession(dd.from_pandas(events, npartitions=3), privacy_unit="user_id",
+                         budget=Budget.approx(2.0, 1e-5))
+        r = ds.query(by="country", keys="private", max_rows=5).count().release(
+            epsilon=1.0, delta=1e-6, progress=False)
+        out = r.to_frame()
+        present = set(events["country"])
+        assert set(out["country"]) <= present and len(out) >= 1
+        assert out["country"].tolist() == sorted(out["country"])  # value order, not data order
+        assert "threshold" in out["mechanism"].iloc[0]
+        ref = Session(events, privacy_unit="user_id", budget=Budget.approx(2.0, 1e-5)).query(
+            by="country", keys="private", max_rows=5).count().release(epsilon=1.0, delta=1e-6)
+        assert r.loss == ref.loss and 0 < r.loss.delta <= 1e-6  # same OpenDP calibration
+        assert out["scale"].iloc[0] == ref.to_frame()["scale"].iloc[0]
+        # a key held by a single user is (with overwhelming probability) not released
+        lone = events.assign(country=np.where(events["user_id"] == events["user_id"].iloc[0],
+                                              "ZZ", events["country"]))
+        ds2 = DaskSession(dd.from_pandas(lone, npartitions=3), privacy_unit="user_id",
+                          budget=Budget.approx(2.0, 1e-5))
+        r2 = ds2.query(by="country", keys="private", max_rows=5).count().release(
+            epsilon=1.0, delta=1e-6, progress=False)
+        assert "ZZ" not in set(r2.to_frame()["country"])
+
+    def test_quantiles_are_refused(self, events):
         ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
                          budget=Budget.approx(1.0, 1e-6))
         with pytest.raises(InputError, match="quantile"):
@@ -157,6 +180,4 @@ class TestDaskSession:
         sneaky = _dp.DaskQuery(ds, ds.session.query().median("watch_seconds", bounds=(0, 10)))
         with pytest.raises(InputError, match="quantile"):
             sneaky.release(epsilon=0.5, progress=False)
-        with pytest.raises(InputError, match="public keys"):
-            ds.query(by="country", keys="private")
         assert ds.budget.spent.epsilon == 0
