@@ -123,6 +123,21 @@ class TestProtect:
         for s in secrets:
             assert s not in blob and s.hex().encode() not in blob
 
+    def test_audit_records_the_run_and_refusals(self, users, bkeys, workers):
+        seen = []
+        policy = Policy.from_yaml(POLICY)
+        lazy = protect(dd.from_pandas(users, npartitions=2), policy, bkeys, EU,
+                       workers=workers, audit=seen.append, progress=False)
+        assert seen == []  # nothing is protected until data is produced
+        pf = lazy.compute(progress=False)
+        (event,) = seen
+        assert event.kind == "boundary.protect" and event.fields["engine"] == "dask"
+        assert event.fields["rows"] == len(pf.data) and event.fields["rows_in"] == len(users)
+        with pytest.raises(JurisdictionError):
+            protect(dd.from_pandas(users, npartitions=2), policy, bkeys, Context("US"),
+                    workers=workers, audit=seen.append)
+        assert seen[-1].kind == "boundary.refused"
+
     def test_refuses_outside_the_home_jurisdiction(self, users, bkeys, workers):
         with pytest.raises(JurisdictionError, match="policy's home EU"):
             protect(dd.from_pandas(users, npartitions=2), Policy.from_yaml(POLICY), bkeys,
