@@ -15,6 +15,7 @@ from pets.boundary._audit import (
     verify_log,
 )
 from pets.boundary._export import ExportReceipt, export
+from pets.boundary._facade import Boundary
 from pets.boundary._keys import BoundaryKeys
 from pets.boundary._manifest import (
     ColumnManifest,
@@ -29,6 +30,7 @@ from pets.boundary._signing import SigningKey, load_public_key
 __all__ = [
     "AuditLog",
     "BadEntry",
+    "Boundary",
     "BoundaryKeys",
     "ColumnManifest",
     "ColumnRule",
