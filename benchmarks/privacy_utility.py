@@ -607,8 +607,10 @@ def run(quick: bool = False, *, libraries: Sequence[str] | None = None,
         "bias of contribution bounding and clipping, which is the same for every library.",
         "Coverage is measured against the bounded, clipped statistic: that is what a DP interval "
         "can promise. OpenDP's interval is ± `summarize(alpha).accuracy` (count and sum only).",
-        "diffprivlib has no group-by or privacy unit: its adapter builds one record per user "
-        "(count, sum) and uses group privacy (ε/k) for the median.",
+        "diffprivlib has no group-by or privacy unit: its adapter adds its Laplace mechanism "
+        "with the user-level sensitivity (k rows × bound) for count, sum and mean, and uses "
+        "group privacy (ε/k) for the median (its `tools.sum` treats the record count as "
+        "public, which is not DP under add/remove-one-user).",
         "Every trial is an independent ε-DP release (noise drawn anew); OpenDP, pets, PipelineDP "
         "and Tumult draw noise from a CSPRNG that cannot be seeded, diffprivlib is seeded.",
     ]
