@@ -126,8 +126,14 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     a2.set_xlabel("k")
     a2.set_ylabel("discernibility / rows²")
     a2.set_yscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ks = sorted({r["k"] for r in rows})
     for a in (a1, a2):
         a.set_xscale("log")
+        a.set_xticks(ks)
+        a.xaxis.set_major_formatter(ScalarFormatter())
+        a.xaxis.set_minor_formatter(NullFormatter())
         a.grid(True, which="both", alpha=0.3)
     a1.legend(fontsize=8)
     fig.tight_layout()
