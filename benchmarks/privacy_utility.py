@@ -625,43 +625,51 @@ def run(quick: bool = False, *, libraries: Sequence[str] | None = None,
 
 def plot_errors(rows: Sequence[Mapping[str, Any]], directory: Path,
                 datasets: Sequence[str]) -> list[Path]:
-    """One PNG per dataset: relative MAE vs ε (log-log), a panel per query."""
+    """One PNG per dataset, a column per query, log-log against ε: the relative MAE against the
+    raw statistic (top: what the analyst gets, bounding bias included) and the MAE against the
+    bounded statistic (bottom: the noise alone)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = (("rel_mae", "relative MAE vs raw"), ("mae_vs_bounded", "MAE vs bounded (noise)"))
     paths = []
     for name in datasets:
-        fig, axes = plt.subplots(1, len(QUERIES), figsize=(4.2 * len(QUERIES), 3.6),
+        fig, grid = plt.subplots(2, len(QUERIES), figsize=(4.2 * len(QUERIES), 6.4),
                                  sharex=True)
-        for ax, q in zip(axes, QUERIES, strict=True):
-            for i, lib in enumerate(LIBRARIES):
-                sel = sorted((r["epsilon"], r["rel_mae"]) for r in rows
-                             if r["dataset"] == name and r["library"] == lib and r["query"] == q
-                             and math.isfinite(r["rel_mae"]) and r["rel_mae"] > 0)
-                if sel:
-                    x, y = zip(*sel, strict=True)
-                    ax.plot(x, y, marker="o", ms=3, lw=2.4 if lib == "pets" else 1.2,
-                            color=f"C{i}", label=lib)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+        for row_axes, (metric, ylabel) in zip(grid, panels, strict=True):
+            for ax, q in zip(row_axes, QUERIES, strict=True):
+                for i, lib in enumerate(LIBRARIES):
+                    sel = sorted((r["epsilon"], r[metric]) for r in rows
+                                 if r["dataset"] == name and r["library"] == lib
+                                 and r["query"] == q and math.isfinite(r.get(metric, math.nan))
+                                 and r[metric] > 0)
+                    if sel:
+                        x, y = zip(*sel, strict=True)
+                        ax.plot(x, y, marker="o", ms=3, lw=2.4 if lib == "pets" else 1.2,
+                                color=f"C{i}", label=lib)
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.grid(True, which="both", alpha=0.3)
+            row_axes[0].set_ylabel(ylabel)
+        for ax, q in zip(grid[0], QUERIES, strict=True):
             ax.set_title(q)
+        for ax in grid[1]:
             ax.set_xlabel("ε per query")
-            ax.grid(True, which="both", alpha=0.3)
-        axes[0].set_ylabel("relative MAE (Σ|err| / Σ|truth|)")
-        handles, labels = axes[0].get_legend_handles_labels()
-        for ax in axes[1:]:
+        handles: list[Any] = []
+        labels: list[str] = []
+        for ax in grid.flat:
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 if lab not in labels:
                     handles.append(h)
                     labels.append(lab)
         if handles:
             fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
-        fig.suptitle(f"{name}: error vs ε (user-level, same bounds)", y=0.02, fontsize=9)
-        fig.tight_layout(rect=(0, 0.04, 1, 0.9))
+        fig.suptitle(f"{name}: error vs ε (user-level, same bounds)", y=0.01, fontsize=9)
+        fig.tight_layout(rect=(0, 0.02, 1, 0.95))
         path = directory / f"utility_{name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths
