@@ -8,8 +8,10 @@ mode with ``synchronous=FULL``: a committed spend survives a crash or power loss
 
 :meth:`Ledger.spend` takes the function that draws the noise and runs it *inside* the
 transaction, after the spend row is written and before the commit: the result reaches the
-caller only once the spend is durable, and if drawing fails the transaction rolls back and
-nothing is spent (the discarded noise was never seen).
+caller only once the spend is durable. If ``run`` raises, the spend is *still* committed and
+the exception re-raised: noise may already have been drawn, and a failure that depends on it
+(or on the data) must not be retried for free. A crash (the process dies) before the commit
+leaves nothing spent — and nothing released.
 
 Example:
     >>> from pets.dp import Budget, Ledger, PrivacyLoss
@@ -246,8 +248,9 @@ class Ledger:
         """Atomically check the budget, record ``loss``, run ``run()`` and commit.
 
         ``run`` (the noise draw) executes inside the write transaction: its result is returned
-        only after the spend is committed durably; if it raises, the transaction rolls back and
-        nothing is spent.
+        only after the spend is committed durably. If ``run`` raises, the spend is committed
+        anyway and the exception re-raised (the noise may have been drawn, and the failure could
+        depend on it); do every data-dependent check *before* calling ``spend``.
 
         Raises:
             BudgetExhausted: ``loss`` would exceed the remaining budget; nothing is spent and
@@ -275,4 +278,15 @@ class Ledger:
             con.execute("INSERT INTO spends (dataset_id, unit, epsilon, delta, rho, query, at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (dataset_id, unit, loss.epsilon, loss.delta, loss.rho, query, _now()))
-            return run()
+            try:
+                result = run()
+            except BaseException as exc:
+                # ``run`` may have drawn noise before failing, and whether (or how) it fails
+                # could depend on that noise: a rolled-back spend would let a caller retry
+                # for free and learn from the failures. Keep the spend (conservative).
+                failure: BaseException | None = exc
+            else:
+                failure = None
+        if failure is not None:
+            raise failure
+        return result

@@ -674,6 +674,20 @@ def _group_codes(frame: pd.DataFrame, by: tuple[str, ...],
     return np.asarray(index.get_indexer(pd.Index(row)), dtype=np.int64), keys
 
 
+def _sorted_keys(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """``frame`` sorted by its values, never in data order, and never failing.
+
+    It runs after noise was drawn, so it must not raise for any data: an object column mixing
+    types (``'x'`` and ``1``) cannot be compared, so such a frame is sorted by
+    ``type name:repr`` instead — still a function of the released values only.
+    """
+    try:
+        return frame.sort_values(by, kind="stable", na_position="last")
+    except TypeError:
+        return frame.sort_values(by, kind="stable", na_position="last",
+                                 key=lambda s: s.map(lambda v: f"{type(v).__name__}:{v!r}"))
+
+
 def _noisy(m: Mechanism, vec: np.ndarray) -> np.ndarray:
     if vec.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -705,8 +719,7 @@ def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanis
         counts = data[("count",)]
         kept = m.measurement({int(i): int(v) for i, v in enumerate(counts) if v > 0})
         # release the selected keys in the order of their values, never in data order
-        chosen = keys.iloc[sorted(kept)]
-        chosen = chosen.sort_values(list(q.by), kind="stable", na_position="last")
+        chosen = _sorted_keys(keys.iloc[sorted(kept)], list(q.by))
         out_keys = np.asarray(chosen.index, dtype=np.int64)
         noisy[("count",)] = np.array([kept[int(i)] for i in out_keys], dtype=np.int64)
     for key, m in mechs.items():

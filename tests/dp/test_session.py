@@ -156,6 +156,31 @@ class TestEstimates:
         assert est.to_dict() == pytest.approx(
             small_events.groupby("country").size().to_dict(), abs=1)
 
+    def test_private_keys_of_mixed_types_are_released_not_an_error(self):
+        # sorting the selected keys runs after the noise is drawn: an error there would depend
+        # on which keys were selected (a noisy output) — it must not happen
+        df = pd.DataFrame({"user_id": [f"u{i}" for i in range(400)],
+                           "k": pd.Series(["x" if i % 2 else 7 for i in range(400)],
+                                          dtype=object)})
+        s = session(df, Budget.approx(100.0, 1e-3))
+        r = s.query(by="k", keys="private").count().release(epsilon=5.0, delta=1e-6)
+        assert r.to_frame()["k"].tolist() == [7, "x"]  # int:7 < str:'x'
+        assert s.budget.releases == 1
+
+    def test_a_failure_after_the_noise_is_drawn_still_spends(self, small_events, monkeypatch):
+        import pets.dp._session as session_module
+
+        def fails_after_noise(*args, **kwargs):
+            raise RuntimeError("failed while assembling the release")
+
+        monkeypatch.setattr(session_module, "_execute", fails_after_noise)
+        s = session(small_events, Budget.pure(1.0))
+        with pytest.raises(RuntimeError, match="assembling"):
+            s.query().count().release(epsilon=0.75)
+        assert s.budget.spent.epsilon == pytest.approx(0.75) and s.budget.releases == 1
+        with pytest.raises(BudgetExhausted):  # retrying is not free
+            s.query().count().release(epsilon=0.75)
+
     def test_private_keys_may_release_no_group_at_all(self):
         df = pd.DataFrame({"user_id": ["a", "b"], "country": ["DE", "FR"], "watch": [1.0, 2.0]})
         s = session(df, Budget.approx(10.0, 1e-5))
