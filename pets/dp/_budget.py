@@ -3,7 +3,8 @@
 A :class:`Budget` is the total a dataset may spend for one privacy unit; a :class:`PrivacyLoss`
 is what one release spent, as computed by OpenDP's privacy maps. Losses compose by *basic
 composition*: ε and δ add (pure and approximate DP), ρ adds (zCDP, with δ adding for the
-private key selection that needs it).
+private key selection that needs it). Whether a spend fits is decided in exact rational
+arithmetic (:meth:`Budget.admits`), so float rounding can never let the total exceed the budget.
 
 Example:
     >>> b = Budget.approx(1.0, 1e-6)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 from pets._errors import InputError
@@ -106,6 +108,27 @@ class Budget:
     delta: float = 0.0
     rho: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Checked here too, not only in the class methods: ``Budget("pure", epsilon=inf)``
+        # would otherwise be an unlimited budget that the ledger records and enforces.
+        if self.kind == "pure":
+            eps, delta, rho = _positive("epsilon", self.epsilon), self.delta, self.rho
+            if delta != 0 or rho != 0:
+                raise InputError("a pure budget has only epsilon (delta = rho = 0)")
+        elif self.kind == "approx":
+            eps, delta, rho = _positive("epsilon", self.epsilon), _delta(self.delta), self.rho
+            if rho != 0:
+                raise InputError("an approximate budget has epsilon and delta, not rho")
+        elif self.kind == "zcdp":
+            eps, rho = self.epsilon, _positive("rho", self.rho)
+            delta = _delta(self.delta, allow_zero=True)
+            if eps != 0:
+                raise InputError("a zCDP budget has rho (and delta), not epsilon")
+        else:
+            raise InputError(f"budget kind must be 'pure', 'approx' or 'zcdp', got {self.kind!r}")
+        for name, v in (("epsilon", eps), ("delta", delta), ("rho", rho)):
+            object.__setattr__(self, name, float(v))
+
     @classmethod
     def pure(cls, epsilon: float) -> Budget:
         """ε-differential privacy (``MaxDivergence`` in OpenDP)."""
@@ -125,9 +148,30 @@ class Budget:
         return PrivacyLoss(self.epsilon, self.delta, self.rho)
 
     def allows(self, spent: PrivacyLoss) -> bool:
-        """Whether ``spent`` (a composed total) stays within this budget (exact comparison)."""
+        """Whether ``spent`` (an already composed, rounded total) stays within this budget.
+
+        To decide a spend use :meth:`admits`, which composes the individual losses exactly.
+        """
         return (spent.epsilon <= self.epsilon and spent.delta <= self.delta
                 and spent.rho <= self.rho)
+
+    def admits(self, losses: Iterable[PrivacyLoss]) -> bool:
+        """Whether the basic composition of ``losses`` stays within this budget, exactly.
+
+        The sums are taken in rational arithmetic (``fractions.Fraction``), so no rounding can
+        let a total that exceeds the budget pass: ten losses of the float ``0.1`` sum to
+        ``1.0000000000000000555…`` and do *not* fit in ``Budget.pure(1.0)``, although their
+        correctly rounded float sum is ``1.0``.
+
+        Example:
+            >>> Budget.pure(1.0).admits([PrivacyLoss(0.125)] * 8)
+            True
+            >>> Budget.pure(1.0).admits([PrivacyLoss(0.1)] * 10)
+            False
+        """
+        items = list(losses)
+        return all(sum((Fraction(getattr(x, name)) for x in items), Fraction(0))
+                   <= Fraction(getattr(self, name)) for name in ("epsilon", "delta", "rho"))
 
     def remaining(self, spent: PrivacyLoss) -> PrivacyLoss:
         return PrivacyLoss(max(0.0, self.epsilon - spent.epsilon),

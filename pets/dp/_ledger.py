@@ -4,7 +4,10 @@ One table holds the total :class:`~pets.dp.Budget` of each (dataset id, privacy 
 holds one row per release with the ε, δ and ρ it spent. Every spend runs in a ``BEGIN
 IMMEDIATE`` transaction (SQLite's write lock, taken *before* reading the total), so two
 processes can never both read "enough left" and jointly overspend. The database runs in WAL
-mode with ``synchronous=FULL``: a committed spend survives a crash or power loss.
+mode with ``synchronous=FULL``: a committed spend survives a crash or power loss. Triggers make
+the tables append-only (a recorded budget cannot be updated, replaced or deleted, nor a spend
+updated or deleted), which stops mistakes through SQL tools — not someone with write access to
+the file, who can drop triggers or the file itself: protect the ledger like the data.
 
 :meth:`Ledger.spend` takes the function that draws the noise and runs it *inside* the
 transaction, after the spend row is written and before the commit: the result reaches the
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import math
 import os
 import sqlite3
 import threading
@@ -71,6 +73,17 @@ CREATE TABLE IF NOT EXISTS spends (
     at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spends_by_key ON spends (dataset_id, unit);
+CREATE TRIGGER IF NOT EXISTS budgets_no_update BEFORE UPDATE ON budgets
+BEGIN SELECT RAISE(ABORT, 'pets ledger: a recorded budget cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS budgets_no_delete BEFORE DELETE ON budgets
+BEGIN SELECT RAISE(ABORT, 'pets ledger: a recorded budget cannot be deleted'); END;
+CREATE TRIGGER IF NOT EXISTS budgets_no_replace BEFORE INSERT ON budgets
+WHEN EXISTS (SELECT 1 FROM budgets WHERE dataset_id = NEW.dataset_id AND unit = NEW.unit)
+BEGIN SELECT RAISE(ABORT, 'pets ledger: a recorded budget cannot be replaced'); END;
+CREATE TRIGGER IF NOT EXISTS spends_no_update BEFORE UPDATE ON spends
+BEGIN SELECT RAISE(ABORT, 'pets ledger: spends are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS spends_no_delete BEFORE DELETE ON spends
+BEGIN SELECT RAISE(ABORT, 'pets ledger: spends are append-only'); END;
 """
 
 
@@ -113,6 +126,12 @@ class BudgetStatus:
             parts.append(f"δ spent {self.spent.delta:.3g} of {b.delta:.3g}")
         return (f"{self.dataset_id} / {self.unit}: " + "; ".join(parts)
                 + f" ({self.releases} releases; {b.describe()})")
+
+
+def _num(v: float) -> str:
+    """Short when that is exact, else every digit (``0.09999999999999998``, not ``0.1``)."""
+    short = f"{v:.6g}"
+    return short if float(short) == v else repr(v)
 
 
 def _now() -> str:
@@ -187,13 +206,16 @@ class Ledger:
         return Budget(row[0], epsilon=row[1], delta=row[2], rho=row[3])
 
     @staticmethod
-    def _spent(con: sqlite3.Connection, dataset_id: str, unit: str) -> tuple[PrivacyLoss, int]:
+    def _losses(con: sqlite3.Connection, dataset_id: str, unit: str) -> list[PrivacyLoss]:
         rows = con.execute("SELECT epsilon, delta, rho FROM spends WHERE dataset_id = ? "
                            "AND unit = ?", (dataset_id, unit)).fetchall()
-        if not rows:
-            return PrivacyLoss(), 0
-        eps, delta, rho = zip(*rows, strict=True)
-        return PrivacyLoss(math.fsum(eps), math.fsum(delta), math.fsum(rho)), len(rows)
+        return [PrivacyLoss(*r) for r in rows]
+
+    @classmethod
+    def _spent(cls, con: sqlite3.Connection, dataset_id: str,
+               unit: str) -> tuple[PrivacyLoss, int]:
+        losses = cls._losses(con, dataset_id, unit)
+        return PrivacyLoss.total(losses), len(losses)
 
     def register(self, dataset_id: str, unit: str, budget: Budget) -> Budget:
         """Record ``budget`` as the total for (dataset, unit), or check it matches the stored one.
@@ -262,13 +284,13 @@ class Ledger:
             if budget is None:
                 raise InputError(f"no budget registered in {self!r} for dataset "
                                  f"{dataset_id!r}, unit {unit!r}")
-            spent, _ = self._spent(con, dataset_id, unit)
-            after = spent + loss
-            if not budget.allows(after):
+            losses = self._losses(con, dataset_id, unit)
+            spent = PrivacyLoss.total(losses)
+            if not budget.admits([*losses, loss]):  # exact: rounding cannot overspend
                 rem = budget.remaining(spent)
-                need = ", ".join(f"{k}={v:.6g}" for k, v in
+                need = ", ".join(f"{k}={_num(v)}" for k, v in
                                  (("ε", loss.epsilon), ("δ", loss.delta), ("ρ", loss.rho)) if v)
-                left = ", ".join(f"{k}={v:.6g}" for k, v in
+                left = ", ".join(f"{k}={_num(v)}" for k, v in
                                  (("ε", rem.epsilon), ("δ", rem.delta), ("ρ", rem.rho))
                                  if getattr(budget, {"ε": "epsilon", "δ": "delta",
                                                      "ρ": "rho"}[k]))

@@ -23,6 +23,16 @@ class TestBudget:
         assert Budget.zcdp(0.5).delta == 0.0
         assert Budget.zcdp(0.5, 1e-6).delta == 1e-6
 
+    @pytest.mark.parametrize(("kind", "kw"), [
+        ("pure", {"epsilon": math.inf}), ("pure", {"epsilon": -1.0}),
+        ("pure", {"epsilon": 1.0, "delta": 0.5}), ("approx", {"epsilon": 1.0, "delta": 0.0}),
+        ("approx", {"epsilon": 1.0, "delta": 2.0}), ("zcdp", {"rho": math.nan}),
+        ("zcdp", {"rho": 1.0, "epsilon": 5.0}), ("renyi", {"epsilon": 1.0})])
+    def test_direct_construction_is_validated_too(self, kind, kw):
+        # Budget("pure", epsilon=inf) would be an unlimited budget the ledger then enforces
+        with pytest.raises(InputError):
+            Budget(kind, **kw)
+
     def test_allows_is_exact_at_the_boundary(self):
         b = Budget.pure(1.0)
         assert b.allows(PrivacyLoss.total([PrivacyLoss(0.1)] * 10))

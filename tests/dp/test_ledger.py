@@ -1,6 +1,7 @@
 import multiprocessing as mp
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,20 @@ class TestLedger:
         assert ran == []
         assert led.status("ds", "user_id").spent.epsilon == 0.75
 
+    def test_float_rounding_cannot_overspend(self):
+        # ten spends of the float 0.1 add up to 1.0000000000000000555 > 1 (their rounded float
+        # sum is exactly 1.0): the tenth must be refused, and the message shows why
+        led = Ledger()
+        led.register("ds", "u", Budget.pure(1.0))
+        for _ in range(9):
+            led.spend("ds", "u", PrivacyLoss(0.1), lambda: None)
+        with pytest.raises(BudgetExhausted, match=r"only ε=0\.09999999999999998 of"):
+            led.spend("ds", "u", PrivacyLoss(0.1), lambda: None)
+        led.register("ds2", "u", Budget.pure(1.0))
+        for _ in range(8):  # binary fractions add exactly: the whole budget can be used
+            led.spend("ds2", "u", PrivacyLoss(0.125), lambda: None)
+        assert led.status("ds2", "u").remaining.epsilon == 0
+
     def test_delta_is_budgeted_separately(self):
         led = Ledger()
         led.register("ds", "u", Budget.approx(10.0, 1e-6))
@@ -77,6 +92,21 @@ class TestLedger:
         led.register("ds", "u", Budget.pure(1.0))
         with pytest.raises(InputError, match="cannot change"):
             Ledger(tmp_path / "l.db").register("ds", "u", Budget.pure(100.0))
+
+    @pytest.mark.parametrize("sql", [
+        "UPDATE budgets SET epsilon = 100", "DELETE FROM budgets",
+        "INSERT OR REPLACE INTO budgets VALUES ('ds', 'u', 'pure', 100, 0, 0, 'now')",
+        "UPDATE spends SET epsilon = 0", "DELETE FROM spends"])
+    def test_tables_are_append_only_even_through_sql(self, tmp_path, sql):
+        led = Ledger(tmp_path / "l.db")
+        led.register("ds", "u", Budget.pure(1.0))
+        led.spend("ds", "u", PrivacyLoss(0.5), lambda: None)
+        con = sqlite3.connect(tmp_path / "l.db")
+        with pytest.raises(sqlite3.IntegrityError, match="pets ledger"):
+            con.execute(sql)
+        con.close()
+        st = Ledger(tmp_path / "l.db").status("ds", "u")
+        assert (st.budget, st.spent.epsilon, st.releases) == (Budget.pure(1.0), 0.5, 1)
 
     def test_unregistered_dataset_is_an_input_error(self):
         with pytest.raises(InputError, match="no budget registered"):
