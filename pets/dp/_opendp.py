@@ -37,13 +37,14 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 from pets._errors import InputError, PetsError
 from pets.dp._budget import PrivacyLoss
 
-__all__ = ["Mechanism", "gaussian_vector", "laplace_vector", "opendp", "quantile_mechanism",
-           "threshold_mechanism"]
+__all__ = ["Mechanism", "gaussian_vector", "l2_sensitivity", "laplace_vector", "opendp",
+           "quantile_mechanism", "threshold_mechanism"]
 
 Distribution = Literal["discrete_laplace", "discrete_gaussian", "exponential"]
 
@@ -110,6 +111,30 @@ def _calibrate(build: Callable[[float], Any], d_in: Any, target: float,
     raise PetsError("could not calibrate the noise scale with OpenDP")  # pragma: no cover
 
 
+def l2_sensitivity(groups: int, per_group: int) -> float:
+    """``√groups · per_group``, rounded *up* to a float: the L2 ``d_in`` of a vector in which
+    one unit changes at most ``groups`` entries by at most ``per_group`` each.
+
+    ``math.sqrt(3) * C`` rounds *down* (``math.sqrt(3)**2 < 3`` exactly): passed to OpenDP as
+    ``d_in`` it would understate the sensitivity, and so ρ, by an ulp. This returns the
+    smallest float whose square is at least ``groups · per_group²`` (checked exactly).
+
+    Example:
+        >>> from fractions import Fraction
+        >>> math.sqrt(3) ** 2 < 3 <= Fraction(l2_sensitivity(3, 1)) ** 2
+        True
+        >>> l2_sensitivity(4, 5)
+        10.0
+    """
+    n = int(groups) * int(per_group) ** 2
+    if n < 0:
+        raise InputError(f"sensitivity must be >= 0, got groups={groups}, per_group={per_group}")
+    s = math.sqrt(n)
+    while Fraction(s) ** 2 < n:
+        s = math.nextafter(s, math.inf)
+    return s
+
+
 @functools.lru_cache(maxsize=256)
 def laplace_vector(*, l1: int, epsilon: float, name: str = "laplace") -> Mechanism:
     """Discrete Laplace noise on an integer vector whose L1 sensitivity is ``l1``.
@@ -128,6 +153,9 @@ def laplace_vector(*, l1: int, epsilon: float, name: str = "laplace") -> Mechani
 @functools.lru_cache(maxsize=256)
 def gaussian_vector(*, l2: float, rho: float, name: str = "gaussian") -> Mechanism:
     """Discrete Gaussian noise on an integer vector whose L2 sensitivity is ``l2``.
+
+    ``l2`` must be an upper bound of the true sensitivity: build it with
+    :func:`l2_sensitivity`, not ``math.sqrt(G) * C`` (which can round down).
 
     Privacy:
         ``dp.m.make_gaussian`` over ``vector_domain(atom_domain(T=i64))`` and
@@ -161,7 +189,7 @@ def threshold_mechanism(*, l0: int, linf: int, primary: float, delta: float, zcd
     dom = dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64"))
     if zcdp:
         metric = dp.l02inf_distance(dp.absolute_distance(T="f64"))
-        d_in: tuple[int, float, float] = (l0, math.sqrt(l0) * linf, float(linf))
+        d_in: tuple[int, float, float] = (l0, l2_sensitivity(l0, linf), float(linf))
         make = dp.m.make_gaussian_threshold
     else:
         metric = dp.l01inf_distance(dp.absolute_distance(T="f64"))
@@ -189,6 +217,8 @@ def threshold_mechanism(*, l0: int, linf: int, primary: float, delta: float, zcd
             lo = mid + 1
     meas = build(scale, lo)
     loss = _as_loss(str(meas.output_measure), meas.map(d_in))
+    if _primary(loss) > primary or loss.delta > delta:  # pragma: no cover - defensive
+        raise PetsError("OpenDP's map of the threshold mechanism exceeds the requested loss")
     return Mechanism(name, meas, d_in, scale, loss,
                      "discrete_gaussian" if zcdp else "discrete_laplace", threshold=lo)
 

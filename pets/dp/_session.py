@@ -54,6 +54,7 @@ from pets.dp._ledger import BudgetStatus, Ledger
 from pets.dp._opendp import (
     Mechanism,
     gaussian_vector,
+    l2_sensitivity,
     laplace_vector,
     quantile_mechanism,
     threshold_mechanism,
@@ -530,7 +531,7 @@ class Session:
 
         def vector_mech(name: str, d: int) -> Mechanism:
             if zcdp:
-                return gaussian_vector(l2=math.sqrt(G) * C * d, rho=share, name=name)
+                return gaussian_vector(l2=l2_sensitivity(G, C * d), rho=share, name=name)
             return laplace_vector(l1=G * C * d, epsilon=share, name=name)
 
         mechs: dict[tuple[Any, ...], Mechanism] = {}

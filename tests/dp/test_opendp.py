@@ -1,14 +1,18 @@
 """Exact privacy-map assertions: the loss pets records is what OpenDP's map says."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import opendp.prelude as dp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pets import InputError
 from pets.dp._opendp import (
     gaussian_vector,
+    l2_sensitivity,
     laplace_vector,
     quantile_mechanism,
     threshold_mechanism,
@@ -45,6 +49,19 @@ class TestGaussianVector:
         assert m.scale == pytest.approx(20.0)
         assert m.loss.rho <= 0.5 and m.loss.rho == pytest.approx(0.5)
         assert str(m.measurement.output_measure) == "ZeroConcentratedDivergence"
+
+
+class TestL2Sensitivity:
+    @given(st.integers(1, 10_000), st.integers(1, 2**34))
+    def test_is_the_smallest_float_not_below_the_true_value(self, groups, per_group):
+        s = l2_sensitivity(groups, per_group)
+        n = groups * per_group**2
+        assert Fraction(s) ** 2 >= n > Fraction(math.nextafter(s, 0)) ** 2
+
+    def test_zcdp_threshold_d_in_is_not_rounded_down(self):
+        # math.sqrt(3) * 1 < √3: OpenDP takes min(l2, √l0·l∞), so a low l2 would win
+        m = threshold_mechanism(l0=3, linf=1, primary=0.5, delta=1e-6, zcdp=True)
+        assert Fraction(m.d_in[1]) ** 2 >= 3
 
 
 class TestThreshold:

@@ -1,6 +1,7 @@
 import json
 import math
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,21 @@ class TestPrivacyAccounting:
         assert f["scale"].iloc[0] == pytest.approx(math.sqrt(4) * 2 / math.sqrt(1.0))
         assert "Gaussian" in f["mechanism"].iloc[0]
         assert r.loss.rho == pytest.approx(0.5) and r.loss.epsilon == 0
+
+    def test_gaussian_d_in_is_never_rounded_down(self, small_events, monkeypatch):
+        import pets.dp._session as session_module
+
+        seen = []
+        real = session_module.gaussian_vector
+
+        def spy(**kw):
+            seen.append(kw["l2"])
+            return real(**kw)
+
+        monkeypatch.setattr(session_module, "gaussian_vector", spy)
+        session(small_events, Budget.zcdp(1.0)).query(
+            by="country", keys=KEYS, max_groups=3, max_rows=1).count().release(rho=0.5)
+        assert Fraction(seen[0]) ** 2 >= 3  # math.sqrt(3) * 1 is below √3
 
     def test_zcdp_private_keys_and_quantiles_spend_rho_and_delta(self, small_events):
         s = session(small_events, Budget.zcdp(1.0, 1e-5))
