@@ -24,6 +24,8 @@ from pets.pseudo._base import Transform
 __all__ = ["AnonymityReport", "Enforcement", "anonymity_report", "enforce_k"]
 
 Level = Transform | Callable[[pd.Series], pd.Series]
+#: Most level combinations enforce_k tries (each costs a pass over the table).
+MAX_NODES = 100_000
 
 
 def _codes(series: pd.Series) -> tuple[np.ndarray, int]:
@@ -217,7 +219,8 @@ def anonymity_report(df: pd.DataFrame, quasi_identifiers: Sequence[str],
     _check_columns(df, [*qis, *([sensitive] if sensitive is not None else [])])
     n = len(df)
     ids, n_classes = _combine([_codes(df[c]) for c in qis], n)
-    return _report(ids, n_classes, n, qis, df[sensitive] if sensitive else None, sensitive, k)
+    sens = df[sensitive] if sensitive is not None else None
+    return _report(ids, n_classes, n, qis, sens, sensitive, k)
 
 
 def _report(ids: np.ndarray, n_classes: int, n: int, qis: tuple[str, ...],
@@ -379,7 +382,8 @@ def enforce_k(df: pd.DataFrame, quasi_identifiers: Sequence[str], k: int,
         An :class:`Enforcement` with the new frame and its utility cost.
 
     Raises:
-        InputError: Unknown columns, bad k or max_suppression.
+        InputError: Unknown columns, bad k or max_suppression, a level that changes the
+            column's length or index, or more than ``MAX_NODES`` level combinations.
         PolicyError: k cannot be met even at the most general levels.
 
     Example:
@@ -413,11 +417,22 @@ def enforce_k(df: pd.DataFrame, quasi_identifiers: Sequence[str], k: int,
             if len(gen) != n:
                 raise InputError(f"hierarchy level {_level_name(level)} changed the length of "
                                  f"column {c!r}")
+            if isinstance(gen, pd.Series):
+                # classes are counted by position but the frame is assembled by label: a level
+                # that reorders or re-indexes would put values on the wrong rows
+                if not gen.index.equals(df.index):
+                    raise InputError(f"hierarchy level {_level_name(level)} changed the index "
+                                     f"of column {c!r}")
+            else:
+                gen = pd.Series(gen, index=df.index, name=c)
             series.append(gen)
         versions[c] = series
         codes[c] = [_codes(s) for s in series]
     budget = math.floor(max_suppression * n + 1e-9)
     ranges = [range(len(versions[c])) for c in qis]
+    if math.prod(len(r) for r in ranges) > MAX_NODES:
+        raise InputError(f"enforce_k would try {math.prod(len(r) for r in ranges):,} level "
+                         f"combinations (at most {MAX_NODES:,}): fewer levels or columns")
     nodes = sorted(itertools.product(*ranges), key=lambda node: (sum(node), node))
     evaluated = 0
     best: tuple[int, tuple[int, ...], np.ndarray, np.ndarray, int] | None = None

@@ -64,8 +64,10 @@ def _check_domain(domain: str) -> bytes:
 def derive_domain_key(root: Secret, purpose: str, domain: str, *, length: int = 32) -> Secret:
     """Derive the key of one (purpose, domain) pair from a root secret with HKDF-SHA256.
 
-    ``info`` is ``b"pets/pseudo/v1/" + purpose + b"\\x00" + domain`` (UTF-8), so keys for
-    different purposes or domains are independent.
+    ``info`` is ``b"pets/pseudo/v1/" + purpose + b"\\x00" + domain`` (UTF-8). NUL is refused
+    in both, so distinct (purpose, domain) pairs give distinct ``info`` and independent keys.
+    The length is not part of ``info`` (HKDF outputs of one ``info`` are prefixes of each
+    other), so each purpose is used with one length only (its transform's ``key_length``).
 
     Args:
         root: The 32-byte root secret (a DEK unwrapped from an EU key service).
@@ -74,11 +76,16 @@ def derive_domain_key(root: Secret, purpose: str, domain: str, *, length: int = 
         length: Output length in bytes.
 
     Raises:
-        InputError: The root secret is not 32 bytes, or the domain is empty or too long.
+        InputError: The root secret is not 32 bytes, the purpose is not 1..64 ASCII
+            characters without NUL, or the domain is empty, too long or contains NUL.
     """
     if not isinstance(root, Secret) or len(root) != ROOT_SECRET_BYTES:
         raise InputError(f"root secret must be a pets.keys.Secret of {ROOT_SECRET_BYTES} bytes")
-    info = b"pets/pseudo/v1/" + purpose.encode() + b"\x00" + _check_domain(domain)
+    if (not isinstance(purpose, str) or not purpose or not purpose.isascii()
+            or "\x00" in purpose or len(purpose) > 64):
+        raise InputError("purpose must be 1..64 ASCII characters without NUL")
+    # Neither part may contain NUL, so info splits back into (purpose, domain) one way only.
+    info = b"pets/pseudo/v1/" + purpose.encode("ascii") + b"\x00" + _check_domain(domain)
     hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=info)
     return Secret(hkdf.derive(root.expose()))
 

@@ -42,7 +42,7 @@ from pets.jurisdiction import Context
 from pets.keys import Secret
 from pets.pseudo._base import KeyedTransform
 from pets.pseudo._columnar import series_from_arrow
-from pets.pseudo._text import column_label, to_arrow_strings
+from pets.pseudo._text import _kind, column_label, to_arrow_strings
 
 __all__ = ["DIGITS", "FF1", "FF1Transform", "PhoneFF1", "ff1_min_length"]
 
@@ -305,10 +305,13 @@ class FF1:
 
         Uses the vectorized rounds when ``radix^ceil(n/2) < 2^64``, else the scalar path.
         """
+        if (not isinstance(numerals, np.ndarray) or numerals.ndim != 2
+                or not np.issubdtype(numerals.dtype, np.integer)):
+            raise InputError("FF1 numerals must be a 2-D integer array (rows, length)")
         rows, n = numerals.shape
         self._check_len(n)
         radix = self.radix
-        if rows and int(numerals.max()) >= radix:
+        if rows and (int(numerals.max()) >= radix or int(numerals.min()) < 0):
             raise InputError(f"numeral outside radix {radix}")
         t = self.tweak if tweak is None else self._check_tweak(tweak)
         p = self._param(n, t)
@@ -542,7 +545,7 @@ class FF1Transform(KeyedTransform):
 
     def _strings(self, series: pd.Series) -> pa.Array:
         arr = to_arrow_strings(series)
-        if pd.api.types.is_integer_dtype(series.dtype):
+        if _kind(series) == "int":  # integer dtypes, and Python ints in an object column
             raise InputError(f"column {column_label(series)!r}: FF1 needs strings (leading "
                              "zeros matter); convert integers with zero-padding first")
         return arr
@@ -621,6 +624,9 @@ class PhoneFF1(FF1Transform):
     def _configure(self, alphabet: str = DIGITS, tweak: bytes | str | None = None,
                    max_len: int = 15, **kw: Any) -> None:
         super()._configure(alphabet=DIGITS, tweak=tweak, max_len=15, **kw)
+        # the per-country tweak is tweak || 0x00 || country code (up to 3 digits)
+        if self._tweak is not None and len(self._tweak) > MAX_TWEAK - 4:
+            raise InputError(f"PhoneFF1 tweak must be at most {MAX_TWEAK - 4} bytes")
 
     def params(self) -> dict[str, Any]:
         return {"format": "E.164", "tweak": None if self._tweak is None else self._tweak.hex()}
@@ -637,10 +643,10 @@ class PhoneFF1(FF1Transform):
         out = values.copy()
         if valid.any():
             present = values[valid].astype(str)
-            lengths = np.char.str_len(present)
-            ok = np.char.startswith(present, "+") & (lengths >= 9) & (lengths <= 16)
-            ok &= np.char.isdigit(np.char.lstrip(present, "+")) & (
-                np.char.count(present, "+") == 1)
+            # ASCII digits only: str.isdigit would also accept "٤" or "²"
+            ok = np.asarray(pc.match_substring_regex(
+                arr.filter(pa.array(valid)), r"^\+[0-9]{8,15}$").to_numpy(zero_copy_only=False),
+                dtype=bool)
             if not ok.all():
                 bad = int(np.flatnonzero(valid)[int(np.flatnonzero(~ok)[0])])
                 raise InputError(f"column {label!r}: value at position {bad} is not an E.164 "

@@ -11,6 +11,7 @@ import datetime as _dt
 import hmac
 import ipaddress
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -47,7 +48,21 @@ def _numeric(series: pd.Series, who: str) -> pd.Series:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:g}" if float(v) != int(v) or abs(v) >= 1e15 else str(int(v))
+    """A bucket bound as text: integers plainly, others with 15 significant digits.
+
+    15 digits (a double's decimal precision) keep distinct bounds distinct (``%g``'s 6 digits
+    printed 1234567.5 as ``1.23457e+06``) while hiding float noise (0.1 * 3 -> ``0.3``).
+    """
+    v = float(v)
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.15g}" if v != int(v) or abs(v) >= 1e15 else str(int(v))
+
+
+def _finite(x: np.ndarray, series: pd.Series, who: str) -> None:
+    if np.isinf(x).any():
+        raise InputError(f"column {column_label(series)!r}: {who} got an infinite value at "
+                         f"position {int(np.flatnonzero(np.isinf(x))[0])}")
 
 
 def _labels(codes: np.ndarray, names: Sequence[str], like: pd.Series) -> pd.Series:
@@ -97,13 +112,26 @@ class Bucket(Transform):
         return {"width": self.width, "edges": self.edges, "quantiles": self.quantiles,
                 "origin": self.origin}
 
+    def _printed(self, q: np.ndarray) -> np.ndarray:
+        """The bounds ``origin + q * width`` as their labels print them."""
+        w = float(self.width or 1.0)
+        return np.array([float(_fmt(self.origin + v * w)) for v in q.tolist()], dtype=np.float64)
+
     def apply(self, series: pd.Series) -> pd.Series:
         _numeric(series, "Bucket")
         x = series.to_numpy(dtype=np.float64, na_value=np.nan)
         isnan = np.isnan(x)
         if self.width is not None:
+            _finite(x, series, "Bucket(width=)")
             w = float(self.width)
-            k = np.floor((np.where(isnan, 0.0, x) - self.origin) / w)
+            base = np.where(isnan, self.origin, x)
+            k = np.floor((base - self.origin) / w)
+            # (x - origin) / w is rounded: put x back into the bucket whose *printed* bounds
+            # hold it (0.3 with width 0.1 lands in "[0.3, 0.4)", not in "[0.2, 0.3)").
+            uk, inv = np.unique(k, return_inverse=True)
+            lo = self._printed(uk)[inv]
+            hi = self._printed(uk + 1)[inv]
+            k = np.where(base < lo, k - 1, np.where(base >= hi, k + 1, k))
             codes_f, uniq = pd.factorize(np.where(isnan, np.nan, k), use_na_sentinel=True)
             names = [f"[{_fmt(self.origin + q * w)}, {_fmt(self.origin + (q + 1) * w)})"
                      for q in np.asarray(uniq, dtype=np.float64)]
@@ -114,6 +142,7 @@ class Bucket(Transform):
                 f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)
             ] + [f">={_fmt(edges[-1])}"]
         else:
+            _finite(x, series, "Bucket(quantiles=)")
             q = np.linspace(0, 1, int(self.quantiles or 1) + 1)
             present = x[~isnan]
             edges = np.unique(np.quantile(present, q)) if len(present) else np.zeros(1)
@@ -215,7 +244,15 @@ class TruncateDate(Transform):
         out[nat] = np.datetime64("NaT")
         res = pd.Series(out, index=series.index, name=series.name)
         if tz is not None:
-            res = res.dt.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward")
+            # A truncated wall time in a repeated hour (DST ending) is ambiguous: take the later
+            # of its two instants that is not after the original (instead of NaT, which would
+            # silently null the value); one in a skipped hour moves forward.
+            n = len(res)
+            early = res.dt.tz_localize(tz, ambiguous=np.ones(n, dtype=bool),
+                                       nonexistent="shift_forward")
+            late = res.dt.tz_localize(tz, ambiguous=np.zeros(n, dtype=bool),
+                                      nonexistent="shift_forward")
+            res = late.where((late <= series).fillna(False).astype(bool), early)
         return res.astype(series.dtype)
 
 
@@ -333,11 +370,17 @@ class PostcodePrefix(Transform):
         return series_from_arrow(out, series)
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 class IPPrefix(Transform):
     """Truncate IP addresses to a network prefix, written in CIDR form (``"10.1.2.0/24"``).
 
     IPv4 is vectorized (octets parsed with Arrow, masked in numpy); IPv6 goes through
-    :mod:`ipaddress` once per distinct value. Invalid addresses are refused.
+    :mod:`ipaddress` once per distinct value. Invalid addresses are refused, including IPv4
+    octets with leading zeros (``"010.1.2.3"``, octal to some parsers). An IPv4 address embedded
+    in IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, NAT64 ``64:ff9b::a.b.c.d``, 6to4 ``2002:AABB:CCDD::``)
+    keeps no more of its IPv4 bits than ``v4`` allows. Zone ids (``fe80::1%eth0``) are dropped.
 
     Links: addresses within the same prefix become equal.
 
@@ -358,6 +401,18 @@ class IPPrefix(Transform):
     def params(self) -> dict[str, Any]:
         return {"v4": self.v4, "v6": self.v6}
 
+    def _prefix_length(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+        """The prefix kept: ``v4``/``v6``, and never more of an IPv4 address embedded in an
+        IPv6 one (IPv4-mapped ``::ffff:0:0/96``, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``)
+        than ``v4`` keeps of a plain IPv4 address."""
+        if ip.version == 4:
+            return self.v4
+        if ip.ipv4_mapped is not None or ip in _NAT64:
+            return min(self.v6, 96 + self.v4)
+        if ip.sixtofour is not None:
+            return min(self.v6, 16 + self.v4)
+        return self.v6
+
     def apply(self, series: pd.Series) -> pd.Series:
         label = column_label(series)
         arr = normalized_text(series, strip=True, max_bytes=64)
@@ -365,8 +420,10 @@ class IPPrefix(Transform):
         out = np.empty(n, dtype=object)
         valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
         out[~valid] = None
+        # Dotted decimal without leading zeros, as :mod:`ipaddress` accepts it ("010.1.2.3" is
+        # octal to some parsers: refused, as ipaddress refuses it).
         is4 = np.asarray(pc.match_substring_regex(
-            arr, r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$").fill_null(False)
+            arr, r"^(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}$").fill_null(False)
             .to_numpy(zero_copy_only=False), dtype=bool)
         if is4.any():
             parts = pc.split_pattern(arr.filter(pa.array(is4)), ".")
@@ -397,7 +454,7 @@ class IPPrefix(Transform):
                     bad = int(np.flatnonzero(rest)[int(np.flatnonzero(codes == j)[0])])
                     raise InputError(f"column {label!r}: value at position {bad} is not an IP "
                                      "address") from None
-                plen = self.v4 if ip.version == 4 else self.v6
+                plen = self._prefix_length(ip)
                 nets.append(str(ipaddress.ip_network(f"{ip}/{plen}", strict=False)))
             out[rest] = np.asarray(nets, dtype=object)[codes]
         res = pa.array(out, type=pa.large_string(), from_pandas=True) if n else \
@@ -470,8 +527,11 @@ class DateShift(KeyedTransform):
     """Keyed per-user date shifting: every date of one user moves by the same secret offset.
 
     The offset of a user is ``HMAC-SHA256(domain_key, normalised user id)`` read as a 64-bit
-    integer, reduced to ``[-max_days, +max_days]`` (bias below 2^-40). Intervals between one
-    user's dates are kept exactly; calendar dates are hidden up to ± ``max_days``.
+    integer, reduced to ``[-max_days, +max_days]`` (inclusive; bias below 2^-40). Intervals
+    between one user's dates are kept exactly; calendar dates are hidden up to ± ``max_days``.
+    Zero is one of the ``2·max_days + 1`` equally likely offsets: about one user in
+    ``2·max_days + 1`` keeps their true dates, and nobody without the key can tell which.
+    Rows whose user id is null get ``NaT`` (there is no offset to hide them behind).
 
     Warning — what it links: the offset is deterministic per (user, domain), so the shifted
     dates of one user stay consistent across tables shifted in the same domain; differences
@@ -511,7 +571,8 @@ class DateShift(KeyedTransform):
         return {"max_days": self.max_days, "by": self.by}
 
     def offsets(self, users: pd.Series) -> np.ndarray:
-        """The day offset of each row's user (0 where the user is null)."""
+        """The day offset of each row's user (0 where the user is null; :meth:`apply` turns
+        those rows into ``NaT``)."""
         arr = normalized_text(users, max_bytes=DEFAULT_MAX_BYTES)
         key = self._key.expose()
         span = np.uint64(2 * self.max_days + 1)
@@ -539,6 +600,15 @@ class DateShift(KeyedTransform):
         _as_datetime(series, "DateShift")
         if len(by) != len(series):
             raise InputError("DateShift: by= must have the same length as the dates")
-        days = self.offsets(by.reset_index(drop=True))
-        delta = pd.to_timedelta(days, unit="D")
-        return series + pd.Series(delta, index=series.index)
+        users = by.reset_index(drop=True)
+        days = self.offsets(users)
+        td = days.astype("timedelta64[D]").astype("timedelta64[s]")
+        # No user, no offset to hide the date behind: the date becomes NaT (an unshifted date
+        # among shifted ones would be the true date).
+        td[users.isna().to_numpy(dtype=bool)] = np.timedelta64("NaT")
+        delta = pd.Series(td, index=series.index)
+        try:
+            return series + delta
+        except (OverflowError, pd.errors.OutOfBoundsDatetime):
+            raise InputError(f"column {column_label(series)!r}: a shifted date falls outside "
+                             "the datetime range") from None

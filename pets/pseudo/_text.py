@@ -11,8 +11,15 @@ A value is turned into bytes in exactly one documented way:
   naming the column: convert them explicitly first (a float ``1.0`` vs ``1`` must not silently
   become two pseudonyms).
 
-Values longer than ``max_bytes`` (default 64 KiB) are refused, so a hostile 10 MB cell fails
-cleanly instead of being hashed.
+Values longer than ``max_bytes`` (default 64 KiB) are refused, before and after normalisation,
+so a hostile 10 MB cell fails cleanly instead of being hashed; text that is not valid Unicode
+(lone surrogates) is refused too.
+
+Intended collisions, by design: ``42`` and ``"42"``; canonically equivalent strings (``"é"`` as
+one code point or as ``e`` + combining accent). Intended *non*-collisions: NFC is not NFKC, so
+compatibility variants stay distinct (full-width ``"ＡＢ"`` vs ``"AB"``, ``"①"`` vs ``"1"``) unless
+``casefold`` maps them (it folds ligatures: ``"ﬁ"`` -> ``"fi"``); ``"042"`` vs ``42``; the empty
+string is a value, not a null.
 
 Example:
     >>> import pandas as pd
@@ -92,7 +99,11 @@ def to_arrow_strings(series: pd.Series, *, column: str | None = None) -> pa.Arra
             "integers explicitly")
     if isinstance(series.dtype, pd.CategoricalDtype):
         series = series.astype(object)
-    arr = pa.array(series, from_pandas=True)
+    try:
+        arr = pa.array(series, from_pandas=True)
+    except (UnicodeError, pa.ArrowException):
+        # e.g. lone surrogates ("\ud800"), which have no UTF-8 form
+        raise InputError(f"column {label!r}: values are not valid Unicode text") from None
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     return pc.cast(arr, pa.large_string())
@@ -134,6 +145,7 @@ def normalized_text(series: pd.Series, *, column: str | None = None, casefold: b
         arr = pc.utf8_trim_whitespace(arr)
     if casefold:
         arr = _casefold(arr)
+    _check_lengths(arr, label, max_bytes)  # NFC and case folding can lengthen a value (ΐ -> 3)
     return arr
 
 

@@ -48,9 +48,18 @@ def _b64url(data: bytes) -> str:
 
 
 def _unb64url(text: str) -> bytes:
+    """Strict, canonical base64url: one string per byte sequence, or ``ValueError``.
+
+    ``base64.urlsafe_b64decode`` skips characters outside the alphabet and ignores the unused
+    low bits of the last character, so several strings would decode to one token; requiring the
+    re-encoding to equal the input makes every altered token string fail.
+    """
     if not text or len(text) % 4 == 1:
         raise ValueError("bad length")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64url(raw) != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 class Tokenizer(KeyedTransform):

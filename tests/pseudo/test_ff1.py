@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pets import Context, InputError, JurisdictionError
+from pets.keys import Secret
 from pets.pseudo import FF1, FF1Transform, PhoneFF1, ff1_min_length
 
 from .conftest import load_vectors
@@ -325,3 +326,75 @@ class TestAgainstLiteralReference:
                 mat = np.array([x, x], dtype=np.uint32)
                 assert f.crypt_matrix(mat).tolist() == [want, want]
                 assert f.decrypt_numerals(want) == x
+
+
+class TestReviewHardening:
+    """Findings of the adversarial review (issue 4), each with the attack tried."""
+
+    @pytest.mark.parametrize("v", SAMPLES, ids=[f"sample{v['sample']}" for v in SAMPLES])
+    def test_nist_samples_really_take_the_vectorized_rounds(self, v):
+        f = _cipher(v)
+        n = len(v["plaintext"])
+        assert f._param(n, f.tweak).vector  # so crypt_arrow above is not the scalar fallback
+        mat = np.array([[v["alphabet"].index(c) for c in v["plaintext"]]] * 3, dtype=np.uint32)
+        want = [v["alphabet"].index(c) for c in v["ciphertext"]]
+        assert f.crypt_matrix(mat).tolist() == [want] * 3
+        assert f.encrypt_numerals(mat[0].tolist()) == want  # scalar path
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.one_of(st.integers(2, 62), st.sampled_from([63, 100, 255, 256, 257, 1000, 4096,
+                                                           65535, 65536])).flatmap(
+        lambda r: st.tuples(
+            st.just(r),
+            st.integers(ff1_min_length(r), max(ff1_min_length(r), 44)).flatmap(
+                lambda n: st.lists(st.lists(st.integers(0, r - 1), min_size=n, max_size=n),
+                                   min_size=1, max_size=6)),
+            st.binary(max_size=40))))
+    def test_vectorized_scalar_and_literal_spec_agree(self, case):
+        radix, rows, tweak = case
+        key = bytes(range(16))
+        f = FF1(key, radix, tweak=tweak)
+        mat = np.array(rows, dtype=np.uint32)
+        vec = f.crypt_matrix(mat).tolist()
+        assert vec == [f.encrypt_numerals(r) for r in rows]
+        assert vec[0] == _reference_ff1(key, radix, tweak, rows[0])
+        assert f.crypt_matrix(np.array(vec, dtype=np.uint32), encrypt=False).tolist() == rows
+
+    @pytest.mark.parametrize("bad", [np.array([[-1, 0, 0, 0, 0, 0]], dtype=np.int64),
+                                     np.array([[0.5] * 6]), np.arange(6)])
+    def test_malformed_numeral_arrays_are_refused(self, bad):
+        # before: -1 wrapped to 2^64-1 and encrypted to garbage that did not decrypt back
+        with pytest.raises(InputError, match="numeral"):
+            FF1(bytes(16), 10).crypt_matrix(bad)
+
+    def test_python_ints_in_an_object_column_are_refused_like_integer_dtypes(self, root):
+        # before: int64 refused but object ints silently lost their leading zeros
+        with pytest.raises(InputError, match="column 'n': FF1 needs strings"):
+            FF1Transform(root, domain="x").apply(pd.Series([1234567], dtype=object, name="n"))
+
+    @pytest.mark.parametrize("bad", ["+٤٩15112345678", "+49151١2345678", "+4915112345²78"])
+    def test_phone_numbers_with_non_ascii_digits_are_refused(self, root, bad):
+        # before: str.isdigit accepted them and a non-ASCII country code was copied through
+        with pytest.raises(InputError, match=r"column 'phone': value at position 0 is not an E\.164"):
+            PhoneFF1(root, domain="p").apply(pd.Series([bad], name="phone"))
+
+    def test_phone_tweak_too_long_for_the_country_suffix_is_refused_up_front(self, root):
+        with pytest.raises(InputError, match="at most 252 bytes"):
+            PhoneFF1(root, domain="p", tweak=bytes(253))
+        assert len(PhoneFF1(root, domain="p", tweak=bytes(252)).apply(
+            pd.Series(["+4915112345678"]))[0]) == 14
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(["1", "7", "33", "49", "353", "880", "44"]),
+                              st.text("0123456789", min_size=7, max_size=12)),
+                    min_size=1, max_size=12))
+    def test_phone_shape_is_kept_and_reverses(self, numbers):
+        numbers = [(cc, nsn[: 15 - len(cc)]) for cc, nsn in numbers]
+        root = Secret(bytes(range(32)))
+        p = PhoneFF1(root, domain="phones", jurisdiction="EU")
+        s = pd.Series([f"+{cc}{nsn}" for cc, nsn in numbers])
+        out = p.apply(s)
+        for (cc, nsn), o in zip(numbers, out, strict=True):
+            assert o.startswith("+" + cc) and len(o) == len(cc) + len(nsn) + 1
+            assert o[1:].isdigit() and o.isascii()
+        assert p.reverse(out, context=Context("EU")).tolist() == s.tolist()

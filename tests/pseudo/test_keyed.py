@@ -253,3 +253,84 @@ class TestKeyHandling:
         json.dumps(d)
         assert d["name"] == "keyed-hash" and d["reversible"] is False
         assert "domain" in d["links"]
+
+
+class TestReviewHardening:
+    """Findings of the adversarial review (issue 4), each with the attack tried."""
+
+    def test_lone_surrogates_are_refused_naming_the_column(self, root):
+        # before: a bare UnicodeEncodeError from pyarrow, no column named
+        s = pd.Series(["ok", "a\ud800"], name="email", dtype=object)
+        with pytest.raises(InputError, match="column 'email': values are not valid Unicode"):
+            KeyedHash(root, domain="d").apply(s)
+
+    def test_values_that_case_folding_lengthens_past_max_bytes_are_refused(self, root):
+        # "ŉ" is 2 UTF-8 bytes and case-folds to "ʼn" (3 bytes): the limit is checked after, too
+        s = pd.Series(["\u0149" * 40], name="n")
+        assert KeyedHash(root, domain="d", max_bytes=100).apply(s).notna().all()
+        with pytest.raises(InputError, match=r"column 'n': value at position 0 is 120 bytes"):
+            KeyedHash(root, domain="d", max_bytes=100, casefold=True).apply(s)
+
+    def test_nfc_is_not_nfkc_and_casefold_folds_ligatures(self, root):
+        s = pd.Series(["\ufb01", "fi", "\uff21", "A"])  # ligature fi, full-width A
+        plain = KeyedHash(root, domain="d").apply(s)
+        assert plain[0] != plain[1] and plain[2] != plain[3]
+        folded = KeyedHash(root, domain="d", casefold=True).apply(s)
+        assert folded[0] == folded[1] and folded[2] != folded[3]
+
+    def test_purpose_with_nul_cannot_collide_with_another_pair(self, root):
+        # before: purpose was unchecked; now neither part may hold NUL
+        for bad in ("", "a\x00b", "caf\u00e9"):
+            with pytest.raises(InputError, match="purpose"):
+                derive_domain_key(root, bad, "c")
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.text(st.characters(codec="ascii", exclude_characters="\x00"), min_size=1,
+                   max_size=8),
+           st.text(st.characters(exclude_characters="\x00", codec="utf-8"), min_size=1,
+                   max_size=8),
+           st.text(st.characters(codec="ascii", exclude_characters="\x00"), min_size=1,
+                   max_size=8),
+           st.text(st.characters(exclude_characters="\x00", codec="utf-8"), min_size=1,
+                   max_size=8))
+    def test_distinct_purpose_domain_pairs_give_distinct_keys(self, p1, d1, p2, d2):
+        root = Secret(bytes(range(32)))
+        k1 = derive_domain_key(root, p1, d1).expose()
+        k2 = derive_domain_key(root, p2, d2).expose()
+        assert (k1 == k2) == ((p1, d1) == (p2, d2))
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.one_of(st.none(), st.text(max_size=6), st.sampled_from(["Ann", "ann",
+                                                                                " ann "])),
+                    max_size=60),
+           st.booleans(), st.booleans(), st.sampled_from(sorted(ENCODINGS)))
+    def test_distinct_value_path_equals_the_direct_path(self, values, casefold, strip, enc):
+        h = KeyedHash(Secret(bytes(range(32))), domain="p", casefold=casefold, strip=strip,
+                      encoding=enc)
+        s = pd.Series(values, dtype=object, index=range(100, 100 + len(values)), name="c")
+        a, b = h.apply(s, direct=True), h.apply(s, direct=False)
+        assert a.equals(b)
+        key = derive_domain_key(Secret(bytes(range(32))), "keyed-hash", "p").expose()
+        for v, o in zip(values, a, strict=True):  # and both equal the per-row definition
+            if v is None:
+                assert pd.isna(o)
+                continue
+            import unicodedata
+
+            n = unicodedata.normalize("NFC", v)
+            n = n.strip() if strip else n
+            n = unicodedata.normalize("NFC", n.casefold()) if casefold else n
+            want = encode_digests(hmac.digest(key, n.encode(), "sha256"), enc)[0].decode()
+            assert o == want
+
+    def test_exceptions_and_pickles_carry_no_key_bytes(self, root):
+        h = KeyedHash(root, domain="crm")
+        key = derive_domain_key(root, "keyed-hash", "crm").expose()
+        for bad in (pd.Series([1.5], name="x"), pd.Series(["x" * 70_000], name="x")):
+            with pytest.raises(InputError) as err:
+                h.apply(bad)
+            text = str(err.value) + repr(err.value.args)
+            assert key.hex() not in text and root.expose().hex() not in text
+        with pytest.raises(TypeError) as err2:
+            pickle.dumps(h)
+        assert key.hex() not in str(err2.value)

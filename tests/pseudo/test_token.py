@@ -169,3 +169,39 @@ class TestTokenizerHostileInput:
     def test_a_huge_token_is_rejected_without_decrypting(self, tok):
         with pytest.raises(IntegrityError):
             tok.reverse(pd.Series(["t1." + "A" * (1024 * 1024)]), context=Context("EU"))
+
+
+class TestReviewHardening:
+    """Findings of the adversarial review (issue 4), each with the attack tried."""
+
+    def test_non_canonical_spellings_of_a_valid_token_are_rejected(self, tok):
+        # before: urlsafe_b64decode ignored the unused low bits of the last character and
+        # skipped foreign characters, so altered strings re-identified as the original
+        import base64
+
+        t = tok.apply(pd.Series(["ann"]))[0]
+        body = t[3:]
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        variants = [body[:-1] + c for c in alphabet if c != body[-1]
+                    and base64.urlsafe_b64decode(body[:-1] + c + "=" * (-len(body) % 4)) == raw]
+        variants += [body[:4] + "\n" + body[4:], body[:8] + "!" * 4 + body[8:]]
+        assert len(variants) >= 3
+        for v in variants:
+            with pytest.raises(IntegrityError, match=r"^token failed to authenticate$"):
+                tok.reverse(pd.Series(["t1." + v]), context=Context("EU"))
+        assert tok.reverse(pd.Series([t]), context=Context("EU"))[0] == "ann"
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.data())
+    def test_any_other_string_fails_to_reverse(self, data):
+        tok = Tokenizer(Secret(bytes(range(32))), domain="p", jurisdiction="EU")
+        t = tok.apply(pd.Series(["ann@x.eu"]))[0]
+        i = data.draw(st.integers(0, len(t) - 1))
+        c = data.draw(st.characters(codec="ascii"))
+        mutated = data.draw(st.sampled_from([t[:i] + c + t[i + 1:], t[:i] + c + t[i:],
+                                             t[:i] + t[i + 1:]]))
+        if mutated == t:
+            return
+        with pytest.raises(IntegrityError):
+            tok.reverse(pd.Series([mutated]), context=Context("EU"))
