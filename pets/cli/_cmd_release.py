@@ -108,6 +108,45 @@ def _budget(ledger: Any, dataset_id: str, unit: str, eps: float | None, delta: f
     return stored
 
 
+def missing_options(*, specs: bool, out: bool, spend: bool, by: list[str], keys: bool,
+                    budget: bool) -> list[str]:
+    """What ``pets release`` still needs, one line per missing option (empty: nothing).
+
+    Public group keys must come from the user: reading them from the data would reveal which
+    groups exist (a group held by one user would appear), outside any privacy guarantee.
+
+    Example:
+        >>> for line in missing_options(specs=True, out=True, spend=True, by=["country"],
+        ...                             keys=False, budget=True):
+        ...     print(line)
+        --keys V1,V2,...: the groups of --group-by country, listed by you (public: pets does not read them from the data, which would reveal which groups exist); or --keys-file FILE (CSV/Parquet); or --private-keys --delta D to select them privately (needs a budget with δ)
+    """
+    need: list[str] = []
+    if specs and by and not keys:
+        need.append(f"--keys V1,V2,...: the groups of --group-by {','.join(by)}, listed by you "
+                    "(public: pets does not read them from the data, which would reveal "
+                    "which groups exist); or --keys-file FILE (CSV/Parquet); or "
+                    "--private-keys --delta D to select them privately (needs a budget "
+                    "with δ)")
+    if specs and not spend:
+        need.append("--epsilon E: the ε this release spends (--rho R under a zCDP budget)")
+    if not budget:
+        need.append("--budget-epsilon E: the total ε of this dataset, recorded once in the "
+                    "ledger and never raised later (add --budget-delta D for --private-keys; "
+                    "or --budget-rho R for zCDP)")
+    if specs and not out:
+        need.append("--out FILE: where to write the release (Parquet)")
+    return need
+
+
+def _require(need: list[str], dataset_id: str, unit: str, ledger: Any) -> None:
+    if need:
+        where = (f" (no budget is registered yet for dataset {dataset_id!r}, unit {unit!r} in "
+                 f"{str(ledger.path)!r})" if any(n.startswith("--budget") for n in need) else "")
+        raise InputError("pets release needs more options" + where + ":\n  add "
+                         + "\n  add ".join(need))
+
+
 def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
           private: bool) -> Any:
     given = (keys is not None) + (keys_file is not None) + bool(private)
@@ -192,21 +231,26 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
 
     if not infile.is_file():
         raise InputError(f"input file {str(infile)!r} does not exist")
+    specs = [parse_agg(s) for s in split_aggs(aggs)]
+    if not specs and not status:
+        raise InputError("nothing to do: give --agg (and --out), or --status")
+    by = [c.strip() for c in group_by.split(",") if c.strip()] if group_by else []
     ledger = Ledger(ledger_path)
     dsid = dataset_id or str(infile.resolve())
+    # every missing option at once, before anything is registered in the ledger
+    _require(missing_options(
+        specs=bool(specs), out=out is not None, spend=epsilon is not None or rho is not None,
+        by=by, keys=keys is not None or keys_file is not None or private_keys,
+        budget=(budget_epsilon is not None or budget_rho is not None
+                or ledger.budget_of(dsid, unit) is not None)), dsid, unit, ledger)
+    keys_arg = _keys(infile, by, keys, keys_file, private_keys) if specs else None
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
     session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger, dataset_id=dsid)
     payload: dict[str, Any] = {}
     lines: list[str] = []
-    specs = [parse_agg(s) for s in split_aggs(aggs)]
-    if not specs and not status:
-        raise InputError("nothing to do: give --agg (and --out), or --status")
     if specs:
-        if out is None:
-            raise InputError("--out is required with --agg")
-        by = [c.strip() for c in group_by.split(",") if c.strip()] if group_by else []
-        q = session.query(by or None, keys=_keys(infile, by, keys, keys_file, private_keys),
-                          max_groups=max_groups, max_rows=max_rows)
+        assert out is not None
+        q = session.query(by or None, keys=keys_arg, max_groups=max_groups, max_rows=max_rows)
         for sp in specs:
             k = sp["kind"]
             if k == "count":

@@ -9,6 +9,7 @@ from pets import InputError
 from pets.cli import main
 from pets.cli._cmd_release import parse_agg, split_aggs
 from pets.datasets import synthetic_events
+from pets.dp import Ledger
 
 
 @pytest.fixture
@@ -74,6 +75,34 @@ class TestReleaseCommand:
                            "country", "--agg", "count", "--epsilon", "1", "--budget-epsilon",
                            "2", "--ledger", tmp_path / "l.db", "--out", tmp_path / "r.parquet")
         assert code == 1 and "--private-keys" in err
+
+    def test_the_issue_example_names_every_missing_option_and_registers_nothing(
+            self, tmp_path, events, capsys):
+        led = tmp_path / "L"
+        code, _, err = run(capsys, "release", events, "--unit", "user_id", "--group-by",
+                           "country", "--agg", "count,mean:watch_seconds[0,7200]", "--epsilon",
+                           "1", "--ledger", led, "--out", tmp_path / "release.parquet")
+        assert code == 1
+        for option in ("--keys V1,V2", "--keys-file", "--private-keys --delta",
+                       "--budget-epsilon E"):
+            assert option in err, option
+        assert "reveal which groups exist" in err  # says why keys are not read from the data
+        assert Ledger(led).budget_of(str(events.resolve()), "user_id") is None
+        assert not (tmp_path / "release.parquet").exists()
+
+    def test_a_refused_command_does_not_register_its_budget(self, tmp_path, events, capsys):
+        led = tmp_path / "l.db"
+        code, _, err = run(capsys, "release", events, "--unit", "user_id", "--group-by",
+                           "country", "--agg", "count", "--epsilon", "1", "--budget-epsilon",
+                           "100", "--ledger", led, "--out", tmp_path / "r.parquet")
+        assert code == 1 and "--keys" in err and "--budget-epsilon" not in err
+        # a typo must not fix the dataset's total budget for ever
+        assert Ledger(led).budget_of(str(events.resolve()), "user_id") is None
+
+    def test_missing_epsilon_and_out_are_named(self, tmp_path, events, capsys):
+        code, _, err = run(capsys, "release", events, "--unit", "user_id", "--agg", "count",
+                           "--budget-epsilon", "1", "--ledger", tmp_path / "l.db")
+        assert code == 1 and "--epsilon E" in err and "--out FILE" in err
 
     def test_keys_file_with_two_columns_and_postprocessing(self, tmp_path, events, capsys):
         keys = tmp_path / "keys.csv"
