@@ -227,3 +227,99 @@ class TestOrderedTCloseness:
     def test_categorical_sensitive_has_no_ordered_distance(self):
         df = pd.DataFrame({"g": ["a", "b"], "s": ["x", "y"]})
         assert anonymity_report(df, ["g"], "s").t_closeness_ordered is None
+
+
+def _brute_force_enforce(df, qis, k, hier, max_suppression):
+    """Every level combination, generalized and counted with a plain groupby."""
+    import itertools
+
+    n = len(df)
+    budget = math.floor(max_suppression * n + 1e-9)
+    feasible = []
+    for node in itertools.product(*[range(len(hier.get(c, [])) + 1) for c in qis]):
+        gen = df.copy()
+        for c, lv in zip(qis, node, strict=True):
+            if lv:
+                gen[c] = hier[c][lv - 1].apply(df[c])
+        size = gen.groupby(list(qis), dropna=False)[qis[0]].transform("size") if n else \
+            pd.Series([], dtype=int)
+        small = (size < k).to_numpy()
+        if small.sum() <= budget:
+            sizes = gen[~small].groupby(list(qis), dropna=False).size()
+            dm = int((sizes**2).sum()) + int(small.sum()) * n
+            feasible.append((sum(node), dm, node, gen[~small]))
+    return feasible
+
+
+class TestReviewHardening:
+    """Findings of the adversarial review (issue 4), each with the attack tried."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.integers(1, 40).flatmap(lambda n: st.tuples(
+        st.lists(st.integers(0, 99), min_size=n, max_size=n),
+        st.lists(st.sampled_from(["75011", "75012", "13001", "69003", None]), min_size=n,
+                 max_size=n),
+        st.lists(st.sampled_from(["f", "m"]), min_size=n, max_size=n))),
+        st.integers(1, 4), st.sampled_from([0.0, 0.1, 0.3]))
+    def test_enforce_k_matches_a_brute_force_search(self, cols, k, max_suppression):
+        df = pd.DataFrame({"age": pd.Series(cols[0], dtype="Int64"),
+                           "zip": pd.Series(cols[1], dtype=object), "sex": cols[2]},
+                          index=np.arange(len(cols[0])) * 3 + 7)
+        hier = {"age": [Bucket(width=10), Bucket(width=50), Suppress("*")],
+                "zip": [PostcodePrefix(2), Suppress("*")]}
+        qis = ("age", "zip", "sex")
+        feasible = _brute_force_enforce(df, qis, k, hier, max_suppression)
+        if not feasible:
+            with pytest.raises(PolicyError):
+                enforce_k(df, qis, k, hier, max_suppression=max_suppression)
+            return
+        res = enforce_k(df, qis, k, hier, max_suppression=max_suppression)
+        best_total = min(f[0] for f in feasible)
+        best_dm = min(f[1] for f in feasible if f[0] == best_total)
+        assert sum(res.levels.values()) == best_total
+        assert res.discernibility == best_dm
+        assert res.rows_suppressed <= math.floor(max_suppression * len(df) + 1e-9)
+        # the chosen node's kept rows, exactly: same index, same generalized values
+        chosen = next(f for f in feasible if f[2] == tuple(res.levels[c] for c in qis))
+        pd.testing.assert_frame_equal(res.frame, chosen[3], check_dtype=False)
+        assert len(res.frame) + res.rows_suppressed == len(df)
+        assert res.frame.empty or res.report.k >= k
+
+    def test_suppressed_rows_leave_no_trace_in_any_column(self):
+        df = pd.DataFrame({"zip": ["750", "750", "131", "750"],
+                           "secret": ["a", "b", "LEAK", "c"]}, index=[10, 11, 12, 13])
+        res = enforce_k(df, ["zip"], 2, {}, max_suppression=0.25)
+        assert res.rows_suppressed == 1 and 12 not in res.frame.index
+        assert "LEAK" not in res.frame.to_string() and "131" not in res.frame.to_string()
+
+    def test_levels_that_reindex_are_refused_and_arrays_are_positional(self):
+        # before: a level returning a fresh RangeIndex was aligned by label -> all NaN
+        df = pd.DataFrame({"a": [1, 2, 3, 4]}, index=[5, 6, 7, 8])
+        with pytest.raises(InputError, match="changed the index of column 'a'"):
+            enforce_k(df, ["a"], 2, {"a": [lambda s: pd.Series([0, 0, 1, 1])]})
+        with pytest.raises(InputError, match="changed the index"):
+            enforce_k(df, ["a"], 2, {"a": [lambda s: s.sort_values(ascending=False)]})
+        res = enforce_k(df, ["a"], 2, {"a": [lambda s: (s.to_numpy() > 2).astype(int)]})
+        assert res.frame["a"].tolist() == [0, 0, 1, 1] and res.report.k == 2
+
+    def test_a_search_space_too_large_is_refused_before_any_work(self):
+        df = pd.DataFrame({f"c{i}": [1, 2] for i in range(8)})
+        hier = {c: [Suppress("*")] * 6 for c in df.columns}  # 7^8 = 5.7M combinations
+        with pytest.raises(InputError, match="level combinations"):
+            enforce_k(df, list(df.columns), 2, hier)
+
+    def test_a_sensitive_column_named_with_the_empty_string_is_measured(self):
+        # before: `if sensitive` treated "" as no sensitive column
+        df = pd.DataFrame({"a": [1, 1], "": ["x", "y"]})
+        assert anonymity_report(df, ["a"], "", k=1).l_distinct == 2
+
+    @settings(max_examples=40, deadline=None)
+    @given(frames)
+    def test_prosecutor_risk_is_the_mean_and_max_of_one_over_class_size(self, cols):
+        df = pd.DataFrame({"zip": pd.Series(cols[0], dtype=object),
+                           "age": pd.Series(cols[1], dtype="Int64")})
+        r = anonymity_report(df, ["zip", "age"], k=2)
+        size = df.groupby(["zip", "age"], dropna=False)["zip"].transform("size")
+        assert r.risk_max == pytest.approx(float((1 / size).max()))
+        assert r.risk_mean == pytest.approx(float((1 / size).mean()))
+        assert r.records_below_k == int((size < 2).sum())

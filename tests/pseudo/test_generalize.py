@@ -206,3 +206,122 @@ class TestDescribe:
         d = t.describe()
         json.dumps(d)
         assert d["name"] == t.name and d["reversible"] is False and d["links"]
+
+
+def _bounds(label: str) -> tuple[float, float]:
+    lo, hi = label[1:-1].split(", ")
+    return float(lo), float(hi)
+
+
+class TestReviewHardening:
+    """Findings of the adversarial review (issue 4), each with the attack tried."""
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=30),
+           st.sampled_from([0.1, 0.25, 1 / 3, 0.7, 7.0, 1e-3]), st.sampled_from([0.0, 0.05, -3.0]))
+    def test_every_value_lies_in_the_interval_its_label_prints(self, values, width, origin):
+        # before: 0.3 with width 0.1 was labelled "[0.2, 0.3)"
+        out = Bucket(width=width, origin=origin).apply(pd.Series(values))
+        for v, label in zip(values, out, strict=True):
+            lo, hi = _bounds(label)
+            assert lo <= v < hi, (v, label)
+
+    def test_decimal_boundaries_land_in_the_upper_bucket(self):
+        out = Bucket(width=0.1).apply(pd.Series([0.3, 0.7, 0.6, 1.0]))
+        assert out.tolist() == ["[0.3, 0.4)", "[0.7, 0.8)", "[0.6, 0.7)", "[1, 1.1)"]
+
+    def test_distinct_buckets_get_distinct_labels_at_large_magnitudes(self):
+        # before: %g printed 1234567.5 as 1.23457e+06
+        out = Bucket(width=0.5).apply(pd.Series([1234567.0, 1234567.5, 1234568.0]))
+        assert out.tolist() == ["[1234567, 1234567.5)", "[1234567.5, 1234568)",
+                                "[1234568, 1234568.5)"]
+
+    @pytest.mark.parametrize("kw", [{"width": 10}, {"quantiles": 3}])
+    def test_infinite_values_are_refused_naming_the_column(self, kw):
+        # before: OverflowError / ValueError (plus a RuntimeWarning) from numpy
+        with pytest.raises(InputError, match=r"column 'amount': Bucket.*infinite value at "
+                                             r"position 1"):
+            Bucket(**kw).apply(pd.Series([1.0, np.inf, 2.0], name="amount"))
+        assert Bucket(edges=[0, 10]).apply(pd.Series([np.inf, -np.inf])).tolist() == [
+            ">=10", "<0"]
+
+    @pytest.mark.parametrize("unit", ["hour", "day"])
+    def test_truncation_inside_a_repeated_dst_hour_is_not_nat(self, unit):
+        # before: 02:30 on the night clocks go back truncated to an ambiguous 02:00 -> NaT
+        utc = pd.date_range("2024-10-26 22:00", "2024-10-27 04:00", freq="10min", tz="UTC")
+        s = pd.Series(utc.tz_convert("Europe/Paris"))
+        out = TruncateDate(unit).apply(s)
+        assert out.notna().all()
+        if unit == "hour":  # Paris offsets are whole hours: local hour floor = UTC hour floor
+            want = s.dt.tz_convert("UTC").dt.floor("h").dt.tz_convert("Europe/Paris")
+            assert out.tolist() == want.tolist()
+        else:
+            assert (out.dt.strftime("%Y-%m-%d %H:%M") ==
+                    s.dt.strftime("%Y-%m-%d 00:00")).all()
+        assert (out <= s).all()
+
+    @pytest.mark.parametrize("ref,age", [("2023-02-28", 22), ("2023-03-01", 23),
+                                         ("2024-02-28", 23), ("2024-02-29", 24)])
+    def test_leap_day_birthdays_count_from_march_first_in_common_years(self, ref, age):
+        born = pd.Series(pd.to_datetime(["2000-02-29"]))
+        assert AgeBand(ref, width=1).ages(born)[0] == age
+
+    def test_age_bands_around_a_birthday_and_the_top_code(self):
+        born = pd.Series(pd.to_datetime(["1995-06-15", "1995-06-16", "1940-06-15",
+                                         "1940-06-16", None]))
+        out = AgeBand("2025-06-15", width=10, top=85).apply(born)
+        assert out.fillna("-").tolist() == ["30-39", "20-29", "85+", "80-84", "-"]
+
+    @pytest.mark.parametrize("bad", ["010.1.2.3", "1.2.3.04", "00.1.2.3"])
+    def test_ipv4_octets_with_leading_zeros_are_refused(self, bad):
+        # before: read as decimal by the vectorized path (octal to other parsers)
+        with pytest.raises(InputError, match="column 'ip': value at position 0"):
+            IPPrefix().apply(pd.Series([bad], name="ip"))
+
+    @pytest.mark.parametrize("addr,want", [
+        ("::ffff:192.168.7.9", "::ffff:c0a8:0/112"),
+        ("64:ff9b::192.168.7.9", "64:ff9b::c0a8:0/112"),
+        ("2002:c0a8:0709::1", "2002:c0a8::/32"),
+        ("2001:db8::1", "2001:db8::1/128"),
+    ])
+    def test_ipv4_embedded_in_ipv6_keeps_no_more_than_v4_allows(self, addr, want):
+        # before: with v6=128 the mapped address kept all 32 IPv4 bits despite v4=16
+        assert IPPrefix(v4=16, v6=128).apply(pd.Series([addr]))[0] == want
+
+    def test_ip_edge_prefixes(self):
+        s = pd.Series(["0.0.0.0", "255.255.255.255", "::", "ffff:ffff::1", "fe80::1%eth0"])
+        assert IPPrefix(v4=0, v6=0).apply(s).tolist() == ["0.0.0.0/0", "0.0.0.0/0", "::/0",
+                                                          "::/0", "::/0"]
+        assert IPPrefix(v4=32, v6=128).apply(s).tolist()[:4] == [
+            "0.0.0.0/32", "255.255.255.255/32", "::/128", "ffff:ffff::1/128"]
+
+    def test_date_shift_of_a_row_without_user_is_nat_not_the_true_date(self):
+        # before: offset 0, i.e. the real date published among shifted ones
+        ds = DateShift(Secret(bytes(32)), domain="visits", max_days=30)
+        when = pd.Series(pd.to_datetime(["2025-01-10", "2025-01-10", "2025-01-10"]))
+        out = ds.apply(when, by=pd.Series(["ann", None, pd.NA], dtype=object))
+        assert out.isna().tolist() == [False, True, True]
+
+    def test_date_shift_offsets_cover_the_inclusive_range_and_zero(self):
+        ds = DateShift(Secret(bytes(32)), domain="visits", max_days=2)
+        users = pd.Series([f"u{i}" for i in range(400)])
+        off = ds.offsets(users)
+        assert set(off.tolist()) == {-2, -1, 0, 1, 2}
+        counts = np.bincount(off + 2)
+        assert counts.min() > 400 / 5 * 0.6  # roughly uniform, 0 no more likely than others
+
+    def test_date_shift_is_consistent_per_user_across_tables_and_row_order(self):
+        ds = DateShift(Secret(bytes(32)), domain="visits", max_days=30)
+        users = pd.Series(["ann", "bob", "cy"] * 5)
+        a = ds.offsets(users)
+        b = ds.offsets(users.iloc[::-1].reset_index(drop=True))[::-1]
+        c = DateShift(Secret(bytes(32)), domain="visits", max_days=30).offsets(
+            pd.Series(["cy", "ann"]))
+        assert (a == b).all() and c.tolist() == [a[2], a[0]]
+
+    def test_date_shift_out_of_range_is_a_clean_error(self):
+        ds = DateShift(Secret(bytes(32)), domain="v", max_days=30)
+        users = pd.Series([f"u{i}" for i in range(60)])  # some of them shift forward
+        when = pd.Series(pd.to_datetime(["2262-04-11"] * 60), name="d").astype("datetime64[ns]")
+        with pytest.raises(InputError, match="column 'd': a shifted date falls outside"):
+            ds.apply(when, by=users)
