@@ -39,6 +39,7 @@ import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -527,7 +528,7 @@ class Session:
 
         # -- measurements and their budget shares ------------------------------------------
         plan = _plan(q.aggs, private)
-        share = primary / sum(w for _, w in plan)
+        share = _share(primary, len(plan))
 
         def vector_mech(name: str, d: int) -> Mechanism:
             if zcdp:
@@ -620,6 +621,22 @@ def _plan(aggs: Sequence[_Agg], private: bool) -> list[tuple[tuple[Any, ...], fl
             for al in a.alphas:
                 need(("quantile", a.column, *a.bounds, al, a.candidates))
     return [(k, 1.0) for k in keys]
+
+
+def _share(primary: float, parts: int) -> float:
+    """The largest float ``s`` with ``parts · s <= primary`` exactly: each measurement's loss
+    is at most ``s``, so the release's total never exceeds what was asked for (``primary /
+    parts`` can round up: five shares of ``1.89 / 5`` add up to more than ``1.89``).
+
+    Example:
+        >>> from fractions import Fraction
+        >>> 5 * Fraction(1.89 / 5) > Fraction(1.89) >= 5 * Fraction(_share(1.89, 5))
+        True
+    """
+    s = primary / parts
+    while Fraction(s) * parts > Fraction(primary):
+        s = math.nextafter(s, 0.0)
+    return s
 
 
 def _int_sums(g: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:

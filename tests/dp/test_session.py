@@ -44,6 +44,16 @@ class TestPrivacyAccounting:
         assert "Gaussian" in f["mechanism"].iloc[0]
         assert r.loss.rho == pytest.approx(0.5) and r.loss.epsilon == 0
 
+    def test_a_release_never_spends_more_than_requested(self, small_events):
+        # 1.89 / 5 rounds up: five maps at that share added to 1.8900000000000001, so a
+        # release asking for the whole remaining budget was refused
+        s = session(small_events, Budget.pure(1.89))
+        q = s.query().count()
+        for hi in (10, 20, 30, 40):
+            q = q.sum("watch", bounds=(0, hi))
+        r = q.release(epsilon=1.89)
+        assert r.loss.epsilon <= 1.89 and s.budget.releases == 1
+
     def test_gaussian_d_in_is_never_rounded_down(self, small_events, monkeypatch):
         import pets.dp._session as session_module
 
