@@ -23,6 +23,7 @@ import os
 import resource
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import Result, median_time
+from benchmarks._harness import Result
 
 N_FULL = 10_000_000
 N_QUICK = 200_000
@@ -125,38 +126,56 @@ def _peak_rss_mb(dask_worker: Any) -> float:
 
 
 def run(quick: bool) -> Result:
-    from pets.engines import forget_keys
     from pets.engines._run import local_client
 
     warnings.simplefilter("ignore")  # distributed start-up notices on a shared box
     n = N_QUICK if quick else N_FULL
     files = 8 if quick else 40
-    repeat = 3 if quick else 1
+    repeat = 3
     res = Result("dask")
     src = _input(n, files)
     tmp = Path(tempfile.mkdtemp(prefix="pets-bench-dask-"))
     try:
         k = _keys(tmp)
         _say(f"input ready: {n:,} rows; pandas path")
-        base = median_time(lambda: _pandas(src, tmp / "pandas-out", k), repeat=repeat,
-                           warmup=0 if not quick else 1)
+        # Interleaved rounds (pandas, 1 worker, 2 workers, ...) so every case sees the same
+        # background load of the shared machine; medians over rounds.
+        times: dict[str, list[float]] = {"pandas": [], "1": [], "2": []}
+        peaks: dict[str, float] = {"1": 0.0, "2": 0.0}
+        with local_client(1) as c1, local_client(2) as c2:
+            clients = {"1": c1, "2": c2}
+            for rnd in range(-1 if quick else 0, repeat):  # quick: one warm-up round
+                t0 = time.perf_counter()
+                _pandas(src, tmp / "pandas-out", k)
+                tp = time.perf_counter() - t0
+                row = {"pandas": tp}
+                for w, cl in clients.items():
+                    with cl.as_current():
+                        t0 = time.perf_counter()
+                        _dask(src, tmp / f"dask-out-{w}", k)
+                        row[w] = time.perf_counter() - t0
+                _say(f"round {rnd}: " + ", ".join(f"{a} {b:.1f}s" for a, b in row.items()))
+                if rnd >= 0:
+                    for key_, v in row.items():
+                        times[key_].append(v)
+            for w, cl in clients.items():
+                peaks[w] = max(cl.run(_peak_rss_mb).values())
+        base = statistics.median(times["pandas"])
         res.add(case="pandas (1 process)", rows=n, seconds=round(base, 2),
                 rows_per_s=round(n / base), vs_pandas=1.0,
                 peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
         timings: dict[int, float] = {}
-        for workers in (1, 2):
-            _say(f"pandas {base:.1f}s; dask with {workers} worker(s)")
-            with local_client(workers) as client:
-                client.run(forget_keys)
-                t = median_time(lambda: _dask(src, tmp / "dask-out", k), repeat=repeat,
-                                warmup=0 if not quick else 1)
-                rss = client.run(_peak_rss_mb)
-            timings[workers] = t
-            res.add(case=f"dask LocalCluster {workers} worker(s)", rows=n, seconds=round(t, 2),
+        for w in ("1", "2"):
+            t = statistics.median(times[w])
+            timings[int(w)] = t
+            res.add(case=f"dask LocalCluster {w} worker(s)", rows=n, seconds=round(t, 2),
                     rows_per_s=round(n / t), vs_pandas=round(base / t, 2),
-                    peak_rss_mb=round(max(rss.values())))
+                    peak_rss_mb=round(peaks[w]))
         res.add(case="scaling 1 -> 2 workers", rows=n,
                 vs_pandas=round(timings[1] / timings[2], 2))
+        res.add(case="scaling 1 -> 2 workers, per round (min..max)", rows=n,
+                vs_pandas=f"{min(a / b for a, b in zip(times['1'], times['2'], strict=True)):.2f}"
+                          f"..{max(a / b for a, b in zip(times['1'], times['2'], strict=True)):.2f}")
         limit = "768MiB"
         input_mb = sum(f.stat().st_size for f in src.glob("*.parquet")) / 2**20
         raw_mb = RAW_MB[-1] if RAW_MB else float("nan")
@@ -179,7 +198,9 @@ def run(quick: bool) -> Result:
             "keyed pseudonym of "
             "user_id, AES-GCM encryption of `event`, write Parquet, DP count + sum by country "
             "(ε=1, ≤10 rows/user, noise once on the driver).",
-            f"times are medians of {repeat} run(s); 'scaling' is t(1 worker)/t(2 workers).",
+            f"times are medians of {repeat} interleaved rounds (pandas, 1 worker, 2 workers in "
+            "each round, both clusters up throughout, so all cases see the same background "
+            "load); 'scaling' is t(1 worker)/t(2 workers).",
             "workers are processes with threads_per_worker=1; the machine has 2 cores shared "
             "with other jobs (see load in the header), so 2 workers compete with them.",
             f"peak_rss_mb: the pandas row is the whole process (ru_maxrss); Dask rows are the "

@@ -35,8 +35,8 @@ def _current_client() -> Any:
     except ImportError:
         return None
     mod: Any = distributed
-    try:
-        return mod.default_client()
+    try:  # the client made current by ``client.as_current()``, else the global default
+        return mod.Client.current(allow_global=True)
     except ValueError:
         return None
 
