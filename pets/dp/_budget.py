@@ -170,8 +170,16 @@ class Budget:
             False
         """
         items = list(losses)
-        return all(sum((Fraction(getattr(x, name)) for x in items), Fraction(0))
-                   <= Fraction(getattr(self, name)) for name in ("epsilon", "delta", "rho"))
+        for name in ("epsilon", "delta", "rho"):
+            values = [getattr(x, name) for x in items]
+            cap = getattr(self, name)
+            # fsum is the correctly rounded exact sum, so it decides every case but a tie:
+            # below the cap the exact sum is too, above it the exact sum is too
+            total = math.fsum(values)
+            if total > cap or (total == cap
+                               and sum(map(Fraction, values), Fraction(0)) > Fraction(cap)):
+                return False
+        return True
 
     def remaining(self, spent: PrivacyLoss) -> PrivacyLoss:
         return PrivacyLoss(max(0.0, self.epsilon - spent.epsilon),

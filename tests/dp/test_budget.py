@@ -1,7 +1,8 @@
 import math
+from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pets import InputError
@@ -40,6 +41,16 @@ class TestBudget:
 
     def test_remaining_never_negative(self):
         assert Budget.pure(1.0).remaining(PrivacyLoss(2.0)).epsilon == 0.0
+
+
+    @settings(max_examples=200)
+    @given(st.lists(st.floats(0, 2, allow_nan=False), max_size=12), st.floats(1e-3, 10))
+    def test_admits_is_the_exact_rational_comparison(self, xs, cap):
+        exact = sum(map(Fraction, xs), Fraction(0)) <= Fraction(cap)
+        assert Budget.pure(cap).admits([PrivacyLoss(x) for x in xs]) == exact
+        # ties: losses that sum exactly to the cap, or one ulp above it
+        assert Budget.pure(cap).admits([PrivacyLoss(cap)])
+        assert not Budget.pure(cap).admits([PrivacyLoss(cap), PrivacyLoss(5e-324)])
 
 
 class TestPrivacyLoss:
