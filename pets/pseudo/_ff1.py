@@ -522,8 +522,11 @@ class FF1Transform(KeyedTransform):
     def _configure(self, alphabet: str = DIGITS, tweak: bytes | str | None = None,
                    max_len: int = DEFAULT_MAX_LEN, **kw: Any) -> None:
         super()._configure(**kw)
-        if isinstance(tweak, str):
-            tweak = bytes.fromhex(tweak)
+        if isinstance(tweak, str):  # hex, as config() / describe() record it
+            try:
+                tweak = bytes.fromhex(tweak)
+            except ValueError:
+                raise InputError(f"{self.name}: tweak must be bytes or hex digits") from None
         FF1(bytes(32), alphabet, tweak=tweak or b"", max_len=max_len)  # validate early
         self.alphabet = alphabet
         self._tweak = tweak

@@ -91,6 +91,20 @@ def _int(opts: dict[str, Any], key: str, spec: str) -> None:
             raise InputError(f"transform spec {spec!r}: {key} must be an integer") from None
 
 
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _flags(opts: dict[str, Any], spec: str) -> None:
+    """``casefold`` / ``strip`` given as ``casefold=false`` must not turn them *on*."""
+    for key in _FLAGS & set(opts):
+        value = opts[key]
+        if isinstance(value, str):
+            if value.lower() not in _TRUE | _FALSE:
+                raise InputError(f"transform spec {spec!r}: {key} must be true or false")
+            opts[key] = value.lower() in _TRUE
+
+
 def _float(opts: dict[str, Any], key: str, spec: str) -> None:
     if key in opts:
         try:
@@ -125,6 +139,7 @@ def transform_from_spec(spec: str, *, root: Secret | None = None,
                 raise InputError(f"transform {name!r} needs a root secret (--secret)")
             if not arg:
                 raise InputError(f"transform spec {spec!r}: give a domain, e.g. {name}:crm")
+            _flags(kw, spec)
             if name == "date-shift":
                 _int(kw, "max_days", spec)
             if name == "ff1":

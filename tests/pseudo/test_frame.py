@@ -196,3 +196,25 @@ class TestKeyedTransformsResistLeaking:
         tok = Tokenizer(Secret(bytes(32)), domain="crm", jurisdiction="EU")
         t = pd.Series(["a", "b"]).pets.apply(tok)
         assert t.pets.reidentify(tok, context=Context("EU")).tolist() == ["a", "b"]
+
+
+class TestReviewHardening:
+    """Findings of the adversarial review (issue 4), each with the attack tried."""
+
+    @pytest.mark.parametrize("spec,casefold", [
+        ("keyed-hash:crm:casefold", True), ("keyed-hash:crm:casefold=true", True),
+        ("keyed-hash:crm:casefold=false", False), ("keyed-hash:crm:casefold=0", False),
+        ("keyed-hash:crm", False),
+    ])
+    def test_flags_spelled_as_options_mean_what_they_say(self, spec, casefold):
+        # before: "casefold=false" became bool("false") == True
+        t = transform_from_spec(spec, root=Secret(bytes(32)))
+        assert t.casefold is casefold
+
+    def test_flag_values_other_than_booleans_are_refused(self):
+        with pytest.raises(InputError, match="strip must be true or false"):
+            transform_from_spec("token:crm:strip=maybe", root=Secret(bytes(32)))
+
+    def test_a_bad_hex_tweak_is_an_input_error(self):
+        with pytest.raises(InputError, match="tweak must be bytes or hex"):
+            FF1Transform(Secret(bytes(32)), domain="d", tweak="zz")  # type: ignore[arg-type]
