@@ -398,3 +398,17 @@ class TestReviewHardening:
             assert o.startswith("+" + cc) and len(o) == len(cc) + len(nsn) + 1
             assert o[1:].isdigit() and o.isascii()
         assert p.reverse(out, context=Context("EU")).tolist() == s.tolist()
+
+    def test_a_10mb_phone_value_is_refused_before_any_copy(self, root):
+        # before: the column was first copied to a fixed-width numpy array: 40 MB per row here
+        s = pd.Series(["+4915112345678"] * 2000 + ["+" + "1" * (10 * 1024 * 1024)], name="phone")
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            with pytest.raises(InputError, match="column 'phone': value at position 2000"):
+                PhoneFF1(root, domain="p").apply(s)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 200 * 1024 * 1024
