@@ -46,17 +46,25 @@ GRID_BITS = 24
 def rank_within(keys: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A uniformly random rank (0, 1, …) of each element among equal ``keys``.
 
-    ``keys`` must be non-negative and below ``2**31``. Returns ``(order, rank)``: ``keys[order]`` is sorted and ``rank[i]`` is the rank of element
-    ``order[i]``.
+    ``keys`` must be non-negative and below ``2**62``. Returns ``(order, rank)``:
+    ``keys[order]`` is sorted and ``rank[i]`` is the rank of element ``order[i]``.
+
+    Ties in the random priorities are broken by position (a stable order), so the rank of an
+    element depends only on the elements with the same key and on their own priorities —
+    never on how an unstable sort happened to move *other* keys' elements around.
     """
-    # one int64 sort key: the group key in the high 31 bits, 32 random bits below it (ties in
-    # the random bits, probability ~2**-32 per pair of rows, fall back to the sort's order)
-    prio = rng.integers(0, 2**32, keys.size, dtype=np.int64)
-    order = np.argsort((keys.astype(np.int64) << 32) | prio)
-    sk = keys[order]
-    n = sk.size
+    n = keys.size
     if n == 0:
-        return order, np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    k = keys.astype(np.int64)
+    # one int64 sort key: the group key in the high bits, as many random bits as fit below
+    rbits = 63 - max(int(k.max()).bit_length(), 1)
+    combined = (k << rbits) | rng.integers(0, 2**rbits, n, dtype=np.int64)
+    order = np.argsort(combined)
+    sc = combined[order]
+    if bool((sc[1:] == sc[:-1]).any()):  # a tie (rare): redo with a stable sort
+        order = np.argsort(combined, kind="stable")
+    sk = keys[order]
     starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
     lengths = np.diff(np.r_[starts, n])
     rank = np.arange(n, dtype=np.int64) - np.repeat(starts, lengths)

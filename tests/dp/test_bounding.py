@@ -50,6 +50,20 @@ class TestBoundContributions:
                    for _ in range(4000))
         assert np.all(np.abs(kept / 4000 - 0.2) < 0.04)
 
+    def test_tied_priorities_never_let_other_users_decide_the_sample(self):
+        # With every priority tied, an unstable sort picked rows by where *other* users' rows
+        # sat (so one user's sample depended on the rest of the data and the coupling behind
+        # the sensitivity argument broke). Ties must fall back to each user's own row order.
+        class Tied:
+            def integers(self, low, high, size, dtype=np.int64):
+                return np.zeros(size, dtype=dtype)
+
+        users = np.random.default_rng(3).integers(0, 5, 20_000)
+        groups = np.zeros(users.size, dtype=np.int64)
+        keep = bound_contributions(users, groups, max_groups=1, max_rows=3, rng=Tied())
+        want = np.concatenate([np.flatnonzero(users == u)[:3] for u in range(5)])
+        assert np.flatnonzero(keep).tolist() == sorted(want.tolist())
+
     def test_mixed_single_and_multi_group_users(self):
         users = np.array([0, 0, 0, 1, 1, 1, 1, 2])
         groups = np.array([3, 3, 3, 0, 1, 1, 2, 5])
