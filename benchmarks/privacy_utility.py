@@ -19,7 +19,8 @@ absolute error against the bounded statistic (the noise alone), the coverage of 
 own confidence intervals against the bounded statistic (what an interval claims to cover), and
 the share of groups released.
 
-Run: ``python -m benchmarks utility [--quick]`` or ``pets bench utility [--quick]``.
+Run: ``python -m benchmarks utility [--quick]`` or ``pets bench utility [--quick]``; set
+``PETS_BENCH_LIBRARIES=pets,opendp`` to run only some libraries.
 """
 
 from __future__ import annotations
@@ -404,7 +405,8 @@ class Config:
 
 
 FULL = Config(epsilons=(0.05, 0.1, 0.3, 1.0, 3.0, 10.0), trials=5,
-              n_events=100_000, n_users=10_000, n_census=20_000, slow_trials=3)
+              n_events=100_000, n_users=10_000, n_census=20_000, slow_trials=3,
+              peer_timeout=3600.0)
 QUICK = Config(epsilons=(0.1, 1.0, 10.0), trials=2, n_events=10_000, n_users=1_000,
                n_census=3_000, peer_timeout=900.0, slow_trials=1)
 
@@ -556,7 +558,9 @@ def run(quick: bool = False, *, libraries: Sequence[str] | None = None,
         config: Config | None = None, log: Callable[[str], None] | None = None) -> UtilityResult:
     """Run the benchmark and return its result (``result.write()`` writes the files)."""
     cfg = config or (QUICK if quick else FULL)
-    libs = tuple(libraries or cfg.libraries)
+    env_libs = [x.strip() for x in os.environ.get("PETS_BENCH_LIBRARIES", "").split(",")
+                if x.strip()]
+    libs = tuple(libraries or env_libs or cfg.libraries)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     datasets = [events_dataset(cfg.n_events, cfg.n_users, seed=cfg.seed),
                 census_dataset(cfg.n_census, seed=cfg.seed)]
@@ -620,6 +624,7 @@ def run(quick: bool = False, *, libraries: Sequence[str] | None = None,
                            "bounds": list(d.bounds), "max_rows_per_user": d.max_rows_per_user}
                           for d in datasets],
                          {"epsilons": list(cfg.epsilons), "trials": cfg.trials,
+                          "slow_trials": cfg.slow_trials, "peer_timeout_s": cfg.peer_timeout,
                           "alpha": cfg.alpha, "quick": quick, "libraries": list(libs)})
 
 

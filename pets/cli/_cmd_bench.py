@@ -37,7 +37,8 @@ def bench(names: tuple[str, ...], quick: bool) -> None:
     """Run benchmarks (all without NAMES) and write benchmarks/results/.
 
     utility: DP error vs ε against OpenDP, diffprivlib, PipelineDP and Tumult (peer venvs are
-    created on first use under benchmarks/.peers/). throughput: rows/s of each component vs the
+    created on first use under benchmarks/.peers/; PETS_BENCH_LIBRARIES=pets,opendp runs only
+    some). throughput: rows/s of each component vs the
     bare primitive. anonymity: utility lost by enforce_k for k = 2…50.
 
     Needs a source checkout of pets (the benchmarks are not in the installed package).

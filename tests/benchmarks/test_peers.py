@@ -155,3 +155,13 @@ class TestPetsAdapter:
             assert by_query[q]["ci"], q
         assert "ci" not in by_query["median"]
         assert len(by_query["count"]["estimates"]) == 27
+
+
+class TestLibrarySelection:
+    def test_environment_selects_libraries(self, monkeypatch):
+        monkeypatch.setenv("PETS_BENCH_LIBRARIES", "pets")
+        cfg = pu.Config(epsilons=(1.0,), trials=1, n_events=500, n_users=50, n_census=200,
+                        workers=1)
+        result = pu.run(config=cfg, log=lambda _m: None)
+        assert {o["library"] for o in result.outcomes} == {"pets"}
+        assert result.config["libraries"] == ["pets"]
