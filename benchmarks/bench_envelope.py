@@ -124,7 +124,7 @@ def _wall_and_cpu(fn: Callable[[], object], repeat: int = 3) -> tuple[float, flo
 
 def bench_files(result: Result, quick: bool) -> None:
     size_mib = 64 if quick else 512
-    repeat = 3
+    repeat = 5
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
         src = Path(tmp) / "plain.bin"
         with open(src, "wb") as f:
