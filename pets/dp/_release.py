@@ -131,11 +131,12 @@ class Release:
             mask = kinds.isin(["count", "histogram"])
             sums = kinds.eq("sum")
             if sums.any():
-                lower_ok = [bool(a.get("bounds") and a["bounds"][0] >= 0)
-                            for a in self.query.get("aggregates", []) if a["kind"] == "sum"]
-                cols_ok = {a["column"] for a, ok in zip(
-                    [a for a in self.query.get("aggregates", []) if a["kind"] == "sum"],
-                    lower_ok, strict=True) if ok}
+                # a column's sums are clamped only if *every* sum of it has a lower bound
+                # >= 0 (the rows do not say which bounds they used)
+                sum_aggs = [a for a in self.query.get("aggregates", []) if a["kind"] == "sum"]
+                negative = {a["column"] for a in sum_aggs
+                            if not (a.get("bounds") and a["bounds"][0] >= 0)}
+                cols_ok = {a["column"] for a in sum_aggs} - negative
                 mask |= sums & f["column"].isin(cols_ok)
             for c in ("estimate", "ci_low", "ci_high"):
                 f.loc[mask, c] = f.loc[mask, c].clip(lower=0)

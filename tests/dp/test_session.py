@@ -399,6 +399,15 @@ class TestReleaseObject:
         assert (g["ci_high"] >= f["ci_high"].clip(lower=0)).all()
         assert p.loss == r.loss and p.postprocessing == ("nonnegative", "round(0)")
 
+    def test_nonnegative_leaves_sums_that_may_be_negative_alone(self, small_events):
+        df = small_events.assign(watch=-50.0)
+        r = session(df, Budget.pure(1e6)).query(by="country", keys=["DE"], max_rows=4).sum(
+            "watch", bounds=(0, 100)).sum("watch", bounds=(-100, 100)).release(epsilon=1e5)
+        f = r.postprocess(nonnegative=True).to_frame()
+        # the second sum's truth is negative: clamping it at 0 would make its interval wrong
+        assert f["estimate"].iloc[1] < 0 and f["ci_low"].iloc[1] < 0
+        assert f["ci_low"].iloc[0] == 0  # the sum clipped to [0, 100] is clamped
+
     def test_html_repr_escapes_and_summarises(self, small_events):
         df = small_events.assign(country=small_events["country"].replace("DE", "<b>DE</b>"))
         r = session(df).query(by="country", keys=["<b>DE</b>"]).count().release(epsilon=1.0)
