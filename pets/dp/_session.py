@@ -470,9 +470,10 @@ class Session:
             primary = pos("epsilon", epsilon)
         d = 0.0
         if private:
-            if kind == "pure":
-                raise InputError("private key selection needs δ > 0: use Budget.approx or "
-                                 "Budget.zcdp(rho, delta), or pass public keys")
+            if kind == "pure" or self.total.delta == 0:
+                raise InputError("private key selection needs a budget with δ > 0: use "
+                                 "Budget.approx(epsilon, delta) or Budget.zcdp(rho, delta), "
+                                 "or pass public keys")
             if delta is None:
                 raise InputError("private key selection needs delta=")
             if isinstance(delta, bool) or not isinstance(delta, int | float) \

@@ -335,6 +335,10 @@ class TestBadInput:
         s = session(small_events, Budget.approx(1.0, 1e-5))
         with pytest.raises(InputError, match="delta="):
             s.query(by="country", keys="private").count().release(epsilon=1.0)
+        z = session(small_events, Budget.zcdp(1.0))  # no δ in the budget: say so up front
+        with pytest.raises(InputError, match=r"Budget\.zcdp\(rho, delta\)"):
+            z.query(by="country", keys="private").count().release(rho=0.5, delta=1e-6)
+        assert z.budget.releases == 0
 
     def test_delta_with_public_keys(self, small_events):
         s = session(small_events, Budget.approx(1.0, 1e-5))
