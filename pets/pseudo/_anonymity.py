@@ -36,7 +36,11 @@ def _codes(series: pd.Series) -> tuple[np.ndarray, int]:
             codes = np.where(codes < 0, card, codes)
             card += 1
         return codes, max(card, 1)
-    codes, uniq = pd.factorize(series, use_na_sentinel=False)
+    try:
+        codes, uniq = pd.factorize(series, use_na_sentinel=False)
+    except TypeError:  # unhashable cells (lists, dicts): no equality classes to count
+        raise InputError(f"column {series.name!r}: values must be hashable scalars to form "
+                         "equivalence classes (convert lists or dicts first)") from None
     return np.asarray(codes, dtype=np.int64), max(len(uniq), 1)
 
 

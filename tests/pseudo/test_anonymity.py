@@ -323,3 +323,10 @@ class TestReviewHardening:
         assert r.risk_max == pytest.approx(float((1 / size).max()))
         assert r.risk_mean == pytest.approx(float((1 / size).mean()))
         assert r.records_below_k == int((size < 2).sum())
+
+    @pytest.mark.parametrize("qis,sensitive", [(["a"], None), (["q"], "a")])
+    def test_unhashable_cells_are_refused_naming_the_column(self, qis, sensitive):
+        # before: a bare TypeError from pandas
+        df = pd.DataFrame({"q": [1, 1, 2], "a": [[1], [1], [2]]})
+        with pytest.raises(InputError, match="column 'a': values must be hashable"):
+            anonymity_report(df, qis, sensitive)
