@@ -13,7 +13,10 @@ Privacy:
     moves by at most ``G·C·D`` in L1 and ``√G·C·D`` in L2 when one unit is added or removed —
     that is the ``d_in`` pets hands to OpenDP. **Public**: the bounds, ``G`` and ``C``, the
     quantile candidates, histogram edges, and — unless ``keys="private"`` — the group keys.
-    The number of input rows is *not* released.
+    The number of input rows is *not* released. **Not covered**: refusals that depend on the
+    data (NaN or null values, null privacy units) are raised to the caller before anything is
+    spent — they are for the data owner running the session, not for an untrusted analyst;
+    only the :class:`~pets.dp.Release` is meant to leave.
 
 Example:
     >>> from pets.datasets import synthetic_events
@@ -275,8 +278,11 @@ class Session:
         dataset_id: The dataset's name in the ledger (default: the Parquet file's absolute path;
             required for a DataFrame with a ledger).
         audit: Hook receiving a ``dp.release`` event (privacy spent, never data).
-        rng: Source of the *sampling* priorities of contribution bounding (default: seeded
-            from ``secrets``). Noise never comes from it.
+        rng: Source of the *sampling* priorities of contribution bounding (default: a fresh
+            PCG64 seeded with 128 bits from ``secrets``). Noise never comes from it. The
+            sensitivity argument needs priorities that are independent of the data and unknown
+            to whoever sees the releases: a fixed, known seed voids it (adding one user then
+            shifts every later row's priority). Pass one in tests only.
         max_keys: Largest key set (groups × bins) a query may use.
 
     Raises:
