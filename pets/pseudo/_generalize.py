@@ -80,6 +80,10 @@ class Bucket(Transform):
     ``">=eN"``) or ``quantiles`` (a number of equal-frequency buckets, edges computed from the
     column — note that data-derived edges themselves reveal a little about the data).
 
+    Bounds print as integers or with 15 significant digits, and every value lies in the interval
+    its label prints (with ``width=0.1``, 0.3 is ``"[0.3, 0.4)"`` although ``0.3 / 0.1`` is
+    2.9999999999999996). Infinite values are refused with ``width`` and ``quantiles``.
+
     Links: values in the same bucket become indistinguishable; order of buckets is kept.
 
     Example:
@@ -199,7 +203,9 @@ def _as_datetime(series: pd.Series, who: str) -> pd.Series:
 class TruncateDate(Transform):
     """Truncate datetimes to the start of their year, month, ISO week (Monday), day or hour.
 
-    Time-zone-aware columns are truncated in their own zone's wall time. The dtype is kept.
+    Time-zone-aware columns are truncated in their own zone's wall time. A truncated time in
+    the hour repeated when clocks go back takes the later of its two instants that is not after
+    the original (never ``NaT``); one in a skipped hour moves forward. The dtype is kept.
 
     Links: all dates within one period become equal.
 
@@ -260,7 +266,8 @@ class AgeBand(Transform):
     """Birth date → age band at a reference date, e.g. ``"30-39"``, top-coded as ``"90+"``.
 
     The age is whole years completed on ``reference`` (a birthday on the reference date
-    counts). Birth dates after the reference date are refused.
+    counts; someone born on 29 February has their birthday on 1 March in common years). Birth
+    dates after the reference date are refused.
 
     Links: everyone born in the same band (relative to the reference date) becomes equal.
 
