@@ -74,6 +74,9 @@ RELEASE_COLUMNS = ("statistic", "column", "param", "estimate", "ci_low", "ci_hig
 #: Largest key set (groups × histogram bins) a query may use.
 DEFAULT_MAX_KEYS = 100_000
 
+#: Largest magnitude of a declared bound (squares and noisy sums stay finite in float64).
+MAX_BOUND = 1e150
+
 AggKind = Literal["count", "sum", "mean", "variance", "quantile", "histogram"]
 _LUT_LIMIT = 50_000_000
 
@@ -118,6 +121,10 @@ def _bounds(column: str, bounds: object) -> tuple[float, float]:
     if not lo < hi:
         raise InputError(f"bounds for column {column!r} are reversed or empty: lower {lo:g} "
                          f"must be < upper {hi:g}")
+    if max(abs(lo), abs(hi)) > MAX_BOUND:
+        # beyond this, widths, squares (variance) or noise × grid step overflow float64
+        raise InputError(f"bounds for column {column!r} must lie within ±{MAX_BOUND:g}, got "
+                         f"({lo:g}, {hi:g})")
     return lo, hi
 
 

@@ -269,6 +269,14 @@ class TestBadInput:
             s.query().sum("watch", bounds=(0, 100)).release(epsilon=1.0)
         assert s.budget.releases == 0
 
+    @pytest.mark.parametrize("agg", ["sum", "mean", "variance"])
+    def test_huge_bounds_are_refused_not_overflowing(self, small_events, agg):
+        # (-1e308, 1e308): the width overflowed (OverflowError) or the sum came out inf/NaN
+        s = session(small_events)
+        with pytest.raises(InputError, match="within"):
+            getattr(s.query(), agg)("watch", bounds=(-1e308, 1e308)).release(epsilon=1.0)
+        assert s.budget.releases == 0
+
     def test_non_numeric_measured_column(self, small_events):
         s = session(small_events)
         with pytest.raises(InputError, match="not numeric"):
@@ -283,7 +291,7 @@ class TestBadInput:
         assert s.budget.releases == 0
 
     @pytest.mark.parametrize("bounds", [(100, 0), (5, 5), (0, math.inf), (math.nan, 1),
-                                        ("a", 1), (1,)])
+                                        ("a", 1), (1,), (-1e308, 1e308), (0, 1e200)])
     def test_bad_bounds(self, small_events, bounds):
         with pytest.raises(InputError, match="bounds"):
             session(small_events).query().mean("watch", bounds=bounds)
