@@ -143,6 +143,9 @@ def laplace_vector(*, l1: int, epsilon: float, name: str = "laplace") -> Mechani
         ``dp.m.make_laplace`` over ``vector_domain(atom_domain(T=i64))`` and ``l1_distance``;
         pure ε-DP with ``ε = meas.map(l1) <= epsilon``.
     """
+    if not 0 <= int(l1) < 2**62:
+        raise InputError(f"the L1 sensitivity {int(l1)} (max_groups × max_rows × the bound in "
+                         "grid steps) is too large: lower max_groups or max_rows")
     dp = opendp()
     space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
     meas, scale, loss = _calibrate(lambda s: dp.m.make_laplace(*space, scale=s), int(l1),

@@ -277,6 +277,12 @@ class TestBadInput:
             getattr(s.query(), agg)("watch", bounds=(-1e308, 1e308)).release(epsilon=1.0)
         assert s.budget.releases == 0
 
+    def test_absurd_contribution_bounds_are_an_input_error(self, small_events):
+        s = session(small_events)  # 10**12 rows × 2**24 grid steps does not fit OpenDP's i64
+        with pytest.raises(InputError, match="max_rows"):
+            s.query(max_rows=10**12).sum("watch", bounds=(0, 10)).release(epsilon=1.0)
+        assert s.budget.releases == 0
+
     def test_non_numeric_measured_column(self, small_events):
         s = session(small_events)
         with pytest.raises(InputError, match="not numeric"):
