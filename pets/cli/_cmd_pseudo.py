@@ -103,16 +103,15 @@ def pseudonymize_cmd(src: Path, dest: Path, columns: tuple[str, ...], secret_fil
             raise InputError("--create-secret needs --secret FILE to write the wrapped key to")
         if secret_file.exists():
             raise InputError(f"{secret_file}: already exists; refusing to overwrite a secret")
+    new_secret: str | None = None
     if secret_file is not None:
-        from pets._io import atomic_path
         from pets.cli._keyopts import services_from_options
 
         services = services_from_options(key_config)
         if create_uri is not None:
             fresh = Secret.generate(32)
             wrapped = services.wrap(create_uri, fresh.expose(), context=context)
-            with atomic_path(secret_file, mode=0o600) as tmp:
-                tmp.write_text(wrapped.to_json() + "\n")
+            new_secret = wrapped.to_json() + "\n"  # written only once the run has succeeded
         else:
             if not secret_file.exists():
                 raise InputError(f"{secret_file}: no such file")
@@ -139,14 +138,21 @@ def pseudonymize_cmd(src: Path, dest: Path, columns: tuple[str, ...], secret_fil
                   for col, spec in specs.items()}
     frame = _read_table(src)
     out = pseudonymize(frame, transforms)
-    _write_table(out, dest)
     result: dict[str, Any] = {
         "source": str(src), "output": str(dest), "rows": len(out),
         "columns": {col: t.describe() for col, t in transforms.items()},
     }
-    if quasi:
+    if quasi:  # before anything is written: a bad --quasi must not leave output behind
         qis = [q.strip() for q in quasi.split(",") if q.strip()]
         result["anonymity"] = anonymity_report(out, qis, k=k).to_dict()
+    if new_secret is not None and secret_file is not None:
+        from pets._io import atomic_path
+
+        if secret_file.exists():
+            raise InputError(f"{secret_file}: already exists; refusing to overwrite a secret")
+        with atomic_path(secret_file, mode=0o600) as tmp:
+            tmp.write_text(new_secret)
+    _write_table(out, dest)
 
     def text() -> str:
         lines = [f"wrote {dest} ({len(out)} rows)"]

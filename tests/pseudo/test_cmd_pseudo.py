@@ -91,3 +91,20 @@ class TestPseudonymizeCommand:
         assert _run("users.csv", "out.csv", "--column", "postcode=postcode-prefix:2") == 0
         out = pd.read_csv("out.csv", dtype=str)
         assert out["postcode"].str.len().max() <= 2
+
+
+class TestReviewHardening:
+    """Findings of the adversarial review (issue 4), each with the attack tried."""
+
+    @pytest.mark.parametrize("extra", [
+        ["--quasi", "no_such_column"],                       # fails after the transform
+        ["--column", "postcode=bucket:width=5"],             # fails inside pseudonymize
+    ])
+    def test_a_failed_run_writes_neither_output_nor_a_new_secret(self, env, extra):
+        # before: the output (and a freshly created secret) were written, then the run failed
+        code = _run("users.parquet", "out.parquet", "--keyring", "ring", "--secret", "s.json",
+                    "--create-secret", "local://eu/pseudo", "--column",
+                    "email=keyed-hash:crm", *extra)
+        assert code != 0
+        assert not (env / "out.parquet").exists() and not (env / "s.json").exists()
+        assert not [p for p in env.iterdir() if p.name.startswith((".out", "out", ".s.json"))]
