@@ -325,3 +325,16 @@ class TestReviewHardening:
         when = pd.Series(pd.to_datetime(["2262-04-11"] * 60), name="d").astype("datetime64[ns]")
         with pytest.raises(InputError, match="column 'd': a shifted date falls outside"):
             ds.apply(when, by=users)
+
+    @pytest.mark.parametrize("make", [lambda: Mask(4), lambda: PostcodePrefix(2),
+                                      lambda: IPPrefix()], ids=["mask", "postcode", "ip"])
+    def test_a_10mb_value_is_refused_naming_the_column(self, make):
+        s = pd.Series(["ok", "9" * (10 * 1024 * 1024)], name="col")
+        with pytest.raises(InputError, match="column 'col': value at position 1 is 10485760"):
+            make().apply(s)
+
+    def test_a_10mb_user_id_is_refused_by_date_shift(self):
+        ds = DateShift(Secret(bytes(32)), domain="v")
+        when = pd.Series(pd.to_datetime(["2025-01-01", "2025-01-02"]))
+        with pytest.raises(InputError, match="column 'uid': value at position 0"):
+            ds.apply(when, by=pd.Series(["u" * (10 * 1024 * 1024), "b"], name="uid"))
