@@ -318,7 +318,9 @@ class Enforcement:
     """What :func:`enforce_k` did, and what it cost in utility.
 
     Attributes:
-        frame: The generalized table with suppressed rows removed (index kept).
+        frame: The generalized table with suppressed rows removed (whole rows: no column of
+            a suppressed record remains). The index is kept: reset it first if it identifies
+            people.
         levels: Generalization level chosen per quasi-identifier (0 = unchanged).
         level_names: The transform applied per quasi-identifier (``"original"`` at level 0).
         rows_suppressed: Rows removed because their class stayed below k.
