@@ -132,7 +132,8 @@ class Bucket(Transform):
             k = np.floor((base - self.origin) / w)
             # (x - origin) / w is rounded: put x back into the bucket whose *printed* bounds
             # hold it (0.3 with width 0.1 lands in "[0.3, 0.4)", not in "[0.2, 0.3)").
-            uk, inv = np.unique(k, return_inverse=True)
+            inv, uk = pd.factorize(k)
+            uk = np.asarray(uk, dtype=np.float64)
             lo = self._printed(uk)[inv]
             hi = self._printed(uk + 1)[inv]
             k = np.where(base < lo, k - 1, np.where(base >= hi, k + 1, k))
