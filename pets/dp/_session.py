@@ -778,33 +778,31 @@ def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanis
             noisy[key] = np.array([float(m.measurement(xs[a:b])) for a, b in
                                    zip(starts, ends, strict=True)], dtype=np.float64)
 
-    records: list[pd.DataFrame] = []
-    key_part = keys.iloc[out_keys].reset_index(drop=True) if q.by else pd.DataFrame(
-        index=range(1))
+    # columns are collected as arrays and the table is built once at the end (a DataFrame per
+    # statistic cost more than the noise for small queries)
+    cols: dict[str, list[Any]] = {c: [] for c in (*RELEASE_COLUMNS, "_k", "_block", "_pos")}
     nk = out_keys.size if q.by else 1
+    nblocks = 0
 
     def block(stat: str, column: str, param: str | list[str], est: np.ndarray,
               lo: np.ndarray, hi: np.ndarray, mech: str, scale: float,
-              used: Sequence[Mechanism], kp: pd.DataFrame | None = None) -> None:
+              used: Sequence[Mechanism], per_key: int = 1) -> None:
+        nonlocal nblocks
         loss = PrivacyLoss.total(m.loss for m in used)
-        kpart = key_part if kp is None else kp
-        n = len(kpart)
-        text = {"statistic": [stat] * n, "column": [column] * n,
-                "param": param if isinstance(param, list) else [param] * n,
-                "mechanism": [mech] * n}
-        cols: dict[str, Any] = dict(
-            statistic=pd.Series(text["statistic"], dtype="str"),
-            column=pd.Series(text["column"], dtype="str"),
-            param=pd.Series(text["param"], dtype="str"),
-            estimate=est.astype(np.float64), ci_low=lo.astype(np.float64),
-            ci_high=hi.astype(np.float64), mechanism=pd.Series(text["mechanism"], dtype="str"),
-            scale=np.full(n, float(scale)), epsilon=np.full(n, loss.epsilon),
-            delta=np.full(n, loss.delta), rho=np.full(n, loss.rho),
-            _block=np.full(n, len(records)), _pos=np.arange(n))
-        b = pd.DataFrame(cols)
-        if q.by:
-            b = pd.concat([kpart.reset_index(drop=True), b], axis=1)
-        records.append(b)
+        n = nk * per_key
+        for name, value in (("statistic", stat), ("column", column), ("mechanism", mech)):
+            cols[name].append(np.full(n, value, dtype=object))
+        cols["param"].append(np.asarray(param, dtype=object) if isinstance(param, list)
+                             else np.full(n, param, dtype=object))
+        for name, arr in (("estimate", est), ("ci_low", lo), ("ci_high", hi)):
+            cols[name].append(np.asarray(arr, dtype=np.float64))
+        for fname, fvalue in (("scale", float(scale)), ("epsilon", loss.epsilon),
+                              ("delta", loss.delta), ("rho", loss.rho)):
+            cols[fname].append(np.full(n, fvalue, dtype=np.float64))
+        cols["_k"].append(np.repeat(np.arange(nk), per_key))
+        cols["_block"].append(np.full(n, nblocks))
+        cols["_pos"].append(np.arange(n))
+        nblocks += 1
 
     def interval(m: Mechanism, lvl: float) -> int:
         return halfwidth(m.distribution, m.scale, lvl)
@@ -877,14 +875,18 @@ def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanis
                       for i in range(nb)]
             est = noisy[key].astype(np.float64)
             t = interval(m, level)
-            kp = key_part.loc[key_part.index.repeat(nb)].reset_index(drop=True)
             block("histogram", a.column, labels * nk, est, est - t, est + t, _mech_label(m),
-                  m.scale, [m], kp=kp)
-    table = pd.concat(records, ignore_index=True)
+                  m.scale, [m], per_key=nb)
+    flat = {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in cols.items()}
     # order: by key (the order of the key set), then statistic in query order
-    if q.by:
-        kidx = np.concatenate([np.repeat(np.arange(nk), len(r) // max(nk, 1))
-                               for r in records])
-        table["_k"] = kidx
-        table = table.sort_values(["_k", "_block", "_pos"], kind="stable").drop(columns=["_k"])
-    return table.drop(columns=["_block", "_pos"]).reset_index(drop=True)
+    order = (np.lexsort((flat["_pos"], flat["_block"], flat["_k"])) if q.by
+             else np.lexsort((flat["_pos"], flat["_block"])))
+    body = pd.DataFrame({
+        c: (pd.Series(flat[c][order], dtype="str") if c in ("statistic", "column", "param",
+                                                             "mechanism")
+            else flat[c][order].astype(np.float64))
+        for c in RELEASE_COLUMNS})
+    if not q.by:
+        return body
+    key_part = keys.iloc[out_keys[flat["_k"][order].astype(np.int64)]].reset_index(drop=True)
+    return pd.concat([key_part, body], axis=1)
