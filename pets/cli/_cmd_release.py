@@ -147,6 +147,27 @@ def _require(need: list[str], dataset_id: str, unit: str, ledger: Any) -> None:
                          + "\n  add ".join(need))
 
 
+def _check_spend(kind: str, *, epsilon: float | None, rho: float | None, delta: float | None,
+                 private: bool) -> None:
+    """The CLI's own wording for a spend that does not match the budget (flags, not kwargs).
+
+    Example:
+        >>> _check_spend("zcdp", epsilon=1.0, rho=None, delta=None, private=False)
+        Traceback (most recent call last):
+        ...
+        pets._errors.InputError: this dataset's budget is zCDP (ρ): pass --rho R instead of --epsilon
+    """
+    if kind == "zcdp" and epsilon is not None:
+        raise InputError("this dataset's budget is zCDP (ρ): pass --rho R instead of --epsilon")
+    if kind != "zcdp" and rho is not None:
+        raise InputError(f"this dataset's budget is {kind} (ε): pass --epsilon E instead of "
+                         "--rho")
+    if delta is not None and not private:
+        raise InputError("--delta is only spent by --private-keys (public keys spend no δ)")
+    if private and delta is None:
+        raise InputError("--private-keys needs --delta D (the δ this selection may spend)")
+
+
 def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
           private: bool) -> Any:
     given = (keys is not None) + (keys_file is not None) + bool(private)
@@ -245,6 +266,8 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
                 or ledger.budget_of(dsid, unit) is not None)), dsid, unit, ledger)
     keys_arg = _keys(infile, by, keys, keys_file, private_keys) if specs else None
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
+    if specs:
+        _check_spend(budget.kind, epsilon=epsilon, rho=rho, delta=delta, private=private_keys)
     session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger, dataset_id=dsid)
     payload: dict[str, Any] = {}
     lines: list[str] = []

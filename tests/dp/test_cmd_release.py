@@ -104,6 +104,19 @@ class TestReleaseCommand:
                            "--budget-epsilon", "1", "--ledger", tmp_path / "l.db")
         assert code == 1 and "--epsilon E" in err and "--out FILE" in err
 
+    @pytest.mark.parametrize(("args", "message"), [
+        (["--budget-rho", "1", "--epsilon", "1"], "pass --rho R instead of --epsilon"),
+        (["--budget-epsilon", "1", "--rho", "0.1"], "pass --epsilon E instead of --rho"),
+        (["--budget-epsilon", "1", "--epsilon", "1", "--delta", "1e-6"],
+         "--delta is only spent by --private-keys")])
+    def test_spend_flags_that_do_not_fit_the_budget_are_named(self, tmp_path, events, capsys,
+                                                             args, message):
+        code, _, err = run(capsys, "release", events, "--unit", "user_id", "--agg", "count",
+                           "--ledger", tmp_path / "l.db", "--out", tmp_path / "r.parquet",
+                           *args)
+        assert code == 1 and message in err
+        assert Ledger(tmp_path / "l.db").budget_of(str(events.resolve()), "user_id") is None
+
     def test_keys_file_with_two_columns_and_postprocessing(self, tmp_path, events, capsys):
         keys = tmp_path / "keys.csv"
         keys.write_text("country,event\nDE,play\nFR,play\nXX,play\n")
