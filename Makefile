@@ -42,7 +42,7 @@ typecheck: $(VENV)/.dev
 pytest: $(VENV)/.dev system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck pytest docs
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks
