@@ -36,15 +36,23 @@ def discrete_laplace_halfwidth(scale: float, level: float) -> int:
     alpha = 1.0 - level
     if scale <= 0:
         return 0
-    p = math.exp(-1.0 / scale)
-    if p == 0.0:
+    # In logs, never through p = exp(-1/b): for b ~ 1e16, 1 - p is lost to rounding and the
+    # interval came out 10 % too narrow. 2 p^(t+1) / (1+p) <= alpha  <=>
+    # (t + 1) / b >= need, with need = log(2 / (alpha (1 + e^(-1/b)))).
+    need = math.log(2.0 / alpha) - math.log1p(math.exp(-1.0 / scale))
+    if need <= 0:
         return 0
-    # 2 p^(t+1) / (1+p) <= alpha  <=>  t + 1 >= log(alpha (1+p) / 2) / log(p)
-    t = max(0, math.ceil(math.log(alpha * (1 + p) / 2) / math.log(p)) - 1)
-    while t > 0 and 2 * p ** t / (1 + p) <= alpha:  # guard against rounding: keep t minimal
+
+    def covers(t: int) -> bool:
+        return (t + 1) / scale >= need
+
+    t = max(0, math.ceil(need * scale) - 1)
+    while t > 0 and covers(t - 1):  # guard against rounding: keep t minimal ...
         t -= 1
-    while 2 * p ** (t + 1) / (1 + p) > alpha:
+    while not covers(t):  # ... and covering
         t += 1
+    if scale > 2.0**40:  # float checks are good to ~1e-16 relative only: widen, never narrow
+        t += math.ceil(scale * 2.0**-45)
     return t
 
 

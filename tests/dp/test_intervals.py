@@ -29,6 +29,18 @@ class TestDiscreteLaplace:
             assert _coverage(pmf, t - 1) < level
 
 
+    @pytest.mark.parametrize("scale", [1e9, 1e12, 1e14, 1e16, 1e18])
+    def test_huge_scales_keep_the_laplace_tail(self, scale):
+        # P(|Z| > t) ≈ e^(-t/b) for huge b, so t ≈ b·ln(1/α); through p = exp(-1/b) the
+        # rounding of 1 - p made it 2.70·b at b = 1e16 (coverage ≈ 93 % for a stated 95 %)
+        t = discrete_laplace_halfwidth(scale, 0.95)
+        assert t == pytest.approx(scale * math.log(20), rel=1e-9)
+        assert t >= scale * math.log(20)  # conservative where float checks get coarse
+
+    def test_tiny_scale_gives_zero_width(self):
+        assert discrete_laplace_halfwidth(1e-3, 0.95) == 0
+
+
 class TestDiscreteGaussian:
     @pytest.mark.parametrize("scale", [0.5, 3.0, 40.0])
     def test_halfwidth_is_the_smallest_covering_integer(self, scale):
