@@ -83,6 +83,12 @@ class Release:
         f = self.frame
         label = f["statistic"] + np.where(f["column"] != "", "(" + f["column"] + ")", "")
         label = label + np.where(f["param"] != "", "[" + f["param"] + "]", "")
+        # the same statistic of a column twice (other bounds): "sum(x)", "sum(x)#2", … in query
+        # order, never silently one of them
+        occ = pd.Series(label, index=f.index).groupby(
+            [f[c] for c in self.by] + [pd.Series(label, index=f.index)],
+            sort=False, dropna=False).cumcount()
+        label = label + np.where(occ > 0, "#" + (occ + 1).astype(str), "")
         wide = f.assign(_label=label)
         if not self.by:
             return wide.set_index("_label")["estimate"].to_frame().T.reset_index(drop=True)

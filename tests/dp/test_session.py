@@ -417,6 +417,13 @@ class TestReleaseObject:
         assert (g["ci_high"] >= f["ci_high"].clip(lower=0)).all()
         assert p.loss == r.loss and p.postprocessing == ("nonnegative", "round(0)")
 
+    def test_estimates_keep_two_sums_of_one_column(self, small_events):
+        r = session(small_events, Budget.pure(1e6)).query(by="country", keys=KEYS, max_rows=4).sum(
+            "watch", bounds=(0, 10)).sum("watch", bounds=(0, 100)).release(epsilon=1e5)
+        wide = r.estimates().set_index("country")
+        assert list(wide.columns) == ["sum(watch)", "sum(watch)#2"]  # was one, the other lost
+        assert (wide["sum(watch)"] < wide["sum(watch)#2"]).all()
+
     def test_nonnegative_leaves_sums_that_may_be_negative_alone(self, small_events):
         df = small_events.assign(watch=-50.0)
         r = session(df, Budget.pure(1e6)).query(by="country", keys=["DE"], max_rows=4).sum(
