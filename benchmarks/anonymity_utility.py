@@ -95,10 +95,11 @@ class AnonymityResult(Result):
 
     def write(self, directory: Path = RESULTS) -> tuple[Path, Path]:
         paths = super().write(directory)
-        plot(self.rows, directory / "anonymity.png")
+        png = f"{self.name}.png"
+        plot(self.rows, directory / png)
         with open(paths[1], "a", encoding="utf-8") as fh:
-            fh.write("\n![suppression and discernibility vs k](anonymity.png)\n")
-        if directory.resolve() == RESULTS.resolve():
+            fh.write(f"\n![suppression and discernibility vs k]({png})\n")
+        if directory.resolve() == RESULTS.resolve() and self.name == "anonymity":
             import shutil
 
             img = RESULTS.parent.parent / "docs" / "img"
@@ -145,7 +146,8 @@ def run(quick: bool = False) -> AnonymityResult:
     """Run ``enforce_k`` over the k grid and suppression allowances."""
     n = 5_000 if quick else 20_000
     frame = quasi_identifiers(n)
-    result = AnonymityResult("anonymity")
+    # A quick run writes anonymity-quick.* and never replaces the committed full results.
+    result = AnonymityResult("anonymity-quick" if quick else "anonymity")
     for ms in SUPPRESSION:
         for k in QUICK_KS if quick else KS:
             result.add(**measure(frame, k, ms))

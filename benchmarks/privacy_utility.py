@@ -448,7 +448,8 @@ class UtilityResult(Result):
     def __init__(self, rows: list[dict[str, Any]], notes: list[str],
                  outcomes: list[dict[str, Any]], datasets: list[dict[str, Any]],
                  config: dict[str, Any]) -> None:
-        super().__init__("utility", rows, notes)
+        # A quick run writes utility-quick.* and never replaces the committed full results.
+        super().__init__("utility-quick" if config.get("quick") else "utility", rows, notes)
         self.outcomes = outcomes
         self.datasets = datasets
         self.config = config
@@ -459,17 +460,18 @@ class UtilityResult(Result):
         payload = {"name": self.name, "machine": mach, "config": self.config,
                    "datasets": self.datasets, "peers": self.outcomes, "rows": self.rows,
                    "notes": self.notes}
-        jpath = directory / "utility.json"
+        jpath = directory / f"{self.name}.json"
         jpath.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        with open(directory / "utility.csv", "w", newline="", encoding="utf-8") as fh:
+        with open(directory / f"{self.name}.csv", "w", newline="", encoding="utf-8") as fh:
             cols = list(self.rows[0]) if self.rows else ["dataset"]
             w = csv.DictWriter(fh, fieldnames=cols)
             w.writeheader()
             w.writerows(self.rows)
-        pngs = plot_errors(self.rows, directory, [d["name"] for d in self.datasets])
-        mpath = directory / "utility.md"
+        pngs = plot_errors(self.rows, directory, [d["name"] for d in self.datasets],
+                           prefix=self.name)
+        mpath = directory / f"{self.name}.md"
         mpath.write_text(self.markdown(mach, pngs=[p.name for p in pngs]))
-        if directory.resolve() == RESULTS.resolve():  # the committed results: refresh the docs
+        if directory.resolve() == RESULTS.resolve() and self.name == "utility":  # refresh docs
             copy_plots_to_docs(directory)
         return jpath, mpath
 
@@ -506,8 +508,8 @@ class UtilityResult(Result):
             lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
         if self.notes:
             lines += ["", "## Notes", "", *[f"- {n}" for n in self.notes]]
-        lines += ["", "All numbers per (dataset, library, query, ε): `utility.csv` / "
-                  "`utility.json`."]
+        lines += ["", "All numbers per (dataset, library, query, ε): "
+                  f"`{self.name}.csv` / `{self.name}.json`."]
         return "\n".join(lines) + "\n"
 
 
@@ -629,7 +631,7 @@ def run(quick: bool = False, *, libraries: Sequence[str] | None = None,
 
 
 def plot_errors(rows: Sequence[Mapping[str, Any]], directory: Path,
-                datasets: Sequence[str]) -> list[Path]:
+                datasets: Sequence[str], prefix: str = "utility") -> list[Path]:
     """One PNG per dataset, a column per query, log-log against ε: the relative MAE against the
     raw statistic (top: what the analyst gets, bounding bias included) and the MAE against the
     bounded statistic (bottom: the noise alone)."""
@@ -673,7 +675,7 @@ def plot_errors(rows: Sequence[Mapping[str, Any]], directory: Path,
             fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
         fig.suptitle(f"{name}: error vs ε (user-level, same bounds)", y=0.01, fontsize=9)
         fig.tight_layout(rect=(0, 0.02, 1, 0.95))
-        path = directory / f"utility_{name}.png"
+        path = directory / f"{prefix}_{name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)

@@ -303,10 +303,11 @@ class ThroughputResult(Result):
 
     def write(self, directory: Path = RESULTS) -> tuple[Path, Path]:
         paths = super().write(directory)
-        plot(self.rows, directory / "throughput.png")
+        png = f"{self.name}.png"
+        plot(self.rows, directory / png)
         with open(paths[1], "a", encoding="utf-8") as fh:
-            fh.write("\n![ns per row vs rows](throughput.png)\n")
-        if directory.resolve() == RESULTS.resolve():
+            fh.write(f"\n![ns per row vs rows]({png})\n")
+        if directory.resolve() == RESULTS.resolve() and self.name == "throughput":
             img = RESULTS.parent.parent / "docs" / "img"
             img.mkdir(parents=True, exist_ok=True)
             shutil.copy2(directory / "throughput.png", img / "throughput.png")
@@ -345,7 +346,8 @@ def run(quick: bool = False, *, sizes: Sequence[int] | None = None,
         cases: Sequence[Case] = CASES, repeat: int | None = None) -> ThroughputResult:
     """Time every case at every size (``quick``: up to 1M rows); ``repeat`` overrides the
     number of timed runs (default 3, 1 above 1M rows)."""
-    result = ThroughputResult("throughput")
+    # A quick run writes throughput-quick.* and never replaces the committed full results.
+    result = ThroughputResult("throughput-quick" if quick else "throughput")
     with tempfile.TemporaryDirectory(prefix="pets-bench-throughput-") as tmp:
         for n in sizes or (QUICK_SIZES if quick else SIZES):
             for case in cases:

@@ -36,6 +36,8 @@ def available(root: Path) -> list[str]:
 def bench(names: tuple[str, ...], quick: bool) -> None:
     """Run benchmarks (all without NAMES) and write benchmarks/results/.
 
+    --quick writes <name>-quick.* next to the committed results, never over them.
+
     utility: DP error vs ε against OpenDP, diffprivlib, PipelineDP and Tumult (peer venvs are
     created on first use under benchmarks/.peers/; PETS_BENCH_LIBRARIES=pets,opendp runs only
     some). throughput: rows/s of each component vs the

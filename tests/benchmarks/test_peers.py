@@ -165,3 +165,15 @@ class TestLibrarySelection:
         result = pu.run(config=cfg, log=lambda _m: None)
         assert {o["library"] for o in result.outcomes} == {"pets"}
         assert result.config["libraries"] == ["pets"]
+
+
+class TestQuickResults:
+    def test_quick_utility_run_writes_its_own_files(self, tmp_path):
+        cfg = pu.Config(epsilons=(1.0,), trials=1, n_events=500, n_users=50, n_census=200,
+                        workers=1)
+        result = pu.run(quick=True, libraries=("pets",), config=cfg, log=lambda _m: None)
+        jpath, mpath = result.write(tmp_path)
+        assert jpath.name == "utility-quick.json"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "utility-quick.csv", "utility-quick.json", "utility-quick.md",
+            "utility-quick_census.png", "utility-quick_events.png"]

@@ -41,3 +41,11 @@ class TestMeasure:
         result.write(tmp_path)
         assert (tmp_path / "throughput.png").stat().st_size > 1000
         assert "| keyed hash (HMAC-SHA256) | 2000 | ok |" in (tmp_path / "throughput.md").read_text()
+
+    def test_quick_run_never_overwrites_the_full_results(self, tmp_path):
+        result = tp.run(quick=True, sizes=(1_000,), cases=tp.CASES[:1], repeat=1)
+        jpath, mpath = result.write(tmp_path)
+        assert jpath.name == "throughput-quick.json"
+        assert (tmp_path / "throughput-quick.png").exists()
+        assert "](throughput-quick.png)" in mpath.read_text()
+        assert not (tmp_path / "throughput.json").exists()
