@@ -59,7 +59,7 @@ def _context(df: pd.DataFrame, keys: list[str], aggs: str) -> Any:
             dp.polars.Bound(by=["country"], per_group=C, num_groups=G)]),
         privacy_loss=dp.loss_of(epsilon=EPS), split_evenly_over=1,
         margins=[dp.polars.Margin(by=["country"], max_length=max(len(df), 1))])
-    w = pl.col("watch_seconds").fill_null(0)
+    w: Any = pl.col("watch_seconds").fill_null(0)  # OpenDP registers the .dp namespace at run time
     exprs = {"all": [dp.len(signed=False), w.dp.sum((LO, HI)).alias("sum"),
                      w.dp.mean((LO, HI)).alias("mean")],
              "mean": [w.dp.mean((LO, HI)).alias("mean")]}[aggs]
