@@ -68,12 +68,12 @@ class Result:
 
     def write(self, directory: Path = RESULTS) -> tuple[Path, Path]:
         directory.mkdir(parents=True, exist_ok=True)
-        payload = {"name": self.name, "machine": machine(), "rows": self.rows,
-                   "notes": self.notes}
+        mach = machine()
+        payload = {"name": self.name, "machine": mach, "rows": self.rows, "notes": self.notes}
         jpath = directory / f"{self.name}.json"
         jpath.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         mpath = directory / f"{self.name}.md"
-        mpath.write_text(self.markdown(payload["machine"]))
+        mpath.write_text(self.markdown(mach))
         return jpath, mpath
 
     def markdown(self, mach: dict[str, Any]) -> str:
