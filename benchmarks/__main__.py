@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.import_module(f"benchmarks.bench_{name}")
         print(f"== {name}", flush=True)
         result = mod.run(quick=args.quick)
+        if args.quick and not result.name.endswith("-quick"):
+            result.name += "-quick"  # never overwrite the committed full-size results
         _jpath, mpath = result.write()
         print(mpath.read_text())
     return 0
