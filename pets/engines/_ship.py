@@ -22,7 +22,7 @@ __all__ = ["keyed_shipper", "rebuild_keyed"]
 def rebuild_keyed(secret: Secret, *, kind: str, domain: str, params: tuple[tuple[str, Any], ...],
                   origin: Any) -> Transform:
     """Worker side: rebuild a :mod:`pets.pseudo` keyed transform from its domain key."""
-    from pets.pseudo._base import WorkerKeyRef
+    from pets.pseudo import WorkerKeyRef
 
     ref = WorkerKeyRef(kind, domain, secret.expose(), dict(params), origin)
     built: Transform = ref.build()
