@@ -65,6 +65,8 @@ _TAG = 16
 _DEK_SIZE: dict[str, int] = {"randomized": 32, "deterministic": 64}
 _DOMAIN = b"pets-column\x00v1\x00"
 _RESERVED = ("pets.column", "pets.column_mode")
+#: Random 96-bit nonces: NIST SP 800-38D §8.3 allows at most 2^32 encryptions per key.
+MAX_RANDOMIZED_CELLS = 1 << 32
 
 
 def siv_encrypt(key: bytes, plaintexts: Sequence[bytes],
@@ -248,9 +250,17 @@ def _worth_factorizing(values: np.ndarray[Any, Any]) -> bool:
     return len(pd.unique(sample)) < 0.8 * len(sample)
 
 
-def _aad(column: str, mode: str, ctx: bytes) -> bytes:
-    col = column.encode("utf-8")
-    return _DOMAIN + mode.encode() + b"\x00" + len(col).to_bytes(4, "big") + col + ctx
+def _aad(column: str, mode: str, codec: str, dtype: str, ctx: bytes) -> bytes:
+    """Associated data of every cell of a column (unambiguous: fixed vocabularies end in a
+    NUL, free text is length-prefixed, the canonical context comes last).
+
+    It binds everything :func:`decrypt_columns` takes from the (unauthenticated) column-key
+    header to interpret a cell: column name, mode, value codec and original dtype, and the
+    encryption context. A header edited to read ``int64`` cells as ``float64`` fails.
+    """
+    col, dt = column.encode("utf-8"), dtype.encode("utf-8")
+    return (_DOMAIN + mode.encode() + b"\x00" + codec.encode() + b"\x00"
+            + len(dt).to_bytes(4, "big") + dt + len(col).to_bytes(4, "big") + col + ctx)
 
 
 def _wrap_context(enc_context: Mapping[str, str], column: str, mode: str) -> dict[str, str]:
@@ -372,7 +382,12 @@ def encrypt_columns(
         result[name] = ck
         mask = series.notna().to_numpy()
         values = _values(series, codec)[mask]
-        aad = _aad(name, m, ctx_bytes)
+        if m == "randomized" and len(values) > MAX_RANDOMIZED_CELLS:
+            raise InputError(
+                f"column {name!r}: {len(values)} cells exceed the {MAX_RANDOMIZED_CELLS} that "
+                "one randomized data key may encrypt with random nonces; split the data and "
+                "encrypt each part with fresh column keys")
+        aad = _aad(name, m, ck.codec, ck.dtype, ctx_bytes)
         if m == "deterministic" and _worth_factorizing(values):
             codes, uniques = pd.factorize(values)
             enc_u = np.empty(len(uniques), dtype=object)
@@ -443,7 +458,7 @@ def decrypt_columns(
         series = frame[name]
         mask = series.notna().to_numpy()
         cells = series.to_numpy()[mask]
-        aad = _aad(name, ck.mode, ctx_bytes)
+        aad = _aad(name, ck.mode, ck.codec, ck.dtype, ctx_bytes)
         try:
             if ck.encoding == "base64":
                 cells = np.asarray([base64.b64decode(c, validate=True) for c in cells],

@@ -164,20 +164,27 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
     uris = ", ".join(f"{w.key_uri} v{w.version}" for w in wrapped_keys)
     if candidates == 0:
         raise KeyNotFoundError(f"no configured key service holds a key of {what} ({uris})")
+    if any(isinstance(e, IntegrityError | InputError) for e in errors):
+        # a wrapped key, the header or the expected context did not authenticate: opaque
+        raise IntegrityError(f"{what} failed to authenticate")
     if all(isinstance(e, JurisdictionError) for e in errors):
         raise JurisdictionError(
             f"every key of {what} ({uris}) belongs to another jurisdiction; "
             f"unwrap refused for {context.access_token}")
     benign = (JurisdictionError, KeyDestroyedError, KeyNotFoundError)
+    failed = [e for e in errors if not isinstance(e, benign)]
+    if failed:  # a service failed (unreachable, wrong PIN ...): say so, it is not the data
+        raise type(failed[0])(f"cannot decrypt {what}: {failed[0]}")
     destroyed = [e for e in errors if isinstance(e, KeyDestroyedError)]
-    if destroyed and all(isinstance(e, benign) for e in errors):
+    if destroyed:
         raise KeyDestroyedError(f"cannot decrypt {what}: {destroyed[0]}")
-    if all(isinstance(e, KeyNotFoundError) for e in errors):
-        raise KeyNotFoundError(f"cannot decrypt {what}: {errors[0]}")
-    if not any(isinstance(e, IntegrityError | InputError) for e in errors):
-        failed = next(e for e in errors if not isinstance(e, benign))
-        raise type(failed)(f"cannot decrypt {what}: {failed}")
-    raise IntegrityError(f"{what} failed to authenticate")
+    if any(isinstance(e, JurisdictionError) for e in errors):
+        # some keys refused for jurisdiction, the others not held here: the caller is in the
+        # wrong place for every key it can reach
+        raise JurisdictionError(
+            f"no key of {what} ({uris}) may be unwrapped here: refused for "
+            f"{context.access_token} or not held by the configured key services")
+    raise KeyNotFoundError(f"cannot decrypt {what}: {errors[0]}")
 
 
 def open_dek(header: EnvelopeHeader, keys: Keys, context: Context,

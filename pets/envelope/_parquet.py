@@ -13,8 +13,11 @@ version, jurisdiction, blob), so rotation and retirement work per version.
 **Key caches.** pyarrow caches KMS clients and unwrapped keys per ``key_access_token``. pets
 sets the token to :attr:`pets.Context.access_token` (principal *and* jurisdiction), so a
 context never reads through another context's warm cache: the key service is asked again and
-refuses a foreign jurisdiction. Call :meth:`ParquetCrypto.forget` when a principal's access is
-revoked.
+refuses a foreign jurisdiction. The cache is *not* told when a KEK version is destroyed,
+retired or a principal's access is revoked: until :meth:`ParquetCrypto.forget` is called (or
+``cache_lifetime_seconds`` pass) the same context still reads files it has already opened.
+Call ``forget()`` right after crypto-shredding or revoking, or use the one-shot
+:func:`read_encrypted_parquet` (a fresh cache per call).
 """
 
 from __future__ import annotations
@@ -178,7 +181,11 @@ class ParquetCrypto:
             custom_kms_conf={_CONF_JUR: context.jurisdiction, _CONF_PRINCIPAL: context.principal})
 
     def forget(self, context: Context | None = None) -> None:
-        """Drop cached keys for ``context`` (or for every context)."""
+        """Drop cached keys for ``context`` (or for every context).
+
+        Call it after destroying or retiring a KEK version or revoking a principal: the cache
+        would otherwise keep serving keys it already holds for up to the cache lifetime.
+        """
         if context is None:
             self._factory.remove_cache_entries_for_all_tokens()
         else:
@@ -214,6 +221,12 @@ class ParquetCrypto:
             raise InputError(f"column_keys name columns that are not in the data: {missing}")
         if len(listed) != len(set(listed)):
             raise InputError("a column is listed under two keys")
+        # pyarrow joins column_keys into "key:col,col;key:col" and re-parses it (trimming
+        # spaces): a column named "a,b" would be stored in clear while "a" and "b" got encrypted
+        odd = sorted(c for c in listed if any(ch in c for ch in ",;:") or c != c.strip())
+        if odd:
+            raise InputError(f"cannot encrypt columns {odd}: pyarrow's column-key syntax "
+                             "reserves ',', ';', ':' and surrounding spaces; rename them")
         config = pe.EncryptionConfiguration(
             footer_key=master_key_id(footer_key),
             column_keys={master_key_id(u): list(cols) for u, cols in column_keys.items()},

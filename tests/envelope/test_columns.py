@@ -131,15 +131,19 @@ class TestLinkability:
         key = b"k" * 64
         from pets.envelope._columns import _aad
 
-        a = siv_encrypt(key, [b"same"], [_aad("a", "deterministic", b"{}")])
-        b = siv_encrypt(key, [b"same"], [_aad("b", "deterministic", b"{}")])
-        c = siv_encrypt(key, [b"same"], [_aad("a", "deterministic", b'{"t":"x"}')])
+        a = siv_encrypt(key, [b"same"], [_aad("a", "deterministic", "str", "str", b"{}")])
+        b = siv_encrypt(key, [b"same"], [_aad("b", "deterministic", "str", "str", b"{}")])
+        c = siv_encrypt(key, [b"same"], [_aad("a", "deterministic", "str", "str",
+                                              b'{"t":"x"}')])
         assert len({a[0], b[0], c[0]}) == 3
 
     def test_column_name_is_length_prefixed_in_the_associated_data(self):
         from pets.envelope._columns import _aad
 
-        assert _aad("ab", "deterministic", b"c") != _aad("a", "deterministic", b"bc")
+        assert _aad("ab", "deterministic", "str", "str", b"c") != _aad(
+            "a", "deterministic", "str", "str", b"bc")
+        assert _aad("a", "deterministic", "str", "strx", b"") != _aad(
+            "xa", "deterministic", "str", "str", b"")
 
 
 class TestTampering:
@@ -162,6 +166,18 @@ class TestTampering:
         bad.loc[0, "b"] = out["a"][0]
         with pytest.raises(IntegrityError, match="column 'b'"):
             decrypt_columns(bad, ck, keys=ring, context=eu)
+
+    @pytest.mark.parametrize("mode", ["randomized", "deterministic"])
+    @pytest.mark.parametrize(("field", "value"), [("codec", "float64"), ("dtype", "int32"),
+                                                   ("dtype", "float64")])
+    def test_header_edited_to_reinterpret_cells_fails(self, ring, eu, mode, field, value):
+        # before the codec and dtype were bound, int64 cells decoded silently as float64
+        df = pd.DataFrame({"n": [31, 40, 2**40]})
+        out, ck = enc(df, ring, eu, {"n": mode})
+        d = ck.to_dict()
+        d["columns"][0][field] = value
+        with pytest.raises(IntegrityError, match="column 'n'"):
+            decrypt_columns(out, d, keys=ring, context=eu)
 
     def test_wrapped_keys_swapped_between_columns(self, ring, eu):
         df = pd.DataFrame({"a": ["x"], "b": ["y"]})
@@ -207,6 +223,17 @@ class TestInputs:
     def test_unknown_column(self, ring, eu, frame):
         with pytest.raises(InputError, match="no column 'nope'"):
             enc(frame, ring, eu, ["nope"])
+
+    def test_randomized_cells_per_data_key_are_capped(self, ring, eu, frame, monkeypatch):
+        from pets.envelope import _columns
+
+        assert _columns.MAX_RANDOMIZED_CELLS == 2**32  # NIST SP 800-38D random-nonce bound
+        monkeypatch.setattr(_columns, "MAX_RANDOMIZED_CELLS", 3)
+        with pytest.raises(InputError, match="column 'user_id': 4 cells exceed"):
+            enc(frame, ring, eu, {"user_id": "randomized"})
+        # nulls are not encrypted and deterministic mode has no nonce to exhaust
+        out, ck = enc(frame, ring, eu, {"email": "randomized", "user_id": "deterministic"})
+        assert decrypt_columns(out, ck, keys=ring, context=eu).equals(frame)
 
     def test_mixed_types(self, ring, eu):
         df = pd.DataFrame({"m": pd.Series(["a", 1], dtype=object)})

@@ -259,6 +259,26 @@ class TestTampering:
         assert keep.read_bytes() == b"previous"
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
+    def test_interrupted_decrypt_leaves_no_temp_file(self, ring, eu, tmp_path, monkeypatch):
+        from pets.envelope import _envelope
+
+        src = tmp_path / "c.pets"
+        src.write_bytes(encrypt(DATA, keys=ring, key_uris=EU1, context=eu, segment_size=SEG))
+        real = _envelope.segment_nonce
+        calls = []
+
+        def interrupt(prefix, counter, last):
+            calls.append(counter)
+            if counter == 3:
+                raise KeyboardInterrupt
+            return real(prefix, counter, last)
+
+        monkeypatch.setattr(_envelope, "segment_nonce", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            decrypt_file(src, tmp_path / "out", keys=ring, context=eu)
+        assert calls == [0, 1, 2, 3]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pets"]
+
 
 class TestKeys:
     def test_any_wrapped_key_decrypts_multi_datacentre(self, ring, eu):
@@ -319,6 +339,26 @@ class TestKeys:
         ring.destroy(EU1)
         with pytest.raises(KeyDestroyedError):
             decrypt(blob, keys=ring, context=eu)
+
+    def test_foreign_and_unheld_keys_report_jurisdiction(self, ring, us):
+        # one key refused for jurisdiction, the other not held by the caller's service: this
+        # used to leak a bare StopIteration instead of a PetsError
+        blob = encrypt(DATA, keys=ring, key_uris=[EU1, US1], context=Context("EU"))
+        eu_only = MemoryKeyring()
+        eu_only.create(EU1, jurisdiction="EU")
+        with pytest.raises(JurisdictionError, match="analyst@us"):
+            decrypt(blob, keys=eu_only, context=us)
+
+    def test_tampered_wrapped_key_beside_a_refused_one_is_opaque(self, ring, us):
+        blob = encrypt(DATA, keys=ring, key_uris=[EU1, US1], context=Context("EU"))
+        header, size = EnvelopeHeader.from_bytes(blob)
+        from dataclasses import replace
+
+        eu_w, us_w = header.wrapped_keys
+        bad_us = replace(us_w, blob=us_w.blob[:-1] + bytes([us_w.blob[-1] ^ 1]))
+        bad = replace(header, wrapped_keys=(eu_w, bad_us)).to_bytes() + blob[size:]
+        with pytest.raises(IntegrityError, match=r"^this envelope failed to authenticate$"):
+            decrypt(bad, keys=ring, context=us)
 
     def test_local_keyring(self, local_ring, eu, tmp_path):
         uri = "local://eu-local/kek"

@@ -104,6 +104,16 @@ class TestRoundTrip:
                                     column_keys={PII: ["email"], METRICS: ["email"]})
         assert not (tmp_path / "x.parquet").exists()
 
+    @pytest.mark.parametrize("name", ["a,b", "a;b", "a:b", " a"])
+    def test_column_names_pyarrow_would_misparse_are_refused(self, pring, eu, tmp_path, name):
+        # pyarrow re-parses "key:col,col;..." - "a,b" was stored in clear, "a", "b" encrypted
+        df = pd.DataFrame({name: ["secret"], "a": ["x"], "b": ["y"]})
+        path = tmp_path / "u.parquet"
+        with pytest.raises(InputError, match="reserves"):
+            ParquetCrypto(pring).write(df, path, context=eu, footer_key=FOOTER,
+                                       column_keys={PII: [name]}, plaintext_footer=True)
+        assert list(tmp_path.iterdir()) == []
+
     def test_failed_write_leaves_nothing(self, pring, eu, users, tmp_path):
         pring.destroy(PII)
         for internal in (True, False):
