@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
+#: The one message of every envelope integrity failure (wrapped key, commitment, header tag,
+#: expected context, any segment): it must not tell which check failed.
+_OPAQUE = "envelope failed to authenticate"
 Keys = KeyServices | KeyService
 
 
@@ -137,7 +140,7 @@ def _services_for(keys: KeyServices, uri: str) -> list[KeyService]:
 def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: Context,
                 enc_context: Mapping[str, str], *, what: str = "this envelope",
                 accept: Callable[[bytes], bool] | None = None,
-                audit: AuditHook | None = None) -> bytes:
+                audit: AuditHook | None = None, opaque: str | None = None) -> bytes:
     """Return the first data key that one of the caller's services unwraps (multi-keyring).
 
     ``accept(dek)`` may reject a candidate (counted as an integrity failure) or raise to stop.
@@ -145,6 +148,7 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
     all refused for jurisdiction → JurisdictionError; destroyed/retired → KeyDestroyedError;
     no service holds any key → KeyNotFoundError; otherwise an opaque IntegrityError.
     """
+    opaque = opaque or f"{what} failed to authenticate"
     errors: list[PetsError] = []
     candidates = 0
     for w in wrapped_keys:
@@ -156,7 +160,7 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
                 errors.append(exc)
                 continue
             if accept is not None and not accept(dek):
-                errors.append(IntegrityError(f"{what} failed to authenticate"))
+                errors.append(IntegrityError(opaque))
                 continue
             emit(audit, "envelope.unwrap", key=w.key_uri, version=w.version,
                  jurisdiction=context.jurisdiction, principal=context.principal)
@@ -166,7 +170,7 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
         raise KeyNotFoundError(f"no configured key service holds a key of {what} ({uris})")
     if any(isinstance(e, IntegrityError | InputError) for e in errors):
         # a wrapped key, the header or the expected context did not authenticate: opaque
-        raise IntegrityError(f"{what} failed to authenticate")
+        raise IntegrityError(opaque)
     if all(isinstance(e, JurisdictionError) for e in errors):
         raise JurisdictionError(
             f"every key of {what} ({uris}) belongs to another jurisdiction; "
@@ -208,7 +212,7 @@ def open_dek(header: EnvelopeHeader, keys: Keys, context: Context,
     services = as_services(keys)
     if enc_context is not None and not _hmac.compare_digest(
             canonical_context(enc_context), header.context_bytes):
-        raise IntegrityError("envelope failed to authenticate")
+        raise IntegrityError(_OPAQUE)
     found: list[MessageKeys] = []
 
     def accept(dek: bytes) -> bool:
@@ -218,12 +222,12 @@ def open_dek(header: EnvelopeHeader, keys: Keys, context: Context,
         if not _hmac.compare_digest(mkeys.commitment, header.commitment):
             return False
         if not header.tag_ok(mkeys.header_key):
-            raise IntegrityError("envelope failed to authenticate")
+            raise IntegrityError(_OPAQUE)
         found.append(mkeys)
         return True
 
     dek = _unwrap_any(header.wrapped_keys, services, context, header.enc_context,
-                      what="this envelope", accept=accept, audit=audit)
+                      what="this envelope", accept=accept, audit=audit, opaque=_OPAQUE)
     return dek, found[-1]
 
 
@@ -290,12 +294,12 @@ def _decrypt_stream(src: IO[bytes], dst: IO[bytes] | None, header: EnvelopeHeade
             nxt_len = _fill(src, nxt)
             last = nxt_len == 0
         if cur_len < TAG_SIZE or counter > MAX_SEGMENTS:
-            raise IntegrityError("envelope failed to authenticate")
+            raise IntegrityError(_OPAQUE)
         pt = out[:cur_len - TAG_SIZE]
         try:
             aes.decrypt_into(segment_nonce(prefix, counter, last), cur[:cur_len], aad, pt)
         except InvalidTag:
-            raise IntegrityError("envelope failed to authenticate") from None
+            raise IntegrityError(_OPAQUE) from None
         if dst is not None:
             dst.write(pt)
         total += len(pt)
@@ -328,13 +332,13 @@ def _decrypt_bytes(body: memoryview, header: EnvelopeHeader, mkeys: MessageKeys)
     starts = range(0, max(len(body), 1), size)
     last = len(starts) - 1
     if len(body) - starts[-1] < TAG_SIZE or last > MAX_SEGMENTS:
-        raise IntegrityError("envelope failed to authenticate")
+        raise IntegrityError(_OPAQUE)
     try:
         return b"".join(aes.decrypt(segment_nonce(header.nonce_prefix, i, i == last),
                                     body[start:start + size], aad)
                         for i, start in enumerate(starts))
     except InvalidTag:
-        raise IntegrityError("envelope failed to authenticate") from None
+        raise IntegrityError(_OPAQUE) from None
 
 
 def _read_header(src: IO[bytes]) -> tuple[EnvelopeHeader, int]:

@@ -235,6 +235,29 @@ class TestTampering:
             decrypt(blob, keys=ring, context=eu, enc_context={"x": "y"})
         assert str(a.value) == str(b.value) == "envelope failed to authenticate"
 
+    def test_every_failed_check_has_the_same_message(self, ring, eu, blob):
+        # a wrapped key or commitment failure used to say "this envelope ..." while the
+        # header tag and segments said "envelope ...": an oracle for which check failed
+        from dataclasses import replace
+
+        header, size = EnvelopeHeader.from_bytes(blob)
+        w = header.wrapped_keys[0]
+        impostor = MemoryKeyring()
+        impostor.create(EU1, jurisdiction="EU")  # same URI, other key: commitment fails
+        cases = {
+            "segment": (blob[:-1] + bytes([blob[-1] ^ 1]), ring),
+            "header tag": (blob[:size - 1] + bytes([blob[size - 1] ^ 1]) + blob[size:], ring),
+            "wrapped key": (replace(header, wrapped_keys=(replace(
+                w, blob=bytes([w.blob[0] ^ 1]) + w.blob[1:]),)).to_bytes() + blob[size:], ring),
+            "commitment": (blob, impostor),
+        }
+        messages = set()
+        for data, keys in cases.values():
+            with pytest.raises(IntegrityError) as err:
+                decrypt(data, keys=keys, context=eu)
+            messages.add(str(err.value))
+        assert messages == {"envelope failed to authenticate"}
+
     def test_no_output_file_on_any_failure(self, ring, eu, tmp_path):
         src = tmp_path / "plain.bin"
         src.write_bytes(os.urandom(5000))
@@ -278,6 +301,43 @@ class TestTampering:
             decrypt_file(src, tmp_path / "out", keys=ring, context=eu)
         assert calls == [0, 1, 2, 3]
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pets"]
+
+
+class TestLimits:
+    """The 32-bit segment counter is never allowed to wrap (nonce reuse), on either side."""
+
+    @pytest.fixture
+    def two_segments_max(self, monkeypatch):
+        from pets.envelope import _envelope
+
+        monkeypatch.setattr(_envelope, "MAX_SEGMENTS", 1)  # counters 0 and 1 only
+
+    def test_encrypt_refuses_more_segments_than_the_counter_holds(self, ring, eu, tmp_path,
+                                                                   two_segments_max):
+        assert decrypt(encrypt(b"x" * 2 * SEG, keys=ring, key_uris=EU1, context=eu,
+                               segment_size=SEG), keys=ring, context=eu) == b"x" * 2 * SEG
+        with pytest.raises(InputError, match="too large"):
+            encrypt(b"x" * (2 * SEG + 1), keys=ring, key_uris=EU1, context=eu,
+                    segment_size=SEG)
+        src = tmp_path / "p"
+        src.write_bytes(b"x" * (2 * SEG + 1))
+        with pytest.raises(InputError, match="too large"):
+            encrypt_file(src, tmp_path / "c", keys=ring, key_uris=EU1, context=eu,
+                         segment_size=SEG)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+
+    def test_decrypt_refuses_a_counter_past_the_limit(self, ring, eu, tmp_path, monkeypatch):
+        from pets.envelope import _envelope
+
+        blob = encrypt(b"x" * (2 * SEG + 1), keys=ring, key_uris=EU1, context=eu,
+                       segment_size=SEG)
+        monkeypatch.setattr(_envelope, "MAX_SEGMENTS", 1)
+        with pytest.raises(IntegrityError):
+            decrypt(blob, keys=ring, context=eu)
+        (tmp_path / "c").write_bytes(blob)
+        with pytest.raises(IntegrityError):
+            decrypt_file(tmp_path / "c", tmp_path / "out", keys=ring, context=eu)
+        assert not (tmp_path / "out").exists()
 
 
 class TestKeys:
@@ -357,7 +417,7 @@ class TestKeys:
         eu_w, us_w = header.wrapped_keys
         bad_us = replace(us_w, blob=us_w.blob[:-1] + bytes([us_w.blob[-1] ^ 1]))
         bad = replace(header, wrapped_keys=(eu_w, bad_us)).to_bytes() + blob[size:]
-        with pytest.raises(IntegrityError, match=r"^this envelope failed to authenticate$"):
+        with pytest.raises(IntegrityError, match=r"^envelope failed to authenticate$"):
             decrypt(bad, keys=ring, context=us)
 
     def test_local_keyring(self, local_ring, eu, tmp_path):

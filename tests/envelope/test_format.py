@@ -104,6 +104,24 @@ class TestUnknownFormats:
                 EnvelopeHeader.from_bytes(blob[:cut])
 
 
+    def test_truncated_at_every_byte_offset(self, ring, eu, tmp_path):
+        from pets.envelope import decrypt_file
+        from tests.envelope.conftest import EU2
+
+        blob = encrypt(b"abc", keys=ring, key_uris=[EU1, EU2], context=eu,
+                       enc_context={"table": "users"})
+        _, size = EnvelopeHeader.from_bytes(blob)
+        for cut in range(size):
+            with pytest.raises(EnvelopeFormatError, match="truncated header"):
+                EnvelopeHeader.from_bytes(blob[:cut])
+        src, dst = tmp_path / "c.pets", tmp_path / "out"
+        for cut in (0, FIXED + 5, size - 1):
+            src.write_bytes(blob[:cut])
+            with pytest.raises(EnvelopeFormatError):
+                decrypt_file(src, dst, keys=ring, context=eu)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pets"]
+
+
 class TestHostileHeaders:
     """Every announced length is checked before the bytes it announces are read."""
 
