@@ -9,20 +9,24 @@ Modes:
 ``randomized``
     AES-256-GCM per cell, a fresh 96-bit nonce per cell (all nonces of a column drawn with
     one ``os.urandom`` call); cell = nonce ‖ ciphertext ‖ tag. Equal plaintexts give unrelated
-    ciphertexts. The associated data binds the column name and the encryption context, so a
-    cell cannot be moved to another column or file context; it does *not* bind the row, so
-    cells can be swapped between rows of the same column undetected.
+    ciphertexts. The associated data binds the column name, mode, value codec, original dtype
+    and the encryption context, so a cell cannot be moved to another column or context and
+    the header cannot be edited to reinterpret cells; it does *not* bind the row, so cells
+    can be swapped between rows of the same column undetected. Random 96-bit nonces allow at
+    most 2^32 cells per data key (NIST SP 800-38D): one call refuses more
+    (``MAX_RANDOMIZED_CELLS``), and later calls reusing the :class:`ColumnKeys` count too.
 
 ``deterministic``
-    AES-SIV (RFC 5297, 512-bit key = AES-256-SIV) with associated data = domain tag ‖ column
-    name ‖ encryption context. **Warning: deterministic encryption is not semantically
+    AES-SIV (RFC 5297, 512-bit key = AES-256-SIV) with the same associated data (domain tag,
+    mode, codec, dtype, column name, encryption context). **Warning: deterministic encryption is not semantically
     secure.** Equal plaintexts in the same column and context give equal ciphertexts, so the
     ciphertext *links* every row holding the same value (within a table, and across every
     table encrypted with the same :class:`ColumnKeys`), reveals value frequencies, and allows
     equality joins — that is its purpose. Different columns or contexts give unrelated
     ciphertexts (domain separation).
 
-Nulls stay null in both modes.
+Nulls stay null in both modes, so which cells are null stays visible; so does each value's
+length (ciphertext = plaintext + 28 bytes randomized, + 16 deterministic).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ __all__ = [
     "ATTRS_KEY",
     "ColumnKey",
     "ColumnKeys",
+    "MAX_RANDOMIZED_CELLS",
     "Mode",
     "decrypt_columns",
     "encrypt_columns",
