@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from pets._errors import InputError, IntegrityError
 from pets._events import AuditHook, emit
 from pets.envelope._envelope import Keys, _unwrap_any, as_services
+from pets.envelope._format import MAX_WRAPPED_KEYS
 from pets.jurisdiction import Context
 from pets.keys import KeyServices, WrappedKey, canonical_context
 
@@ -129,9 +130,12 @@ class ColumnKey:
             mode, codec, enc = d["mode"], d["codec"], d["encoding"]
             if mode not in _DEK_SIZE or codec not in _CODECS or enc not in ("bytes", "base64"):
                 raise ValueError
-            wrapped = tuple(WrappedKey.from_dict(w) for w in d["wrapped_keys"])
-            if not wrapped:
+            listed = d["wrapped_keys"]
+            if not isinstance(listed, list) or not 1 <= len(listed) <= MAX_WRAPPED_KEYS:
+                # a hostile header must not make decryption ask the key services (and flood
+                # the audit log with refusals) thousands of times: the envelope's limit
                 raise ValueError
+            wrapped = tuple(WrappedKey.from_dict(w) for w in listed)
             return cls(str(d["column"]), mode, codec, str(d["dtype"]), enc, wrapped)
         except (KeyError, TypeError, ValueError):
             raise InputError(f"malformed column key for {d.get('column')!r}") from None
@@ -159,6 +163,8 @@ class ColumnKeys:
         try:
             ctx = {str(k): str(v) for k, v in dict(d["enc_context"]).items()}
             cols = [ColumnKey.from_dict(c) for c in d["columns"]]
+        except InputError:
+            raise  # names the column at fault
         except (KeyError, TypeError, ValueError, AttributeError):
             raise InputError("malformed pets column-key header") from None
         return cls(ctx, {c.column: c for c in cols})
@@ -358,8 +364,8 @@ def encrypt_columns(
     if column_keys is not None and canonical_context(column_keys.enc_context) != ctx_bytes:
         raise InputError("column_keys were made for another encryption context")
     uris = [key_uris] if isinstance(key_uris, str) else list(key_uris)
-    if not uris:
-        raise InputError("at least one key URI is needed to encrypt")
+    if not 1 <= len(uris) <= MAX_WRAPPED_KEYS:
+        raise InputError(f"{len(uris)} key URIs (allowed 1 .. {MAX_WRAPPED_KEYS})")
     out = frame.copy()
     result: dict[str, ColumnKey] = dict(column_keys.columns) if column_keys else {}
     for name, m in wanted.items():

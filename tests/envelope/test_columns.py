@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pets import (
+    Context,
     InputError,
     IntegrityError,
     JurisdictionError,
@@ -178,6 +179,17 @@ class TestTampering:
         d["columns"][0][field] = value
         with pytest.raises(IntegrityError, match="column 'n'"):
             decrypt_columns(out, d, keys=ring, context=eu)
+
+    def test_header_with_thousands_of_wrapped_keys_is_refused_before_unwrapping(
+            self, ring, eu, events):
+        df = pd.DataFrame({"a": ["x"]})
+        out, ck = enc(df, ring, eu, ["a"])
+        d = ck.to_dict()
+        d["columns"][0]["wrapped_keys"] = d["columns"][0]["wrapped_keys"] * 5000
+        before = len(events)
+        with pytest.raises(InputError, match="malformed column key for 'a'"):
+            decrypt_columns(out, d, keys=ring, context=Context("US"))
+        assert len(events) == before  # no key service was asked
 
     def test_wrapped_keys_swapped_between_columns(self, ring, eu):
         df = pd.DataFrame({"a": ["x"], "b": ["y"]})
