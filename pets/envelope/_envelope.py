@@ -408,6 +408,8 @@ def decrypt(data: bytes, *, keys: Keys, context: Context,
         KeyDestroyedError: the KEK version was destroyed or retired.
         KeyNotFoundError: none of the envelope's keys is held by ``keys``.
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError("decrypt takes bytes")
     view = memoryview(data).cast("B")
     header, hsize = EnvelopeHeader.from_bytes(view)
     _, mkeys = open_dek(header, keys, context, enc_context, audit=audit)
@@ -536,6 +538,8 @@ def rewrap(data: bytes, *, keys: Keys, context: Context, to: str | Sequence[str]
         >>> new[-116:] == blob[-116:]  # the segment (100 bytes + tag) is unchanged
         True
     """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError("rewrap takes bytes")
     services = as_services(keys)
     header, hsize = EnvelopeHeader.from_bytes(bytes(data))
     new = _rewrapped_header(header, services, context, to, enc_context, audit,

@@ -125,6 +125,11 @@ class TestRoundTrip:
                          context=eu)
         with pytest.raises(KeyNotFoundError, match="no key service supports"):
             encrypt(b"x", keys=ring, key_uris="local://eu/none", context=eu)
+        blob = encrypt(b"x", keys=ring, key_uris=EU1, context=eu)
+        with pytest.raises(InputError, match="decrypt takes bytes"):
+            decrypt(blob.decode("latin-1"), keys=ring, context=eu)  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="rewrap takes bytes"):
+            rewrap(blob.decode("latin-1"), keys=ring, context=eu, to=EU1)  # type: ignore[arg-type]
 
 
 class TestTampering:

@@ -94,6 +94,16 @@ class TestRoundTrip:
         assert {uri_from_master_key_id(i) for i in ids} == {FOOTER, PII, METRICS}
         assert master_key_id(PII) in ids
 
+    @given(st.lists(st.from_regex(
+        r"\A[a-z][a-z0-9+.-]{0,5}://[A-Za-z0-9_.-]{1,6}/[A-Za-z0-9_.-]{1,6}\Z"),
+        min_size=2, max_size=6, unique=True))
+    @settings(max_examples=60, deadline=None)
+    def test_master_key_id_mapping_is_injective(self, uris):
+        ids = [master_key_id(u) for u in uris]
+        assert len(set(ids)) == len(uris)  # no two key URIs share a pyarrow key id
+        assert [uri_from_master_key_id(i) for i in ids] == uris
+        assert not any(ch in i for i in ids for ch in ",;:")  # pyarrow's column-key syntax
+
     def test_bad_column_keys(self, pring, eu, users, tmp_path):
         with pytest.raises(InputError, match="not in the data"):
             write_encrypted_parquet(users, tmp_path / "x.parquet", keys=pring, context=eu,
