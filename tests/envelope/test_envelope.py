@@ -524,6 +524,22 @@ class TestRewrap:
         with pytest.raises(KeyDestroyedError):
             decrypt(after, keys=hsm_eu, context=eu)
 
+    def test_garbage_wrapped_key_in_the_hsm_is_opaque(self, hsm_eu, eu):
+        import uuid
+        from dataclasses import replace
+
+        uri = f"pkcs11://EU/envelope-{uuid.uuid4().hex[:8]}"
+        hsm_eu.create(uri, jurisdiction="EU")
+        blob = encrypt(DATA, keys=hsm_eu, key_uris=uri, context=eu, segment_size=SEG)
+        header, size = EnvelopeHeader.from_bytes(blob)
+        w = header.wrapped_keys[0]
+        for junk in (b"\x00", os.urandom(12), os.urandom(28), os.urandom(len(w.blob)),
+                     w.blob[:-1] + bytes([w.blob[-1] ^ 1])):
+            bad = replace(header, wrapped_keys=(replace(w, blob=junk),)).to_bytes()
+            with pytest.raises(IntegrityError, match="^envelope failed to authenticate$"):
+                decrypt(bad + blob[size:], keys=hsm_eu, context=eu)
+        hsm_eu.destroy(uri)
+
 
 class TestCryptoShredding:
     def test_destroying_one_kek_version_shreds_only_its_data(self, ring, eu):
