@@ -332,10 +332,13 @@ class ParquetCrypto:
         try:
             doc = json.loads(km_path.read_text())
             entries = {k: json.loads(v) for k, v in doc.items()}
-        except (OSError, ValueError, TypeError):
+            if not all(isinstance(e, dict) and isinstance(e.get("masterKeyID", ""), str)
+                       for e in entries.values()):
+                raise ValueError
+            used = {uri_from_master_key_id(e["masterKeyID"]) for e in entries.values()
+                    if "masterKeyID" in e}
+        except (OSError, ValueError, TypeError, AttributeError):
             raise IntegrityError(f"{km_path}: key material failed to authenticate") from None
-        used = {uri_from_master_key_id(e["masterKeyID"]) for e in entries.values()
-                if "masterKeyID" in e}
         unknown = sorted(set(to) - used)
         if unknown:
             raise InputError(f"{p} uses no key {unknown}; it uses {sorted(used)}")
@@ -349,7 +352,9 @@ class ParquetCrypto:
         client = PetsKmsClient(self._keys, context, audit=self._audit)
         moved = []
         for name, entry in entries.items():
-            old = uri_from_master_key_id(str(entry.get("masterKeyID", "")))
+            if "masterKeyID" not in entry:
+                continue
+            old = uri_from_master_key_id(entry["masterKeyID"])
             if old not in to:
                 continue
             field = "wrappedKEK" if entry.get("doubleWrapping") else "wrappedDEK"

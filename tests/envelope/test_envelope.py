@@ -536,7 +536,7 @@ class TestRewrap:
         for junk in (b"\x00", os.urandom(12), os.urandom(28), os.urandom(len(w.blob)),
                      w.blob[:-1] + bytes([w.blob[-1] ^ 1])):
             bad = replace(header, wrapped_keys=(replace(w, blob=junk),)).to_bytes()
-            with pytest.raises(IntegrityError, match="^envelope failed to authenticate$"):
+            with pytest.raises(IntegrityError, match=r"^envelope failed to authenticate$"):
                 decrypt(bad + blob[size:], keys=hsm_eu, context=eu)
         hsm_eu.destroy(uri)
 

@@ -299,6 +299,23 @@ class TestMigration:
         with pytest.raises(InputError, match="uses no key"):
             pc.migrate(path, context=eu, to={"memory://eu-dc2/kek": PII})
 
+    @pytest.mark.parametrize("entry", ['[1]', '5', '{"masterKeyID": 5}',
+                                       '{"masterKeyID": "no-slash"}', '"x"'])
+    def test_hostile_key_material_is_an_integrity_error(self, pring, eu, users, tmp_path,
+                                                        entry):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 internal_key_material=False)
+        km = key_material_path(path)
+        doc = json.loads(km.read_text())
+        doc[next(iter(doc))] = entry
+        km.write_text(json.dumps(doc))
+        before = km.read_bytes()
+        with pytest.raises(IntegrityError, match="key material failed to authenticate"):
+            pc.migrate(path, context=eu, to={PII: METRICS})
+        assert km.read_bytes() == before
+
     def test_local_to_hsm(self, local_ring, hsm_eu, eu, users, tmp_path):
         import uuid
 
