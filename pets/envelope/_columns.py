@@ -400,9 +400,13 @@ def encrypt_columns(
                 "encrypt each part with fresh column keys")
         aad = _aad(name, m, ck.codec, ck.dtype, ctx_bytes)
         if m == "deterministic" and _worth_factorizing(values):
-            codes, uniques = pd.factorize(values)
-            enc_u = np.empty(len(uniques), dtype=object)
-            enc_u[:] = _encrypt_cells(_encode(np.asarray(uniques), codec), dek, m, aad)
+            # floats are factorized by bit pattern: factorize treats -0.0 == 0.0, which lost
+            # the sign and made a value's ciphertext depend on which came first in the batch
+            floats = codec == "float64"
+            codes, uniques = pd.factorize(values.view(np.int64) if floats else values)
+            uniq = np.asarray(uniques).view(np.float64) if floats else np.asarray(uniques)
+            enc_u = np.empty(len(uniq), dtype=object)
+            enc_u[:] = _encrypt_cells(_encode(uniq, codec), dek, m, aad)
             cells_arr = enc_u[codes]
         else:
             cells_arr = np.empty(len(values), dtype=object)

@@ -111,6 +111,18 @@ class TestLinkability:
         out, _ = enc(frame, ring, eu, {"email": "deterministic"})
         assert out["email"][0] == out["email"][2] != out["email"][3]
 
+    def test_deterministic_floats_keep_the_sign_of_zero(self, ring, eu):
+        # factorizing treated -0.0 == 0.0: -0.0 came back as 0.0, and its ciphertext depended
+        # on which of the two came first in the batch
+        first = pd.DataFrame({"x": [0.0, -0.0, 1.0]})
+        out, ck = enc(first, ring, eu, {"x": "deterministic"})
+        assert out["x"][0] != out["x"][1]
+        back = decrypt_columns(out, ck, keys=ring, context=eu)["x"].to_numpy()
+        assert np.signbit(back).tolist() == [False, True, False]
+        again, _ = enc(pd.DataFrame({"x": [-0.0, 0.0]}), ring, eu, {"x": "deterministic"},
+                       column_keys=ck)
+        assert again["x"].tolist() == [out["x"][1], out["x"][0]]
+
     def test_randomized_equal_values_differ(self, ring, eu, frame):
         out, _ = enc(frame, ring, eu, {"email": "randomized"})
         assert out["email"][0] != out["email"][2]
