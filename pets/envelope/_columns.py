@@ -187,6 +187,11 @@ def _codec_for(series: pd.Series, name: str) -> str:
     if pd.api.types.is_bool_dtype(dt):
         return "bool"
     if pd.api.types.is_integer_dtype(dt):
+        if pd.api.types.is_unsigned_integer_dtype(dt) and series.notna().any() and int(
+                series.max()) > np.iinfo(np.int64).max:
+            # the int64 codec would wrap them negative and decryption could not restore them
+            raise InputError(f"column {name!r}: unsigned values above 2^63-1 cannot be "
+                             "encrypted as integers; convert the column to str first")
         return "int64"
     if pd.api.types.is_float_dtype(dt):
         return "float64"

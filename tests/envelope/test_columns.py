@@ -259,6 +259,15 @@ class TestInputs:
         out, ck = enc(frame, ring, eu, {"email": "randomized", "user_id": "deterministic"})
         assert decrypt_columns(out, ck, keys=ring, context=eu).equals(frame)
 
+    @pytest.mark.parametrize("dtype", ["uint64", "UInt64"])
+    def test_unsigned_values_beyond_int64_are_refused(self, ring, eu, dtype):
+        # they used to encrypt (wrapped negative) and then fail to decrypt with OverflowError
+        with pytest.raises(InputError, match="column 'u': unsigned values above 2"):
+            enc(pd.DataFrame({"u": pd.Series([2**64 - 1, 5], dtype=dtype)}), ring, eu, ["u"])
+        small = pd.DataFrame({"u": pd.Series([2**63 - 1, 5], dtype=dtype)})
+        out, ck = enc(small, ring, eu, ["u"])
+        assert decrypt_columns(out, ck, keys=ring, context=eu).equals(small)
+
     def test_mixed_types(self, ring, eu):
         df = pd.DataFrame({"m": pd.Series(["a", 1], dtype=object)})
         with pytest.raises(InputError, match="column 'm'"):
