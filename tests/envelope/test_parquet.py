@@ -149,6 +149,24 @@ class TestJurisdiction:
         assert pc.read(path, context=Context("EU", principal="other"))["country"].tolist() == \
             ["DE", "FR", "IT"]
 
+    def test_plaintext_footer_columns_stay_refused_through_a_warm_cache(self, pring, eu, users,
+                                                                         tmp_path):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(pring)
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                 plaintext_footer=True)
+        assert pc.read(path, context=eu)["email"][0] == "a@x.eu"
+        us = Context("US", principal="analyst@us")
+        # every read asks the key service afresh (even of a clear column: pyarrow verifies
+        # the plaintext footer's signature with the footer key)
+        for cols in (["email"], ["watch_s"], ["country"], None):
+            with pytest.raises(JurisdictionError):
+                pc.read(path, context=us, columns=cols)
+        pc.forget(eu)  # dropping the EU entries changes nothing for US
+        with pytest.raises(JurisdictionError):
+            pc.read(path, context=us, columns=["email"])
+        assert pc.read(path, context=eu)["email"][0] == "a@x.eu"
+
     def test_forget_drops_the_cache(self, pring, eu, users, tmp_path):
         path = tmp_path / "u.parquet"
         pc = ParquetCrypto(pring)
