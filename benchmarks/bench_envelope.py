@@ -159,6 +159,7 @@ def bench_columns(result: Result, quick: bool) -> None:
 
     from pets import Context
     from pets.envelope import encrypt_columns
+    from pets.envelope._columns import Mode
     from pets.keys import MemoryKeyring
 
     n = 200_000 if quick else 1_000_000
@@ -183,9 +184,11 @@ def bench_columns(result: Result, quick: bool) -> None:
         ad = [aad]
         [enc(p, ad) for p in plain]
 
-    for mode, bare, target, primitive in (("randomized", bare_gcm, 400_000, "AESGCM"),
-                                          ("deterministic", bare_siv, 300_000, "AESSIV")):
-        def ours(m: str = mode) -> None:
+    modes: tuple[tuple[Mode, Callable[[], None], int, str], ...] = (
+        ("randomized", bare_gcm, 400_000, "AESGCM"),
+        ("deterministic", bare_siv, 300_000, "AESSIV"))
+    for mode, bare, target, primitive in modes:
+        def ours(m: Mode = mode) -> None:
             encrypt_columns(frame, {"v": m}, keys=ring, key_uris="memory://eu/kek", context=ctx)
 
         t, c = _wall_and_cpu(ours)
