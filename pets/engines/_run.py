@@ -1,6 +1,6 @@
 """One call for pipelines and the CLI: protect a Parquet dataset on a local Dask cluster.
 
-``pets protect --engine dask --workers N`` maps onto :func:`run_protect_dask`; it can also be
+``pets protect --engine dask --workers N`` is meant to map onto :func:`run_protect_dask`; it can also be
 called from Python with an existing ``distributed.Client`` (a real cluster).
 """
 
