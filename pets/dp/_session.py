@@ -40,7 +40,7 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -78,6 +78,10 @@ DEFAULT_MAX_KEYS = 100_000
 MAX_BOUND = 1e150
 
 AggKind = Literal["count", "sum", "mean", "variance", "quantile", "histogram"]
+#: A measurement of a query (see :attr:`Query.measurements`).
+PlanKey = tuple[Any, ...]
+#: Aggregates that :meth:`Session.release_aggregates` takes as exact per-key vectors.
+VECTOR_AGGREGATES = ("count", "sum", "mean", "variance")
 _LUT_LIMIT = 50_000_000
 
 
@@ -243,6 +247,28 @@ class Query:
             raise InputError(f"histogram edges for {column!r} must be >= 2 finite, strictly "
                              f"increasing numbers, got {list(edges)!r}")
         return self._add(_Agg("histogram", column, (e[0], e[-1]), edges=e))
+
+    @property
+    def measurements(self) -> tuple[PlanKey, ...]:
+        """The distinct measurements this query makes, in the order they are made: the keys of
+        the exact aggregates :meth:`Session.release_aggregates` takes.
+
+        ``("count",)``; ``("sum", column, lo, hi)``; ``("csum", column, lo, hi)`` and
+        ``("csq", column, lo, hi)`` (centred sum and sum of squares of mean and variance);
+        ``("hist", column, edges)``; ``("quantile", column, lo, hi, alpha, candidates)``.
+        A measurement shared by several statistics (the count of a mean) appears once.
+
+        Example:
+            >>> import pandas as pd
+            >>> s = Session(pd.DataFrame({"u": [1], "x": [1.0]}), privacy_unit="u",
+            ...             budget=Budget.pure(1.0))
+            >>> s.query().mean("x", bounds=(0, 10)).sum("x", bounds=(0, 10)).measurements
+            (('count',), ('csum', 'x', 0.0, 10.0), ('sum', 'x', 0.0, 10.0))
+
+        Privacy:
+            Public: it depends on the query only, never on the data.
+        """
+        return tuple(k for k, _ in _plan(self.aggs, isinstance(self.keys, str)))
 
     def describe(self) -> dict[str, Any]:
         keys: object = ("private" if isinstance(self.keys, str)
@@ -509,12 +535,7 @@ class Session:
 
     def _release(self, q: Query, *, epsilon: float | None, delta: float | None,
                  rho: float | None, level: float) -> Release:
-        if not q.aggs:
-            raise InputError("the query has no aggregates (add count(), sum(), ...)")
-        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
-            raise InputError(f"level must be in (0, 1), got {level!r}")
-        primary, delta_req = self._spend_params(q, epsilon, delta, rho)
-        zcdp = self.total.kind == "zcdp"
+        primary, delta_req = self._check_release(q, epsilon, delta, rho, level)
         measured = list(dict.fromkeys(a.column for a in q.aggs if a.column))
         for c in measured:
             if c not in self.columns:
@@ -538,10 +559,156 @@ class Session:
                                    rng=self._rng)
         rows = np.flatnonzero(sel)[keep]
         g = gsel[keep]
-        G, C = q.max_groups, q.max_rows
 
-        # -- measurements and their budget shares ------------------------------------------
-        plan = _plan(q.aggs, private)
+        # -- exact aggregates of the bounded rows ------------------------------------------
+        data: dict[PlanKey, Any] = {}
+        for key in q.measurements:
+            kind = key[0]
+            if kind == "count":
+                data[key] = np.bincount(g, minlength=nkeys)
+            elif kind in ("sum", "csum", "csq"):
+                data[key] = _int_sums(g, _encode(key, values[key[1]][rows]).values, nkeys)
+            elif kind == "hist":
+                _, col, edges = key
+                e = np.asarray(edges)
+                b = np.clip(np.searchsorted(e, values[col][rows], side="right") - 1, 0,
+                            len(e) - 2)
+                data[key] = (g, b, len(e) - 1)
+            elif kind == "quantile":
+                _, col, lo, hi, _alpha, _ncand = key
+                data[key] = (col, lo, hi)
+        return self._noise_and_release(q, keys, data, primary=primary, delta_req=delta_req,
+                                       epsilon=epsilon, delta=delta, rho=rho, level=level,
+                                       rows=(values, rows, g))
+
+    def check_release(self, query: Query, *, epsilon: float | None = None,
+                      delta: float | None = None, rho: float | None = None,
+                      level: float = 0.95) -> None:
+        """Refuse, before any work, the arguments :meth:`Query.release` would refuse.
+
+        An engine that computes the exact aggregates elsewhere (see
+        :meth:`release_aggregates`) calls this first, so that bad input fails before the
+        expensive part and nothing is spent.
+
+        Raises:
+            InputError: No aggregates, a bad ``level``, or privacy parameters that do not fit
+                the budget's kind or the query's keys.
+
+        Privacy:
+            Checks arguments only; reads no data and spends nothing.
+        """
+        self._check_release(query, epsilon, delta, rho, level)
+
+    def _check_release(self, q: Query, epsilon: float | None, delta: float | None,
+                       rho: float | None, level: float) -> tuple[float, float]:
+        if q.session is not self:
+            raise InputError("the query belongs to another session")
+        if not q.aggs:
+            raise InputError("the query has no aggregates (add count(), sum(), ...)")
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
+            raise InputError(f"level must be in (0, 1), got {level!r}")
+        return self._spend_params(q, epsilon, delta, rho)
+
+    def release_aggregates(self, query: Query, aggregates: Mapping[PlanKey, np.ndarray], *,
+                           keys: pd.DataFrame | None = None, epsilon: float | None = None,
+                           delta: float | None = None, rho: float | None = None,
+                           level: float = 0.95, engine: str | None = None) -> Release:
+        """Noise exact, already bounded per-key aggregates, spend the loss, return the release.
+
+        The noise-and-release half of :meth:`Query.release`, for an engine that bounds and
+        aggregates elsewhere (``pets.engines.dask``): the same measurements, budget shares,
+        ``d_in``, ledger spend, ``dp.release`` audit event and release table.
+
+        Args:
+            query: A query of this session made of ``count``, ``sum``, ``mean`` and
+                ``variance`` (quantiles and histograms need the rows: use
+                :meth:`Query.release`).
+            aggregates: For each key of :attr:`Query.measurements`, an integer vector with one
+                entry per key of the key set: row counts, or sums of the values encoded by
+                :func:`pets.dp._bounding.fixed_point` (``sum``: clipped to ``[lo, hi]`` with
+                magnitude ``max(|lo|, |hi|)``; ``csum``: ``x − c`` with ``c``, ``h`` the
+                centre and half-width, magnitude ``h``; ``csq``: ``(x − c)² − h²/2``,
+                magnitude ``h²/2``).
+            keys: With ``keys="private"``: the key set the vectors are indexed by (every key
+                present in the data; only keys passing the threshold are released). Otherwise
+                ``None``: the query's public keys (or the one global group).
+            epsilon: The ε to spend (pure and approximate budgets).
+            delta: The δ of private key selection (only with ``keys="private"``).
+            rho: The ρ to spend (zCDP budgets).
+            level: Confidence level of the intervals.
+            engine: Recorded in the release's query description and the audit event.
+
+        Raises:
+            InputError: Bad arguments or aggregates of the wrong shape (nothing is spent).
+            BudgetExhausted: The loss would exceed the remaining budget (nothing is spent).
+
+        Privacy:
+            **Precondition, not checked here**: the vectors must be exact aggregates of data
+            bounded by pets (:func:`pets.dp._bounding.bound_contributions` with this query's
+            ``max_groups`` G and ``max_rows`` C, per privacy unit, with sampling randomness
+            independent of the data) and clipped and encoded as described under
+            ``aggregates``. That is what makes one unit move the count vector by at most
+            ``G·C`` (and a sum vector by ``G·C·D``) in L1, ``√G·C·D`` in L2 — the ``d_in``
+            handed to OpenDP. Anything else voids the guarantee. Given that, as
+            :meth:`Query.release`: each measurement gets at most its share of the requested
+            ε (or ρ), the loss is the basic composition of the OpenDP maps, noise is drawn
+            once from OpenDP inside the ledger's spend.
+
+        Example:
+            >>> import numpy as np, pandas as pd
+            >>> s = Session(pd.DataFrame({"u": [1]}), privacy_unit="u", budget=Budget.pure(1.0))
+            >>> q = s.query(max_rows=2).count()
+            >>> r = s.release_aggregates(q, {("count",): np.array([7])}, epsilon=0.5)
+            >>> r.to_frame()["statistic"].tolist(), s.budget.spent.epsilon
+            (['count'], 0.5)
+        """
+        primary, delta_req = self._check_release(query, epsilon, delta, rho, level)
+        unsupported = sorted({a.kind for a in query.aggs} - set(VECTOR_AGGREGATES))
+        if unsupported:
+            raise InputError(f"release_aggregates takes {', '.join(VECTOR_AGGREGATES)}; "
+                             f"{', '.join(unsupported)} need the rows (use Query.release)")
+        if isinstance(query.keys, str):
+            if not isinstance(keys, pd.DataFrame):
+                raise InputError("private key selection needs keys=: the key set the "
+                                 "aggregates are indexed by")
+            missing = [c for c in query.by if c not in keys.columns]
+            if missing:
+                raise InputError(f"key frame lacks group column(s) {missing!r}")
+            key_frame = keys[list(query.by)].reset_index(drop=True)
+            if key_frame.duplicated().any():
+                raise InputError("the key set has duplicate keys")
+        elif keys is not None:
+            raise InputError("keys= is only for keys='private': public keys come from the query")
+        else:
+            key_frame = (query.keys if isinstance(query.keys, pd.DataFrame)
+                         else pd.DataFrame(index=range(1)))
+        data: dict[PlanKey, Any] = {}
+        for key in query.measurements:
+            if key not in aggregates:
+                raise InputError(f"no aggregate for measurement {key!r}")
+            vec = np.asarray(aggregates[key])
+            if vec.ndim != 1 or vec.size != len(key_frame) or (
+                    vec.size and not np.issubdtype(vec.dtype, np.integer)):
+                raise InputError(f"the aggregate for {key!r} must be an integer vector of "
+                                 f"{len(key_frame)} entries (one per key), got {vec.dtype} "
+                                 f"{vec.shape}")
+            data[key] = vec.astype(np.int64)
+        return self._noise_and_release(query, key_frame, data, primary=primary,
+                                       delta_req=delta_req, epsilon=epsilon, delta=delta,
+                                       rho=rho, level=level, engine=engine)
+
+    def _noise_and_release(self, q: Query, keys: pd.DataFrame, data: dict[PlanKey, Any], *,
+                           primary: float, delta_req: float, epsilon: float | None,
+                           delta: float | None, rho: float | None, level: float,
+                           rows: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray] | None
+                           = None, engine: str | None = None) -> Release:
+        """Measurements and their budget shares, noise (OpenDP), ledger spend, audit, release:
+        the one step both engines share. ``data`` holds the exact aggregates per measurement;
+        ``rows`` (values, bounded row indices, their key codes) only for quantiles."""
+        zcdp = self.total.kind == "zcdp"
+        private = isinstance(q.keys, str)
+        G, C = q.max_groups, q.max_rows
+        plan = q.measurements
         share = _share(primary, len(plan))
 
         def vector_mech(name: str, d: int) -> Mechanism:
@@ -549,50 +716,38 @@ class Session:
                 return gaussian_vector(l2=l2_sensitivity(G, C * d), rho=share, name=name)
             return laplace_vector(l1=G * C * d, epsilon=share, name=name)
 
-        mechs: dict[tuple[Any, ...], Mechanism] = {}
-        data: dict[tuple[Any, ...], Any] = {}
-        fps: dict[tuple[Any, ...], FixedPoint] = {}
-        for key, _w in plan:
+        mechs: dict[PlanKey, Mechanism] = {}
+        fps: dict[PlanKey, FixedPoint] = {}
+        for key in plan:
             kind = key[0]
             if kind == "count":
-                data[key] = np.bincount(g, minlength=nkeys)
                 if private:
                     mechs[key] = threshold_mechanism(l0=G, linf=C, primary=share,
                                                      delta=delta_req, zcdp=zcdp, name="count")
                 else:
                     mechs[key] = vector_mech("count", 1)
             elif kind in ("sum", "csum", "csq"):
-                _, col, lo, hi = key
-                x = np.clip(values[col][rows], lo, hi)
-                if kind == "sum":
-                    fp = fixed_point(x, max(abs(lo), abs(hi)))
-                else:
-                    c, h = (lo + hi) / 2, (hi - lo) / 2
-                    y = np.clip(x - c, -h, h)
-                    fp = fixed_point(y, h) if kind == "csum" else fixed_point(y * y - h * h / 2,
-                                                                              h * h / 2)
-                fps[key] = fp
-                data[key] = _int_sums(g, fp.values, nkeys)
-                mechs[key] = vector_mech(kind, fp.bound)
+                fps[key] = _encode(key, np.zeros(0))
+                mechs[key] = vector_mech(kind, fps[key].bound)
             elif kind == "hist":
-                _, col, edges = key
-                e = np.asarray(edges)
-                b = np.clip(np.searchsorted(e, values[col][rows], side="right") - 1, 0,
-                            len(e) - 2)
-                data[key] = (g, b, len(e) - 1)
                 mechs[key] = vector_mech("histogram", 1)
             elif kind == "quantile":
-                _, col, lo, hi, alpha, ncand = key
-                data[key] = (col, lo, hi)
+                _, _col, lo, hi, alpha, ncand = key
                 mechs[key] = quantile_mechanism(
                     candidates=np.linspace(lo, hi, ncand).tolist(), alpha=alpha, rows=C, groups=G,
                     primary=share, zcdp=zcdp, name="quantile")
         loss = PrivacyLoss.total(m.loss for m in mechs.values())
         description = q.describe()
         description.update(epsilon=epsilon, delta=delta, rho=rho, level=level)
+        tags: dict[str, str] = {}
+        if engine is not None:
+            description["engine"] = tags["engine"] = engine
+        empty = np.zeros(0, dtype=np.int64)
+        values, bounded, g = rows if rows is not None else ({}, empty, empty)
 
         def run() -> pd.DataFrame:
-            return _execute(q, keys, mechs, data, fps, values, rows, g, level)
+            # the one place noise is drawn: OpenDP, once per release, inside the ledger lock
+            return _execute(q, keys, mechs, data, fps, values, bounded, g, level)
 
         table = self.ledger.spend(self._ledger_key, self.privacy_unit, loss, run,
                                   query=json.dumps(description, sort_keys=True, default=str))
@@ -600,7 +755,7 @@ class Session:
              epsilon=loss.epsilon, delta=loss.delta, rho=loss.rho, budget_kind=self.total.kind,
              statistics=[a.label for a in q.aggs], by=list(q.by),
              keys="private" if private else "public", groups=int(
-                 table[list(q.by)].drop_duplicates().shape[0]) if q.by else 1)
+                 table[list(q.by)].drop_duplicates().shape[0]) if q.by else 1, **tags)
         return Release(table, q.by, loss, self.dataset_id, self.privacy_unit, float(level),
                        description, self.total.kind,
                        _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
@@ -651,6 +806,20 @@ def _share(primary: float, parts: int) -> float:
     while Fraction(s) * parts > Fraction(primary):
         s = math.nextafter(s, 0.0)
     return s
+
+
+def _encode(key: PlanKey, x: np.ndarray) -> FixedPoint:
+    """The clipping and fixed-point encoding of a ``sum``/``csum``/``csq`` measurement.
+
+    The grid (step and bound) depends on the key only, never on ``x``.
+    """
+    kind, _, lo, hi = key
+    x = np.clip(x, lo, hi)
+    if kind == "sum":
+        return fixed_point(x, max(abs(lo), abs(hi)))
+    c, h = (lo + hi) / 2, (hi - lo) / 2
+    y = np.clip(x - c, -h, h)
+    return fixed_point(y, h) if kind == "csum" else fixed_point(y * y - h * h / 2, h * h / 2)
 
 
 def _int_sums(g: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:

@@ -29,9 +29,6 @@ pandas path.
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -365,78 +362,25 @@ def _data_keys(data: dd.DataFrame, by: tuple[str, ...], progress: bool | None) -
 def _release(dq: DaskQuery, *, epsilon: float | None, delta: float | None,
              rho: float | None, level: float, seed: int | None,
              progress: bool | None) -> Release:
-    from pets._events import emit
-    from pets.dp import PrivacyLoss, Release
-    from pets.dp._opendp import (
-        Mechanism,
-        gaussian_vector,
-        laplace_vector,
-        threshold_mechanism,
-    )
-    from pets.dp._session import _execute, _plan
-
     session, q = dq.dask_session.session, dq.query
-    if not q.aggs:
-        raise InputError("the query has no aggregates (add count(), sum(), ...)")
     unsupported = sorted({a.kind for a in q.aggs} - set(_SUPPORTED))
     if unsupported:
         raise InputError(f"the Dask engine computes {', '.join(_SUPPORTED)}; "
                          f"{', '.join(unsupported)} run on the pandas path")
-    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
-        raise InputError(f"level must be in (0, 1), got {level!r}")
-    primary, delta_req = session._spend_params(q, epsilon, delta, rho)
-    zcdp = session.total.kind == "zcdp"
+    # refuse bad arguments before the cluster does any work (nothing is spent either way)
+    session.check_release(q, epsilon=epsilon, delta=delta, rho=rho, level=level)
     private = isinstance(q.keys, str)
-    plan = _plan(q.aggs, private)
     chosen: Any = (_data_keys(dq.dask_session.data, q.by, progress) if private
                    else q.keys if q.by else pd.DataFrame(index=range(1)))
     assert isinstance(chosen, pd.DataFrame)
     keys_frame: pd.DataFrame = chosen
     key_tuples = (tuple(tuple(r) for r in keys_frame[list(q.by)].itertuples(index=False))
                   if q.by else ((),))
-    spec = BoundingSpec(session.privacy_unit, q.by, key_tuples, tuple(k for k, _ in plan),
+    spec = BoundingSpec(session.privacy_unit, q.by, key_tuples, q.measurements,
                         q.max_groups, q.max_rows,
                         seed if seed is not None else secrets.randbits(128))
     exact = bounded_aggregates(dq.dask_session.data, spec, progress=progress)
-
-    G, C = q.max_groups, q.max_rows
-    share = primary / sum(w for _, w in plan)
-
-    def vector_mech(name: str, d: int) -> Mechanism:
-        if zcdp:
-            return gaussian_vector(l2=math.sqrt(G) * C * d, rho=share, name=name)
-        return laplace_vector(l1=G * C * d, epsilon=share, name=name)
-
-    mechs: dict[PlanKey, Mechanism] = {}
-    data: dict[PlanKey, Any] = {}
-    fps: dict[PlanKey, Any] = {}
-    for key, _w in plan:
-        data[key] = exact.vectors[key]
-        if key[0] == "count" and private:
-            mechs[key] = threshold_mechanism(l0=G, linf=C, primary=share, delta=delta_req,
-                                             zcdp=zcdp, name="count")
-        elif key[0] == "count":
-            mechs[key] = vector_mech("count", 1)
-        else:
-            fps[key] = _fixed(key, np.zeros(0))
-            mechs[key] = vector_mech(key[0], fps[key].bound)
-    loss = PrivacyLoss.total(m.loss for m in mechs.values())
-    description = q.describe()
-    description.update(epsilon=epsilon, delta=delta, rho=rho, level=level, engine="dask")
-    empty = np.zeros(0, dtype=np.int64)
-
-    def run() -> pd.DataFrame:
-        # the one place noise is drawn: OpenDP, on the driver, once per release
-        return _execute(q, keys_frame, mechs, data, fps, {}, empty, empty, level)
-
-    table = session.ledger.spend(session._ledger_key, session.privacy_unit, loss, run,
-                                 query=json.dumps(description, sort_keys=True, default=str))
-    emit(session.audit, "dp.release", dataset_id=session.dataset_id,
-         privacy_unit=session.privacy_unit, epsilon=loss.epsilon, delta=loss.delta,
-         rho=loss.rho, budget_kind=session.total.kind, statistics=[a.label for a in q.aggs],
-         by=list(q.by), keys="private" if private else "public",
-         groups=int(table[list(q.by)].drop_duplicates().shape[0]) if q.by else 1,
-         engine="dask")
-    return Release(table, q.by, loss, session.dataset_id, session.privacy_unit, float(level),
-                   description, session.total.kind,
-                   _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    # the pandas path's own noise-and-release step: same shares, d_in, ledger spend and audit
+    return session.release_aggregates(q, exact.vectors, keys=keys_frame if private else None,
+                                      epsilon=epsilon, delta=delta, rho=rho, level=level,
+                                      engine="dask")

@@ -7,6 +7,7 @@ from tests.engines.conftest import require_dask
 require_dask()
 
 import threading  # noqa: E402
+from fractions import Fraction  # noqa: E402
 
 import dask  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
@@ -181,3 +182,58 @@ class TestDaskSession:
         with pytest.raises(InputError, match="quantile"):
             sneaky.release(epsilon=0.5, progress=False)
         assert ds.budget.spent.epsilon == 0
+
+
+def _five(q):
+    """A count and four sums: five measurements, one per statistic."""
+    for hi in (900, 1800, 3600, 7200):
+        q = q.sum("watch_seconds", bounds=(0, hi))
+    return q.count()
+
+
+class TestSameAccountingAsPandas:
+    """Both engines go through one noise-and-release step: same loss, same noise scales."""
+
+    SAME = ("country", "statistic", "column", "param", "mechanism", "scale", "epsilon",
+            "delta", "rho")
+
+    @pytest.mark.parametrize(("budget", "spend"), [
+        (Budget.pure(5.0), {"epsilon": 1.89}),
+        (Budget.zcdp(5.0), {"rho": 1.89}),
+    ], ids=["pure", "zcdp"])
+    def test_an_uneven_split_spends_the_same_and_never_more_than_asked(self, events, budget,
+                                                                        spend):
+        # 1.89 / 5 rounds up (5 · fl(1.89/5) > 1.89) and, under zCDP, √3 rounds down: the
+        # shared step must use the rounded-down share and the rounded-up L2 sensitivity
+        q = {"by": "country", "keys": COUNTRIES, "max_groups": 3, "max_rows": 2}
+        s = Session(events, privacy_unit="user_id", budget=budget)
+        ref = _five(s.query(**q)).release(**spend)
+        ds = DaskSession(dd.from_pandas(events, npartitions=3), privacy_unit="user_id",
+                         budget=budget)
+        got = _five(ds.query(**q)).release(**spend, progress=False)
+        pd.testing.assert_frame_equal(ref.to_frame()[list(self.SAME)],
+                                      got.to_frame()[list(self.SAME)])
+        assert got.loss == ref.loss
+        assert ds.budget.spent == s.budget.spent
+        (name, asked), = spend.items()
+        one_key = got.to_frame().query("country == 'DE'")
+        assert len(one_key) == 5  # one measurement per statistic: the exact sum of their losses
+        assert 0 < sum(map(Fraction, one_key[name])) <= Fraction(asked)
+        assert got.loss.delta == 0
+
+    def test_private_keys_under_zcdp_spend_the_same_rho_and_delta(self, events):
+        q = {"by": "country", "keys": "private", "max_groups": 3, "max_rows": 2}
+        budget = Budget.zcdp(5.0, 1e-5)
+        s = Session(events, privacy_unit="user_id", budget=budget)
+        ref = s.query(**q).count().mean("watch_seconds", bounds=(0, 3600)).release(
+            rho=1.89, delta=1e-6)
+        ds = DaskSession(dd.from_pandas(events, npartitions=3), privacy_unit="user_id",
+                         budget=budget)
+        got = ds.query(**q).count().mean("watch_seconds", bounds=(0, 3600)).release(
+            rho=1.89, delta=1e-6, progress=False)
+        assert got.loss == ref.loss and ds.budget.spent == s.budget.spent
+        assert 0 < got.loss.delta <= 1e-6
+        a, b = ref.to_frame(), got.to_frame()
+        for stat in ("count", "mean"):
+            assert (a.loc[a["statistic"] == stat, "scale"].iloc[0]
+                    == b.loc[b["statistic"] == stat, "scale"].iloc[0])
