@@ -441,3 +441,130 @@ class TestReleaseObject:
         assert "&lt;b&gt;DE&lt;/b&gt;" in html and "<b>DE</b>" not in html
         assert "ε=1" in html and isinstance(r, Release)
         assert "ε=1" in repr(r)
+
+
+def _exact(df, q, keys=KEYS):
+    """The exact aggregates of ``df`` when the caps do not bind (one country per user)."""
+    from pets.dp._bounding import fixed_point
+
+    sub = df[df["country"].isin(keys)]
+    out = {}
+    for key in q.measurements:
+        if key[0] == "count":
+            v = sub.groupby("country").size()
+        else:
+            _, col, lo, hi = key
+            x = np.clip(sub[col].to_numpy(), lo, hi)
+            c, h = (lo + hi) / 2, (hi - lo) / 2
+            fp = (fixed_point(x, max(abs(lo), abs(hi))) if key[0] == "sum"
+                  else fixed_point(np.clip(x - c, -h, h), h) if key[0] == "csum"
+                  else fixed_point(np.clip(x - c, -h, h) ** 2 - h * h / 2, h * h / 2))
+            v = pd.Series(fp.values, index=sub.index).groupby(sub["country"]).sum()
+        out[key] = np.array([int(v.get(k, 0)) for k in keys], dtype=np.int64)
+    return out
+
+
+class TestReleaseAggregates:
+    """``Session.release_aggregates``: the noise-and-release step shared with other engines."""
+
+    SAME = ("country", "statistic", "column", "param", "mechanism", "scale", "epsilon",
+            "delta", "rho")
+
+    @pytest.mark.parametrize("budget", [Budget.pure(10.0), Budget.zcdp(10.0)],
+                             ids=["pure", "zcdp"])
+    def test_same_release_as_query_release_for_the_same_aggregates(self, small_events, budget):
+        def build(s):
+            return (s.query(by="country", keys=KEYS, max_groups=3, max_rows=10).count()
+                    .sum("watch", bounds=(0, 100)).variance("watch", bounds=(0, 100)))
+
+        spend = {"rho" if budget.kind == "zcdp" else "epsilon": 1.89}
+        a, b = session(small_events, budget), session(small_events, budget)
+        ref = build(a).release(**spend)
+        q = build(b)
+        got = b.release_aggregates(q, _exact(small_events, q), **spend)
+        pd.testing.assert_frame_equal(ref.to_frame()[list(self.SAME)],
+                                      got.to_frame()[list(self.SAME)])
+        assert got.loss == ref.loss and b.budget.spent == a.budget.spent
+        # the estimates are the exact counts plus noise of the stated scale
+        f = got.to_frame().query("statistic == 'count'")
+        exact = small_events.groupby("country").size().reindex(KEYS).to_numpy()
+        assert (np.abs(f["estimate"].to_numpy() - exact) < 20 * f["scale"].to_numpy()).all()
+
+    def test_audit_event_and_description_carry_the_engine(self, small_events):
+        seen = []
+        s = session(small_events, audit=seen.append)
+        q = s.query(by="country", keys=KEYS, max_rows=4).count()
+        r = s.release_aggregates(q, _exact(small_events, q), epsilon=0.5, engine="test")
+        (event,) = seen
+        assert event.kind == "dp.release" and event.fields["engine"] == "test"
+        assert event.fields["epsilon"] == r.loss.epsilon and r.query["engine"] == "test"
+
+    def test_private_keys_need_the_key_set_and_release_only_passing_keys(self, small_events):
+        s = session(small_events, Budget.approx(5.0, 1e-5))
+        q = s.query(by="country", keys="private", max_rows=4).count()
+        with pytest.raises(InputError, match="keys="):
+            s.release_aggregates(q, {("count",): np.array([500, 500, 1])}, epsilon=1.0,
+                                 delta=1e-6)
+        frame = pd.DataFrame({"country": ["DE", "FR", "ZZ"]})
+        r = s.release_aggregates(q, {("count",): np.array([500, 500, 1])}, keys=frame,
+                                 epsilon=1.0, delta=1e-6)
+        assert r.to_frame()["country"].tolist() == ["DE", "FR"] and s.budget.releases == 1
+        assert 0 < r.loss.delta <= 1e-6
+
+    @pytest.mark.parametrize(("aggregates", "match"), [
+        ({}, "no aggregate"),
+        ({("count",): np.array([1, 2])}, "3 entries"),
+        ({("count",): np.array([1.0, 2.0, 3.0])}, "integer vector"),
+        ({("count",): np.array([[1, 2, 3]])}, "integer vector"),
+    ], ids=["missing", "short", "float", "2-d"])
+    def test_malformed_aggregates_are_refused_and_nothing_is_spent(self, small_events,
+                                                                    aggregates, match):
+        s = session(small_events)
+        q = s.query(by="country", keys=KEYS).count()
+        with pytest.raises(InputError, match=match):
+            s.release_aggregates(q, aggregates, epsilon=1.0)
+        assert s.budget.spent.epsilon == 0
+
+    @pytest.mark.parametrize("add", [
+        lambda q: q.median("watch", bounds=(0, 100)),
+        lambda q: q.histogram("watch", [0, 50, 100]),
+    ], ids=["quantile", "histogram"])
+    def test_statistics_that_need_rows_are_refused(self, small_events, add):
+        s = session(small_events)
+        q = add(s.query().count())
+        with pytest.raises(InputError, match="need the rows"):
+            s.release_aggregates(q, {k: np.array([1]) for k in q.measurements}, epsilon=1.0)
+        assert s.budget.spent.epsilon == 0
+
+    def test_arguments_are_checked_as_release_checks_them(self, small_events):
+        s, other = session(small_events), session(small_events)
+        q = s.query().count()
+        ok = {("count",): np.array([3])}
+        for kw, match in (({"rho": 1.0}, "epsilon="), ({"epsilon": 1.0, "level": 1.5}, "level"),
+                          ({"epsilon": 1.0, "delta": 1e-6}, "delta")):
+            with pytest.raises(InputError, match=match):
+                s.check_release(q, **kw)
+            with pytest.raises(InputError, match=match):
+                s.release_aggregates(q, ok, **kw)
+        with pytest.raises(InputError, match="keys="):  # public keys come from the query
+            s.release_aggregates(q, ok, keys=pd.DataFrame(), epsilon=1.0)
+        with pytest.raises(InputError, match="another session"):
+            other.release_aggregates(q, ok, epsilon=1.0)
+        with pytest.raises(InputError, match="no aggregates"):
+            s.check_release(s.query(), epsilon=1.0)
+        with pytest.raises(BudgetExhausted):
+            s.release_aggregates(q, ok, epsilon=11.0)
+        assert s.budget.spent.epsilon == 0 and other.budget.spent.epsilon == 0
+
+
+class TestMeasurements:
+    def test_shared_measurements_appear_once_in_query_order(self, small_events):
+        q = (session(small_events).query().variance("watch", bounds=(0, 10))
+             .mean("watch", bounds=(0, 10)).sum("watch", bounds=(0, 10)))
+        assert q.measurements == (("count",), ("csum", "watch", 0.0, 10.0),
+                                  ("csq", "watch", 0.0, 10.0), ("sum", "watch", 0.0, 10.0))
+
+    def test_private_keys_always_measure_the_count(self, small_events):
+        s = session(small_events, Budget.approx(1.0, 1e-5))
+        q = s.query(by="country", keys="private").sum("watch", bounds=(0, 10))
+        assert q.measurements == (("count",), ("sum", "watch", 0.0, 10.0))
