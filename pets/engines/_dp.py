@@ -16,10 +16,11 @@ The pipeline, and why it carries the pandas path's guarantee (``docs/scale-out.m
    the pandas path (:func:`pets.dp._bounding.fixed_point`): counts and integer sums per public
    key. Integer sums are exact and associative, so the tree reduction to the driver gives
    exactly the vector a single machine would compute from the same bounded rows.
-4. **Noise once, on the driver**: the reduced vectors go through the same OpenDP measurements
-   (calibrated to the same ``d_in``), the same ledger spend and the same release assembly as
-   the pandas path. No partition function draws noise, so a retried or speculative task can
-   never produce a second noisy answer.
+4. **Noise once, on the driver**: the reduced vectors go to
+   :meth:`pets.dp.Session.release_aggregates`, the step the pandas path runs after its own
+   bounding — the same measurements, budget shares, ``d_in``, ledger spend, audit event and
+   release assembly, with no second copy to drift. No partition function draws noise, so a
+   retried or speculative task can never produce a second noisy answer.
 
 Supported on Dask: ``count``, ``sum``, ``mean`` and ``variance``, over public keys, keys
 selected privately (OpenDP's threshold mechanism on the reduced counts, on the driver), or no

@@ -191,6 +191,19 @@ def _five(q):
     return q.count()
 
 
+class TestEncoding:
+    @pytest.mark.parametrize("kind", ["sum", "csum", "csq"])
+    def test_partitions_encode_exactly_as_the_pandas_path(self, kind):
+        # release_aggregates' d_in assumes the pandas path's clipping and grid
+        from pets.dp._session import _encode
+
+        x = np.random.default_rng(3).uniform(-5_000, 9_000, 1_000)
+        for lo, hi in ((0.0, 3600.0), (-7.5, 2.25), (-1e6, -10.0)):
+            a, b = _dp._fixed((kind, "x", lo, hi), x), _encode((kind, "x", lo, hi), x)
+            assert (a.step, a.bound) == (b.step, b.bound)
+            assert (a.values == b.values).all()
+
+
 class TestSameAccountingAsPandas:
     """Both engines go through one noise-and-release step: same loss, same noise scales."""
 
