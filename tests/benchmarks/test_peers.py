@@ -172,7 +172,7 @@ class TestQuickResults:
         cfg = pu.Config(epsilons=(1.0,), trials=1, n_events=500, n_users=50, n_census=200,
                         workers=1)
         result = pu.run(quick=True, libraries=("pets",), config=cfg, log=lambda _m: None)
-        jpath, mpath = result.write(tmp_path)
+        jpath, _mpath = result.write(tmp_path)
         assert jpath.name == "utility-quick.json"
         assert sorted(p.name for p in tmp_path.iterdir()) == [
             "utility-quick.csv", "utility-quick.json", "utility-quick.md",
