@@ -3,6 +3,7 @@
 A whole ETL step is one command with a YAML policy::
 
     pets protect users.parquet --policy users-policy.yaml --out protected/
+    pets protect raw/ --policy users-policy.yaml --out protected/ --engine dask --workers 4
     pets export protected/ --to US --out us/users.parquet --columns user_id,email,country
     pets audit verify .pets/audit.jsonl --public-key .pets/keyring/boundary/signing-key.pub.pem
     pets policy check users-policy.yaml --data users.parquet
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from pets.boundary import AuditLog, BoundaryKeys, Policy
     from pets.jurisdiction import Context
     from pets.keys._config import KeyConfig
+    from pets.keys._service import KeyServices
 
 __all__ = ["COMMANDS"]
 
@@ -81,6 +83,34 @@ def _open(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path, ctx
     return keys, log
 
 
+def open_key_audit(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path,
+                   ctx: Context) -> tuple[KeyServices, AuditLog | None]:
+    """Key services whose events (``key.create``, ``key.rotate``…) land in the signed log.
+
+    Used by ``pets keys``. Bootstrapping: before the boundary signing key exists (``pets keys
+    init`` and the first ``create`` run before any ``pets protect``) there is nothing to sign
+    with, so the services come without a log (``None``). Once the signing key exists, failing
+    to open it (wrong master key, wrong jurisdiction) is an error: key operations are not run
+    unlogged.
+    """
+    from pets.boundary import AuditLog, BoundaryKeys
+
+    holder: list[AuditLog] = []
+
+    def hook(event: AuditEvent) -> None:
+        if holder:
+            holder[0].hook(event)
+
+    services = services_from_options(key_config, audit=hook)
+    directory = boundary_dir or key_config.keyring / "boundary"
+    if not (directory / "signing-key.json").exists():
+        return services, None
+    keys = BoundaryKeys.open(directory, services, context=ctx)
+    log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
+    holder.append(log)
+    return services, log
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
     import pandas as pd
     import pyarrow as pa
@@ -107,43 +137,60 @@ def _protected_file(src: Path) -> Path:
 # -- protect ------------------------------------------------------------------------------------
 
 @click.command()
-@click.argument("infile", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("infile", type=click.Path(path_type=Path))
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="The dataset's policy (YAML).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Output directory: <dataset>.parquet (manifest in its metadata), "
+              help="Output directory: <dataset>.parquet (manifest in its metadata) or, with "
+                   "--engine dask, <dataset>/part.*.parquet + _manifest.json; and "
                    "manifest.json, policy.yaml, signing-key.pub.pem.")
+@click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas",
+              show_default=True,
+              help="pandas: in memory, one file. dask: a local cluster of worker processes, "
+                   "a partitioned dataset (needs pip install 'pets[dask]').")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local Dask cluster (only with --engine dask; "
+                   "default: the CPU count).")
 @_audit_option
 @_boundary_option
 @keyring_options
 @context_options
 @json_option
-def protect(infile: Path, policy_path: Path, out: Path, audit_log: Path,
-            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
-            as_json: bool, key_config: KeyConfig) -> None:
-    """Protect a raw Parquet table under a policy (runs in the policy's home only)."""
+def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: int | None,
+            audit_log: Path, boundary_keys: Path | None, jurisdiction: str,
+            principal: str | None, as_json: bool, key_config: KeyConfig) -> None:
+    """Protect a raw Parquet table under a policy (runs in the policy's home only).
+
+    With --engine dask, INFILE may be a Parquet file or a directory of them; the result is
+    identical to the pandas engine's on the same rows and keys (same pseudonyms).
+    """
     from pets._io import atomic_path
     from pets.boundary import load_policy
     from pets.boundary import protect as do_protect
 
+    if workers is not None and engine != "dask":
+        raise click.UsageError("--workers needs --engine dask")
     ctx = make_context(jurisdiction, principal)
     policy = load_policy(policy_path)
+    if engine == "dask":
+        _protect_dask(infile, policy_path, policy, out, workers, audit_log, boundary_keys, ctx,
+                      as_json, key_config)
+        return
     frame = _read_parquet(infile)
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
     pf = do_protect(frame, policy, keys, ctx, audit=log)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{policy.dataset}.parquet"
     pf.write(target)
+    m = pf.manifest
     with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(pf.manifest.to_dict(), indent=2, sort_keys=True) + "\n")
-    with atomic_path(out / _POLICY_COPY) as tmp:
-        shutil.copyfile(policy_path, tmp)
+        tmp.write_text(json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n")
+    _copy_policy(out, policy_path)
     with atomic_path(out / "signing-key.pub.pem") as tmp:
         tmp.write_bytes(keys.signer.public_pem())
-    m = pf.manifest
     result = {"out": str(target), "dataset": m.dataset, "rows_in": len(frame), "rows": m.rows,
               "columns": m.treatments(), "k_anonymity": dict(m.k_anonymity),
-              "signer": m.signer, "policy_digest": m.policy_digest,
+              "signer": m.signer, "policy_digest": m.policy_digest, "engine": "pandas",
               "audit_log": str(audit_log)}
 
     def text() -> str:
@@ -159,6 +206,50 @@ def protect(infile: Path, policy_path: Path, out: Path, audit_log: Path,
         return "\n".join(lines)
 
     emit(result, as_json, text)
+
+
+def _copy_policy(out: Path, policy_path: Path) -> None:
+    """The policy copy beside the output, which ``pets export`` reads by default."""
+    from pets._io import atomic_path
+
+    with atomic_path(out / _POLICY_COPY) as tmp:
+        shutil.copyfile(policy_path, tmp)
+
+
+def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
+                  workers: int | None, audit_log: Path, boundary_keys: Path | None,
+                  ctx: Context, as_json: bool, key_config: KeyConfig) -> None:
+    import os
+
+    from pets._errors import require
+
+    require("dask", "dask")
+    require("distributed", "dask")
+    from pets.engines.dask import run_protect_dask
+
+    if not infile.exists():
+        raise InputError(f"{infile}: no such file or directory")
+    keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
+    summary = run_protect_dask(infile, policy, out, workers=workers or os.cpu_count() or 1,
+                               keys=keys, key_source=key_config, context=ctx, audit=log)
+    _copy_policy(out, policy_path)  # run_protect_dask wrote manifest.json and the PEM
+    summary["audit_log"] = str(audit_log)
+    columns: dict[str, str] = summary["columns"]
+
+    def text() -> str:
+        lines = [f"protected {summary['dataset']} with dask ({summary['workers']} workers): "
+                 f"{summary['rows_in']} rows in, {summary['rows']} out, {summary['parts']} "
+                 f"parts -> {summary['out']}"]
+        lines += [f"  {name:<16} {treatment}" for name, treatment in columns.items()]
+        k = summary["k_anonymity"]
+        if k.get("quasi_identifiers"):
+            lines.append(f"  k-anonymity: k={k['k']} (min {k['min_k']}) over "
+                         f"{', '.join(k['quasi_identifiers'])}; "
+                         f"{k.get('suppressed_rows', 0)} rows suppressed")
+        lines.append(f"  manifest signed by {summary['signer']}; audit log {audit_log}")
+        return "\n".join(lines)
+
+    emit(summary, as_json, text)
 
 
 # -- export -------------------------------------------------------------------------------------
