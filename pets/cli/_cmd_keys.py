@@ -2,7 +2,11 @@
 
 Every sub-command takes the key-service options of :mod:`pets.cli._keyopts` (``--keyring``,
 ``--pkcs11-*``; secrets from ``PETS_MASTER_KEY`` / ``PETS_KEYRING_PASSPHRASE`` /
-``PETS_PKCS11_PIN``) and ``--json``. Failures raise :class:`~pets.PetsError` subclasses that
+``PETS_PKCS11_PIN``) and ``--json``. ``create``, ``rotate``, ``retire``, ``destroy`` and
+``migrate`` also take ``--audit-log`` / ``--boundary-keys`` (as ``pets protect`` does): once the
+boundary signing key exists, their ``key.*`` events are appended to the signed audit log, with
+``PETS_PRINCIPAL@PETS_JURISDICTION`` as the actor. Before it exists (``pets keys init`` and the
+first ``create`` of a new keyring) there is no log to write to yet. Failures raise :class:`~pets.PetsError` subclasses that
 the CLI maps to exit codes (4 jurisdiction, 5 integrity, 7 key service, 1 bad input).
 """
 
@@ -10,15 +14,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pets._errors import InputError
+from pets.cli._cmd_boundary import _audit_option, _boundary_option, open_key_audit
 from pets.cli._common import context_options, emit, json_option, make_context
 from pets.cli._keyopts import keyring_options, services_from_options
 from pets.keys._config import KeyConfig, master_key_from_env
 from pets.keys._service import KeyInfo, KeyServices, WrappedKey
+
+if TYPE_CHECKING:
+    from pets.boundary import AuditLog
+    from pets.jurisdiction import Context
 
 __all__ = ["COMMANDS"]
 
@@ -38,6 +47,18 @@ def _show(info: KeyInfo, as_json: bool) -> None:
 
 def _services(key_config: KeyConfig) -> KeyServices:
     return services_from_options(key_config)
+
+
+def _logged(key_config: KeyConfig, audit_log: Path, boundary_keys: Path | None,
+            ctx: Context | None = None) -> tuple[KeyServices, AuditLog | None]:
+    """Key services wired to the signed audit log (``None`` before the signing key exists)."""
+    from pets.jurisdiction import Context
+
+    services, log = open_key_audit(key_config, boundary_keys, audit_log,
+                                   ctx or Context.from_env())
+    if log is None and audit_log.exists():
+        click.echo(f"note: no boundary signing key yet; {audit_log} not written", err=True)
+    return services, log
 
 
 def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -87,14 +108,18 @@ def init_cmd(name: str, key_config: KeyConfig, as_json: bool) -> None:
 @click.argument("uri")
 @click.option("--jurisdiction", envvar="PETS_JURISDICTION", default="EU", show_default=True,
               help="Jurisdiction the key belongs to. [env: PETS_JURISDICTION]")
+@_audit_option
+@_boundary_option
 @keyring_options
 @json_option
-def create_cmd(uri: str, jurisdiction: str, key_config: KeyConfig, as_json: bool) -> None:
+def create_cmd(uri: str, jurisdiction: str, audit_log: Path, boundary_keys: Path | None,
+               key_config: KeyConfig, as_json: bool) -> None:
     """Create a KEK named URI.
 
     URI is local://RING/NAME (local keyring) or pkcs11://TOKEN/LABEL (HSM).
     """
-    info = _services(key_config).for_uri(uri).create(uri, jurisdiction=jurisdiction)
+    services, _ = _logged(key_config, audit_log, boundary_keys)
+    info = services.for_uri(uri).create(uri, jurisdiction=jurisdiction)
     _show(info, as_json)
 
 
@@ -122,29 +147,37 @@ def describe_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
 
 @keys.command("rotate")
 @click.argument("uri")
+@_audit_option
+@_boundary_option
 @keyring_options
 @json_option
-def rotate_cmd(uri: str, key_config: KeyConfig, as_json: bool) -> None:
+def rotate_cmd(uri: str, audit_log: Path, boundary_keys: Path | None, key_config: KeyConfig,
+               as_json: bool) -> None:
     """Add a new primary key version.
 
     New wraps use it; older versions still unwrap until retired or destroyed.
     """
-    _show(_services(key_config).for_uri(uri).rotate(uri), as_json)
+    services, _ = _logged(key_config, audit_log, boundary_keys)
+    _show(services.for_uri(uri).rotate(uri), as_json)
 
 
 @keys.command("retire")
 @click.argument("uri")
 @click.option("--min-version", "min_version", type=click.IntRange(min=1), required=True,
               help="Refuse unwrap for versions below this one (reversible).")
+@_audit_option
+@_boundary_option
 @keyring_options
 @json_option
-def retire_cmd(uri: str, min_version: int, key_config: KeyConfig, as_json: bool) -> None:
+def retire_cmd(uri: str, min_version: int, audit_log: Path, boundary_keys: Path | None,
+               key_config: KeyConfig, as_json: bool) -> None:
     """Set the minimum decryption version.
 
     Versions below it are refused (like Vault's min_decryption_version); lowering it again
     re-enables them.
     """
-    _show(_services(key_config).for_uri(uri).retire(uri, min_version), as_json)
+    services, _ = _logged(key_config, audit_log, boundary_keys)
+    _show(services.for_uri(uri).retire(uri, min_version), as_json)
 
 
 @keys.command("destroy")
@@ -152,10 +185,12 @@ def retire_cmd(uri: str, min_version: int, key_config: KeyConfig, as_json: bool)
 @click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="Version to destroy (default: every version).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_audit_option
+@_boundary_option
 @keyring_options
 @json_option
-def destroy_cmd(uri: str, version: int | None, yes: bool, key_config: KeyConfig,
-                as_json: bool) -> None:
+def destroy_cmd(uri: str, version: int | None, yes: bool, audit_log: Path,
+                boundary_keys: Path | None, key_config: KeyConfig, as_json: bool) -> None:
     """Crypto-shred a key version (irreversible).
 
     Destroys one version (--version) or all; data wrapped under it becomes unrecoverable.
@@ -166,7 +201,8 @@ def destroy_cmd(uri: str, version: int | None, yes: bool, key_config: KeyConfig,
             raise InputError(f"refusing to destroy {what} without --yes (no terminal to confirm)")
         click.confirm(f"destroy {what}? Data wrapped under it becomes unrecoverable",
                       abort=True, err=True)
-    _show(_services(key_config).for_uri(uri).destroy(uri, version), as_json)
+    services, _ = _logged(key_config, audit_log, boundary_keys)
+    _show(services.for_uri(uri).destroy(uri, version), as_json)
 
 
 @keys.command("migrate")
@@ -178,12 +214,15 @@ def destroy_cmd(uri: str, version: int | None, yes: bool, key_config: KeyConfig,
               help="Encryption context the data key was wrapped with (repeatable).")
 @click.option("--allow-jurisdiction-change", is_flag=True,
               help="Allow a target key of another jurisdiction (moves where data can be read).")
+@_audit_option
+@_boundary_option
 @context_options
 @keyring_options
 @json_option
 def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, ...],
-                allow_jurisdiction_change: bool, jurisdiction: str, principal: str | None,
-                key_config: KeyConfig, as_json: bool) -> None:
+                allow_jurisdiction_change: bool, audit_log: Path, boundary_keys: Path | None,
+                jurisdiction: str, principal: str | None, key_config: KeyConfig,
+                as_json: bool) -> None:
     """Re-wrap a wrapped data key under another key.
 
     Reads SRC (WrappedKey JSON), re-wraps it under --to's primary version, writes DEST.
@@ -206,11 +245,12 @@ def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, 
         wrapped = WrappedKey.from_json(text)
     except InputError as exc:
         raise InputError(f"{src}: {exc}") from None
-    services = _services(key_config)
+    ctx = make_context(jurisdiction, principal)
+    services, log = _logged(key_config, audit_log, boundary_keys, ctx)
     new = rewrap(wrapped, source=services, target_uri=target_uri, target=services,
-                 context=make_context(jurisdiction, principal),
-                 enc_context=_parse_pairs(enc_context),
-                 allow_jurisdiction_change=allow_jurisdiction_change)
+                 context=ctx, enc_context=_parse_pairs(enc_context),
+                 allow_jurisdiction_change=allow_jurisdiction_change,
+                 audit=log.hook if log is not None else None)
     with atomic_path(dest, mode=0o600) as tmp:
         tmp.write_text(new.to_json() + "\n")
     payload: dict[str, Any] = {"from": wrapped.key_uri, "from_version": wrapped.version,

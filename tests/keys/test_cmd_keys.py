@@ -7,7 +7,7 @@ import pytest
 
 from pets import Context
 from pets.cli import main
-from pets.keys import LocalKeyring, Secret, WrappedKey
+from pets.keys import KeyServices, LocalKeyring, Secret, WrappedKey
 
 KEY = os.urandom(32)
 
@@ -19,7 +19,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("PETS_JURISDICTION", "EU")
     monkeypatch.setenv("PETS_PRINCIPAL", "ops@eu")
     for var in ("PETS_KEYRING", "PETS_KEYRING_PASSPHRASE", "PETS_PKCS11_LIBRARY",
-                "PETS_PKCS11_TOKEN", "PETS_PKCS11_PIN"):
+                "PETS_PKCS11_TOKEN", "PETS_PKCS11_PIN", "PETS_AUDIT_LOG", "PETS_BOUNDARY_KEYS"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
 
@@ -262,3 +262,89 @@ class TestNoSecretInCliOutput:
                            "local://eu/b")
         assert code == 1 and "huge.json: not a wrapped key (over 65536 bytes)" in err
         assert not (env / "out.json").exists()
+
+
+LOG = ".pets/audit.jsonl"
+PEM = ".pets/keyring/boundary/signing-key.pub.pem"
+
+
+def _bootstrap_signing_key() -> None:
+    """What the first `pets protect` does: create the boundary signing key under its KEK."""
+    from pets.boundary import BoundaryKeys
+
+    BoundaryKeys.open(".pets/keyring/boundary", KeyServices([ring()]),
+                      context=Context("EU", principal="ops@eu"), signing_kek="local://eu/boundary")
+
+
+class TestKeyEventsInAuditLog:
+    def test_before_a_signing_key_exists_commands_run_without_a_log(self, env, capsys):
+        assert run(capsys, "keys", "init", "--name", "eu")[0] == 0
+        code, _, err = run(capsys, "keys", "create", "local://eu/boundary")
+        assert code == 0 and err == ""
+        assert run(capsys, "keys", "rotate", "local://eu/boundary")[0] == 0
+        assert not (env / LOG).exists()
+
+    def test_create_rotate_retire_destroy_migrate_land_in_the_signed_log(self, env, capsys):
+        from pets.boundary import read_entries, verify_log
+
+        run(capsys, "keys", "init", "--name", "eu")
+        run(capsys, "keys", "create", "local://eu/boundary")
+        _bootstrap_signing_key()
+        steps = [("create", "local://eu/users"), ("create", "local://eu/target"),
+                 ("rotate", "local://eu/users"),
+                 ("retire", "local://eu/users", "--min-version", "2"),
+                 ("destroy", "local://eu/users", "--version", "1", "--yes")]
+        for step in steps:
+            code, _, err = run(capsys, "keys", *step)
+            assert code == 0, err
+        dek = os.urandom(32)
+        w = ring().wrap("local://eu/users", dek, context=Context("EU"), enc_context={"t": "u"})
+        (env / "w.json").write_text(w.to_json())
+        code, _, err = run(capsys, "keys", "migrate", "w.json", "w2.json", "--to",
+                           "local://eu/target", "--context", "t=u")
+        assert code == 0, err
+
+        report = verify_log(env / LOG, env / PEM)
+        assert report.ok and report.entries >= 6
+        entries = [e for e in read_entries(env / LOG) if e["kind"] != "key.unwrap"]
+        assert [(e["kind"], e["fields"]["key"]) for e in entries] == [
+            ("key.create", "local://eu/users"), ("key.create", "local://eu/target"),
+            ("key.rotate", "local://eu/users"), ("key.retire", "local://eu/users"),
+            ("key.destroy", "local://eu/users"), ("key.rewrap", "local://eu/users")]
+        fields = [e["fields"] for e in entries]
+        assert fields[0]["version"] == 1 and fields[0]["jurisdiction"] == "EU"
+        assert fields[2]["version"] == 2
+        assert fields[3]["min_decryption_version"] == 2
+        assert fields[4]["versions"] == [1]
+        assert (fields[5]["version"], fields[5]["target"], fields[5]["target_version"]) == (
+            2, "local://eu/target", 1)
+        assert all(e["actor"].startswith("ops@eu") for e in entries)
+        r = ring()
+        kek = r._open_kek("local://eu/target", r._load("local://eu/target"), 1)
+        text = (env / LOG).read_text()
+        assert [f for s in (KEY, dek, kek) for f in _forms(s) if f in text] == []
+
+    def test_a_refused_migrate_is_logged_and_writes_nothing(self, env, capsys):
+        from pets.boundary import read_entries, verify_log
+
+        run(capsys, "keys", "init", "--name", "eu")
+        run(capsys, "keys", "create", "local://eu/boundary")
+        _bootstrap_signing_key()
+        r = ring()
+        r.create("local://eu/a", jurisdiction="EU")
+        r.create("local://eu/us", jurisdiction="US")
+        w = r.wrap("local://eu/a", b"m" * 32, context=Context("EU"), enc_context={})
+        (env / "w.json").write_text(w.to_json())
+        assert run(capsys, "keys", "migrate", "w.json", "x.json", "--to", "local://eu/us")[0] == 4
+        assert not (env / "x.json").exists()
+        assert verify_log(env / LOG, env / PEM).ok
+        assert [e["kind"] for e in read_entries(env / LOG)] == ["key.rewrap_refused"]
+
+    def test_a_log_whose_signing_key_cannot_be_opened_stops_the_operation(self, env, capsys,
+                                                                          monkeypatch):
+        run(capsys, "keys", "init", "--name", "eu")
+        run(capsys, "keys", "create", "local://eu/boundary")
+        _bootstrap_signing_key()
+        monkeypatch.setenv("PETS_JURISDICTION", "US")  # cannot unwrap the EU signing key
+        assert run(capsys, "keys", "create", "local://eu/x", "--jurisdiction", "EU")[0] == 4
+        assert "local://eu/x" not in [i.uri for i in ring().list()]
