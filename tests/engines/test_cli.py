@@ -50,10 +50,15 @@ class TestProtectEngineDask:
 
         assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "pd"]) == 0
         capsys.readouterr()
-        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "dk",
+        raw = pd.read_parquet(env / "users.parquet")
+        (env / "raw").mkdir()
+        for i, start in enumerate(range(0, len(raw), 700)):  # a directory of 3 files
+            raw.iloc[start:start + 700].to_parquet(env / "raw" / f"part-{i}.parquet")
+        assert main(["protect", "raw", "--policy", "policy.yaml", "--out", "dk",
                      "--engine", "dask", "--workers", "2", "--json"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["engine"] == "dask" and summary["workers"] == 2
+        assert summary["parts"] == 3 and summary["rows_in"] == len(raw)
         out = env / "dk"
         assert sorted(p.name for p in out.iterdir()) == [
             "manifest.json", "policy.yaml", "signing-key.pub.pem", "users"]
@@ -71,6 +76,14 @@ class TestProtectEngineDask:
             pandas_out[SAME].sort_values("user_id", ignore_index=True))
         report = verify_log(env / ".pets" / "audit.jsonl", out / "signing-key.pub.pem")
         assert report.ok
+
+    def test_policy_refusal_exits_3_and_writes_nothing(self, env, capsys):
+        require_service(HAVE_DASK, DASK)
+        pd.read_parquet(env / "users.parquet").assign(extra=1).to_parquet(env / "u2.parquet")
+        assert main(["protect", "u2.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--engine", "dask", "--workers", "1"]) == 3
+        assert "column 'extra'" in capsys.readouterr().err
+        assert not (env / "x").exists()
 
     def test_workers_without_dask_engine_is_a_usage_error(self, env, capsys):
         assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
