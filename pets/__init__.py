@@ -13,7 +13,7 @@ raw primitives (key bytes, nonces, samplers) never surface at this level. Heavy 
 ``pets.engines``   the same protections on Dask
 ================  ==============================================================
 
-Example:
+Examples:
     >>> import pets
     >>> pets.Context("EU").jurisdiction
     'EU'

@@ -19,7 +19,7 @@ built-in exception a Python user would reach for, so ``except ValueError`` keeps
 Messages name the file, column or key at fault and never contain secret material.
 :class:`IntegrityError` is deliberately opaque: it never says *which* check failed.
 
-Example:
+Examples:
     >>> from pets import PolicyError, PetsError
     >>> issubclass(PolicyError, ValueError) and issubclass(PolicyError, PetsError)
     True
@@ -111,7 +111,7 @@ class PetsWarning(UserWarning):
 def require(module: str, extra: str) -> object:
     """Import an optional module or fail with the ``pip install`` line that fixes it.
 
-    Example:
+    Examples:
         >>> require("json", "core") is not None
         True
         >>> require("no_such_module_xyz", "dask")

@@ -3,7 +3,7 @@
 Lower layers (key services, envelopes, pseudonymizers, DP) never import the audit log; they
 call an :data:`AuditHook` that the boundary layer wires to it. Events never carry secrets.
 
-Example:
+Examples:
     >>> seen = []
     >>> emit(seen.append, "key.unwrap_refused", key="local://eu/kek", jurisdiction="US")
     >>> seen[0].kind, seen[0].fields["jurisdiction"]

@@ -3,7 +3,7 @@
 A failed run leaves no partial output: on any exception the temporary file is removed and the
 destination is untouched.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> with atomic_path(d / "out.txt") as tmp:

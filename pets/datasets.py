@@ -3,7 +3,7 @@
 Everything is generated with vectorised numpy from one seed: the same arguments give the same
 rows (and byte-equal Parquet files). The data are invented; any resemblance to a person is chance.
 
-Example:
+Examples:
     >>> from pets.datasets import synthetic_users, synthetic_events
     >>> users = synthetic_users(1000, seed=7)
     >>> list(users.columns)

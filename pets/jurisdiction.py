@@ -5,7 +5,7 @@ name. The :class:`Context` says where the current process runs and who it runs f
 passed explicitly to every operation that unwraps keys, re-identifies or exports. Key services
 compare the context's jurisdiction with the key's own and refuse a mismatch themselves.
 
-Example:
+Examples:
     >>> from pets import Context
     >>> ctx = Context("eu", principal="etl@eu-dc1")
     >>> ctx.jurisdiction

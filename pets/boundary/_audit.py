@@ -24,7 +24,7 @@ records that repair (``audit.repaired``, with the digest of what was cut) before
 
 Lower layers report events through :attr:`AuditLog.hook` (an :data:`~pets._events.AuditHook`).
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> from pets.boundary import AuditLog, SigningKey, verify_log
     >>> key = SigningKey.generate()
@@ -114,7 +114,7 @@ def _default(obj: Any) -> Any:
 def canonical_json(obj: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no spaces, UTF-8, no NaN/Infinity.
 
-    Example:
+    Examples:
         >>> canonical_json({"b": 1, "a": [1.5, "é"]})
         b'{"a":[1.5,"\\xc3\\xa9"],"b":1}'
     """
@@ -557,7 +557,7 @@ def flows(source: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> pd.Da
     treatment, …), ``rows``, ``digest`` (SHA-256 of what left), the privacy budget a DP release
     spent (``epsilon``, ``delta``, ``rho``) and ``path``.
 
-    Example:
+    Examples:
         >>> table = flows([{"seq": 4, "kind": "boundary.export", "fields": {
         ...     "destination": "US", "output": "table", "name": "users", "rows": 10,
         ...     "columns": ["user_id"], "treatments": {"user_id": "keyed-hash"}}}])
@@ -599,7 +599,7 @@ def incidents(source: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> p
     Columns: ``seq``, ``at``, ``actor``, ``kind``, ``target`` (dataset, key or path),
     ``destination`` and ``reason``.
 
-    Example:
+    Examples:
         >>> table = incidents([
         ...     {"seq": 0, "kind": "boundary.protect", "fields": {}},
         ...     {"seq": 1, "kind": "key.refused", "actor": "bob@US",

@@ -112,7 +112,7 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         IntegrityError: No manifest, a bad signature, or data that does not match it.
         JurisdictionError: The caller is not in the policy's home.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import pandas as pd
         >>> from pets import Context

@@ -33,7 +33,7 @@ class Boundary:
         audit: The audit log every call records to.
         context: Who acts, and where (the policy's home for protect and export).
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import pandas as pd
         >>> from pets import Context

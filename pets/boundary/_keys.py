@@ -16,7 +16,7 @@ Every file holds ciphertext and public facts only; using any of it needs the key
 a context of the KEK's jurisdiction. Files are written atomically (mode 0600) under an
 ``fcntl`` lock, so concurrent first runs agree on one root.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> from pets import Context
     >>> from pets.keys import KeyServices, MemoryKeyring

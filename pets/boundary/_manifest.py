@@ -13,7 +13,7 @@ floats as float64, timestamps as int64 nanoseconds (with their time zone in the 
 dates as int32 days, booleans as bytes, plus the null bitmap. The data digest chains the row
 count and every column's name and digest in order.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> from pets.boundary import SigningKey
     >>> df = pd.DataFrame({"age": ["20-29", "30-39"], "n": [1, 2]})
@@ -99,7 +99,7 @@ def _as_text(series: pd.Series) -> pd.Series:
 def column_digest(name: str, series: pd.Series) -> str:
     """SHA-256 (hex) of a column's name, canonical type and values (see the module docstring).
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> a = column_digest("x", pd.Series([1, 2, None], dtype="Int64"))
         >>> a == column_digest("x", pd.Series([1, 2, None], dtype="Int32"))
@@ -362,7 +362,7 @@ class ProtectedFrame:
     longer match and the export gate would refuse it). In a notebook it shows the manifest
     (column, role, treatment, output, key) above the first rows.
 
-    Example:
+    Examples:
         >>> import pathlib, tempfile
         >>> import pandas as pd
         >>> from pets.boundary import SigningKey

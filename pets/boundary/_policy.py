@@ -26,7 +26,7 @@ the role or (with :meth:`Policy.check_frame`) the column's dtype, a column the p
 know or a column it forgets — raises :class:`~pets.PolicyError` naming the YAML line and the
 column.
 
-Example:
+Examples:
     >>> policy = Policy.from_yaml('''
     ... dataset: users
     ... keys: {pseudonyms: "memory://eu/pseudonyms"}
@@ -142,7 +142,7 @@ def dtype_kind(dtype: Any, values: pd.Series | None = None) -> str:
     """Classify a pandas dtype: ``string``, ``integer``, ``float``, ``datetime``, ``date``,
     ``bool`` or ``other`` (object columns are inferred from ``values``).
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> [dtype_kind(pd.Series(v).dtype) for v in ([1], [1.5], ["a"], [True])]
         ['integer', 'float', 'string', 'bool']
@@ -508,7 +508,7 @@ class Policy:
     def to_yaml(self) -> str:
         """The policy as YAML that :meth:`from_yaml` reads back to an equal policy.
 
-        Example:
+        Examples:
             >>> p = Policy("d", (ColumnRule("x", "metric", "keep"),))
             >>> Policy.from_yaml(p.to_yaml()) == p
             True

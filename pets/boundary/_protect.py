@@ -129,7 +129,7 @@ def protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Co
         PolicyError: The policy does not fit the frame (names line and column), a treatment's
             parameters are wrong, or k-anonymity is not reached and ``enforce_k`` is off.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets import Context
         >>> from pets.keys import KeyServices, MemoryKeyring
@@ -277,7 +277,7 @@ def reidentify(protected: ProtectedFrame, column: str, values: pd.Series | Seque
         PolicyError: The column's treatment does not reverse (keyed hashes, generalizers).
         JurisdictionError: ``context`` is outside the key's jurisdiction.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets import Context
         >>> from pets.keys import KeyServices, MemoryKeyring

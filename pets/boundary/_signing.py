@@ -10,7 +10,7 @@ public half is exported as PEM for auditors and receivers: verification needs no
 The key id is the first 16 hex digits of SHA-256 over the raw public key; it names the signer in
 manifests and audit entries (a name, not a secret).
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> from pets import Context
     >>> from pets.keys import KeyServices, MemoryKeyring

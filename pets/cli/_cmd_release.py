@@ -30,7 +30,7 @@ _AGG = re.compile(r"^(?P<kind>count|sum|mean|variance|median|quantile|histogram)
 def split_aggs(specs: tuple[str, ...]) -> list[str]:
     """Split ``--agg`` values on commas outside brackets.
 
-    Example:
+    Examples:
         >>> split_aggs(("count,mean:w[0,7200]", "median:w[0,10]"))
         ['count', 'mean:w[0,7200]', 'median:w[0,10]']
     """
@@ -54,7 +54,7 @@ def split_aggs(specs: tuple[str, ...]) -> list[str]:
 def parse_agg(spec: str) -> dict[str, Any]:
     """Parse one aggregate spec.
 
-    Example:
+    Examples:
         >>> parse_agg("quantile:watch_seconds[0,7200]@0.1/0.9")["alphas"]
         [0.1, 0.9]
         >>> parse_agg("mean:x[5,1]")["bounds"]
@@ -115,7 +115,7 @@ def missing_options(*, specs: bool, out: bool, spend: bool, by: list[str], keys:
     Public group keys must come from the user: reading them from the data would reveal which
     groups exist (a group held by one user would appear), outside any privacy guarantee.
 
-    Example:
+    Examples:
         >>> for line in missing_options(specs=True, out=True, spend=True, by=["country"],
         ...                             keys=False, budget=True):
         ...     print(line)
@@ -151,7 +151,7 @@ def _check_spend(kind: str, *, epsilon: float | None, rho: float | None, delta: 
                  private: bool) -> None:
     """The CLI's own wording for a spend that does not match the budget (flags, not kwargs).
 
-    Example:
+    Examples:
         >>> _check_spend("zcdp", epsilon=1.0, rho=None, delta=None, private=False)
         Traceback (most recent call last):
         ...

@@ -4,7 +4,7 @@ The safe layer a data scientist calls. Noise and privacy maps come from OpenDP o
 ``pets/dp/_opendp.py``); pets bounds each user's contribution, picks the sensitivity, keeps
 the budget and reports accuracy. Guide: ``docs/dp.md``.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> from pets.dp import Budget, Session
     >>> df = pd.DataFrame({"user_id": ["a", "b", "b"], "spend": [3.0, 5.0, 7.0]})

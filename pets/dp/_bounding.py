@@ -19,7 +19,7 @@ Values are clipped to declared bounds and mapped to integers on a power-of-two g
 (:func:`fixed_point`) so that sums are computed exactly: a float sum's rounding can make its
 true sensitivity exceed the declared bound (Casacuberta et al. 2022), an integer sum's cannot.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> users = np.array([0, 0, 0, 0, 1, 1])
     >>> groups = np.array([0, 0, 0, 1, 0, 1])
@@ -156,7 +156,7 @@ def fixed_point(x: np.ndarray, magnitude: float) -> FixedPoint:
     sums over fewer than ``2**29`` rows are exact in float64 and int64. Rounding moves each
     value by at most half a step (a relative ``2**-25`` of the bound).
 
-    Example:
+    Examples:
         >>> fp = fixed_point(np.array([-1.0, 0.5, 1.0]), 1.0)
         >>> fp.step == 2**-24, fp.bound, fp.values.tolist()
         (True, 16777216, [-16777216, 8388608, 16777216])

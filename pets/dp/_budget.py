@@ -6,7 +6,7 @@ composition*: ε and δ add (pure and approximate DP), ρ adds (zCDP, with δ ad
 private key selection that needs it). Whether a spend fits is decided in exact rational
 arithmetic (:meth:`Budget.admits`), so float rounding can never let the total exceed the budget.
 
-Example:
+Examples:
     >>> b = Budget.approx(1.0, 1e-6)
     >>> b.kind, b.epsilon, b.delta
     ('approx', 1.0, 1e-06)
@@ -60,7 +60,7 @@ def _delta(value: object, *, allow_zero: bool = False) -> float:
 class PrivacyLoss:
     """The privacy spent by one release (or a sum of releases): ε, δ and ρ, each ≥ 0.
 
-    Example:
+    Examples:
         >>> PrivacyLoss(rho=0.01).is_zero()
         False
     """
@@ -163,7 +163,7 @@ class Budget:
         ``1.0000000000000000555…`` and do *not* fit in ``Budget.pure(1.0)``, although their
         correctly rounded float sum is ``1.0``.
 
-        Example:
+        Examples:
             >>> Budget.pure(1.0).admits([PrivacyLoss(0.125)] * 8)
             True
             >>> Budget.pure(1.0).admits([PrivacyLoss(0.1)] * 10)

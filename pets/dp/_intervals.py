@@ -11,7 +11,7 @@
   probability ``1 - α/2`` (union bound), ``S/N`` lies between the extreme corner ratios when
   ``n_lo > 0``; otherwise the interval is the whole declared range.
 
-Example:
+Examples:
     >>> discrete_laplace_halfwidth(1.0, 0.95)
     3
     >>> round(1 - 2 * math.exp(-4) / (1 + math.exp(-1)), 4)   # coverage of ±3 at b = 1
@@ -81,7 +81,7 @@ def ratio_interval(s_lo: np.ndarray, s_hi: np.ndarray, n_lo: np.ndarray, n_hi: n
                    lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Bounds on ``s / n`` over the box, clipped to ``[lo, hi]``; ``[lo, hi]`` where ``n_lo <= 0``.
 
-    Example:
+    Examples:
         >>> ratio_interval(np.array([-10.]), np.array([20.]), np.array([10.]), np.array([20.]),
         ...                -5., 5.)
         (array([-1.]), array([2.]))

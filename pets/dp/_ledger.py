@@ -16,7 +16,7 @@ the exception re-raised: noise may already have been drawn, and a failure that d
 (or on the data) must not be retried for free. A crash (the process dies) before the commit
 leaves nothing spent — and nothing released.
 
-Example:
+Examples:
     >>> from pets.dp import Budget, Ledger, PrivacyLoss
     >>> led = Ledger()                          # in memory; Ledger("budget.db") persists
     >>> led.register("events", "user_id", Budget.pure(1.0))

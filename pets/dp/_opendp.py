@@ -23,7 +23,7 @@ switch is process-global in OpenDP. :func:`opendp` turns it on lazily, the first
 builds a measurement (never at import time); it is idempotent and never turned off, so code of
 your own that uses OpenDP in the same process also sees it enabled.
 
-Example:
+Examples:
     >>> m = laplace_vector(l1=20, epsilon=0.5)
     >>> m.scale, m.loss.epsilon
     (40.0, 0.5)
@@ -119,7 +119,7 @@ def l2_sensitivity(groups: int, per_group: int) -> float:
     ``d_in`` it would understate the sensitivity, and so ρ, by an ulp. This returns the
     smallest float whose square is at least ``groups · per_group²`` (checked exactly).
 
-    Example:
+    Examples:
         >>> from fractions import Fraction
         >>> math.sqrt(3) ** 2 < 3 <= Fraction(l2_sensitivity(3, 1)) ** 2
         True

@@ -38,7 +38,7 @@ __all__ = ["Release"]
 class Release:
     """Noisy estimates with intervals and the privacy they cost. Immutable; see module doc.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets.dp import Budget, Session
         >>> df = pd.DataFrame({"user_id": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]})
@@ -70,7 +70,7 @@ class Release:
     def estimates(self) -> pd.DataFrame:
         """The estimates in wide form: one row per group, one column per statistic.
 
-        Example:
+        Examples:
             >>> import pandas as pd
             >>> from pets.dp import Budget, Session
             >>> df = pd.DataFrame({"user_id": list("abcd"), "g": list("xxyy"), "v": [1., 2, 3, 4]})
@@ -121,7 +121,7 @@ class Release:
             decimals: Round estimates and interval ends to this many decimals (intervals are
                 rounded outwards, so they only widen).
 
-        Example:
+        Examples:
             >>> import pandas as pd
             >>> from pets.dp import Budget, Session
             >>> df = pd.DataFrame({"user_id": ["a"], "x": [1.0]})

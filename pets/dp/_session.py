@@ -18,7 +18,7 @@ Privacy:
     spent — they are for the data owner running the session, not for an untrusted analyst;
     only the :class:`~pets.dp.Release` is meant to leave.
 
-Example:
+Examples:
     >>> from pets.datasets import synthetic_events
     >>> from pets.dp import Budget, Session
     >>> events = synthetic_events(5_000, n_users=500, seed=1)
@@ -258,7 +258,7 @@ class Query:
         ``("hist", column, edges)``; ``("quantile", column, lo, hi, alpha, candidates)``.
         A measurement shared by several statistics (the count of a mean) appears once.
 
-        Example:
+        Examples:
             >>> import pandas as pd
             >>> s = Session(pd.DataFrame({"u": [1], "x": [1.0]}), privacy_unit="u",
             ...             budget=Budget.pure(1.0))
@@ -654,7 +654,7 @@ class Session:
             ε (or ρ), the loss is the basic composition of the OpenDP maps, noise is drawn
             once from OpenDP inside the ledger's spend.
 
-        Example:
+        Examples:
             >>> import numpy as np, pandas as pd
             >>> s = Session(pd.DataFrame({"u": [1]}), privacy_unit="u", budget=Budget.pure(1.0))
             >>> q = s.query(max_rows=2).count()
@@ -797,7 +797,7 @@ def _share(primary: float, parts: int) -> float:
     is at most ``s``, so the release's total never exceeds what was asked for (``primary /
     parts`` can round up: five shares of ``1.89 / 5`` add up to more than ``1.89``).
 
-    Example:
+    Examples:
         >>> from fractions import Fraction
         >>> 5 * Fraction(1.89 / 5) > Fraction(1.89) >= 5 * Fraction(_share(1.89, 5))
         True

@@ -5,7 +5,7 @@ Partition functions are pure ``DataFrame -> DataFrame``; secrets reach workers a
 task graph); DP noise is added once, on the driver, to the reduced aggregate. The Dask API is
 in :mod:`pets.engines.dask`; the guide is ``docs/scale-out.md``.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> from pets.engines import engine_for
     >>> engine_for(pd.DataFrame({"x": [1]})).name

@@ -38,7 +38,7 @@ __all__ = ["decrypt_columns", "encrypt_columns", "is_dask", "require_dask", "tra
 def require_dask() -> Any:
     """Import ``dask.dataframe`` or fail with the install line.
 
-    Example:
+    Examples:
         >>> require_dask().__name__
         'dask.dataframe'
     """
@@ -52,7 +52,7 @@ def require_dask() -> Any:
 def is_dask(frame: object) -> bool:
     """True for a ``dask.dataframe`` DataFrame or Series (without importing dask).
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> is_dask(pd.DataFrame())
         False

@@ -245,7 +245,7 @@ class DaskSession:
         the driver to the reduced exact aggregates; public: bounds, caps, keys. See
         :mod:`pets.engines._dp` for why the Dask path has the same sensitivity.
 
-    Example:
+    Examples:
         >>> import dask.dataframe as dd
         >>> from pets.datasets import synthetic_events
         >>> from pets.dp import Budget

@@ -5,7 +5,7 @@ engine just calls the transforms; its ``pseudonymize`` runs the very
 :class:`~pets.engines.PartitionFn` the Dask engine runs on each partition, which is why the two
 agree row for row. :func:`engine_for` picks the engine from the frame's type.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> from pets.pseudo import Bucket
     >>> frame = pd.DataFrame({"age": [15, 27]})

@@ -20,7 +20,7 @@ Two key sources ship with pets:
 The key service still enforces jurisdiction on the worker: a worker whose context is outside
 the key's jurisdiction is refused there, exactly as on the driver.
 
-Example:
+Examples:
     >>> from pets import Context
     >>> from pets.keys import KeyServices, MemoryKeyring, Secret
     >>> ring = MemoryKeyring()
@@ -216,7 +216,7 @@ def forget_keys() -> int:
     Run it on every worker after a job (``client.run(forget_keys)``) to shorten the time key
     material stays in worker memory.
 
-    Example:
+    Examples:
         >>> forget_keys() >= 0
         True
     """
@@ -242,7 +242,7 @@ class WorkerKeys:
         context: Who runs the job, and where.
         services: Key services to wrap with on the driver (default: opened from ``source``).
 
-    Example:
+    Examples:
         >>> from pets import Context
         >>> from pets.keys import KeyServices, MemoryKeyring, Secret
         >>> ring = MemoryKeyring(); _ = ring.create("memory://eu/kek", jurisdiction="EU")

@@ -206,7 +206,7 @@ def write_dataset(
     Raises:
         InputError: ``dest`` exists and ``overwrite`` is false.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib, pandas as pd, dask.dataframe as dd
         >>> d = pathlib.Path(tempfile.mkdtemp()) / "out"
         >>> ddf = dd.from_pandas(pd.DataFrame({"x": range(10)}), npartitions=3)

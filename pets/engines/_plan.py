@@ -12,7 +12,7 @@ column and a *shippable* transform. A shippable transform is either
 
 :func:`ship` makes that choice and refuses anything that would put key bytes in a task graph.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> class Upper:
     ...     name = "upper"
@@ -172,7 +172,7 @@ def ship(transform: Any, shippers: Sequence[Shipper] = ()) -> Any:
     Raises:
         InputError: The transform holds a key and nothing can turn it into a key reference.
 
-    Example:
+    Examples:
         >>> from pets.keys import Secret
         >>> class Keyed:
         ...     name = "keyed"

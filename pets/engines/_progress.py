@@ -17,7 +17,7 @@ __all__ = ["compute", "interactive"]
 def interactive() -> bool:
     """True in a Jupyter kernel or when stderr is a terminal.
 
-    Example:
+    Examples:
         >>> isinstance(interactive(), bool)
         True
     """
@@ -52,7 +52,7 @@ def compute(*collections: Any, progress: bool | None = None, client: Any = None)
     Returns:
         The computed results, in order.
 
-    Example:
+    Examples:
         >>> import dask
         >>> compute(dask.delayed(sum)([1, 2, 3]), progress=False)
         (6,)

@@ -313,7 +313,7 @@ class DaskProtected:
 def chain_digest(column: str, parts: Sequence[tuple[int, str]]) -> str:
     """A dataset column's digest: SHA-256 over its name and each part's (rows, digest), in order.
 
-    Example:
+    Examples:
         >>> a = chain_digest("x", [(2, "ab"), (3, "cd")])
         >>> a == chain_digest("x", [(3, "cd"), (2, "ab")]), len(a)
         (False, 64)

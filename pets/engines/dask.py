@@ -5,7 +5,7 @@ with an explicit ``meta``) and gives results identical to the pandas path on the
 Keys reach workers only as key references (:class:`~pets.engines.WorkerKeys`); DP noise is
 added once, on the driver (:class:`DaskSession`). Guide: ``docs/scale-out.md``.
 
-Example:
+Examples:
     >>> import dask.dataframe as dd, pandas as pd
     >>> from pets.pseudo import Bucket
     >>> from pets.engines import dask as pets_dask

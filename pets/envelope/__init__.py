@@ -5,7 +5,7 @@ Every message gets a fresh data key (DEK) that is wrapped by one or more key-enc
 jurisdiction. The byte layout is documented in :class:`EnvelopeHeader` and
 ``docs/envelope-format.md``.
 
-Example:
+Examples:
     >>> from pets import Context
     >>> from pets.keys import MemoryKeyring
     >>> from pets.envelope import decrypt, encrypt

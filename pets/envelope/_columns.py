@@ -85,7 +85,7 @@ def siv_encrypt(key: bytes, plaintexts: Sequence[bytes],
 
     **Linkable:** equal plaintexts under the same key and associated data give equal outputs.
 
-    Example:
+    Examples:
         >>> out = siv_encrypt(bytes(64), [b"alice", b"bob", b"alice"], [b"users.email"])
         >>> out[0] == out[2], out[0] == out[1]
         (True, False)
@@ -341,7 +341,7 @@ def encrypt_columns(
         ``(encrypted_frame, column_keys)``; ``encrypted_frame.attrs["pets.column_keys"]``
         holds ``column_keys.to_dict()``.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets import Context
         >>> from pets.keys import MemoryKeyring

@@ -362,7 +362,7 @@ def encrypt(data: bytes, *, keys: Keys, key_uris: str | Sequence[str], context: 
     Returns:
         The envelope bytes.
 
-    Example:
+    Examples:
         >>> from pets import Context
         >>> from pets.keys import MemoryKeyring
         >>> ring = MemoryKeyring()
@@ -422,7 +422,7 @@ def encrypt_file(src: PathLike, dst: PathLike, *, keys: Keys, key_uris: str | Se
                  audit: AuditHook | None = None) -> EnvelopeInfo:
     """Encrypt the file ``src`` into ``dst`` in constant memory (atomic: temp file + rename).
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> from pets import Context
         >>> from pets.keys import MemoryKeyring
@@ -525,7 +525,7 @@ def rewrap(data: bytes, *, keys: Keys, context: Context, to: str | Sequence[str]
     belongs to is refused (:class:`~pets.JurisdictionError`) unless
     ``allow_jurisdiction_change`` is True: it would change where the data can be decrypted.
 
-    Example:
+    Examples:
         >>> from pets import Context
         >>> from pets.keys import MemoryKeyring
         >>> ring = MemoryKeyring(); _ = ring.create("memory://eu/kek", jurisdiction="EU")

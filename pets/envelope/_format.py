@@ -108,7 +108,7 @@ def derive_keys(dek: bytes, salt: bytes, suite: int = SUITE_AES256GCM_HKDF_SHA25
                 ) -> MessageKeys:
     """HKDF-SHA256(IKM=dek, salt=salt, info="pets-envelope\\0v1\\0" ‖ suite, L=96), split 3×32.
 
-    Example:
+    Examples:
         >>> k = derive_keys(b"k" * 32, b"s" * 32)
         >>> len(k.segment_key), len(k.header_key), len(k.commitment)
         (32, 32, 32)
@@ -123,7 +123,7 @@ def derive_keys(dek: bytes, salt: bytes, suite: int = SUITE_AES256GCM_HKDF_SHA25
 def segment_nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     """STREAM nonce: 7-byte random prefix ‖ 32-bit big-endian counter ‖ last-segment flag.
 
-    Example:
+    Examples:
         >>> segment_nonce(b"\\x00" * 7, 1, True).hex()
         '000000000000000000000101'
     """
@@ -172,7 +172,7 @@ class EnvelopeHeader:
     Keys: ``segment_key ‖ header_key ‖ commitment`` = HKDF-SHA256(IKM=DEK (32 bytes),
     salt=salt, info="pets-envelope\\0v1\\0" ‖ suite, L=96).
 
-    Example:
+    Examples:
         >>> h = EnvelopeHeader.new(segment_size=1024, enc_context={"purpose": "demo"})
         >>> h.segment_size, dict(h.enc_context)
         (1024, {'purpose': 'demo'})

@@ -65,7 +65,7 @@ PathLike = str | os.PathLike[str]
 def master_key_id(uri: str) -> str:
     """The pyarrow master key identifier for a key URI.
 
-    Example:
+    Examples:
         >>> master_key_id("local://eu/customers")
         'local/eu/customers'
         >>> uri_from_master_key_id("local/eu/customers")
@@ -133,7 +133,7 @@ class ParquetCrypto:
     partitioned by :attr:`pets.Context.access_token`, so it never serves one context's keys to
     another.
 
-    Example:
+    Examples:
         >>> import pandas as pd, tempfile, pathlib
         >>> from pets import Context
         >>> from pets.keys import MemoryKeyring

@@ -21,7 +21,7 @@ PKCS#11 user PIN               ``PETS_PKCS11_PIN`` (never a flag)   —
 Secrets (master key, passphrase, PIN) are read only from the environment, never from command
 line flags (which other users can see in ``ps``), and are never echoed back.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> from pets.keys import LocalKeyring, Secret
     >>> d = pathlib.Path(tempfile.mkdtemp()) / "ring"
@@ -73,7 +73,7 @@ def master_key_from_env(environ: Mapping[str, str] | None = None) -> tuple[Secre
     ``PETS_MASTER_KEY`` holds 32 bytes as 64 hex digits or base64. The value is never put in an
     error message.
 
-    Example:
+    Examples:
         >>> key, phrase = master_key_from_env({"PETS_MASTER_KEY": "ab" * 32})
         >>> key, phrase
         (Secret(<32 bytes>), None)
@@ -114,7 +114,7 @@ class Pkcs11TokenConfig:
     def parse(cls, spec: str, default_jurisdiction: str | None) -> Pkcs11TokenConfig:
         """Parse ``LABEL`` or ``LABEL=JURISDICTION``.
 
-        Example:
+        Examples:
             >>> Pkcs11TokenConfig.parse("eu-hsm=eu", None)
             Pkcs11TokenConfig(label='eu-hsm', jurisdiction='EU')
             >>> Pkcs11TokenConfig.parse("EU", None)

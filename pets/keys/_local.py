@@ -166,7 +166,7 @@ class LocalKeyring:
         KeyServiceError: No keyring at ``path``, or the master key/passphrase is wrong (the
             message names the keyring, never the secret).
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> from pets import Context
         >>> d = pathlib.Path(tempfile.mkdtemp()) / "ring"

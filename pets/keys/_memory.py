@@ -57,7 +57,7 @@ def _now() -> str:
 class MemoryKeyring:
     """KEKs held in process memory, named ``memory://<ring>/<name>``.
 
-    Example:
+    Examples:
         >>> from pets import Context
         >>> ring = MemoryKeyring()
         >>> _ = ring.create("memory://eu/kek", jurisdiction="EU")

@@ -65,7 +65,7 @@ def rewrap(
         KeyDestroyedError: The source version is destroyed or retired.
         IntegrityError: ``wrapped`` or ``enc_context`` does not authenticate.
 
-    Example:
+    Examples:
         >>> from pets import Context
         >>> from pets.keys import MemoryKeyring
         >>> ring = MemoryKeyring()

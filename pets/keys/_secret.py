@@ -14,7 +14,7 @@ _HASH_KEY = os.urandom(32)  # per process: hashes of equal secrets agree, and re
 class Secret:
     """Secret key material: never in ``repr``/``str``, never pickled, exposed only explicitly.
 
-    Example:
+    Examples:
         >>> s = Secret(b"k" * 32)
         >>> s
         Secret(<32 bytes>)

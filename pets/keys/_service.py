@@ -53,7 +53,7 @@ def check_dek(dek: object) -> bytes:
     ``bytes(32)`` is 32 zero bytes, so an ``int`` (or ``str``) passed by mistake is refused
     rather than silently wrapped.
 
-    Example:
+    Examples:
         >>> len(check_dek(bytearray(32)))
         32
         >>> check_dek(32)
@@ -76,7 +76,7 @@ def check_wrapped_matches(wrapped: WrappedKey, info: KeyInfo) -> None:
     with the key's own (authenticated) jurisdiction before using the KEK — after
     :func:`check_unwrap_allowed`, so callers from elsewhere still get :class:`JurisdictionError`.
 
-    Example:
+    Examples:
         >>> info = KeyInfo("memory://eu/k", "EU", 1, 1, [], "memory")
         >>> check_wrapped_matches(WrappedKey("memory://eu/k", 1, "EU", b""), info)
         >>> check_wrapped_matches(WrappedKey("memory://eu/k", 1, "US", b""), info)
@@ -91,7 +91,7 @@ def check_wrapped_matches(wrapped: WrappedKey, info: KeyInfo) -> None:
 def parse_key_uri(uri: str) -> tuple[str, str, str]:
     """Split a key URI into ``(scheme, authority, name)``.
 
-    Example:
+    Examples:
         >>> parse_key_uri("local://eu/customer-kek")
         ('local', 'eu', 'customer-kek')
         >>> parse_key_uri("eu/kek")
@@ -108,7 +108,7 @@ def parse_key_uri(uri: str) -> tuple[str, str, str]:
 def canonical_context(enc_context: Mapping[str, str] | None) -> bytes:
     """Deterministic bytes for an encryption context (sorted keys, compact JSON, UTF-8).
 
-    Example:
+    Examples:
         >>> canonical_context({"b": "2", "a": "1"})
         b'{"a":"1","b":"2"}'
     """
@@ -187,7 +187,7 @@ class WrappedKey:
         """Parse :meth:`to_dict` output strictly: text fields are strings, the version an
         integer 1 .. 2^32-1 (not a float, bool or string), the blob base64.
 
-        Example:
+        Examples:
             >>> WrappedKey.from_dict({"key_uri": "memory://eu/k", "version": 1.5,
             ...                       "jurisdiction": "EU", "blob": ""})
             Traceback (most recent call last):
@@ -268,7 +268,7 @@ def check_unwrap_allowed(
 ) -> None:
     """Refuse (and report) an unwrap from outside the key's jurisdiction.
 
-    Example:
+    Examples:
         >>> info = KeyInfo("memory://eu/k", "EU", 1, 1, [], "memory")
         >>> check_unwrap_allowed(info, Context("EU"), None)
         >>> check_unwrap_allowed(info, Context("US", principal="bob"), None)
@@ -288,7 +288,7 @@ def check_unwrap_allowed(
 class KeyServices:
     """Several key services, each chosen by the key URI it supports (passed in explicitly).
 
-    Example:
+    Examples:
         >>> from pets.keys import MemoryKeyring
         >>> ring = MemoryKeyring()
         >>> services = KeyServices([ring])

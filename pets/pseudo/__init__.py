@@ -8,7 +8,7 @@ each call to the audit hook.
 
 Importing this package registers the ``.pets`` pandas accessor.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> from pets.keys import Secret
     >>> from pets.pseudo import KeyedHash, anonymity_report

@@ -2,7 +2,7 @@
 
 Registered when :mod:`pets.pseudo` is imported.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> import pets.pseudo
     >>> from pets.keys import Secret

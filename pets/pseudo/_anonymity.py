@@ -206,7 +206,7 @@ def anonymity_report(df: pd.DataFrame, quasi_identifiers: Sequence[str],
     Raises:
         InputError: Unknown columns or ``k < 1``.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> df = pd.DataFrame({"zip": ["750", "750", "750", "131"],
         ...                    "age": ["30s", "30s", "30s", "40s"],
@@ -392,7 +392,7 @@ def enforce_k(df: pd.DataFrame, quasi_identifiers: Sequence[str], k: int,
             column's length or index, or more than ``MAX_NODES`` level combinations.
         PolicyError: k cannot be met even at the most general levels.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets.pseudo import Bucket, PostcodePrefix
         >>> df = pd.DataFrame({"age": [31, 33, 35, 38, 52, 57],

@@ -13,7 +13,7 @@ transform's purpose and the domain in HKDF's ``info``; the same identifier in tw
 under two transforms) gives unlinkable outputs. A keyed transform holds its domain key only, in a
 :class:`~pets.keys.Secret`: it cannot be pickled and its ``repr`` shows no key material.
 
-Example:
+Examples:
     >>> from pets.keys import Secret
     >>> root = Secret(bytes(32))
     >>> k1 = derive_domain_key(root, "keyed-hash", "crm")
@@ -144,7 +144,7 @@ class WorkerKeyRef:
     — that is its purpose — so ship it only to workers inside the key's jurisdiction; its
     ``repr`` hides the key. Rebuild with :meth:`build`.
 
-    Example:
+    Examples:
         >>> import pickle, pandas as pd
         >>> from pets.pseudo import KeyedHash
         >>> h = KeyedHash(Secret(bytes(32)), domain="crm")

@@ -16,7 +16,7 @@ Two implementations of the same Feistel rounds:
 Rev. 1 rules are enforced: ``radix^minlen >= 1,000,000`` (and ``minlen >= 2``), a maximum length,
 radix 2..62 for alphabets (2..65536 for raw numerals), tweaks up to 256 bytes.
 
-Example:
+Examples:
     >>> ff1 = FF1(bytes.fromhex("2B7E151628AED2A6ABF7158809CF4F3C"), "0123456789")
     >>> ff1.encrypt("0123456789")          # NIST FF1 sample 1
     '2433477484'
@@ -60,7 +60,7 @@ _ROUNDS = 10
 def ff1_min_length(radix: int) -> int:
     """The Rev. 1 minimum length: the smallest ``n >= 2`` with ``radix**n >= 1,000,000``.
 
-    Example:
+    Examples:
         >>> ff1_min_length(10), ff1_min_length(36), ff1_min_length(2)
         (6, 4, 20)
     """
@@ -493,7 +493,7 @@ class FF1Transform(KeyedTransform):
     floor, not a recommendation. Reversible in the key's jurisdiction only (:meth:`reverse`,
     audited).
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets import Context
         >>> from pets.keys import Secret
@@ -582,7 +582,7 @@ _CC2 = frozenset({
 def e164_country_code_length(digits: np.ndarray) -> np.ndarray:
     """Length (1-3) of the country calling code of each row of leading digits ``(rows, >=2)``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> e164_country_code_length(np.array([[1, 2], [4, 9], [3, 5], [7, 9]]))
         array([1, 2, 3, 1])
@@ -604,7 +604,7 @@ class PhoneFF1(FF1Transform):
     Warning — what it links: as :class:`FF1Transform`, plus the country code and number length
     stay visible.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets.keys import Secret
         >>> p = PhoneFF1(Secret(bytes(32)), domain="phones")

@@ -59,7 +59,7 @@ _FLAGS = {"casefold", "strip"}
 def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str | bool]]:
     """Split ``"name:arg:opt=v:flag"`` into ``(name, arg, options)``.
 
-    Example:
+    Examples:
         >>> parse_spec("keyed-hash:crm:encoding=base32:casefold")
         ('keyed-hash', 'crm', {'encoding': 'base32', 'casefold': True})
         >>> parse_spec("bucket:width=10")
@@ -125,7 +125,7 @@ def transform_from_spec(spec: str, *, root: Secret | None = None,
             ``describe()`` and bound to ``reverse``.
         audit: Audit hook for re-identification events.
 
-    Example:
+    Examples:
         >>> transform_from_spec("mask:4")
         Mask(keep_last=4, char='*')
         >>> transform_from_spec("keyed-hash:crm", root=Secret(bytes(32)))
@@ -193,7 +193,7 @@ def pseudonymize(df: pd.DataFrame, transforms: Mapping[str, Transform]) -> pd.Da
     Raises:
         InputError: A named column is missing.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets.pseudo import KeyedHash, Mask
         >>> df = pd.DataFrame({"email": ["a@x.eu", "b@x.eu"], "card": ["4111", "5500"]})

@@ -86,7 +86,7 @@ class Bucket(Transform):
 
     Links: values in the same bucket become indistinguishable; order of buckets is kept.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> Bucket(width=10).apply(pd.Series([3, 17, 20, None])).tolist()
         ['[0, 10)', '[10, 20)', '[20, 30)', <NA>]
@@ -167,7 +167,7 @@ class TopBottomCode(Transform):
 
     Links: extreme values (often the identifying ones) merge with the thresholds.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> TopBottomCode(lower=18, upper=90).apply(pd.Series([5, 40, 101])).tolist()
         [18, 40, 90]
@@ -210,7 +210,7 @@ class TruncateDate(Transform):
 
     Links: all dates within one period become equal.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> s = pd.Series(pd.to_datetime(["2024-05-17 13:45", "2024-12-31 00:00", None]))
         >>> TruncateDate("month").apply(s).dt.strftime("%Y-%m-%d").tolist()
@@ -272,7 +272,7 @@ class AgeBand(Transform):
 
     Links: everyone born in the same band (relative to the reference date) becomes equal.
 
-    Example:
+    Examples:
         >>> import pandas as pd, datetime as dt
         >>> s = pd.Series(pd.to_datetime(["1990-06-15", "1990-06-16", "1930-01-01"]))
         >>> AgeBand(dt.date(2025, 6, 15), width=5, top=80).apply(s).tolist()
@@ -345,7 +345,7 @@ class PostcodePrefix(Transform):
 
     Links: postcodes sharing the prefix (a region) become equal.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> PostcodePrefix(2).apply(pd.Series(["75011", "1010", None])).tolist()
         ['75', '10', <NA>]
@@ -392,7 +392,7 @@ class IPPrefix(Transform):
 
     Links: addresses within the same prefix become equal.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> IPPrefix(v4=16).apply(pd.Series(["192.168.7.9", "2001:db8::1", None])).tolist()
         ['192.168.0.0/16', '2001:db8::/48', <NA>]
@@ -475,7 +475,7 @@ class Mask(Transform):
 
     Links: values sharing their last characters and length become equal.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> Mask(keep_last=4).apply(pd.Series(["4111111111111111", "12", None])).tolist()
         ['************1111', '12', <NA>]
@@ -511,7 +511,7 @@ class Suppress(Transform):
 
     Links: nothing (all rows equal).
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> Suppress("*").apply(pd.Series(["a", "b"])).tolist()
         ['*', '*']
@@ -545,7 +545,7 @@ class DateShift(KeyedTransform):
     dates of one user stay consistent across tables shifted in the same domain; differences
     between dates (durations, ordering within a user) are preserved. Not reversible here.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets.keys import Secret
         >>> ds = DateShift(Secret(bytes(32)), domain="visits", max_days=30)

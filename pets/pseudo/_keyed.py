@@ -54,7 +54,7 @@ def hmac_sha256_digests(key: bytes, messages: Sequence[bytes]) -> bytes:
     This is the one HMAC path of :class:`KeyedHash` (the stdlib's one-shot HMAC, computed by
     OpenSSL); the RFC 4231 known answers are checked against it.
 
-    Example:
+    Examples:
         >>> hmac_sha256_digests(b"Jefe", [b"what do ya want for nothing?"]).hex()[:16]
         '5bdcc146bf60754e'
     """
@@ -127,7 +127,7 @@ class KeyedHash(KeyedTransform):
         strip: Strip surrounding whitespace first.
         max_bytes: Refuse values longer than this (UTF-8 bytes).
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets.keys import Secret
         >>> h = KeyedHash(Secret(bytes(32)), domain="crm")

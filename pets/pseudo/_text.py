@@ -21,7 +21,7 @@ compatibility variants stay distinct (full-width ``"ＡＢ"`` vs ``"AB"``, ``"�
 ``casefold`` maps them (it folds ligatures: ``"ﬁ"`` -> ``"fi"``); ``"042"`` vs ``42``; the empty
 string is a value, not a null.
 
-Example:
+Examples:
     >>> import pandas as pd
     >>> arr = normalized_text(pd.Series([" Ann@X.eu ", None]), column="email",
     ...                       casefold=True, strip=True)

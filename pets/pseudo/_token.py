@@ -79,7 +79,7 @@ class Tokenizer(KeyedTransform):
     secret was unwrapped with (recorded by :meth:`from_key`, or ``jurisdiction=``), and every
     call — allowed or refused — is reported to the audit hook with counts, never values.
 
-    Example:
+    Examples:
         >>> import pandas as pd
         >>> from pets import Context
         >>> from pets.keys import Secret
