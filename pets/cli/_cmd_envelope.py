@@ -13,8 +13,7 @@ from typing import Any
 
 import click
 
-from pets._errors import InputError
-from pets.cli._common import context_options, emit, json_option, make_context
+from pets.cli._common import context_options, emit, json_option, make_context, parse_pairs
 from pets.cli._keyopts import keyring_options, services_from_options
 from pets.keys._config import KeyConfig
 
@@ -23,18 +22,6 @@ __all__ = ["COMMANDS"]
 _context_opt = click.option(
     "--context", "enc_context", multiple=True, metavar="KEY=VALUE",
     help="Encryption context entry (repeatable); bound to the ciphertext, stored in clear.")
-
-
-def _pairs(items: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InputError(f"invalid --context {item!r}: expected KEY=VALUE")
-        if k in out:
-            raise InputError(f"--context key {k!r} given twice")
-        out[k] = v
-    return out
 
 
 def _keys_text(payload: dict[str, Any]) -> str:
@@ -61,7 +48,7 @@ def encrypt_cmd(src: Path, dst: Path, key_uris: tuple[str, ...], enc_context: tu
 
     info = encrypt_file(src, dst, keys=services_from_options(key_config), key_uris=key_uris,
                         context=make_context(jurisdiction, principal),
-                        enc_context=_pairs(enc_context), segment_size=segment_size)
+                        enc_context=parse_pairs(enc_context), segment_size=segment_size)
     payload = {"in": str(src), "out": str(dst), **info.to_dict()}
     emit(payload, as_json, lambda: f"encrypted {src} -> {dst} ({info.plaintext_size} bytes) "
                                    f"under {_keys_text(payload)}")
@@ -83,7 +70,7 @@ def decrypt_cmd(src: Path, dst: Path, enc_context: tuple[str, ...], jurisdiction
 
     info = decrypt_file(src, dst, keys=services_from_options(key_config),
                         context=make_context(jurisdiction, principal),
-                        enc_context=_pairs(enc_context) if enc_context else None)
+                        enc_context=parse_pairs(enc_context) if enc_context else None)
     payload = {"in": str(src), "out": str(dst), **info.to_dict()}
     emit(payload, as_json, lambda: f"decrypted {src} -> {dst} ({info.plaintext_size} bytes; "
                                    f"context {dict(info.enc_context)})")

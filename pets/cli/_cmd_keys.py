@@ -20,7 +20,7 @@ import click
 
 from pets._errors import InputError
 from pets.cli._cmd_boundary import _audit_option, _boundary_option, open_key_audit
-from pets.cli._common import context_options, emit, json_option, make_context
+from pets.cli._common import context_options, emit, json_option, make_context, parse_pairs
 from pets.cli._keyopts import keyring_options, services_from_options
 from pets.keys._config import KeyConfig, master_key_from_env
 from pets.keys._service import KeyInfo, KeyServices, WrappedKey
@@ -59,18 +59,6 @@ def _logged(key_config: KeyConfig, audit_log: Path, boundary_keys: Path | None,
     if log is None and audit_log.exists():
         click.echo(f"note: no boundary signing key yet; {audit_log} not written", err=True)
     return services, log
-
-
-def _parse_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in pairs:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InputError(f"invalid --context {item!r}: expected KEY=VALUE")
-        if k in out:
-            raise InputError(f"--context key {k!r} given twice")
-        out[k] = v
-    return out
 
 
 @click.group()
@@ -248,7 +236,7 @@ def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, 
     ctx = make_context(jurisdiction, principal)
     services, log = _logged(key_config, audit_log, boundary_keys, ctx)
     new = rewrap(wrapped, source=services, target_uri=target_uri, target=services,
-                 context=ctx, enc_context=_parse_pairs(enc_context),
+                 context=ctx, enc_context=parse_pairs(enc_context),
                  allow_jurisdiction_change=allow_jurisdiction_change,
                  audit=log.hook if log is not None else None)
     with atomic_path(dest, mode=0o600) as tmp:

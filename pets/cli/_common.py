@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 import click
 
+from pets._errors import InputError
 from pets.jurisdiction import Context
 
-__all__ = ["context_options", "emit", "json_option", "make_context", "progress"]
+__all__ = ["context_options", "emit", "json_option", "make_context", "parse_pairs", "progress"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,3 +49,25 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") ->
         yield from tqdm(items, total=total, desc=desc, file=sys.stderr)
     else:
         yield from items
+
+
+def parse_pairs(items: tuple[str, ...], option: str = "--context") -> dict[str, str]:
+    """``("k=v", ...)`` from a repeatable option into a dict; malformed or repeated keys refused.
+
+    Examples:
+        >>> parse_pairs(("tenant=eu", "purpose=billing"))
+        {'tenant': 'eu', 'purpose': 'billing'}
+        >>> parse_pairs(("tenant",))
+        Traceback (most recent call last):
+        ...
+        pets._errors.InputError: invalid --context 'tenant': expected KEY=VALUE
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InputError(f"invalid {option} {item!r}: expected KEY=VALUE")
+        if k in out:
+            raise InputError(f"{option} key {k!r} given twice")
+        out[k] = v
+    return out

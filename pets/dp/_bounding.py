@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pets._errors import InputError
+
 __all__ = ["FixedPoint", "bound_contributions", "fixed_point", "rank_within"]
 
 #: Values are scaled so the largest magnitude maps to at most 2**24 grid steps.
@@ -167,3 +169,18 @@ def fixed_point(x: np.ndarray, magnitude: float) -> FixedPoint:
     bound = math.ceil(magnitude / step)
     v = np.clip(np.rint(x / step), -bound, bound).astype(np.int64)
     return FixedPoint(v, step, bound)
+
+
+def measured_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """The values of a measured column as float64, refusing non-numeric, NaN, inf or null.
+
+    Shared by the pandas and Dask engines, so both refuse exactly the same inputs.
+    """
+    s = frame[column]
+    if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        raise InputError(f"column {column!r} is not numeric ({s.dtype})")
+    x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isfinite(x).all():
+        raise InputError(f"column {column!r} contains NaN, infinite or null values; "
+                         "drop or impute them before a DP query")
+    return x

@@ -51,7 +51,7 @@ import pandas as pd
 
 from pets._errors import InputError
 from pets._events import AuditHook, emit
-from pets.dp._bounding import FixedPoint, bound_contributions, fixed_point
+from pets.dp._bounding import FixedPoint, bound_contributions, fixed_point, measured_column
 from pets.dp._budget import Budget, PrivacyLoss
 from pets.dp._intervals import halfwidth, ratio_interval
 from pets.dp._ledger import BudgetStatus, Ledger
@@ -523,16 +523,6 @@ class Session:
             raise InputError("delta is only spent by private key selection (keys='private')")
         return primary, d
 
-    def _measured(self, frame: pd.DataFrame, column: str) -> np.ndarray:
-        s = frame[column]
-        if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
-            raise InputError(f"column {column!r} is not numeric ({s.dtype})")
-        x = s.to_numpy(dtype=np.float64, na_value=np.nan)
-        if not np.isfinite(x).all():
-            raise InputError(f"column {column!r} contains NaN, infinite or null values; "
-                             "drop or impute them before a DP query")
-        return x
-
     def _release(self, q: Query, *, epsilon: float | None, delta: float | None,
                  rho: float | None, level: float) -> Release:
         primary, delta_req = self._check_release(q, epsilon, delta, rho, level)
@@ -543,7 +533,7 @@ class Session:
         cols = list(dict.fromkeys([self.privacy_unit, *q.by, *measured]))
         frame = self._load(cols)
         all_units = self._units(frame)
-        values = {c: self._measured(frame, c) for c in measured}
+        values = {c: measured_column(frame, c) for c in measured}
 
         # -- group codes and keys ---------------------------------------------------------
         private = isinstance(q.keys, str)

@@ -107,17 +107,6 @@ def _fixed(key: PlanKey, x: np.ndarray) -> Any:
     return fixed_point(y, h) if kind == "csum" else fixed_point(y * y - h * h / 2, h * h / 2)
 
 
-def _measured(frame: pd.DataFrame, column: str) -> np.ndarray:
-    s = frame[column]
-    if not pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
-        raise InputError(f"column {column!r} is not numeric ({s.dtype})")
-    x = s.to_numpy(dtype=np.float64, na_value=np.nan)
-    if not np.isfinite(x).all():
-        raise InputError(f"column {column!r} contains NaN, infinite or null values; "
-                         "drop or impute them before a DP query")
-    return x
-
-
 def _empty_partial(spec: BoundingSpec) -> pd.DataFrame:
     return pd.DataFrame({"_group": np.zeros(0, np.int64),
                          **{_label(k): np.zeros(0, np.int64) for k in spec.plan}})
@@ -136,7 +125,7 @@ def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
         noise is added once. The rows kept for a user depend only on that user's rows and on
         ``(spec.seed, partition number)``; no noise is drawn here.
     """
-    from pets.dp._bounding import bound_contributions
+    from pets.dp._bounding import bound_contributions, measured_column
 
     number = int((partition_info or {}).get("number", 0))
     # A canonical row order: the kept rows then depend on the partition's rows as a multiset
@@ -145,7 +134,7 @@ def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
     unit = frame[spec.privacy_unit]
     if unit.isna().any():
         raise InputError(f"privacy unit column {spec.privacy_unit!r} has null values")
-    values = {k[1]: _measured(frame, k[1]) for k in spec.plan if len(k) > 1}
+    values = {k[1]: measured_column(frame, k[1]) for k in spec.plan if len(k) > 1}
     groups = _group_codes(frame, spec)
     sel = groups >= 0
     users = np.asarray(pd.factorize(unit[sel])[0], dtype=np.int64)
