@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from pets._errors import InputError
+from pets.dp._session import _encode
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -94,19 +95,6 @@ def _group_codes(frame: pd.DataFrame, spec: BoundingSpec) -> np.ndarray:
     return np.asarray(key_index.get_indexer(rows), dtype=np.int64)
 
 
-def _fixed(key: PlanKey, x: np.ndarray) -> Any:
-    """The pandas path's clipping and fixed-point encoding of one measured column."""
-    from pets.dp._bounding import fixed_point
-
-    kind, _, lo, hi = key
-    x = np.clip(x, lo, hi)
-    if kind == "sum":
-        return fixed_point(x, max(abs(lo), abs(hi)))
-    c, h = (lo + hi) / 2, (hi - lo) / 2
-    y = np.clip(x - c, -h, h)
-    return fixed_point(y, h) if kind == "csum" else fixed_point(y * y - h * h / 2, h * h / 2)
-
-
 def _empty_partial(spec: BoundingSpec) -> pd.DataFrame:
     return pd.DataFrame({"_group": np.zeros(0, np.int64),
                          **{_label(k): np.zeros(0, np.int64) for k in spec.plan}})
@@ -148,7 +136,7 @@ def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
         if key[0] == "count":
             cols[_label(key)] = np.ones(g.size, dtype=np.int64)
         else:
-            cols[_label(key)] = _fixed(key, values[key[1]][rows]).values
+            cols[_label(key)] = _encode(key, values[key[1]][rows]).values
     out: pd.DataFrame = pd.DataFrame(cols).groupby("_group", sort=True).sum().reset_index()
     return out
 
@@ -169,7 +157,7 @@ class BoundedAggregates:
         """A vector in the column's units (counts as they are; sums times the grid step)."""
         vec: np.ndarray = self.vectors[key].astype(np.float64)
         if key[0] != "count":
-            vec = vec * float(_fixed(key, np.zeros(0)).step)
+            vec = vec * float(_encode(key, np.zeros(0)).step)
         return vec
 
 
