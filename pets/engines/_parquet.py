@@ -10,13 +10,9 @@ key services it opens itself, so every file gets its own data keys wrapped by th
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import shutil
-import tempfile
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pets._errors import InputError
+from pets._io import atomic_directory
 from pets.engines._keyref import KeySource, services_for
 from pets.jurisdiction import Context
 
@@ -220,12 +217,7 @@ def write_dataset(
     from pets.engines._progress import compute
 
     dask: Any = importlib.import_module("dask")
-    dest = Path(dest)
-    if dest.exists() and not overwrite:
-        raise InputError(f"output {dest} already exists (pass overwrite=True to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with atomic_directory(dest, overwrite=overwrite) as tmp:
         # object columns (e.g. ciphertext bytes) have no type in the empty meta: let each
         # partition infer them; every other column gets the meta's exact type
         meta = ddf._meta
@@ -236,16 +228,4 @@ def write_dataset(
         tasks = [write(part, str(tmp / f"part.{i:05d}.parquet"), schema, row_group_size,
                        compression, encryption) for i, part in enumerate(parts)]
         counts = compute(*tasks, progress=progress)
-        os.chmod(tmp, 0o755)  # noqa: S103 - a dataset directory, like mkdir's default
-        if dest.exists():
-            trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(dest, trash)
-            os.replace(tmp, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
-        raise
     return sum(int(c) for c in counts)

@@ -20,7 +20,6 @@ Manifests are signed on the driver; the signing key never reaches a worker.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -40,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pets._errors import InputError, IntegrityError, JurisdictionError, PetsError, PolicyError
+from pets._io import atomic_directory
 from pets.engines._keyref import WorkerKeys
 from pets.engines._parquet import ParquetEncryption
 from pets.engines._plan import PartitionFn, Step, ship
@@ -242,44 +242,29 @@ class DaskProtected:
         from pets.engines._progress import compute
 
         dask: Any = importlib.import_module("dask")
-        dest = Path(dest)
-        if dest.exists() and not overwrite:
-            raise InputError(f"output {dest} already exists (pass overwrite=True to replace it)")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".stage", dir=dest.parent))
-        final = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
-            names = [str(c) for c in self.data.columns]
-            parts = self.data.to_delayed()  # type: ignore[no-untyped-call]
-            stage = dask.delayed(_stage_part, pure=False)
-            digests = compute(*[stage(p, str(staging / _part_name(i)), names)
-                                for i, p in enumerate(parts)], progress=progress)
-            schema = _unified_schema([staging / _part_name(i) for i in range(len(digests))])
-            manifests, dataset = self._manifests(digests)
-            finish = dask.delayed(_finish_part, pure=False)
-            compute(*[finish(str(staging / _part_name(i)), str(final / _part_name(i)),
-                             manifests[i].to_json(), schema, row_group_size, compression,
-                             encryption)
-                      for i in range(len(manifests))], progress=progress)
-            doc = {"format": "pets.dataset/1", "manifest": dataset.to_dict(),
-                   "parts": [{"file": _part_name(i), "rows": m.rows}
-                             for i, m in enumerate(manifests)],
-                   "encrypted": encryption is not None}
-            (final / DATASET_MANIFEST).write_text(_json(doc))
-            os.chmod(final, 0o755)  # noqa: S103 - a dataset directory, like mkdir's default
-            if dest.exists():
-                trash = dest.with_name(f".{dest.name}.old-{os.urandom(4).hex()}")
-                os.replace(dest, trash)
-                os.replace(final, dest)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(final, dest)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(final)
-            raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with atomic_directory(dest, overwrite=overwrite) as final:
+            staging = Path(tempfile.mkdtemp(prefix=f".{Path(dest).name}.", suffix=".stage",
+                                            dir=final.parent))
+            try:
+                names = [str(c) for c in self.data.columns]
+                parts = self.data.to_delayed()  # type: ignore[no-untyped-call]
+                stage = dask.delayed(_stage_part, pure=False)
+                digests = compute(*[stage(p, str(staging / _part_name(i)), names)
+                                    for i, p in enumerate(parts)], progress=progress)
+                schema = _unified_schema([staging / _part_name(i) for i in range(len(digests))])
+                manifests, dataset = self._manifests(digests)
+                finish = dask.delayed(_finish_part, pure=False)
+                compute(*[finish(str(staging / _part_name(i)), str(final / _part_name(i)),
+                                 manifests[i].to_json(), schema, row_group_size, compression,
+                                 encryption)
+                          for i in range(len(manifests))], progress=progress)
+                doc = {"format": "pets.dataset/1", "manifest": dataset.to_dict(),
+                       "parts": [{"file": _part_name(i), "rows": m.rows}
+                                 for i, m in enumerate(manifests)],
+                       "encrypted": encryption is not None}
+                (final / DATASET_MANIFEST).write_text(_json(doc))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         self._record(dataset, path=str(dest), parts=len(manifests))
         return dataset
 
