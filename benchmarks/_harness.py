@@ -94,6 +94,37 @@ class Result:
         return "\n".join(lines) + "\n"
 
 
+DOCS_IMG = RESULTS.parent.parent / "docs" / "img"
+
+
+class PlottedResult(Result):
+    """A result that also draws ``plot(rows, png_path)`` and embeds it under ``caption``.
+
+    The committed full-size run (``directory`` is ``RESULTS`` and the name is ``published``)
+    also copies the PNG to ``docs/img/`` for the docs site; quick runs never touch it.
+    """
+
+    caption = "plot"
+    published = ""
+
+    @staticmethod
+    def plot(rows: list[dict[str, Any]], path: Path) -> None:
+        raise NotImplementedError
+
+    def write(self, directory: Path = RESULTS) -> tuple[Path, Path]:
+        import shutil
+
+        paths = super().write(directory)
+        png = f"{self.name}.png"
+        self.plot(self.rows, directory / png)
+        with open(paths[1], "a", encoding="utf-8") as fh:
+            fh.write(f"\n![{self.caption}]({png})\n")
+        if directory.resolve() == RESULTS.resolve() and self.name == self.published:
+            DOCS_IMG.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(directory / png, DOCS_IMG / png)
+        return paths
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmarks._harness import RESULTS, Result
+from benchmarks._harness import PlottedResult
 
 KS = (2, 3, 5, 10, 15, 20, 30, 40, 50)
 QUICK_KS = (2, 5, 10, 20, 50)
@@ -90,22 +90,12 @@ def measure(frame: pd.DataFrame, k: int, max_suppression: float) -> dict[str, An
     }
 
 
-class AnonymityResult(Result):
+class AnonymityResult(PlottedResult):
     """Rows plus a plot of suppression and discernibility against k."""
 
-    def write(self, directory: Path = RESULTS) -> tuple[Path, Path]:
-        paths = super().write(directory)
-        png = f"{self.name}.png"
-        plot(self.rows, directory / png)
-        with open(paths[1], "a", encoding="utf-8") as fh:
-            fh.write(f"\n![suppression and discernibility vs k]({png})\n")
-        if directory.resolve() == RESULTS.resolve() and self.name == "anonymity":
-            import shutil
-
-            img = RESULTS.parent.parent / "docs" / "img"
-            img.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(directory / "anonymity.png", img / "anonymity.png")
-        return paths
+    caption = "suppression and discernibility vs k"
+    published = "anonymity"
+    plot = staticmethod(lambda rows, path: plot(rows, path))
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:

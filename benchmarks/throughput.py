@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks._harness import RESULTS, Result, median_time
+from benchmarks._harness import PlottedResult, median_time
 
 SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (10_000, 100_000, 1_000_000)
@@ -298,20 +297,12 @@ def measure(case: Case, n: int, tmp: Path, repeat: int) -> dict[str, Any]:
     return row
 
 
-class ThroughputResult(Result):
+class ThroughputResult(PlottedResult):
     """Rows plus a PNG of the cost per row against rows."""
 
-    def write(self, directory: Path = RESULTS) -> tuple[Path, Path]:
-        paths = super().write(directory)
-        png = f"{self.name}.png"
-        plot(self.rows, directory / png)
-        with open(paths[1], "a", encoding="utf-8") as fh:
-            fh.write(f"\n![ns per row vs rows]({png})\n")
-        if directory.resolve() == RESULTS.resolve() and self.name == "throughput":
-            img = RESULTS.parent.parent / "docs" / "img"
-            img.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(directory / "throughput.png", img / "throughput.png")
-        return paths
+    caption = "ns per row vs rows"
+    published = "throughput"
+    plot = staticmethod(lambda rows, path: plot(rows, path))
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
