@@ -85,6 +85,7 @@ from pets.keys._service import (
     canonical_context,
     check_dek,
     check_unwrap_allowed,
+    check_version_usable,
     check_wrapped_matches,
     parse_key_uri,
 )
@@ -554,16 +555,7 @@ class LocalKeyring:
         check_unwrap_allowed(info, context, self.audit)
         check_wrapped_matches(wrapped, info)
         v = wrapped.version
-        entry = next((x for x in info.versions if x.version == v), None)
-        if entry is None:
-            raise KeyNotFoundError(f"{wrapped.key_uri} has no version {v}")
-        if entry.state == "destroyed":
-            raise KeyDestroyedError(f"{wrapped.key_uri} v{v} is destroyed")
-        if v < info.min_decryption_version or entry.state == "retired":
-            raise KeyDestroyedError(
-                f"{wrapped.key_uri} v{v} is retired "
-                f"(min_decryption_version={info.min_decryption_version})"
-            )
+        check_version_usable(info, v)
         kek = self._open_kek(wrapped.key_uri, body, v)
         blob = wrapped.blob
         try:

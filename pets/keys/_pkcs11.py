@@ -71,6 +71,7 @@ from pets.keys._service import (
     WrappedKey,
     check_dek,
     check_unwrap_allowed,
+    check_version_usable,
     check_wrapped_matches,
     parse_key_uri,
 )
@@ -512,15 +513,7 @@ class Pkcs11Keyring:
             info = self._info(doc)
             check_unwrap_allowed(info, context, self.audit)
             check_wrapped_matches(wrapped, info)
-            entry = next((x for x in info.versions if x.version == v), None)
-            if entry is None:
-                raise KeyNotFoundError(f"{uri} has no version {v}")
-            if entry.state == "destroyed":
-                raise KeyDestroyedError(f"{uri} v{v} is destroyed")
-            if v < info.min_decryption_version or entry.state == "retired":
-                raise KeyDestroyedError(
-                    f"{uri} v{v} is retired (min_decryption_version={info.min_decryption_version})"
-                )
+            check_version_usable(info, v)
             blob = wrapped.blob
             if len(blob) < _NONCE + _TAG:
                 raise IntegrityError("wrapped key failed to authenticate")

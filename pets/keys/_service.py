@@ -23,6 +23,7 @@ from pets._errors import (
     InputError,
     IntegrityError,
     JurisdictionError,
+    KeyDestroyedError,
     KeyNotFoundError,
 )
 from pets._events import AuditHook, emit
@@ -37,6 +38,7 @@ __all__ = [
     "canonical_context",
     "check_dek",
     "check_unwrap_allowed",
+    "check_version_usable",
     "check_wrapped_matches",
     "parse_key_uri",
 ]
@@ -261,6 +263,33 @@ class KeyService(Protocol):
     def list(self) -> list[KeyInfo]:
         """Every KEK this service holds."""
         ...
+
+
+def check_version_usable(info: KeyInfo, version: int) -> KeyVersion:
+    """The version of ``info`` that may unwrap, or the precise refusal.
+
+    Unknown → :class:`KeyNotFoundError`; destroyed, retired or below
+    ``min_decryption_version`` → :class:`KeyDestroyedError`.
+
+    Examples:
+        >>> info = KeyInfo("memory://eu/k", "EU", 2, 2,
+        ...                [KeyVersion(1, "retired", ""), KeyVersion(2, "active", "")], "memory")
+        >>> check_version_usable(info, 2).state
+        'active'
+        >>> check_version_usable(info, 1)
+        Traceback (most recent call last):
+        ...
+        pets._errors.KeyDestroyedError: memory://eu/k v1 is retired (min_decryption_version=2)
+    """
+    entry = next((x for x in info.versions if x.version == version), None)
+    if entry is None:
+        raise KeyNotFoundError(f"{info.uri} has no version {version}")
+    if entry.state == "destroyed":
+        raise KeyDestroyedError(f"{info.uri} v{version} is destroyed")
+    if version < info.min_decryption_version or entry.state == "retired":
+        raise KeyDestroyedError(f"{info.uri} v{version} is retired "
+                                f"(min_decryption_version={info.min_decryption_version})")
+    return entry
 
 
 def check_unwrap_allowed(
