@@ -80,8 +80,10 @@ MAX_BOUND = 1e150
 AggKind = Literal["count", "sum", "mean", "variance", "quantile", "histogram"]
 #: A measurement of a query (see :attr:`Query.measurements`).
 PlanKey = tuple[Any, ...]
-#: Aggregates that :meth:`Session.release_aggregates` takes as exact per-key vectors.
-VECTOR_AGGREGATES = ("count", "sum", "mean", "variance")
+#: Aggregates that :meth:`Session.release_aggregates` takes as exact per-key arrays: integer
+#: vectors (counts, fixed-point sums), ``keys × bins`` counts (histograms) and ``keys × cells``
+#: counts (quantiles, see :func:`quantile_cells`).
+VECTOR_AGGREGATES = ("count", "sum", "mean", "variance", "histogram", "quantile")
 _LUT_LIMIT = 50_000_000
 
 
@@ -536,12 +538,8 @@ class Session:
         values = {c: measured_column(frame, c) for c in measured}
 
         # -- group codes and keys ---------------------------------------------------------
-        private = isinstance(q.keys, str)
         gcode, keys = _group_codes(frame, q.by, q.keys)
         nkeys = len(keys)
-        bins = max((len(a.edges) - 1 for a in q.aggs if a.kind == "histogram"), default=1)
-        if nkeys * bins > self.max_keys and not private:
-            raise InputError(f"{nkeys} keys × {bins} bins exceed the limit of {self.max_keys}")
         sel = gcode >= 0
         ucode = all_units[sel]
         gsel = gcode[sel]
@@ -560,10 +558,7 @@ class Session:
                 data[key] = _int_sums(g, _encode(key, values[key[1]][rows]).values, nkeys)
             elif kind == "hist":
                 _, col, edges = key
-                e = np.asarray(edges)
-                b = np.clip(np.searchsorted(e, values[col][rows], side="right") - 1, 0,
-                            len(e) - 2)
-                data[key] = (g, b, len(e) - 1)
+                data[key] = (g, histogram_bins(values[col][rows], edges), len(edges) - 1)
             elif kind == "quantile":
                 _, col, lo, hi, _alpha, _ncand = key
                 data[key] = (col, lo, hi)
@@ -597,6 +592,12 @@ class Session:
             raise InputError("the query has no aggregates (add count(), sum(), ...)")
         if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
             raise InputError(f"level must be in (0, 1), got {level!r}")
+        if not isinstance(q.keys, str):  # public keys (or one group): the cell count is known
+            nkeys = len(q.keys) if isinstance(q.keys, pd.DataFrame) else 1
+            bins = max((len(a.edges) - 1 for a in q.aggs if a.kind == "histogram"), default=1)
+            if nkeys * bins > self.max_keys:
+                raise InputError(f"{nkeys} keys × {bins} bins exceed the limit of "
+                                 f"{self.max_keys}")
         return self._spend_params(q, epsilon, delta, rho)
 
     def release_aggregates(self, query: Query, aggregates: Mapping[PlanKey, np.ndarray], *,
@@ -610,16 +611,26 @@ class Session:
         ``d_in``, ledger spend, ``dp.release`` audit event and release table.
 
         Args:
-            query: A query of this session made of ``count``, ``sum``, ``mean`` and
-                ``variance`` (quantiles and histograms need the rows: use
-                :meth:`Query.release`).
-            aggregates: For each key of :attr:`Query.measurements`, an integer vector with one
-                entry per key of the key set: row counts, or sums of the values encoded by
-                :func:`pets.dp._bounding.fixed_point` (``sum``: clipped to ``[lo, hi]`` with
-                magnitude ``max(|lo|, |hi|)``; ``csum``: ``x − c`` with ``c``, ``h`` the
-                centre and half-width, magnitude ``h``; ``csq``: ``(x − c)² − h²/2``,
-                magnitude ``h²/2``).
-            keys: With ``keys="private"``: the key set the vectors are indexed by (every key
+            query: A query of this session (any of its statistics).
+            aggregates: For each key of :attr:`Query.measurements`, an integer array indexed
+                by the key set:
+
+                * ``count``, ``sum``, ``csum``, ``csq``: a vector with one entry per key —
+                  row counts, or sums of the values encoded by
+                  :func:`pets.dp._bounding.fixed_point` (``sum``: clipped to ``[lo, hi]``
+                  with magnitude ``max(|lo|, |hi|)``; ``csum``: ``x − c`` with ``c``, ``h``
+                  the centre and half-width, magnitude ``h``; ``csq``: ``(x − c)² − h²/2``,
+                  magnitude ``h²/2``);
+                * ``("hist", column, edges)``: a ``keys × bins`` matrix of row counts per bin
+                  of :func:`histogram_bins`;
+                * ``("quantile", column, lo, hi, alpha, n)``: a ``keys × (2n + 1)`` matrix of
+                  row counts per cell of :func:`quantile_cells` of the values clipped to
+                  ``[lo, hi]``, over :func:`quantile_candidates` ``(lo, hi, n)``. The
+                  measurement runs OpenDP's ``make_private_quantile`` on a vector rebuilt
+                  with one value per cell (:func:`quantile_cell_values`), which has the same
+                  OpenDP score as the clipped values, so the same output distribution. The
+                  matrix may be shared by several alphas.
+            keys: With ``keys="private"``: the key set the arrays are indexed by (every key
                 present in the data; only keys passing the threshold are released). Otherwise
                 ``None``: the query's public keys (or the one global group).
             epsilon: The ε to spend (pure and approximate budgets).
@@ -629,17 +640,20 @@ class Session:
             engine: Recorded in the release's query description and the audit event.
 
         Raises:
-            InputError: Bad arguments or aggregates of the wrong shape (nothing is spent).
+            InputError: Bad arguments, or aggregates of the wrong shape or dtype, negative
+                counts, or quantile counts outside the bounds (nothing is spent).
             BudgetExhausted: The loss would exceed the remaining budget (nothing is spent).
 
         Privacy:
-            **Precondition, not checked here**: the vectors must be exact aggregates of data
+            **Precondition, not checked here**: the arrays must be exact aggregates of data
             bounded by pets (:func:`pets.dp._bounding.bound_contributions` with this query's
             ``max_groups`` G and ``max_rows`` C, per privacy unit, with sampling randomness
-            independent of the data) and clipped and encoded as described under
-            ``aggregates``. That is what makes one unit move the count vector by at most
-            ``G·C`` (and a sum vector by ``G·C·D``) in L1, ``√G·C·D`` in L2 — the ``d_in``
-            handed to OpenDP. Anything else voids the guarantee. Given that, as
+            independent of the data) and clipped, encoded or binned as described under
+            ``aggregates``. That is what makes one unit move the count vector (and the
+            flattened histogram) by at most ``G·C`` (and a sum vector by ``G·C·D``) in L1,
+            ``√G·C·D`` in L2, and change at most ``G`` keys' quantile inputs by at most ``C``
+            values each (``symmetric_distance`` ``C``) — the ``d_in`` handed to OpenDP.
+            Anything else voids the guarantee. Given that, as
             :meth:`Query.release`: each measurement gets at most its share of the requested
             ε (or ρ), the loss is the basic composition of the OpenDP maps, noise is drawn
             once from OpenDP inside the ledger's spend.
@@ -653,10 +667,6 @@ class Session:
             (['count'], 0.5)
         """
         primary, delta_req = self._check_release(query, epsilon, delta, rho, level)
-        unsupported = sorted({a.kind for a in query.aggs} - set(VECTOR_AGGREGATES))
-        if unsupported:
-            raise InputError(f"release_aggregates takes {', '.join(VECTOR_AGGREGATES)}; "
-                             f"{', '.join(unsupported)} need the rows (use Query.release)")
         if isinstance(query.keys, str):
             if not isinstance(keys, pd.DataFrame):
                 raise InputError("private key selection needs keys=: the key set the "
@@ -677,6 +687,9 @@ class Session:
             if key not in aggregates:
                 raise InputError(f"no aggregate for measurement {key!r}")
             vec = np.asarray(aggregates[key])
+            if key[0] in ("hist", "quantile"):
+                data[key] = _cell_counts(key, vec, len(key_frame))
+                continue
             if vec.ndim != 1 or vec.size != len(key_frame) or (
                     vec.size and not np.issubdtype(vec.dtype, np.integer)):
                 raise InputError(f"the aggregate for {key!r} must be an integer vector of "
@@ -694,7 +707,8 @@ class Session:
                            = None, engine: str | None = None) -> Release:
         """Measurements and their budget shares, noise (OpenDP), ledger spend, audit, release:
         the one step both engines share. ``data`` holds the exact aggregates per measurement;
-        ``rows`` (values, bounded row indices, their key codes) only for quantiles."""
+        ``rows`` (values, bounded row indices, their key codes) only for quantiles given as
+        ``(column, lo, hi)`` (the pandas path; engines pass cell counts instead)."""
         zcdp = self.total.kind == "zcdp"
         private = isinstance(q.keys, str)
         G, C = q.max_groups, q.max_rows
@@ -724,8 +738,8 @@ class Session:
             elif kind == "quantile":
                 _, _col, lo, hi, alpha, ncand = key
                 mechs[key] = quantile_mechanism(
-                    candidates=np.linspace(lo, hi, ncand).tolist(), alpha=alpha, rows=C, groups=G,
-                    primary=share, zcdp=zcdp, name="quantile")
+                    candidates=quantile_candidates(lo, hi, ncand).tolist(), alpha=alpha, rows=C,
+                    groups=G, primary=share, zcdp=zcdp, name="quantile")
         loss = PrivacyLoss.total(m.loss for m in mechs.values())
         description = q.describe()
         description.update(epsilon=epsilon, delta=delta, rho=rho, level=level)
@@ -810,6 +824,120 @@ def _encode(key: PlanKey, x: np.ndarray) -> FixedPoint:
     c, h = (lo + hi) / 2, (hi - lo) / 2
     y = np.clip(x - c, -h, h)
     return fixed_point(y, h) if kind == "csum" else fixed_point(y * y - h * h / 2, h * h / 2)
+
+
+def histogram_bins(x: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """The bin of each value: ``[e0, e1), …, [e(n-1), en]``, values below ``e0`` in the first
+    bin and above ``en`` in the last (the one binning of both engines).
+
+    Examples:
+        >>> histogram_bins(np.array([-5.0, 0.0, 0.5, 1.0, 2.0, 9.0]), (0.0, 1.0, 2.0)).tolist()
+        [0, 0, 0, 1, 1, 1]
+
+    Privacy:
+        Deterministic and row-wise: a row's bin depends on its value and the public edges only.
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    out: np.ndarray = np.clip(np.searchsorted(e, x, side="right") - 1, 0, e.size - 2)
+    return out
+
+
+def quantile_candidates(lo: float, hi: float, n: int) -> np.ndarray:
+    """The ``n`` candidates of a quantile over ``[lo, hi]``: evenly spaced, the first exactly
+    ``lo`` and the last exactly ``hi`` (``numpy.linspace`` sets both ends).
+
+    Examples:
+        >>> quantile_candidates(0.0, 1.0, 5).tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    out: np.ndarray = np.linspace(lo, hi, n)
+    return out
+
+
+def quantile_cells(x: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The cell of each value among the ``2n + 1`` cells the ``n`` sorted candidates cut the
+    line into: cell ``2k`` is the open interval just below ``c_k`` (``(c_(k-1), c_k)``; cell
+    0 is everything below ``c_0``, cell ``2n`` everything above ``c_(n-1)``) and cell
+    ``2k + 1`` is the point ``c_k`` itself.
+
+    Values in one cell compare identically (``<``, ``==``, ``>``) with *every* candidate, so
+    the counts per cell determine, for each candidate, how many values are below, equal and
+    above it — all that OpenDP's quantile score reads of the data (see
+    :func:`quantile_cell_values` and ``docs/scale-out.md``).
+
+    Examples:
+        >>> c = np.array([0.0, 0.5, 1.0])
+        >>> quantile_cells(np.array([-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0]), c).tolist()
+        [0, 1, 2, 3, 4, 5, 6]
+
+    Privacy:
+        Deterministic and row-wise (public candidates only); no noise.
+    """
+    c = np.asarray(candidates, dtype=np.float64)
+    k = np.searchsorted(c, x, side="left")  # candidates strictly below each value
+    on = np.zeros(k.shape, dtype=bool)
+    inside = k < c.size
+    on[inside] = c[k[inside]] == x[inside]
+    out: np.ndarray = 2 * k.astype(np.int64) + on
+    return out
+
+
+def quantile_cell_values(candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One representative value per cell of :func:`quantile_cells`, and which cells can hold
+    a value at all.
+
+    The representative of the point cell ``2k + 1`` is ``c_k``; of an open interval, its
+    midpoint (or the float just above its lower end when the midpoint rounds onto an end);
+    of the outer cells, the float just below ``c_0`` / above ``c_(n-1)``. A cell is
+    *possible* if its representative lies strictly inside it; an open interval between two
+    adjacent floats holds no float, so its count must be zero.
+
+    Examples:
+        >>> vals, ok = quantile_cell_values(np.array([0.0, 0.5, 1.0]))
+        >>> vals[1:-1].tolist(), ok.all()
+        ([0.0, 0.25, 0.5, 0.75, 1.0], np.True_)
+        >>> x = np.array([0.1, 0.5, 0.5, 0.9])
+        >>> counts = np.bincount(quantile_cells(x, np.array([0.0, 0.5, 1.0])), minlength=7)
+        >>> np.repeat(vals, counts).tolist()  # a vector with the same comparisons as x
+        [0.25, 0.5, 0.5, 0.75]
+    """
+    c = np.asarray(candidates, dtype=np.float64)
+    n = c.size
+    vals = np.empty(2 * n + 1, dtype=np.float64)
+    vals[1::2] = c
+    vals[0] = np.nextafter(c[0], -np.inf)
+    vals[-1] = np.nextafter(c[-1], np.inf)
+    lo, hi = c[:-1], c[1:]
+    mid = lo + (hi - lo) / 2
+    off = ~((lo < mid) & (mid < hi))
+    mid[off] = np.nextafter(lo[off], np.inf)
+    vals[2:-1:2] = mid
+    ok = np.ones(2 * n + 1, dtype=bool)
+    ok[2:-1:2] = (lo < mid) & (mid < hi)
+    return vals, ok
+
+
+def _cell_counts(key: PlanKey, arr: np.ndarray, nkeys: int) -> np.ndarray:
+    """Validate a ``keys × bins`` (histogram) or ``keys × cells`` (quantile) count matrix."""
+    if key[0] == "hist":
+        width, what = len(key[2]) - 1, "bins"
+    else:
+        width, what = 2 * int(key[5]) + 1, "cells (2 × candidates + 1)"
+    if arr.ndim != 2 or arr.shape != (nkeys, width) or (
+            arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"the aggregate for {key!r} must be an integer matrix of {nkeys} "
+                         f"keys × {width} {what}, got {arr.dtype} {arr.shape}")
+    counts = arr.astype(np.int64)
+    if (counts < 0).any():
+        raise InputError(f"the aggregate for {key!r} has negative counts")
+    if key[0] == "quantile":
+        _, _col, lo, hi, _alpha, n = key
+        _, ok = quantile_cell_values(quantile_candidates(lo, hi, n))
+        ok[[0, -1]] = False  # values are clipped to [lo, hi] = [c_0, c_(n-1)] first
+        if counts[:, ~ok].any():
+            raise InputError(f"the aggregate for {key!r} counts values outside the bounds "
+                             f"[{lo:g}, {hi:g}] (clip them first) or between adjacent floats")
+    return counts
 
 
 def _int_sums(g: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
@@ -920,13 +1048,24 @@ def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanis
         if kind in ("count", "sum", "csum", "csq"):
             noisy[key] = _noisy(m, np.asarray(data[key])[out_keys])
         elif kind == "hist":
-            gg, b, nb = data[key]
-            lut = np.full(nkeys, -1, dtype=np.int64)
-            lut[out_keys] = np.arange(out_keys.size)
-            pos = lut[gg]
-            ok = pos >= 0
-            cells = np.bincount(pos[ok] * nb + b[ok], minlength=out_keys.size * nb)
+            if isinstance(data[key], np.ndarray):  # keys × bins counts (release_aggregates)
+                cells = data[key][out_keys].reshape(-1)
+            else:
+                gg, b, nb = data[key]
+                lut = np.full(nkeys, -1, dtype=np.int64)
+                lut[out_keys] = np.arange(out_keys.size)
+                pos = lut[gg]
+                ok = pos >= 0
+                cells = np.bincount(pos[ok] * nb + b[ok], minlength=out_keys.size * nb)
             noisy[key] = _noisy(m, cells)
+        elif kind == "quantile" and isinstance(data[key], np.ndarray):
+            # keys × cells counts (release_aggregates): each key's vector is rebuilt from one
+            # value per cell; it has the clipped values' comparisons with every candidate, so
+            # the same OpenDP scores (see quantile_cells). One key's vector at a time.
+            _, _col, lo, hi, _alpha, ncand = key
+            vals, _ = quantile_cell_values(quantile_candidates(lo, hi, ncand))
+            noisy[key] = np.array([float(m.measurement(np.repeat(vals, data[key][k])))
+                                   for k in out_keys], dtype=np.float64)
         elif kind == "quantile":
             col, lo, hi = data[key]
             x = np.clip(values[col][rows], lo, hi)

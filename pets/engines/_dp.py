@@ -12,20 +12,49 @@ The pipeline, and why it carries the pandas path's guarantee (``docs/scale-out.m
    on that user's rows and independent sampling randomness only, so adding or removing one
    user changes the bounded data by at most ``G`` groups × ``C`` rows — the stability the
    pandas path's sensitivity rests on. A retried partition recomputes the same rows.
-3. **Clipping and exact partial aggregates per partition**, on the same fixed-point grid as
-   the pandas path (:func:`pets.dp._bounding.fixed_point`): counts and integer sums per public
-   key. Integer sums are exact and associative, so the tree reduction to the driver gives
-   exactly the vector a single machine would compute from the same bounded rows.
-4. **Noise once, on the driver**: the reduced vectors go to
+3. **Exact partial aggregates per partition**, with the pandas path's own row functions:
+   counts and integer sums on the fixed-point grid (:func:`pets.dp._session._encode`) per
+   key; counts per (key, bin) of :func:`pets.dp._session.histogram_bins`; counts per
+   (key, cell) of :func:`pets.dp._session.quantile_cells` for quantiles. Integer sums are
+   exact and associative, so the tree reduction to the driver gives exactly the arrays a
+   single machine would compute from the same bounded rows.
+4. **Noise once, on the driver**: the reduced arrays go to
    :meth:`pets.dp.Session.release_aggregates`, the step the pandas path runs after its own
    bounding — the same measurements, budget shares, ``d_in``, ledger spend, audit event and
    release assembly, with no second copy to drift. No partition function draws noise, so a
    retried or speculative task can never produce a second noisy answer.
 
-Supported on Dask: ``count``, ``sum``, ``mean`` and ``variance``, over public keys, keys
-selected privately (OpenDP's threshold mechanism on the reduced counts, on the driver), or no
-grouping. Quantiles and histograms need per-group row data on the driver and stay on the
-pandas path.
+Privacy:
+    **Histograms** are counts over (key × bin) cells: the driver receives exactly the cell
+    vector the pandas path builds from the same bounded rows, and ``make_laplace`` /
+    ``make_gaussian`` noise it with the same ``d_in`` (``G·C`` in L1, ``√G·C`` in L2); with
+    private keys, only the cells of the keys that pass the threshold are measured.
+
+    **Quantiles** need no rows on the driver. OpenDP 0.16's ``make_private_quantile`` is
+    ``make_quantile_score_candidates`` followed by report-noisy-max on the scores (then the
+    index → candidate map), and the score of candidate ``c`` reads the data only through
+    ``#(x < c)`` and ``#(x > c)`` (``n`` is their sum plus ``#(x = c)``). Values in one cell of
+    :func:`~pets.dp._session.quantile_cells` — strictly between two adjacent candidates,
+    exactly on one, or below the first / above the last — compare identically with *every*
+    candidate. So the per-key counts over the ``2n + 1`` cells determine every score, and a
+    vector rebuilt with one representative value per cell repeated by its count (the
+    candidate for a point cell, the midpoint for an open one,
+    :func:`~pets.dp._session.quantile_cell_values`) has exactly the scores of the clipped
+    values. The driver runs the *same* OpenDP measurement on it: the output distribution is
+    that of the pandas path on the same bounded rows, with the same ``d_in`` (``C`` per key,
+    ``G`` keys). Values are clipped to ``[lo, hi]`` first and the candidates start at ``lo``
+    and end at ``hi``, so the outer cells are empty. Tested by a hypothesis property test
+    (``tests/dp/test_session.py::TestQuantileCells``) against OpenDP's own score function.
+
+    Memory: the cluster returns a ``keys × (2n + 1)`` count matrix (``n`` = candidates; the
+    engine refuses more than ``MAX_QUANTILE_CELLS`` cells). The rebuilt vector has one entry
+    per bounded row of a key — no cheaper input gives the same scores, since the scores grow
+    with the counts — and is built one key at a time, so the driver holds the largest group's
+    values (8 bytes a row), never the whole column as the pandas path does.
+
+Supported on Dask: ``count``, ``sum``, ``mean``, ``variance``, ``histogram``, ``quantile``
+and ``median``, over public keys, keys selected privately (OpenDP's threshold mechanism on
+the reduced counts, on the driver), or no grouping.
 """
 
 from __future__ import annotations
@@ -39,7 +68,7 @@ import numpy as np
 import pandas as pd
 
 from pets._errors import InputError
-from pets.dp._session import _encode
+from pets.dp._session import _encode, histogram_bins, quantile_candidates, quantile_cells
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -47,15 +76,29 @@ if TYPE_CHECKING:
     from pets.dp import Budget, Ledger, Release
     from pets.dp._session import Query
 
-__all__ = ["BoundedAggregates", "BoundingSpec", "DaskQuery", "DaskSession",
-           "bound_partition", "bounded_aggregates"]
+__all__ = ["MAX_QUANTILE_CELLS", "BoundedAggregates", "BoundingSpec", "DaskQuery",
+           "DaskSession", "bound_partition", "bounded_aggregates"]
 
 PlanKey = tuple[Any, ...]
-_SUPPORTED = ("count", "sum", "mean", "variance")
+_KINDS = ("count", "sum", "csum", "csq", "hist", "quantile")
+
+#: Largest ``keys × (2 · candidates + 1)`` quantile count matrix the driver accepts
+#: (int64: 256 MiB); beyond it, use fewer candidates or keys.
+MAX_QUANTILE_CELLS = 2**25
 
 
-def _label(key: PlanKey) -> str:
-    return "|".join(str(k) for k in key)
+def _family(key: PlanKey) -> PlanKey:
+    """The partial aggregate a plan key reads: quantiles at several alphas share their cells."""
+    return ("quantile", *key[1:4], key[5]) if key[0] == "quantile" else key
+
+
+def _width(family: PlanKey) -> int:
+    """Cells per key of a partial aggregate (1 for counts and sums)."""
+    if family[0] == "hist":
+        return len(family[2]) - 1
+    if family[0] == "quantile":
+        return 2 * int(family[4]) + 1
+    return 1
 
 
 @dataclass(frozen=True)
@@ -77,13 +120,18 @@ class BoundingSpec:
         if self.max_groups < 1 or self.max_rows < 1:
             raise InputError("max_groups and max_rows must be >= 1")
         for key in self.plan:
-            if key[0] not in ("count", "sum", "csum", "csq"):
+            if key[0] not in _KINDS:
                 raise InputError(f"the Dask engine cannot compute {key[0]!r} aggregates")
 
     @property
     def columns(self) -> list[str]:
         measured = [k[1] for k in self.plan if len(k) > 1]
         return list(dict.fromkeys([self.privacy_unit, *self.by, *measured]))
+
+    @property
+    def families(self) -> tuple[PlanKey, ...]:
+        """The distinct partial aggregates of the plan, in plan order (``_m`` indexes it)."""
+        return tuple(dict.fromkeys(_family(k) for k in self.plan))
 
 
 def _group_codes(frame: pd.DataFrame, spec: BoundingSpec) -> np.ndarray:
@@ -96,17 +144,19 @@ def _group_codes(frame: pd.DataFrame, spec: BoundingSpec) -> np.ndarray:
 
 
 def _empty_partial(spec: BoundingSpec) -> pd.DataFrame:
-    return pd.DataFrame({"_group": np.zeros(0, np.int64),
-                         **{_label(k): np.zeros(0, np.int64) for k in spec.plan}})
+    return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("_m", "_group", "_cell", "_n")})
 
 
 def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
                     partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
-    """Bound one partition's users and return its exact partial aggregates per key.
+    """Bound one partition's users and return its exact partial aggregates.
 
     The partition must hold *all* rows of each of its users (shuffle by the unit first).
-    Returns one row per key present: ``_group`` (index into ``spec.keys``) and one int64
-    column per plan entry (``count``, fixed-point ``sum``/``csum``/``csq``).
+    Returns one row per non-zero (aggregate, key, cell): ``_m`` (index into
+    ``spec.families``), ``_group`` (index into ``spec.keys``), ``_cell`` (0 for counts and
+    sums; the bin of a histogram; the :func:`~pets.dp._session.quantile_cells` cell of the
+    value clipped to the bounds for quantiles) and ``_n`` (int64: the row count, or the sum
+    of fixed-point values for ``sum``/``csum``/``csq``).
 
     Privacy:
         Not a release: exact bounded partial aggregates that only the driver sees, where
@@ -131,13 +181,27 @@ def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
                                max_rows=spec.max_rows, rng=rng)
     rows = np.flatnonzero(sel)[keep]
     g = groups[rows]
-    cols: dict[str, Any] = {"_group": g}
-    for key in spec.plan:
-        if key[0] == "count":
-            cols[_label(key)] = np.ones(g.size, dtype=np.int64)
-        else:
-            cols[_label(key)] = _encode(key, values[key[1]][rows]).values
-    out: pd.DataFrame = pd.DataFrame(cols).groupby("_group", sort=True).sum().reset_index()
+    ones = np.ones(g.size, dtype=np.int64)
+    zeros = np.zeros(g.size, dtype=np.int64)
+    parts = []
+    for m, fam in enumerate(spec.families):
+        kind = fam[0]
+        cell, n = zeros, ones
+        if kind in ("sum", "csum", "csq"):
+            n = _encode(fam, values[fam[1]][rows]).values
+        elif kind == "hist":
+            cell = histogram_bins(values[fam[1]][rows], fam[2])
+        elif kind == "quantile":
+            _, col, lo, hi, ncand = fam
+            cell = quantile_cells(np.clip(values[col][rows], lo, hi),
+                                  quantile_candidates(lo, hi, ncand))
+        parts.append(pd.DataFrame({"_m": np.full(g.size, m, dtype=np.int64), "_group": g,
+                                   "_cell": cell.astype(np.int64), "_n": n}))
+    if not parts or not g.size:
+        return _empty_partial(spec)
+    out: pd.DataFrame = (pd.concat(parts, ignore_index=True)
+                         .groupby(["_m", "_group", "_cell"], sort=True)["_n"].sum()
+                         .reset_index())
     return out
 
 
@@ -147,16 +211,19 @@ class BoundedAggregates:
 
     Attributes:
         spec: The bounding used (keys, caps, plan, seed).
-        vectors: Plan key -> int64 vector over ``spec.keys`` (zeros for empty keys).
+        vectors: Plan key -> int64 array over ``spec.keys`` (zeros for empty keys): a vector
+            for counts and sums, a ``keys × bins`` matrix for ``hist``, a ``keys × cells``
+            matrix for ``quantile`` (one matrix shared by the alphas of a column) — the
+            arrays :meth:`pets.dp.Session.release_aggregates` takes.
     """
 
     spec: BoundingSpec
     vectors: dict[PlanKey, np.ndarray] = field(default_factory=dict)
 
     def real(self, key: PlanKey) -> np.ndarray:
-        """A vector in the column's units (counts as they are; sums times the grid step)."""
+        """The array in the column's units (counts as they are; sums times the grid step)."""
         vec: np.ndarray = self.vectors[key].astype(np.float64)
-        if key[0] != "count":
+        if key[0] in ("sum", "csum", "csq"):
             vec = vec * float(_encode(key, np.zeros(0)).step)
         return vec
 
@@ -193,11 +260,22 @@ def bounded_aggregates(
         if shuffle:
             frame = frame.shuffle(on=spec.privacy_unit)
         parts = frame.map_partitions(bound_partition, spec, meta=_empty_partial(spec))
-        (partial,) = compute(parts.groupby("_group").sum(), progress=progress)
+        (partial,) = compute(parts.groupby(["_m", "_group", "_cell"])["_n"].sum(),
+                             progress=progress)
         partial = partial.reset_index()
     n = len(spec.keys)
-    table = partial.set_index("_group").reindex(range(n), fill_value=0).astype(np.int64)
-    return BoundedAggregates(spec, {k: table[_label(k)].to_numpy() for k in spec.plan})
+    m = partial["_m"].to_numpy(dtype=np.int64)
+    gi = partial["_group"].to_numpy(dtype=np.int64)
+    ci = partial["_cell"].to_numpy(dtype=np.int64)
+    vals = partial["_n"].to_numpy(dtype=np.int64)
+    arrays: dict[PlanKey, np.ndarray] = {}
+    for i, fam in enumerate(spec.families):
+        width = _width(fam)
+        arr = np.zeros((n, width), dtype=np.int64)
+        sel = m == i
+        arr[gi[sel], ci[sel]] = vals[sel]  # (aggregate, key, cell) rows are unique
+        arrays[fam] = arr if fam[0] in ("hist", "quantile") else arr[:, 0]
+    return BoundedAggregates(spec, {k: arrays[_family(k)] for k in spec.plan})
 
 
 class DaskSession:
@@ -267,7 +345,8 @@ class DaskSession:
 
 @dataclass(frozen=True)
 class DaskQuery:
-    """An immutable grouped DP query over a :class:`DaskSession` (count/sum/mean/variance)."""
+    """An immutable grouped DP query over a :class:`DaskSession`: every statistic of
+    :class:`pets.dp.Query` (count, sum, mean, variance, quantile, median, histogram)."""
 
     dask_session: DaskSession
     query: Query
@@ -288,19 +367,39 @@ class DaskQuery:
         """The variance of ``column`` clipped to ``bounds`` per group."""
         return DaskQuery(self.dask_session, self.query.variance(column, bounds=bounds))
 
-    def quantile(self, column: str, *args: Any, **kw: Any) -> DaskQuery:
-        """Not on Dask: quantiles need each group's rows on the driver (use pandas)."""
-        raise InputError(f"quantile({column}) runs on the pandas path: the Dask engine "
-                         f"computes {', '.join(_SUPPORTED)}")
+    def quantile(self, column: str, alphas: float | Sequence[float], *,
+                 bounds: tuple[float, float], candidates: int = 1001) -> DaskQuery:
+        """The ``alphas``-quantiles of ``column`` per group, as :meth:`pets.dp.Query.quantile`.
 
-    def median(self, column: str, *args: Any, **kw: Any) -> DaskQuery:
-        """Not on Dask (see :meth:`quantile`)."""
-        return self.quantile(column)
+        The cluster returns per-key counts over the ``2 · candidates + 1`` cells the
+        candidates cut ``bounds`` into; the driver runs OpenDP's ``make_private_quantile`` on
+        a vector with the same scores (see :mod:`pets.engines._dp`).
 
-    def histogram(self, column: str, *args: Any, **kw: Any) -> DaskQuery:
-        """Not on Dask yet: use the pandas path."""
-        raise InputError(f"histogram({column}) runs on the pandas path: the Dask engine "
-                         f"computes {', '.join(_SUPPORTED)}")
+        Privacy:
+            As :meth:`pets.dp.Query.quantile`: the same measurement, the same output
+            distribution on the same bounded rows.
+        """
+        return DaskQuery(self.dask_session, self.query.quantile(
+            column, alphas, bounds=bounds, candidates=candidates))
+
+    def median(self, column: str, *, bounds: tuple[float, float],
+               candidates: int = 1001) -> DaskQuery:
+        """The median: :meth:`quantile` at 0.5.
+
+        Privacy:
+            As :meth:`quantile`.
+        """
+        return self.quantile(column, 0.5, bounds=bounds, candidates=candidates)
+
+    def histogram(self, column: str, edges: Sequence[float]) -> DaskQuery:
+        """Counts of ``column`` per bin and group, as :meth:`pets.dp.Query.histogram`.
+
+        Privacy:
+            As :meth:`pets.dp.Query.histogram`: counts over (group × bin) cells, L1
+            sensitivity ``G·C`` (L2 ``√G·C``); the cluster returns exact cell counts, noise is
+            added once on the driver.
+        """
+        return DaskQuery(self.dask_session, self.query.histogram(column, edges))
 
     def release(self, *, epsilon: float | None = None, delta: float | None = None,
                 rho: float | None = None, level: float = 0.95, seed: int | None = None,
@@ -316,8 +415,8 @@ class DaskQuery:
             progress: Show progress (default: when interactive).
 
         Raises:
-            InputError: Bad input, or an aggregate the Dask engine does not compute
-                (nothing is spent).
+            InputError: Bad input, or a quantile count matrix larger than
+                ``MAX_QUANTILE_CELLS`` (nothing is spent).
             BudgetExhausted: The loss would exceed the remaining budget (nothing is spent).
 
         Privacy:
@@ -337,21 +436,33 @@ def _data_keys(data: dd.DataFrame, by: tuple[str, ...], progress: bool | None) -
     return frame
 
 
+def _check_cells(q: Query, nkeys: int) -> None:
+    """Refuse a quantile count matrix too large for the driver (before any bounding)."""
+    for key in q.measurements:
+        if key[0] == "quantile" and nkeys * (2 * key[5] + 1) > MAX_QUANTILE_CELLS:
+            raise InputError(f"quantile({key[1]}) over {nkeys} keys × {key[5]} candidates "
+                             f"needs {nkeys * (2 * key[5] + 1)} cell counts on the driver "
+                             f"(limit {MAX_QUANTILE_CELLS}): use fewer candidates or keys")
+
+
 def _release(dq: DaskQuery, *, epsilon: float | None, delta: float | None,
              rho: float | None, level: float, seed: int | None,
              progress: bool | None) -> Release:
     session, q = dq.dask_session.session, dq.query
-    unsupported = sorted({a.kind for a in q.aggs} - set(_SUPPORTED))
-    if unsupported:
-        raise InputError(f"the Dask engine computes {', '.join(_SUPPORTED)}; "
-                         f"{', '.join(unsupported)} run on the pandas path")
     # refuse bad arguments before the cluster does any work (nothing is spent either way)
     session.check_release(q, epsilon=epsilon, delta=delta, rho=rho, level=level)
+    for c in dict.fromkeys(a.column for a in q.aggs if a.column):
+        if c not in session.columns:
+            raise InputError(f"unknown column {c!r} (columns: {', '.join(session.columns)})")
     private = isinstance(q.keys, str)
+    if not private:
+        _check_cells(q, len(q.keys) if q.by and q.keys is not None else 1)
     chosen: Any = (_data_keys(dq.dask_session.data, q.by, progress) if private
                    else q.keys if q.by else pd.DataFrame(index=range(1)))
     assert isinstance(chosen, pd.DataFrame)
     keys_frame: pd.DataFrame = chosen
+    if private:
+        _check_cells(q, len(keys_frame))
     key_tuples = (tuple(tuple(r) for r in keys_frame[list(q.by)].itertuples(index=False))
                   if q.by else ((),))
     spec = BoundingSpec(session.privacy_unit, q.by, key_tuples, q.measurements,

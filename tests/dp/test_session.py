@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from pets import BudgetExhausted, InputError
 from pets.dp import Budget, Ledger, Release, Session
@@ -464,6 +466,32 @@ def _exact(df, q, keys=KEYS):
     return out
 
 
+def _exact_cells(df, q, keys=KEYS):
+    """Histogram and quantile cell counts of ``df`` (caps do not bind), plus the counts."""
+    from pets.dp._session import histogram_bins, quantile_candidates, quantile_cells
+
+    sub = df[df["country"].isin(keys)] if keys else df
+    g = (pd.Categorical(sub["country"], categories=keys).codes.astype(np.int64) if keys
+         else np.zeros(len(sub), dtype=np.int64))
+    n = len(keys) if keys else 1
+    out = {}
+    for key in q.measurements:
+        if key[0] == "count":
+            out[key] = np.bincount(g, minlength=n)
+        elif key[0] == "hist":
+            _, col, edges = key
+            b = histogram_bins(sub[col].to_numpy(), edges)
+            out[key] = np.bincount(g * (len(edges) - 1) + b,
+                                   minlength=n * (len(edges) - 1)).reshape(n, -1)
+        else:
+            _, col, lo, hi, _alpha, nc = key
+            cells = quantile_cells(np.clip(sub[col].to_numpy(), lo, hi),
+                                   quantile_candidates(lo, hi, nc))
+            out[key] = np.bincount(g * (2 * nc + 1) + cells,
+                                   minlength=n * (2 * nc + 1)).reshape(n, -1)
+    return out
+
+
 class TestReleaseAggregates:
     """``Session.release_aggregates``: the noise-and-release step shared with other engines."""
 
@@ -525,15 +553,71 @@ class TestReleaseAggregates:
             s.release_aggregates(q, aggregates, epsilon=1.0)
         assert s.budget.spent.epsilon == 0
 
-    @pytest.mark.parametrize("add", [
-        lambda q: q.median("watch", bounds=(0, 100)),
-        lambda q: q.histogram("watch", [0, 50, 100]),
-    ], ids=["quantile", "histogram"])
-    def test_statistics_that_need_rows_are_refused(self, small_events, add):
+    @pytest.mark.parametrize("budget", [Budget.pure(10.0), Budget.zcdp(10.0)],
+                             ids=["pure", "zcdp"])
+    def test_histograms_and_quantiles_from_cell_counts_release_as_query_release(
+            self, small_events, budget):
+        def build(s):
+            return (s.query(by="country", keys=KEYS, max_groups=1, max_rows=10).count()
+                    .histogram("watch", [0, 25, 50, 100]).median("watch", bounds=(10, 90),
+                                                                 candidates=41)
+                    .quantile("watch", [0.1, 0.9], bounds=(10, 90), candidates=41))
+
+        spend = {"rho" if budget.kind == "zcdp" else "epsilon": 1.89}
+        a, b = session(small_events, budget), session(small_events, budget)
+        ref = build(a).release(**spend)
+        q = build(b)
+        got = b.release_aggregates(q, _exact_cells(small_events, q), **spend)
+        pd.testing.assert_frame_equal(ref.to_frame()[list(self.SAME)],
+                                      got.to_frame()[list(self.SAME)])
+        assert got.loss == ref.loss and b.budget.spent == a.budget.spent
+        f = got.to_frame()
+        assert set(f.loc[f["statistic"] == "quantile", "estimate"]) <= set(
+            np.linspace(10, 90, 41))
+
+    def test_quantile_from_cell_counts_finds_the_exact_quantile_under_tiny_noise(self):
+        rng = np.random.default_rng(1)
+        df = pd.DataFrame({"user_id": np.arange(4_000), "x": rng.uniform(0, 100, 4_000)})
+        s = session(df, Budget.pure(1e7))
+        q = s.query().quantile("x", [0.25, 0.5], bounds=(0, 100), candidates=101)
+        r = s.release_aggregates(q, _exact_cells(df, q, keys=None), epsilon=1e6)
+        est = r.to_frame()["estimate"].tolist()
+        # at ε = 1e6 the exponential mechanism picks the best-scoring candidate
+        exact = [np.linspace(0, 100, 101)[np.abs(np.linspace(0, 100, 101) - np.quantile(
+            df["x"], a)).argmin()] for a in (0.25, 0.5)]
+        assert est == pytest.approx(exact, abs=1.0 + 1e-9)
+
+    def test_private_keys_release_histogram_cells_of_selected_keys_only(self, small_events):
+        s = session(small_events, Budget.approx(5.0, 1e-5))
+        q = s.query(by="country", keys="private", max_rows=4).histogram("watch", [0, 50, 100])
+        frame = pd.DataFrame({"country": ["FR", "ZZ", "DE"]})
+        hist = np.array([[250, 250], [1, 0], [300, 200]])
+        r = s.release_aggregates(q, {("count",): hist.sum(axis=1), q.measurements[1]: hist},
+                                 keys=frame, epsilon=1.0, delta=1e-6)
+        f = r.to_frame()
+        assert f["country"].tolist() == ["DE", "DE", "FR", "FR"]
+        assert f["param"].tolist() == ["[0, 50)", "[50, 100]"] * 2
+        assert (np.abs(f["estimate"].to_numpy() - [300, 200, 250, 250])
+                < 30 * f["scale"].to_numpy()).all()
+
+    @pytest.mark.parametrize(("which", "value", "match"), [
+        ("hist", np.array([1, 2, 3]), "integer matrix of 3 keys × 2 bins"),
+        ("hist", np.ones((3, 3), dtype=np.int64), "3 keys × 2 bins"),
+        ("hist", np.ones((3, 2)), "integer matrix"),
+        ("hist", np.array([[1, 1], [1, -1], [1, 1]]), "negative counts"),
+        ("quantile", np.ones((3, 5), dtype=np.int64), r"3 keys × 7 cells"),
+        ("quantile", np.eye(3, 7, k=0, dtype=np.int64), "outside the bounds"),
+        ("quantile", np.eye(3, 7, k=6, dtype=np.int64)[[2, 1, 0]], "outside the bounds"),
+    ], ids=["vector", "bins", "float", "negative", "cells", "below", "above"])
+    def test_malformed_cell_counts_are_refused_and_nothing_is_spent(self, small_events, which,
+                                                                     value, match):
         s = session(small_events)
-        q = add(s.query().count())
-        with pytest.raises(InputError, match="need the rows"):
-            s.release_aggregates(q, {k: np.array([1]) for k in q.measurements}, epsilon=1.0)
+        q = (s.query(by="country", keys=KEYS).histogram("watch", [0, 50, 100])
+             .median("watch", bounds=(0, 100), candidates=3))
+        ok = _exact_cells(small_events, q)
+        bad = {k: (value if k[0] == which else v) for k, v in ok.items()}
+        with pytest.raises(InputError, match=match):
+            s.release_aggregates(q, bad, epsilon=1.0)
         assert s.budget.spent.epsilon == 0
 
     def test_arguments_are_checked_as_release_checks_them(self, small_events):
@@ -568,3 +652,77 @@ class TestMeasurements:
         s = session(small_events, Budget.approx(1.0, 1e-5))
         q = s.query(by="country", keys="private").sum("watch", bounds=(0, 10))
         assert q.measurements == (("count",), ("sum", "watch", 0.0, 10.0))
+
+
+def _scores(x, candidates, alpha):
+    """OpenDP's own quantile scores (the input of make_private_quantile's noisy max)."""
+    from pets.dp._opendp import opendp
+
+    dp = opendp()
+    t = dp.t.make_quantile_score_candidates(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
+                                            dp.symmetric_distance(),
+                                            candidates=[float(c) for c in candidates],
+                                            alpha=float(alpha))
+    return list(t(np.asarray(x, dtype=np.float64)))
+
+
+@st.composite
+def _quantile_inputs(draw):
+    """Bounds, candidates and values: on candidates, at and beyond the bounds, in between."""
+    lo = draw(st.floats(-1e4, 1e4, allow_nan=False))
+    hi = lo + draw(st.floats(1e-3, 1e4))
+    n = draw(st.integers(2, 25))
+    from pets.dp._session import quantile_candidates
+
+    cands = quantile_candidates(lo, hi, n)
+    assume(bool((np.diff(cands) > 0).all()))
+    value = st.one_of(st.sampled_from(cands.tolist()), st.just(lo), st.just(hi),
+                      st.floats(lo - 10, hi + 10), st.floats(-1e300, 1e300),
+                      st.sampled_from([-math.inf, math.inf, -0.0]))
+    x = np.array(draw(st.lists(value, max_size=80)), dtype=np.float64)
+    alpha = draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0, 1)))
+    return lo, hi, cands, x, alpha
+
+
+class TestQuantileCells:
+    """Cell counts carry everything OpenDP's quantile score reads: the Dask quantile argument."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(_quantile_inputs())
+    def test_rebuilt_vector_has_the_same_opendp_scores_as_the_clipped_values(self, case):
+        from pets.dp._session import quantile_cell_values, quantile_cells
+
+        lo, hi, cands, x, alpha = case
+        clipped = np.clip(x, lo, hi)  # what the pandas path hands make_private_quantile
+        counts = np.bincount(quantile_cells(clipped, cands), minlength=2 * cands.size + 1)
+        assert counts[0] == counts[-1] == 0  # clipping empties the outer cells
+        vals, ok = quantile_cell_values(cands)
+        rebuilt = np.repeat(vals, counts)
+        assert rebuilt.size == clipped.size and ok[counts > 0].all()
+        assert _scores(rebuilt, cands, alpha) == _scores(clipped, cands, alpha)
+
+    @settings(max_examples=100, deadline=None)
+    @given(_quantile_inputs())
+    def test_each_cell_compares_with_every_candidate_as_its_values_do(self, case):
+        from pets.dp._session import quantile_cell_values, quantile_cells
+
+        _, _, cands, x, _ = case
+        cells = quantile_cells(x, cands)
+        vals, _ = quantile_cell_values(cands)
+        rep = vals[cells][:, None]
+        xs, c = x[:, None], cands[None, :]
+        assert ((rep < c) == (xs < c)).all() and ((rep == c) == (xs == c)).all()
+
+    def test_open_cells_between_adjacent_floats_cannot_hold_values(self):
+        from pets.dp._session import quantile_cell_values
+
+        c = np.array([1.0, np.nextafter(1.0, 2.0), 2.0])
+        vals, ok = quantile_cell_values(c)
+        assert ok.tolist() == [True, True, False, True, True, True, True]
+        assert c[1] < vals[4] < c[2]
+
+    def test_histogram_bins_put_outside_values_in_the_end_bins(self):
+        from pets.dp._session import histogram_bins
+
+        x = np.array([-np.inf, -1.0, 0.0, 0.999, 1.0, 3.0, 3.5, np.inf])
+        assert histogram_bins(x, (0.0, 1.0, 2.0, 3.0)).tolist() == [0, 0, 0, 0, 1, 2, 2, 2]
