@@ -1,7 +1,8 @@
 """The export gate: the only function in pets that writes for another jurisdiction.
 
 :func:`export` takes a :class:`~pets.boundary.ProtectedFrame` (or the path of a file
-:func:`~pets.boundary.protect` wrote) or a :class:`pets.dp.Release`, and a destination. For a
+:func:`~pets.boundary.protect` wrote, or of a protected *dataset directory* that
+``pets protect --engine dask`` wrote) or a :class:`pets.dp.Release`, and a destination. For a
 table it checks, in order, and refuses on the first failure:
 
 1. the caller runs in the policy's home (the gate stands at the border, on the inside);
@@ -22,6 +23,17 @@ On refusal nothing is written and the refusal is recorded as an incident
 (Parquet with the manifest and an export record in its metadata; for a release, the release
 table with its metadata) and a ``boundary.export`` entry records the destination, columns,
 treatments, row count and the SHA-256 of the file that left.
+
+A dataset directory passes the same checks in the same order: steps 3 and 4 cover every part
+(:mod:`pets.boundary._dataset`: the signed dataset manifest, the listing, each part's signed
+manifest and the chain from the footers first, then each part's values), reading one part at a
+time. The output is a dataset directory (built in a hidden directory, renamed into place when
+complete): each part with the selected columns, its original signed manifest and the export
+record, and ``_manifest.json`` with the original signed dataset manifest plus the same record.
+It verifies on the receiving side (:func:`pets.boundary._dataset.verify_dataset`). Its
+``boundary.export`` entry counts the parts and records one digest over every file that left:
+the SHA-256 of ``sha256sum``'s listing of the directory (:func:`~pets.boundary._dataset.files_digest`;
+``LC_ALL=C sha256sum * | sha256sum`` recomputes it).
 """
 
 from __future__ import annotations
@@ -37,10 +49,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from pets._errors import InputError, JurisdictionError, PetsError, PolicyError
-from pets._io import atomic_path
+from pets._errors import InputError, IntegrityError, JurisdictionError, PetsError, PolicyError
+from pets._io import atomic_directory, atomic_path
 from pets.boundary._audit import AuditLog
-from pets.boundary._manifest import EXPORT_KEY, ProtectedFrame
+from pets.boundary._manifest import EXPORT_KEY, Manifest, ProtectedFrame
 from pets.boundary._policy import Policy
 from pets.boundary._signing import PublicKeyLike
 from pets.jurisdiction import Context, Jurisdiction
@@ -52,7 +64,11 @@ RELEASE_KEY = b"pets.release"
 
 @dataclass(frozen=True)
 class ExportReceipt:
-    """What left: destination, path, kind of output, columns, rows and the file's SHA-256."""
+    """What left: destination, path, kind of output, columns, rows and the file's SHA-256.
+
+    For a dataset directory, ``parts`` counts its part files and ``sha256`` is the digest of
+    every file in it (:func:`~pets.boundary._dataset.files_digest`).
+    """
 
     destination: str
     path: str
@@ -62,6 +78,7 @@ class ExportReceipt:
     rows: int
     sha256: str
     audit_seq: int
+    parts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "columns": list(self.columns)}
@@ -90,10 +107,13 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
     """Check ``obj`` against ``policy`` and, if it may go ``to`` the destination, write it.
 
     Args:
-        obj: A :class:`ProtectedFrame`, the path of a protected Parquet file, or a
-            :class:`pets.dp.Release`. Anything else (a raw DataFrame) is refused.
+        obj: A :class:`ProtectedFrame`, the path of a protected Parquet file or of a protected
+            dataset directory (``pets protect --engine dask``), or a :class:`pets.dp.Release`.
+            Anything else (a raw DataFrame, a directory without ``_manifest.json``) is
+            refused.
         to: The destination jurisdiction, e.g. ``"US"``.
-        path: Where to write (atomically; nothing is written on refusal).
+        path: Where to write (atomically; nothing is written on refusal). For a dataset, a
+            directory that does not exist yet, or an earlier export to be replaced.
         policy: The policy the data was protected under.
         public_key: The home jurisdiction's Ed25519 public key (or its PEM / PEM file), or a
             list of them after a rotation of the signing key.
@@ -109,8 +129,11 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
 
     Raises:
         PolicyError: Raw data, another policy, or a column/output the policy keeps home.
-        IntegrityError: No manifest, a bad signature, or data that does not match it.
+        IntegrityError: No manifest, a bad signature, or data that does not match it; for a
+            dataset also a missing, added, reordered or swapped part.
         JurisdictionError: The caller is not in the policy's home.
+        InputError: Unwritable destination; a dataset with Parquet modular encryption or one
+            that is already an export.
 
     Examples:
         >>> import pathlib, tempfile
@@ -155,12 +178,18 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         if context.jurisdiction != policy.home:
             raise JurisdictionError(f"exports leave from the policy's home {policy.home}; "
                                     f"{context.access_token} is outside it")
-        if dest.is_dir():
+        dataset = isinstance(obj, str | os.PathLike) and Path(obj).is_dir()
+        if dest.is_dir() and not dataset:
             raise InputError(f"{dest}: cannot write (is a directory)")
         try:
             if _is_release(obj):
                 return _export_release(obj, code, dest, policy, context, audit)
+            if dataset:
+                return _export_dataset(Path(obj), code, dest, policy, public_key, context,
+                                       audit, columns)
             return _export_table(obj, code, dest, policy, public_key, context, audit, columns)
+        except PetsError:
+            raise
         except OSError as exc:
             raise InputError(f"{dest}: cannot write ({exc.strerror or type(exc).__name__})"
                              ) from None
@@ -193,6 +222,28 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
                           "DP releases may leave")
     manifest = obj.manifest.verify(public_key)
     manifest.verify_data(obj.data)
+    ordered = _select(manifest, policy, to, columns)
+    record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
+              "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    subset = ProtectedFrame(obj.data[ordered], manifest)
+    with atomic_path(dest) as tmp:
+        subset.write(tmp, extra_metadata={EXPORT_KEY: json.dumps(record).encode()})
+        digest = _file_sha256(tmp)
+        entry = audit.append(
+            "boundary.export", actor=context, destination=to, output="table",
+            name=manifest.dataset, columns=ordered,
+            treatments={c: t for c, t in manifest.treatments().items() if c in ordered},
+            outputs={c.name: c.output for c in manifest.columns if c.name in ordered},
+            rows=manifest.rows, digest=digest, path=str(dest),
+            policy_digest=manifest.policy_digest, data_digest=manifest.data_digest,
+            signer=manifest.signer)
+    return ExportReceipt(to, str(dest), "table", manifest.dataset, tuple(ordered),
+                         manifest.rows, digest, int(entry["seq"]))
+
+
+def _select(manifest: Manifest, policy: Policy, to: str,
+            columns: Sequence[str] | Literal["allowed"] | None) -> list[str]:
+    """Steps 5 and 6 of the gate: this policy, and columns that may go ``to``; in order."""
     if manifest.policy_digest != policy.digest():
         raise PolicyError(f"{manifest.dataset!r} was protected under another policy "
                           f"(digest {manifest.policy_digest[:12]}…, this policy "
@@ -213,23 +264,83 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
     if refused:
         raise PolicyError(f"policy {policy.source} keeps these columns from {to}: "
                           f"{', '.join(refused)}")
-    ordered = [c.name for c in manifest.columns if c.name in names]
+    return [c.name for c in manifest.columns if c.name in names]
+
+
+def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
+                    public_key: PublicKeyLike | Sequence[PublicKeyLike], context: Context,
+                    audit: AuditLog,
+                    columns: Sequence[str] | Literal["allowed"] | None) -> ExportReceipt:
+    """The gate for a protected dataset directory: same checks, one part at a time."""
+    from pets.boundary._dataset import (
+        DATASET_MANIFEST,
+        DatasetIndex,
+        files_digest,
+        is_dataset,
+        iter_parts,
+        read_index,
+        verify_structure,
+    )
+
+    if not is_dataset(src):
+        raise IntegrityError(f"{src}: no pets dataset manifest ({DATASET_MANIFEST}; not "
+                             "produced by protect)")
+    index = read_index(src)
+    if index.export is not None:
+        raise InputError(f"{src}: already exported (to {index.export.get('destination')}); "
+                         "export from the protected dataset itself")
+    if index.encrypted:
+        raise InputError(f"{src}: its parts use Parquet modular encryption, which the export "
+                         "gate does not read; write the dataset without encryption= to export "
+                         "it")
+    src_real, dest_real = src.resolve(), dest.resolve()
+    if dest_real == src_real or src_real in dest_real.parents or dest_real in src_real.parents:
+        raise InputError(f"{dest}: cannot write an export into or over its source {src}")
+    replace = dest.exists()
+    if replace and not _is_export(dest):
+        raise InputError(f"{dest}: already exists and is not an earlier export; name a new "
+                         "directory")
+    parts = verify_structure(index, public_key)              # 3 and 4 from the footers
+    manifest = index.manifest
+    try:
+        ordered = _select(manifest, policy, to, columns)      # 5 and 6 (signed facts only)
+    except PetsError as refusal:
+        for _ in iter_parts(index, parts):                    # 4: values first, as for a file
+            pass
+        raise refusal from None
     record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
               "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    subset = ProtectedFrame(obj.data[ordered], manifest)
-    with atomic_path(dest) as tmp:
-        subset.write(tmp, extra_metadata={EXPORT_KEY: json.dumps(record).encode()})
-        digest = _file_sha256(tmp)
+    meta = {EXPORT_KEY: json.dumps(record).encode()}
+    with atomic_directory(dest, overwrite=replace) as tmp:
+        files: dict[str, str] = {}
+        for part, frame in iter_parts(index, parts):          # 4: each part's values
+            out = tmp / part.name
+            ProtectedFrame(frame[ordered], part.manifest).write(out, extra_metadata=meta)
+            files[part.name] = _file_sha256(out)
+        exported = DatasetIndex(tmp, manifest, index.parts, False, record)
+        (tmp / DATASET_MANIFEST).write_text(exported.to_json(), encoding="utf-8")
+        files[DATASET_MANIFEST] = _file_sha256(tmp / DATASET_MANIFEST)
+        digest = files_digest(files)
         entry = audit.append(
             "boundary.export", actor=context, destination=to, output="table",
             name=manifest.dataset, columns=ordered,
             treatments={c: t for c, t in manifest.treatments().items() if c in ordered},
             outputs={c.name: c.output for c in manifest.columns if c.name in ordered},
-            rows=manifest.rows, digest=digest, path=str(dest),
+            rows=manifest.rows, parts=len(parts), digest=digest, path=str(dest),
             policy_digest=manifest.policy_digest, data_digest=manifest.data_digest,
             signer=manifest.signer)
     return ExportReceipt(to, str(dest), "table", manifest.dataset, tuple(ordered),
-                         manifest.rows, digest, int(entry["seq"]))
+                         manifest.rows, digest, int(entry["seq"]), len(parts))
+
+
+def _is_export(path: Path) -> bool:
+    """An earlier export of the gate (the only kind of directory an export replaces)."""
+    from pets.boundary._dataset import read_index
+
+    try:
+        return path.is_dir() and read_index(path).export is not None
+    except PetsError:
+        return False
 
 
 def _export_release(release: Any, to: str, dest: Path, policy: Policy, context: Context,

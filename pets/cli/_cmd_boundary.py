@@ -4,7 +4,10 @@ A whole ETL step is one command with a YAML policy::
 
     pets protect users.parquet --policy users-policy.yaml --out protected/
     pets protect raw/ --policy users-policy.yaml --out protected/ --engine dask --workers 4
+    pets protect raw/ --policy users-policy.yaml --out protected/ --engine dask \
+        --scheduler tcp://scheduler:8786
     pets export protected/ --to US --out us/users.parquet --columns user_id,email,country
+    pets export protected/ --to US --out us/users --columns allowed   # a Dask dataset
     pets audit verify .pets/audit.jsonl --public-key .pets/keyring/boundary/signing-key.pub.pem
     pets policy check users-policy.yaml --data users.parquet
 
@@ -122,16 +125,28 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 def _protected_file(src: Path) -> Path:
-    """A protect output directory (its single ``*.parquet``) or a file."""
-    if src.is_dir():
-        files = sorted(p for p in src.glob("*.parquet") if not p.name.startswith("."))
-        if len(files) != 1:
-            raise InputError(f"{src}: expected exactly one protected .parquet file, found "
-                             f"{len(files)}")
-        return files[0]
+    """What ``pets export SRC`` exports: a protected file or a protected dataset directory.
+
+    ``SRC`` may be the file, the dataset directory (it holds ``_manifest.json``), or the
+    ``--out`` directory of ``pets protect`` holding exactly one of them. A directory of several
+    Parquet files without ``_manifest.json`` is returned as is: the gate refuses it as
+    unprotected (and records the refusal).
+    """
+    from pets.boundary._dataset import is_dataset
+
     if not src.exists():
         raise InputError(f"{src}: no such file or directory")
-    return src
+    if not src.is_dir() or is_dataset(src):
+        return src
+    files = sorted(p for p in src.glob("*.parquet") if not p.name.startswith("."))
+    datasets = sorted(p for p in src.iterdir() if p.is_dir() and is_dataset(p))
+    found = files + datasets
+    if len(found) == 1:
+        return found[0]
+    if not datasets and len(files) > 1:
+        return src  # raw part files: the gate says why it refuses
+    raise InputError(f"{src}: expected exactly one protected .parquet file or dataset "
+                     f"directory, found {len(found)}")
 
 
 # -- protect ------------------------------------------------------------------------------------
@@ -151,13 +166,18 @@ def _protected_file(src: Path) -> Path:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes of the local Dask cluster (only with --engine dask; "
                    "default: the CPU count).")
+@click.option("--scheduler", default=None, envvar="PETS_DASK_SCHEDULER", metavar="ADDRESS",
+              help="Run on an existing Dask cluster: its scheduler's address, e.g. "
+                   "tcp://host:8786 (only with --engine dask; not with --workers). Its workers "
+                   "need the keyring path and PETS_MASTER_KEY in their own environment. "
+                   "[env: PETS_DASK_SCHEDULER]")
 @_audit_option
 @_boundary_option
 @keyring_options
 @context_options
 @json_option
 def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: int | None,
-            audit_log: Path, boundary_keys: Path | None, jurisdiction: str,
+            scheduler: str | None, audit_log: Path, boundary_keys: Path | None, jurisdiction: str,
             principal: str | None, as_json: bool, key_config: KeyConfig) -> None:
     """Protect a raw Parquet table under a policy (runs in the policy's home only).
 
@@ -170,11 +190,18 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
 
     if workers is not None and engine != "dask":
         raise click.UsageError("--workers needs --engine dask")
+    if scheduler is not None and _from_env("scheduler") and (engine != "dask" or workers):
+        scheduler = None  # the environment's default yields to the command line
+    if scheduler is not None and engine != "dask":
+        raise click.UsageError("--scheduler needs --engine dask")
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("--scheduler and --workers exclude each other: the cluster at "
+                               "the scheduler has its own workers")
     ctx = make_context(jurisdiction, principal)
     policy = load_policy(policy_path)
     if engine == "dask":
-        _protect_dask(infile, policy_path, policy, out, workers, audit_log, boundary_keys, ctx,
-                      as_json, key_config)
+        _protect_dask(infile, policy_path, policy, out, workers, scheduler, audit_log,
+                      boundary_keys, ctx, as_json, key_config)
         return
     frame = _read_parquet(infile)
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
@@ -208,6 +235,12 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
     emit(result, as_json, text)
 
 
+def _from_env(param: str) -> bool:
+    """Whether the value of ``param`` came from its environment variable."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source is click.core.ParameterSource.ENVIRONMENT
+
+
 def _copy_policy(out: Path, policy_path: Path) -> None:
     """The policy copy beside the output, which ``pets export`` reads by default."""
     from pets._io import atomic_path
@@ -217,8 +250,9 @@ def _copy_policy(out: Path, policy_path: Path) -> None:
 
 
 def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
-                  workers: int | None, audit_log: Path, boundary_keys: Path | None,
-                  ctx: Context, as_json: bool, key_config: KeyConfig) -> None:
+                  workers: int | None, scheduler: str | None, audit_log: Path,
+                  boundary_keys: Path | None, ctx: Context, as_json: bool,
+                  key_config: KeyConfig) -> None:
     import os
 
     from pets._errors import require
@@ -230,14 +264,17 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
     if not infile.exists():
         raise InputError(f"{infile}: no such file or directory")
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
-    summary = run_protect_dask(infile, policy, out, workers=workers or os.cpu_count() or 1,
-                               keys=keys, key_source=key_config, context=ctx, audit=log)
+    summary = run_protect_dask(
+        infile, policy, out, workers=None if scheduler else workers or os.cpu_count() or 1,
+        scheduler=scheduler, keys=keys, key_source=key_config, context=ctx, audit=log)
     _copy_policy(out, policy_path)  # run_protect_dask wrote manifest.json and the PEM
     summary["audit_log"] = str(audit_log)
     columns: dict[str, str] = summary["columns"]
 
     def text() -> str:
-        lines = [f"protected {summary['dataset']} with dask ({summary['workers']} workers): "
+        where = f" at {summary['scheduler']}" if scheduler else ""
+        lines = [f"protected {summary['dataset']} with dask ({summary['workers']} workers"
+                 f"{where}): "
                  f"{summary['rows_in']} rows in, {summary['rows']} out, {summary['parts']} "
                  f"parts -> {summary['out']}"]
         lines += [f"  {name:<16} {treatment}" for name, treatment in columns.items()]
@@ -257,10 +294,12 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("--to", "destination", required=True, help="Destination jurisdiction, e.g. US.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The file to write for the destination (atomically; nothing on refusal).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The file to write for the destination or, for a dataset (pets protect "
+                   "--engine dask), the directory (atomically; nothing on refusal).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="The policy (default: policy.yaml beside the protected file).")
+              default=None, help="The policy (default: policy.yaml beside the protected file "
+                                 "or dataset directory).")
 @click.option("--columns", default=None,
               help="Comma-separated columns to export, or 'allowed' for every column the "
                    "policy lets go to the destination (default: all; columns the policy keeps "
@@ -276,7 +315,12 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
            columns: str | None, public_key: Path | None, audit_log: Path,
            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
            as_json: bool, key_config: KeyConfig) -> None:
-    """Export a protected table through the gate (verifies signature, data and policy)."""
+    """Export a protected table through the gate (verifies signature, data and policy).
+
+    SRC is a protected file, a protected dataset directory (pets protect --engine dask: part
+    files and _manifest.json; every part is verified and --out names the directory to write),
+    or the --out directory of pets protect holding one of them.
+    """
     from pets.boundary import export as do_export
     from pets.boundary import load_policy
 
@@ -292,10 +336,13 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
     receipt = do_export(file, destination, out, policy=policy,
                         public_key=public_key or keys.signer.public_key, context=ctx,
                         audit=log, columns=cols)
+    parts = "" if receipt.parts is None else f" in {receipt.parts} parts"
     emit(receipt.to_dict(), as_json,
-         lambda: (f"exported {receipt.name} to {receipt.destination}: {receipt.rows} rows, "
-                  f"columns {', '.join(receipt.columns)} -> {receipt.path}\n"
-                  f"  sha256 {receipt.sha256}; audit entry {receipt.audit_seq}"))
+         lambda: (f"exported {receipt.name} to {receipt.destination}: {receipt.rows} rows"
+                  f"{parts}, columns {', '.join(receipt.columns)} -> {receipt.path}\n"
+                  f"  sha256 {receipt.sha256}"
+                  f"{' (of every file: LC_ALL=C sha256sum * | sha256sum)' if parts else ''}"
+                  f"; audit entry {receipt.audit_seq}"))
 
 
 # -- reidentify ---------------------------------------------------------------------------------

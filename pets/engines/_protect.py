@@ -21,7 +21,6 @@ Manifests are signed on the driver; the signing key never reaches a worker.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import itertools
 import math
@@ -38,8 +37,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pets._errors import InputError, IntegrityError, JurisdictionError, PetsError, PolicyError
+from pets._errors import InputError, JurisdictionError, PetsError, PolicyError
 from pets._io import atomic_directory
+from pets.boundary._dataset import DATASET_MANIFEST, chain_digest
 from pets.engines._keyref import WorkerKeys
 from pets.engines._parquet import ParquetEncryption
 from pets.engines._plan import PartitionFn, Step, ship
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
     from pets.boundary import BoundaryKeys, Manifest, Policy, ProtectedFrame
 
 __all__ = ["DaskProtected", "QuantileBucket", "protect", "verify_dataset"]
-
-DATASET_MANIFEST = "_manifest.json"
 
 
 # -- global state computed on the driver -------------------------------------------------------
@@ -295,20 +293,6 @@ class DaskProtected:
         return parts, dataset
 
 
-def chain_digest(column: str, parts: Sequence[tuple[int, str]]) -> str:
-    """A dataset column's digest: SHA-256 over its name and each part's (rows, digest), in order.
-
-    Examples:
-        >>> a = chain_digest("x", [(2, "ab"), (3, "cd")])
-        >>> a == chain_digest("x", [(3, "cd"), (2, "ab")]), len(a)
-        (False, 64)
-    """
-    h = hashlib.sha256(b"pets.dataset-column/1\x00" + column.encode() + b"\x00")
-    for rows, digest in parts:
-        h.update(rows.to_bytes(8, "little") + digest.encode() + b"\x00")
-    return h.hexdigest()
-
-
 def _json(doc: Any) -> str:
     import json
 
@@ -530,51 +514,22 @@ def verify_dataset(path: str | os.PathLike[str], public_key: Any, *,
 
     Every part's manifest signature and value digests are checked, and the signed dataset
     manifest must chain exactly those parts in that order (a missing, extra, reordered or
-    altered part fails).
+    altered part fails). One part is in memory at a time. Datasets the export gate wrote
+    verify too (see :func:`pets.boundary._dataset.verify_dataset`, which this calls with a
+    reader for Parquet modular encryption).
 
     Raises:
         IntegrityError: Any signature, digest or listing check fails (opaque on purpose).
         InputError: ``path`` is not a protected dataset.
     """
-    import json
+    from pets.boundary._dataset import verify_dataset as verify
 
-    from pets.boundary import Manifest
-    from pets.boundary._manifest import MANIFEST_KEY, data_digest
+    if encryption is None:
+        return verify(path, public_key)
 
-    root = Path(path)
-    try:
-        doc = json.loads((root / DATASET_MANIFEST).read_text())
-        if doc.get("format") != "pets.dataset/1":
-            raise ValueError
-        dataset = Manifest.from_json(json.dumps(doc["manifest"]))
-        listed = [str(p["file"]) for p in doc["parts"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise InputError(f"{root}: not a pets protected dataset") from None
-    dataset.verify(public_key)
-    present = sorted(p.name for p in root.glob("*.parquet"))
-    if present != sorted(listed):
-        raise IntegrityError("dataset does not match its manifest")
-    parts: list[Manifest] = []
-    for name in listed:
-        file = root / name
-        table = (encryption._crypto().read_table(str(file), context=encryption.context)
-                 if encryption is not None else pq.read_table(file))
-        raw = (table.schema.metadata or {}).get(MANIFEST_KEY)
-        if raw is None:
-            raise IntegrityError("dataset does not match its manifest")
-        m = Manifest.from_json(raw).verify(public_key)
-        frame = table.to_pandas()
-        m.verify_data(frame)
-        same = ("dataset", "policy_digest", "home", "created_by")
-        if any(getattr(m, a) != getattr(dataset, a) for a in same) or [
-                dataclasses.replace(c, digest="") for c in m.columns] != [
-                dataclasses.replace(c, digest="") for c in dataset.columns]:
-            raise IntegrityError("dataset does not match its manifest")
-        parts.append(m)
-    total = sum(m.rows for m in parts)
-    chained = [(c.name, chain_digest(c.name, [(m.rows, m.column(c.name).digest) for m in parts]))
-               for c in dataset.columns]
-    if total != dataset.rows or any(d != dataset.column(n).digest for n, d in chained) or \
-            data_digest(total, chained) != dataset.data_digest:
-        raise IntegrityError("dataset does not match its manifest")
-    return dataset
+    def read(file: Path, columns: Sequence[str] | None) -> pa.Table:
+        table: pa.Table = encryption._crypto().read_table(str(file), context=encryption.context,
+                                                          columns=columns)
+        return table
+
+    return verify(path, public_key, reader=read)

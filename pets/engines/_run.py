@@ -1,7 +1,14 @@
-"""One call for pipelines and the CLI: protect a Parquet dataset on a local Dask cluster.
+"""One call for pipelines and the CLI: protect a Parquet dataset on a Dask cluster.
 
-``pets protect --engine dask --workers N`` is meant to map onto :func:`run_protect_dask`; it can also be
-called from Python with an existing ``distributed.Client`` (a real cluster).
+``pets protect --engine dask --workers N`` maps onto :func:`run_protect_dask` on a local cluster
+of ``N`` worker processes; ``--scheduler tcp://host:8786`` (or ``PETS_DASK_SCHEDULER``) onto
+``run_protect_dask(..., scheduler=...)``, which connects to an existing cluster. From Python an
+existing ``distributed.Client`` works too (``client=``).
+
+Workers of an existing cluster open the key services themselves: the keyring directory (or
+PKCS#11 library) must be at the same path on every worker, and ``PETS_MASTER_KEY`` (or the
+passphrase / PIN) must be in *the workers' own environment* — it never travels in the task
+graph. Input and output paths must be visible to every worker (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ if TYPE_CHECKING:
     from pets.boundary import BoundaryKeys, Policy
     from pets.engines._keyref import KeySource
 
-__all__ = ["local_client", "run_protect_dask"]
+__all__ = ["connect", "local_client", "run_protect_dask"]
 
 
 @contextlib.contextmanager
@@ -59,6 +66,53 @@ def local_client(workers: int, *, threads_per_worker: int = 1,
             cluster.close()
 
 
+@contextlib.contextmanager
+def connect(address: str, *, timeout: float = 10.0) -> Iterator[Any]:
+    """A ``distributed.Client`` of the running cluster at ``address``, closed on exit.
+
+    Only the client is closed: the cluster belongs to whoever started it.
+
+    Raises:
+        InputError: Nothing answers at ``address`` within ``timeout`` seconds, or it is not a
+            scheduler address.
+        MissingDependencyError: ``distributed`` is not installed.
+
+    Examples:
+        >>> with connect("tcp://127.0.0.1:1", timeout=0.5):  # doctest: +ELLIPSIS
+        ...     pass
+        Traceback (most recent call last):
+        ...
+        pets._errors.InputError: cannot reach the Dask scheduler at tcp://127.0.0.1:1 within 0.5 s (...)
+    """
+    from pets._errors import require
+
+    dist: Any = require("distributed", "dask")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = dist.Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s "
+                         f"({type(exc).__name__})") from None
+    try:
+        yield client
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client.close()
+
+
+def _absolute(source: KeySource) -> KeySource:
+    """A key configuration whose keyring path means the same on a worker in another cwd."""
+    import dataclasses
+
+    ring = getattr(source, "keyring", None)
+    if dataclasses.is_dataclass(source) and isinstance(ring, Path) and not ring.is_absolute():
+        fixed: KeySource = dataclasses.replace(source, keyring=ring.absolute())  # type: ignore[type-var]
+        return fixed
+    return source
+
+
 def _worker_kek(policy: Policy) -> str:
     for name in ("pseudonyms", "signing", "columns"):
         if name in policy.keys:
@@ -73,12 +127,14 @@ def run_protect_dask(
     policy: Policy,
     out_dir: str | os.PathLike[str],
     *,
-    workers: int,
+    workers: int | None = None,
     keys: BoundaryKeys,
     key_source: KeySource,
     context: Context,
     audit: Any = None,
     client: Any = None,
+    scheduler: str | None = None,
+    connect_timeout: float = 10.0,
     threads_per_worker: int = 1,
     memory_limit: str | int = "auto",
     parquet_encryption: Mapping[str, Sequence[str]] | None = None,
@@ -96,13 +152,19 @@ def run_protect_dask(
         in_path: A Parquet file, directory or list of files.
         policy: The dataset's policy.
         out_dir: Output directory.
-        workers: Worker processes of the local cluster (ignored with ``client``).
+        workers: Worker processes of a new local cluster (default: the CPU count); ignored
+            with ``client``, refused with ``scheduler``.
         keys: The home jurisdiction's boundary keys (opened on the driver).
         key_source: How workers open the key services (the CLI's ``KeyConfig``; the master
             key/passphrase/PIN come from the workers' environment).
         context: Who protects, and where (the policy's home).
         audit: The audit log (``boundary.protect`` / ``boundary.refused``).
         client: An existing ``distributed.Client`` (default: a new local cluster).
+        scheduler: The address of an existing cluster's scheduler (``tcp://host:8786``): the
+            job connects with ``distributed.Client(scheduler)`` and closes only its client.
+            Its workers need the key configuration in their own environment (see the module
+            docstring); paths are made absolute for them.
+        connect_timeout: Seconds to wait for ``scheduler`` before giving up.
         threads_per_worker: Threads per worker process.
         memory_limit: Per-worker memory limit of the local cluster (e.g. ``"2GiB"``).
         parquet_encryption: ``{kek_uri: [columns]}`` to encrypt part files with Parquet
@@ -112,7 +174,12 @@ def run_protect_dask(
         progress: Show progress (default: when interactive).
 
     Returns:
-        A JSON-able summary (output paths, rows, treatments, k-anonymity, signer, parts).
+        A JSON-able summary (output paths, rows, treatments, k-anonymity, signer, parts,
+        workers, and the scheduler's address).
+
+    Raises:
+        InputError: ``scheduler`` cannot be reached within ``connect_timeout`` (or is not an
+            address), or comes with ``client`` or ``workers``.
 
     Example (CLI side)::
 
@@ -125,20 +192,33 @@ def run_protect_dask(
 
     if parquet_encryption and not footer_key:
         raise InputError("Parquet modular encryption needs a footer key URI")
+    if scheduler is not None and (client is not None or workers is not None):
+        raise InputError("scheduler= connects to an existing cluster: give neither client= "
+                         "nor workers= with it")
+    if scheduler is not None:  # remote workers resolve paths in their own working directory
+        in_path = (Path(in_path).absolute() if isinstance(in_path, str | os.PathLike)
+                   else [Path(p).absolute() for p in in_path])
+        out_dir = Path(out_dir).absolute()
+        key_source = _absolute(key_source)
     out = Path(out_dir)
     wk = WorkerKeys(key_source, _worker_kek(policy), context, services=keys.services)
     enc = (ParquetEncryption.of(key_source, context, footer_key=str(footer_key),
                                 column_keys=parquet_encryption)
            if parquet_encryption else None)
-    own = client is None
-    with (local_client(workers, threads_per_worker=threads_per_worker,
-                       memory_limit=memory_limit) if own else contextlib.nullcontext(client)
-          ) as cl:
+    if client is not None:
+        cluster: Any = contextlib.nullcontext(client)
+    elif scheduler is not None:
+        cluster = connect(scheduler, timeout=connect_timeout)
+    else:
+        cluster = local_client(workers or os.cpu_count() or 1,
+                               threads_per_worker=threads_per_worker, memory_limit=memory_limit)
+    with cluster as cl:
         ddf = read_dataset(in_path)
         lazy = protect(ddf, policy, keys, context, workers=wk, audit=audit, progress=progress)
         dest = out / policy.dataset
         manifest = lazy.write(dest, encryption=enc, overwrite=overwrite, progress=progress)
         n_workers = len(cl.scheduler_info().get("workers", {}))
+        address = str(cl.scheduler.address) if getattr(cl, "scheduler", None) else None
         from pets.engines._keyref import forget_keys
 
         with contextlib.suppress(OSError, TimeoutError):
@@ -152,6 +232,6 @@ def run_protect_dask(
             "rows": manifest.rows, "columns": manifest.treatments(),
             "k_anonymity": dict(manifest.k_anonymity), "signer": manifest.signer,
             "policy_digest": manifest.policy_digest, "parts": len(parts), "engine": "dask",
-            "workers": n_workers,
+            "workers": n_workers, "scheduler": address,
             "parquet_encryption": enc is not None}
 
