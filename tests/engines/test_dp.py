@@ -6,6 +6,7 @@ from tests.engines.conftest import require_dask
 
 require_dask()
 
+import dataclasses  # noqa: E402
 import threading  # noqa: E402
 from fractions import Fraction  # noqa: E402
 
@@ -88,7 +89,7 @@ class TestBoundedAggregates:
         frame = pd.DataFrame({"user_id": ["u"] * 6, "country": COUNTRIES,
                               "watch_seconds": [1.0] * 6})
         out = bound_partition(frame, _spec([("count",)], G=2, C=1))
-        assert out["count"].sum() == 2 and len(out) == 2
+        assert out["_n"].sum() == 2 and len(out) == 2 and set(out["_cell"]) == {0}
 
     def test_same_seed_same_rows_so_retries_agree(self, events):
         ddf = dd.from_pandas(events, npartitions=4)
@@ -173,15 +174,37 @@ class TestDaskSession:
             epsilon=1.0, delta=1e-6, progress=False)
         assert "ZZ" not in set(r2.to_frame()["country"])
 
-    def test_quantiles_are_refused(self, events):
-        ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
-                         budget=Budget.approx(1.0, 1e-6))
-        with pytest.raises(InputError, match="quantile"):
-            ds.query().median("watch_seconds", bounds=(0, 10))
-        sneaky = _dp.DaskQuery(ds, ds.session.query().median("watch_seconds", bounds=(0, 10)))
-        with pytest.raises(InputError, match="quantile"):
-            sneaky.release(epsilon=0.5, progress=False)
-        assert ds.budget.spent.epsilon == 0
+    def test_noise_is_drawn_on_the_driver_for_histograms_and_quantiles(self, events,
+                                                                        monkeypatch):
+        from pets.dp import _session
+
+        draws: list[tuple[str, bool]] = []
+        real_noisy, real_qm = _session._noisy, _session.quantile_mechanism
+
+        def noisy(m, vec):
+            draws.append((m.name, getattr(_INSIDE, "flag", False)))
+            return real_noisy(m, vec)
+
+        def quantile_mechanism(**kw):
+            m = real_qm(**kw)
+
+            def measure(x):
+                draws.append(("quantile", getattr(_INSIDE, "flag", False)))
+                return m.measurement(x)
+
+            return dataclasses.replace(m, measurement=measure)
+
+        monkeypatch.setattr(_dp, "bound_partition", _Flagging(_dp.bound_partition))
+        monkeypatch.setattr(_session, "_noisy", noisy)
+        monkeypatch.setattr(_session, "quantile_mechanism", quantile_mechanism)
+        ds = DaskSession(dd.from_pandas(events, npartitions=4), privacy_unit="user_id",
+                         budget=Budget.pure(1.0))
+        ds.query(by="country", keys=COUNTRIES[:2], max_rows=3).histogram(
+            "watch_seconds", [0, 600, 3600]).median("watch_seconds", bounds=(0, 3600),
+                                                    candidates=37).release(
+            epsilon=0.5, progress=False)
+        # one histogram measurement; the exponential mechanism once per key
+        assert sorted(draws) == [("histogram", False), ("quantile", False), ("quantile", False)]
 
 
 def _five(q):
@@ -248,3 +271,228 @@ class TestSameAccountingAsPandas:
         for stat in ("count", "mean"):
             assert (a.loc[a["statistic"] == stat, "scale"].iloc[0]
                     == b.loc[b["statistic"] == stat, "scale"].iloc[0])
+
+
+HIST = ("hist", "watch_seconds", (100.0, 600.0, 1200.0, 2400.0))  # values fall outside too
+EDGES = list(HIST[2])
+
+
+def _capture(monkeypatch):
+    """Record what reaches the shared noise step (``_execute``) of either engine."""
+    from pets.dp import _session
+
+    seen: list[dict] = []
+    real = _session._execute
+
+    def execute(q, keys, mechs, data, fps, values, rows, g, level):
+        seen.append({"keys": keys, "data": data, "values": values, "rows": rows, "g": g})
+        return real(q, keys, mechs, data, fps, values, rows, g, level)
+
+    monkeypatch.setattr(_session, "_execute", execute)
+    return seen
+
+
+def _unbounded(events):
+    """Caps that never bind: every user lives in one country; C >= any user's rows."""
+    return {"by": "country", "keys": COUNTRIES, "max_groups": 1,
+            "max_rows": int(events.groupby("user_id").size().max())}
+
+
+def _scores(x, cands, alpha):
+    from pets.dp._opendp import opendp
+
+    dp = opendp()
+    t = dp.t.make_quantile_score_candidates(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
+                                            dp.symmetric_distance(), candidates=cands.tolist(),
+                                            alpha=alpha)
+    return list(t(np.asarray(x, dtype=np.float64)))
+
+
+class TestHistogramsOnDask:
+    @pytest.mark.parametrize("nparts", [1, 3, 7])
+    def test_cell_counts_equal_the_pandas_paths(self, events, monkeypatch, nparts):
+        seen = _capture(monkeypatch)
+        q = _unbounded(events)
+        Session(events, privacy_unit="user_id", budget=Budget.pure(1.0)).query(**q).histogram(
+            "watch_seconds", EDGES).release(epsilon=0.5)
+        g, b, nb = seen[0]["data"][HIST]
+        expected = np.bincount(g * nb + b, minlength=len(COUNTRIES) * nb).reshape(-1, nb)
+        assert expected[:, 0].sum() and expected[:, -1].sum()  # outside values were counted
+        got = bounded_aggregates(dd.from_pandas(events, npartitions=nparts),
+                                 _spec([HIST], C=q["max_rows"]))
+        np.testing.assert_array_equal(got.vectors[HIST], expected)
+        assert got.vectors[HIST].dtype == np.int64
+
+    def test_release_matches_the_pandas_release_but_for_noise(self, events):
+        q = {"by": "country", "keys": COUNTRIES, "max_groups": 2, "max_rows": 3}
+        s = Session(events, privacy_unit="user_id", budget=Budget.zcdp(2.0))
+        ref = s.query(**q).count().histogram("watch_seconds", EDGES).release(rho=0.7)
+        ds = DaskSession(dd.from_pandas(events, npartitions=3), privacy_unit="user_id",
+                         budget=Budget.zcdp(2.0))
+        got = ds.query(**q).count().histogram("watch_seconds", EDGES).release(
+            rho=0.7, progress=False)
+        pd.testing.assert_frame_equal(ref.to_frame()[list(TestSameAccountingAsPandas.SAME)],
+                                      got.to_frame()[list(TestSameAccountingAsPandas.SAME)])
+        assert got.loss == ref.loss and ds.budget.spent == s.budget.spent
+        f = got.to_frame().query("statistic == 'histogram'")
+        assert f["param"].tolist()[:3] == ["[100, 600)", "[600, 1200)", "[1200, 2400]"]
+
+    def test_private_keys_release_the_cells_of_selected_keys_only(self, events, monkeypatch):
+        lone = events.assign(country=np.where(events["user_id"] == events["user_id"].iloc[0],
+                                              "ZZ", events["country"]))
+        seen = _capture(monkeypatch)
+        ds = DaskSession(dd.from_pandas(lone, npartitions=3), privacy_unit="user_id",
+                         budget=Budget.approx(2.0, 1e-5))
+        r = ds.query(by="country", keys="private", max_rows=5).histogram(
+            "watch_seconds", EDGES).release(epsilon=1.0, delta=1e-6, progress=False)
+        out = r.to_frame()
+        assert "ZZ" not in set(out["country"]) and "ZZ" in set(seen[0]["keys"]["country"])
+        released = out["country"].unique().tolist()
+        assert released == sorted(released) and len(out) == 3 * len(released)
+        assert (out.groupby("country").size() == 3).all()
+        ref = Session(lone, privacy_unit="user_id", budget=Budget.approx(2.0, 1e-5)).query(
+            by="country", keys="private", max_rows=5).histogram("watch_seconds", EDGES).release(
+            epsilon=1.0, delta=1e-6)
+        assert r.loss == ref.loss and out["scale"].iloc[0] == ref.to_frame()["scale"].iloc[0]
+
+
+class TestQuantilesOnDask:
+    KEY = ("quantile", "watch_seconds", 0.0, 3600.0, 0.5, 61)
+
+    def test_rebuilt_vectors_have_the_pandas_paths_opendp_scores(self, events, monkeypatch):
+        from pets.dp._session import quantile_candidates, quantile_cell_values
+
+        seen = _capture(monkeypatch)
+        q = _unbounded(events)
+        Session(events, privacy_unit="user_id", budget=Budget.pure(1.0)).query(**q).quantile(
+            "watch_seconds", [0.1, 0.5], bounds=(0, 3600), candidates=61).release(epsilon=0.5)
+        pandas = seen[0]
+        x = np.clip(pandas["values"]["watch_seconds"][pandas["rows"]], 0, 3600)
+        got = bounded_aggregates(dd.from_pandas(events, npartitions=4),
+                                 _spec([self.KEY], C=q["max_rows"]))
+        cands = quantile_candidates(0.0, 3600.0, 61)
+        vals, _ = quantile_cell_values(cands)
+        cells = got.vectors[self.KEY]
+        assert cells.shape == (len(COUNTRIES), 123) and cells.dtype == np.int64
+        for k in range(len(COUNTRIES)):
+            mine = x[pandas["g"] == k]
+            rebuilt = np.repeat(vals, cells[k])
+            assert rebuilt.size == mine.size
+            for alpha in (0.1, 0.5):
+                assert _scores(rebuilt, cands, alpha) == _scores(mine, cands, alpha)
+
+    def test_alphas_of_one_column_share_one_cell_matrix(self, events):
+        keys = [self.KEY, (*self.KEY[:4], 0.9, 61)]
+        got = bounded_aggregates(dd.from_pandas(events, npartitions=2), _spec(keys, C=5))
+        assert got.vectors[keys[0]] is got.vectors[keys[1]]
+        assert len(got.spec.families) == 1
+
+    @pytest.mark.parametrize(("budget", "spend"), [
+        (Budget.pure(5.0), {"epsilon": 1.89}), (Budget.zcdp(5.0), {"rho": 1.89}),
+    ], ids=["pure", "zcdp"])
+    def test_release_spends_exactly_as_pandas(self, events, budget, spend):
+        q = {"by": "country", "keys": COUNTRIES, "max_groups": 3, "max_rows": 2}
+
+        def build(x):
+            return (x.query(**q).count().median("watch_seconds", bounds=(0, 3600),
+                                                candidates=101)
+                    .quantile("watch_seconds", [0.1, 0.9], bounds=(0, 3600), candidates=101))
+
+        s = Session(events, privacy_unit="user_id", budget=budget)
+        ref = build(s).release(**spend)
+        ds = DaskSession(dd.from_pandas(events, npartitions=3), privacy_unit="user_id",
+                         budget=budget)
+        got = build(ds).release(**spend, progress=False)
+        same = list(TestSameAccountingAsPandas.SAME)
+        pd.testing.assert_frame_equal(ref.to_frame()[same], got.to_frame()[same])
+        assert got.loss == ref.loss and ds.budget.spent == s.budget.spent
+        f = got.to_frame().query("statistic == 'quantile'")
+        assert set(f["estimate"]) <= set(np.linspace(0, 3600, 101).tolist())
+        assert f["ci_low"].isna().all()
+
+    def test_median_of_a_known_distribution_lands_near_the_truth(self):
+        rng = np.random.default_rng(11)
+        n = 3_000
+        frame = pd.DataFrame({"user_id": np.arange(n),
+                              "country": rng.choice(["DE", "FR"], n),
+                              "x": rng.normal(50.0, 10.0, n)})
+        ds = DaskSession(dd.from_pandas(frame, npartitions=3), privacy_unit="user_id",
+                         budget=Budget.pure(1.0))
+        r = ds.query(by="country", keys=["DE", "FR"]).median(
+            "x", bounds=(0, 100), candidates=201).release(epsilon=1.0, progress=False)
+        # ~1500 values per key; the exponential mechanism at ε = 1 lands within ~0.5 of the
+        # median of N(50, 10) (its sampling error alone is ~0.3)
+        assert np.abs(r.to_frame()["estimate"].to_numpy() - 50.0).max() < 1.5
+
+
+class TestRefusedBeforeAnyWork:
+    """Bad arguments fail before the cluster computes anything, and nothing is spent."""
+
+    @pytest.fixture
+    def never(self, monkeypatch):
+        def boom(*a, **kw):
+            raise AssertionError("the cluster was asked to compute")
+
+        monkeypatch.setattr(_dp, "bound_partition", boom)
+        monkeypatch.setattr(_dp, "_data_keys", boom)
+        monkeypatch.setattr(_dp, "bounded_aggregates", boom)
+        monkeypatch.setattr(_dp, "MAX_QUANTILE_CELLS", 100_000)
+
+    @pytest.mark.parametrize(("build", "spend", "match"), [
+        (lambda q: q.histogram("watch_seconds", EDGES), {"rho": 0.5}, "epsilon="),
+        (lambda q: q.median("watch_seconds", bounds=(0, 10)), {"epsilon": 0.5, "level": 2},
+         "level"),
+        (lambda q: q.histogram("no_such", EDGES), {"epsilon": 0.5}, "no_such"),
+        (lambda q: q.histogram("watch_seconds", list(range(12))), {"epsilon": 0.5},
+         "6 keys × 11 bins exceed the limit of 60"),
+        (lambda q: q.median("watch_seconds", bounds=(0, 10), candidates=99_999),
+         {"epsilon": 0.5}, "cell counts on the driver"),
+    ], ids=["rho-on-pure", "level", "unknown-column", "too-many-bins", "too-many-cells"])
+    def test_public_keys(self, events, never, build, spend, match):
+        ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
+                         budget=Budget.pure(1.0), max_keys=60)
+        with pytest.raises(InputError, match=match):
+            build(ds.query(by="country", keys=COUNTRIES)).release(**spend, progress=False)
+        assert ds.budget.spent.epsilon == 0
+
+    def test_private_keys_need_delta_before_keys_are_searched(self, events, never):
+        ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
+                         budget=Budget.approx(1.0, 1e-5))
+        q = ds.query(by="country", keys="private").histogram("watch_seconds", EDGES)
+        with pytest.raises(InputError, match="delta="):
+            q.release(epsilon=0.5, progress=False)
+        assert ds.budget.spent.epsilon == 0
+
+    def test_too_many_private_quantile_cells_refused_before_bounding(self, events,
+                                                                      monkeypatch):
+        monkeypatch.setattr(_dp, "MAX_QUANTILE_CELLS", 1000)
+        monkeypatch.setattr(_dp, "bounded_aggregates", lambda *a, **kw: pytest.fail("bounded"))
+        ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
+                         budget=Budget.approx(1.0, 1e-5))
+        q = ds.query(by="country", keys="private").median("watch_seconds", bounds=(0, 10),
+                                                          candidates=101)
+        with pytest.raises(InputError, match="keys × 101 candidates"):
+            q.release(epsilon=0.5, delta=1e-6, progress=False)
+        assert ds.budget.spent.epsilon == 0 and ds.budget.spent.delta == 0
+
+
+class TestOnTheCluster:
+    """Last in this module: once the module's LocalCluster exists, computes go through it."""
+
+    def test_every_statistic_on_two_worker_processes_spends_as_pandas(self, events,
+                                                                      dask_client):
+        def build(x):
+            return (x.query(by="country", keys=COUNTRIES, max_groups=2, max_rows=3).count()
+                    .variance("watch_seconds", bounds=(0, 3600))
+                    .histogram("watch_seconds", EDGES)
+                    .quantile("watch_seconds", [0.25, 0.75], bounds=(0, 3600), candidates=73))
+
+        s = Session(events, privacy_unit="user_id", budget=Budget.pure(3.0))
+        ref = build(s).release(epsilon=2.0)
+        ds = DaskSession(dd.from_pandas(events, npartitions=4), privacy_unit="user_id",
+                         budget=Budget.pure(3.0))
+        got = build(ds).release(epsilon=2.0, progress=False)
+        same = list(TestSameAccountingAsPandas.SAME)
+        pd.testing.assert_frame_equal(ref.to_frame()[same], got.to_frame()[same])
+        assert got.loss == ref.loss and ds.budget.spent == s.budget.spent
+        assert len(dask_client.scheduler_info()["workers"]) == 2
