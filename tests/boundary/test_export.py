@@ -237,3 +237,336 @@ class TestExportAllowedColumns:
         _refused(log, out, PolicyError, "lets no column of 'users' go to BR", lambda: export(
             pf, "BR", out / "u.parquet", policy=policy, public_key=signer.public_key,
             context=eu_ctx, audit=log, columns="allowed"))
+
+
+# -- protected datasets (pets protect --engine dask) ---------------------------------------------
+
+def _dask_dataset(raw, policy, keys, dest, *, npartitions=3):
+    """A protected dataset written by the Dask engine (synchronous scheduler, in-process keys)."""
+    from tests.conftest import require_service
+    from tests.engines.conftest import DASK, HAVE_DASK
+
+    require_service(HAVE_DASK, DASK)
+    import dask
+    import dask.dataframe as dd
+
+    from pets.engines import InProcessKeys, WorkerKeys
+    from pets.engines.dask import protect as dask_protect
+
+    eu = Context("EU", principal="etl")
+    workers = WorkerKeys(InProcessKeys(keys.services), "memory://eu/kek", eu,
+                         services=keys.services)
+    with dask.config.set(scheduler="synchronous"):
+        lazy = dask_protect(dd.from_pandas(raw, npartitions=npartitions), policy, keys, eu,
+                            workers=workers, progress=False)
+        lazy.write(dest, progress=False)
+    return dest
+
+
+def _frames(directory):
+    parts = sorted(directory.glob("part.*.parquet"))
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+
+
+@pytest.fixture
+def big_raw(raw):
+    return pd.concat([raw] * 5, ignore_index=True).assign(
+        user_id=pd.array([f"u{i:03d}" for i in range(60)], dtype="string"),
+        minutes=[float(i) for i in range(60)])
+
+
+@pytest.fixture
+def dataset(big_raw, policy, keys, tmp_path):
+    return _dask_dataset(big_raw, policy, keys, tmp_path / "protected" / "users")
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+class TestExportDataset:
+    def test_allowed_columns_leave_part_by_part_and_verify_at_the_receiver(
+            self, dataset, policy, signer, eu_ctx, log, out):
+        from pets.boundary._dataset import files_digest, read_index, verify_dataset
+
+        dest = out / "users"
+        receipt = export(dataset, "US", dest, policy=policy, public_key=signer.public_key,
+                         context=eu_ctx, audit=log, columns="allowed")
+        assert receipt.columns == tuple(SAFE) and receipt.rows == 60 and receipt.parts == 3
+        names = sorted(p.name for p in dest.iterdir())
+        assert names == ["_manifest.json", "part.00000.parquet", "part.00001.parquet",
+                         "part.00002.parquet"]
+        # every part: the selected columns, the original signed part manifest, the record
+        for part in sorted(dest.glob("part.*.parquet")):
+            got, record = read_protected(part, signer.public_key)
+            assert list(got.data.columns) == SAFE
+            assert record["destination"] == "US" and record["columns"] == SAFE
+            assert record["exported_by"] == "etl@EU"
+            assert got.manifest.to_dict() == ProtectedFrame.read(
+                dataset / part.name).manifest.to_dict()
+        # the receiver needs only the public key (PEM) to check every file
+        pem = signer.public_key.public_bytes(*_pem_args())
+        manifest = verify_dataset(dest, pem)
+        assert manifest.to_dict() == read_index(dataset).manifest.to_dict()
+        assert read_index(dest).export["columns"] == SAFE
+        pd.testing.assert_frame_equal(_frames(dest), _frames(dataset)[SAFE])
+        # one audit entry, with a digest over every file that left
+        entry = log.entries()[-1]
+        f = entry["fields"]
+        assert entry["kind"] == "boundary.export" and entry["seq"] == receipt.audit_seq
+        assert (f["destination"], f["rows"], f["parts"], f["columns"], f["path"]) == (
+            "US", 60, 3, SAFE, str(dest))
+        files = {n: hashlib.sha256((dest / n).read_bytes()).hexdigest() for n in names}
+        assert f["digest"] == receipt.sha256 == files_digest(files)
+        assert [e["kind"] for e in log.entries()] == ["boundary.export"]
+        assert verify_log(log.path, signer.public_key).ok
+        assert flows(log.entries()).loc[0, "rows"] == 60
+
+    def test_the_recorded_digest_is_what_sha256sum_gives(self, dataset, policy, signer,
+                                                         eu_ctx, log, out):
+        import shutil
+        import subprocess
+
+        if shutil.which("sha256sum") is None or shutil.which("sh") is None:
+            pytest.skip("coreutils sha256sum not installed")
+        receipt = export(dataset, "US", out / "users", policy=policy,
+                         public_key=signer.public_key, context=eu_ctx, audit=log, columns=SAFE)
+        done = subprocess.run(["sh", "-c", "LC_ALL=C sha256sum * | sha256sum"],
+                              cwd=out / "users", capture_output=True, text=True, check=True)
+        assert done.stdout.split()[0] == receipt.sha256
+
+    def test_an_earlier_export_is_replaced_whole(self, dataset, policy, signer, eu_ctx, log,
+                                                 out):
+        dest = out / "users"
+        export(dataset, "US", dest, policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        r = export(dataset, "US", dest, policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=["user_id"])
+        assert r.columns == ("user_id",)
+        assert list(pq.read_table(dest / "part.00000.parquet").column_names) == ["user_id"]
+        assert sorted(p.name for p in out.iterdir()) == ["users"]  # no temp dirs left
+
+    def test_same_rows_and_columns_as_exporting_the_pandas_file(self, dataset, policy,
+                                                                 signer, eu_ctx, log, out):
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        whole = _frames(dataset)
+        assert len(_frames(out / "users")) == len(whole) == 60
+        assert "phone" not in _frames(out / "users").columns
+
+
+class TestExportDatasetRefused:
+    def test_outside_the_home(self, dataset, policy, signer, us_ctx, log, out):
+        e = _refused(log, out, JurisdictionError, "exports leave from the policy's home EU",
+                     lambda: export(dataset, "US", out / "users", policy=policy,
+                                    public_key=signer.public_key, context=us_ctx, audit=log,
+                                    columns=SAFE))
+        assert e["fields"]["target"] == str(dataset)
+
+    def test_raw_directory_without_dataset_manifest(self, big_raw, policy, signer, eu_ctx, log,
+                                                    out, tmp_path):
+        raw_dir = tmp_path / "raw"
+        raw_dir.mkdir()
+        for i in range(3):
+            big_raw.iloc[i * 20:(i + 1) * 20].to_parquet(raw_dir / f"part.{i:05d}.parquet")
+        _refused(log, out, IntegrityError, "no pets dataset manifest", lambda: export(
+            raw_dir, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_unsigned_dataset_manifest(self, dataset, policy, signer, eu_ctx, log, out):
+        doc = json.loads((dataset / "_manifest.json").read_text())
+        doc["manifest"]["signature"] = None
+        (dataset / "_manifest.json").write_text(json.dumps(doc))
+        _refused(log, out, IntegrityError, "manifest signature is not valid", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_signed_by_another_key(self, dataset, policy, eu_ctx, log, out):
+        _refused(log, out, IntegrityError, "manifest signature is not valid", lambda: export(
+            dataset, "US", out / "users", policy=policy,
+            public_key=SigningKey.generate().public_key, context=eu_ctx, audit=log,
+            columns=SAFE))
+
+    def test_flipped_byte_in_a_value_of_one_part(self, dataset, policy, signer, eu_ctx, log,
+                                                 out):
+        import struct
+
+        part = dataset / "part.00001.parquet"
+        table = pq.read_table(part)
+        pq.write_table(table, part, compression="none", use_dictionary=False)
+        export(dataset, "US", out.parent / "ok", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)  # rewritten, same values: still fine
+        value = table.column("minutes")[7].as_py()
+        offset = part.read_bytes().index(struct.pack("<d", value))
+        _flip(part, offset + 3)
+        assert pq.read_table(part).column("minutes")[7].as_py() != value
+        _refused(log, out, IntegrityError, "^data does not match its manifest$",
+                 lambda: export(dataset, "US", out / "users", policy=policy,
+                                public_key=signer.public_key, context=eu_ctx, audit=log,
+                                columns=SAFE))
+
+    @pytest.mark.parametrize(("where", "match"), [
+        (-1, "dataset does not match its manifest"),     # trailing magic number
+        (-8, "dataset does not match its manifest"),     # footer length
+        (-9, "dataset does not match its manifest"),     # end of the footer
+    ])
+    def test_flipped_byte_in_the_footer(self, dataset, policy, signer, eu_ctx, log, out,
+                                        where, match):
+        part = dataset / "part.00002.parquet"
+        _flip(part, where % part.stat().st_size)
+        _refused(log, out, IntegrityError, match, lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_edited_part_manifest(self, dataset, policy, signer, eu_ctx, log, out):
+        part = dataset / "part.00001.parquet"
+        table = pq.read_table(part)
+        doc = json.loads(table.schema.metadata[MANIFEST_KEY])
+        for c in doc["columns"]:
+            c["output"] = "kept"
+        pq.write_table(table.replace_schema_metadata(
+            {**table.schema.metadata, MANIFEST_KEY: json.dumps(doc).encode()}), part)
+        _refused(log, out, IntegrityError, "manifest signature is not valid", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log))
+
+    def test_a_flip_that_changes_no_value_is_harmless(self, dataset, policy, signer, eu_ctx,
+                                                      log, out):
+        # Digests cover values, not file bytes: the leading magic number is not read, and the
+        # gate writes every exported file anew from verified values.
+        _flip(dataset / "part.00002.parquet", 0)
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        assert (out / "users" / "part.00002.parquet").read_bytes()[:4] == b"PAR1"
+
+    def test_removed_part(self, dataset, policy, signer, eu_ctx, log, out):
+        (dataset / "part.00001.parquet").unlink()
+        _refused(log, out, IntegrityError, "dataset does not match its manifest", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_removed_part_and_its_listing(self, dataset, policy, signer, eu_ctx, log, out):
+        (dataset / "part.00002.parquet").unlink()
+        doc = json.loads((dataset / "_manifest.json").read_text())
+        doc["parts"] = doc["parts"][:2]
+        (dataset / "_manifest.json").write_text(json.dumps(doc))
+        _refused(log, out, IntegrityError, "dataset does not match its manifest", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_added_part(self, dataset, policy, signer, eu_ctx, log, out):
+        import shutil
+
+        shutil.copy(dataset / "part.00001.parquet", dataset / "part.00003.parquet")
+        _refused(log, out, IntegrityError, "dataset does not match its manifest", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_added_part_with_its_listing(self, dataset, policy, signer, eu_ctx, log, out):
+        import shutil
+
+        shutil.copy(dataset / "part.00001.parquet", dataset / "part.00003.parquet")
+        doc = json.loads((dataset / "_manifest.json").read_text())
+        doc["parts"].append({"file": "part.00003.parquet", "rows": doc["parts"][1]["rows"]})
+        (dataset / "_manifest.json").write_text(json.dumps(doc))
+        _refused(log, out, IntegrityError, "dataset does not match its manifest", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_reordered_parts(self, dataset, policy, signer, eu_ctx, log, out):
+        a, b = dataset / "part.00000.parquet", dataset / "part.00001.parquet"
+        a.rename(dataset / "x")
+        b.rename(a)
+        (dataset / "x").rename(b)
+        _refused(log, out, IntegrityError, "dataset does not match its manifest", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_part_from_another_run_swapped_in(self, big_raw, dataset, policy, keys, signer,
+                                              eu_ctx, log, out, tmp_path):
+        other = _dask_dataset(big_raw.assign(minutes=big_raw["minutes"] + 1), policy, keys,
+                              tmp_path / "other")
+        name = "part.00001.parquet"
+        (dataset / name).write_bytes((other / name).read_bytes())
+        read_protected_ok = ProtectedFrame.read(dataset / name)  # a valid file on its own
+        read_protected_ok.manifest.verify(signer.public_key).verify_data(read_protected_ok.data)
+        _refused(log, out, IntegrityError, "dataset does not match its manifest", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_another_policy(self, dataset, signer, eu_ctx, log, out):
+        from tests.boundary.conftest import POLICY
+
+        loose = Policy.from_yaml(POLICY.replace("encrypted: []", "encrypted: [US]"))
+        _refused(log, out, PolicyError, "protected under another policy", lambda: export(
+            dataset, "US", out / "users", policy=loose, public_key=signer.public_key,
+            context=eu_ctx, audit=log))
+
+    def test_integrity_is_checked_before_the_policy_as_for_a_file(self, dataset, signer,
+                                                                  eu_ctx, log, out):
+        from tests.boundary.conftest import POLICY
+
+        part = dataset / "part.00000.parquet"
+        table = pq.read_table(part)
+        minutes = table.column("minutes").to_pylist()
+        minutes[0] += 1.0
+        import pyarrow as pa
+
+        pq.write_table(table.set_column(table.schema.get_field_index("minutes"), "minutes",
+                                        pa.array(minutes)), part)
+        loose = Policy.from_yaml(POLICY.replace("encrypted: []", "encrypted: [US]"))
+        _refused(log, out, IntegrityError, "data does not match its manifest", lambda: export(
+            dataset, "US", out / "users", policy=loose, public_key=signer.public_key,
+            context=eu_ctx, audit=log))
+
+    def test_a_column_the_policy_keeps_home(self, dataset, policy, signer, eu_ctx, log, out):
+        e = _refused(log, out, PolicyError, r"keeps these columns from US: phone \(encrypted\)",
+                     lambda: export(dataset, "US", out / "users", policy=policy,
+                                    public_key=signer.public_key, context=eu_ctx, audit=log))
+        assert "phone" in e["fields"]["reason"]
+
+    def test_parquet_modular_encryption_is_refused_clearly(self, dataset, policy, signer,
+                                                           eu_ctx, log, out):
+        doc = json.loads((dataset / "_manifest.json").read_text())
+        doc["encrypted"] = True
+        (dataset / "_manifest.json").write_text(json.dumps(doc))
+        from pets import InputError
+
+        _refused(log, out, InputError, "Parquet modular encryption", lambda: export(
+            dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_an_export_is_not_exported_again(self, dataset, policy, signer, eu_ctx, log, out,
+                                             tmp_path):
+        from pets import InputError
+
+        first = tmp_path / "first"
+        export(dataset, "US", first, policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        _refused(log, out, InputError, "already exported", lambda: export(
+            first, "US", out / "users", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
+    def test_an_existing_directory_is_not_replaced(self, dataset, policy, signer, eu_ctx, log,
+                                                   out):
+        from pets import InputError
+
+        (out / "users").mkdir()
+        (out / "users" / "notes.txt").write_text("keep me")
+        with pytest.raises(InputError, match="not an earlier export"):
+            export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert (out / "users" / "notes.txt").read_text() == "keep me"
+        assert sorted(p.name for p in out.iterdir()) == ["users"]
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+
+    def test_nothing_is_written_into_the_source(self, dataset, policy, signer, eu_ctx, log):
+        from pets import InputError
+
+        before = sorted(p.name for p in dataset.iterdir())
+        with pytest.raises(InputError, match="into or over its source"):
+            export(dataset, "US", dataset / "us", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert sorted(p.name for p in dataset.iterdir()) == before

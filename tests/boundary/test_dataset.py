@@ -1,0 +1,157 @@
+"""Protected datasets on disk: the receiver's check of an exported dataset, part by part."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from pets import Context, InputError, IntegrityError
+from pets.boundary import SigningKey, export
+from pets.boundary._dataset import (
+    DatasetIndex,
+    files_digest,
+    iter_parts,
+    read_index,
+    verify_dataset,
+    verify_structure,
+)
+from pets.boundary._manifest import EXPORT_KEY
+from tests.boundary.test_export import SAFE, _dask_dataset, _flip
+
+
+@pytest.fixture
+def dataset(raw, policy, keys, tmp_path):
+    import pandas as pd
+
+    big = pd.concat([raw] * 5, ignore_index=True).assign(
+        user_id=pd.array([f"u{i:03d}" for i in range(60)], dtype="string"))
+    return _dask_dataset(big, policy, keys, tmp_path / "protected" / "users")
+
+
+@pytest.fixture
+def exported(dataset, policy, signer, log, tmp_path):
+    dest = tmp_path / "us" / "users"
+    export(dataset, "US", dest, policy=policy, public_key=signer.public_key,
+           context=Context("EU", principal="etl"), audit=log, columns=SAFE)
+    return dest
+
+
+class TestVerifyDataset:
+    def test_protected_and_exported_datasets_verify_with_the_public_key(self, dataset,
+                                                                       exported, signer):
+        pem = signer.public_pem()
+        a = verify_dataset(dataset, pem)
+        b = verify_dataset(exported, pem)
+        assert a == b and a.rows == 60
+        assert read_index(dataset).export is None
+        assert read_index(exported).export["columns"] == SAFE
+
+    def test_another_key_is_refused(self, exported):
+        with pytest.raises(IntegrityError, match="manifest signature is not valid"):
+            verify_dataset(exported, SigningKey.generate().public_key)
+
+    def test_not_a_dataset(self, tmp_path, signer):
+        with pytest.raises(InputError, match="not a pets protected dataset"):
+            verify_dataset(tmp_path, signer.public_key)
+
+    @pytest.mark.parametrize("doc", ["{", "[]", '{"format": "pets.dataset/2"}',
+                                     '{"format": "pets.dataset/1", "manifest": {}, "parts": []}'])
+    def test_malformed_dataset_manifest(self, exported, signer, doc):
+        (exported / "_manifest.json").write_text(doc)
+        with pytest.raises(IntegrityError, match="malformed dataset manifest"):
+            verify_dataset(exported, signer.public_key)
+
+    def test_listing_outside_the_directory_is_malformed(self, exported, signer):
+        doc = json.loads((exported / "_manifest.json").read_text())
+        doc["parts"][0]["file"] = "../part.00000.parquet"
+        (exported / "_manifest.json").write_text(json.dumps(doc))
+        with pytest.raises(IntegrityError, match="malformed dataset manifest"):
+            verify_dataset(exported, signer.public_key)
+
+
+class TestReceiverDetectsTampering:
+    """What arrived abroad is checked with the public key alone; every edit fails."""
+
+    def test_a_column_dropped_from_one_part(self, exported, signer):
+        part = exported / "part.00001.parquet"
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["email"]), part)
+        with pytest.raises(IntegrityError, match="dataset does not match its manifest"):
+            verify_dataset(exported, signer.public_key)
+
+    def test_a_column_added_back_to_the_record_only(self, exported, signer):
+        doc = json.loads((exported / "_manifest.json").read_text())
+        doc["export"]["columns"] = ["user_id", "email", "phone", "country", "minutes"]
+        (exported / "_manifest.json").write_text(json.dumps(doc))
+        with pytest.raises(IntegrityError, match="dataset does not match its manifest"):
+            verify_dataset(exported, signer.public_key)
+
+    def test_an_edited_value(self, exported, signer):
+        part = exported / "part.00000.parquet"
+        table = pq.read_table(part)
+        pq.write_table(table, part, compression="none", use_dictionary=False)
+        verify_dataset(exported, signer.public_key)  # same values, other bytes: still valid
+        value = table.column("user_id")[2].as_py().encode()
+        _flip(part, part.read_bytes().index(value) + len(value) // 2)
+        with pytest.raises(IntegrityError, match="^data does not match its manifest$"):
+            verify_dataset(exported, signer.public_key)
+
+    def test_a_removed_part(self, exported, signer):
+        (exported / "part.00002.parquet").unlink()
+        with pytest.raises(IntegrityError, match="dataset does not match its manifest"):
+            verify_dataset(exported, signer.public_key)
+
+    def test_a_part_record_that_differs(self, exported, signer):
+        part = exported / "part.00000.parquet"
+        table = pq.read_table(part)
+        record = json.loads(table.schema.metadata[EXPORT_KEY])
+        record["destination"] = "SG"
+        pq.write_table(table.replace_schema_metadata(
+            {**table.schema.metadata, EXPORT_KEY: json.dumps(record).encode()}), part)
+        with pytest.raises(IntegrityError, match="dataset does not match its manifest"):
+            verify_dataset(exported, signer.public_key)
+
+
+class TestOnePartAtATime:
+    def test_footers_first_then_each_part_when_asked(self, dataset, signer):
+        calls: list[tuple[str, object]] = []
+
+        def reader(file, columns):
+            calls.append((file.name, None if columns is None else list(columns)))
+            return (pq.read_schema(file).empty_table() if columns == []
+                    else pq.read_table(file))
+
+        index = read_index(dataset)
+        parts = verify_structure(index, signer.public_key, reader=reader)
+        assert calls == [(f"part.0000{i}.parquet", []) for i in range(3)]  # footers only
+        it = iter_parts(index, parts, reader=reader)
+        next(it)
+        assert calls[3:] == [("part.00000.parquet", None)]  # one part read, not all
+        assert len(list(it)) == 2
+
+    def test_a_part_replaced_after_the_footer_check_is_refused(self, dataset, signer,
+                                                               tmp_path):
+        index = read_index(dataset)
+        parts = verify_structure(index, signer.public_key)
+        shutil.copy(dataset / "part.00001.parquet", dataset / "part.00000.parquet")
+        with pytest.raises(IntegrityError, match="dataset does not match its manifest"):
+            list(iter_parts(index, parts))
+
+
+class TestFilesDigest:
+    def test_order_of_the_mapping_does_not_matter_but_every_file_does(self):
+        a = files_digest({"part.00000.parquet": "aa", "_manifest.json": "bb"})
+        assert a == files_digest({"_manifest.json": "bb", "part.00000.parquet": "aa"})
+        assert a != files_digest({"part.00000.parquet": "aa"})
+        assert a != files_digest({"part.00000.parquet": "ab", "_manifest.json": "bb"})
+        assert a != files_digest({"part.00001.parquet": "aa", "_manifest.json": "bb"})
+
+    def test_index_round_trips(self, exported):
+        index = read_index(exported)
+        again = DatasetIndex(index.root, index.manifest, index.parts, index.encrypted,
+                             index.export)
+        assert json.loads(again.to_json()) == json.loads(
+            (exported / "_manifest.json").read_text())
