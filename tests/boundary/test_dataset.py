@@ -96,7 +96,7 @@ class TestReceiverDetectsTampering:
         verify_dataset(exported, signer.public_key)  # same values, other bytes: still valid
         value = table.column("user_id")[2].as_py().encode()
         _flip(part, part.read_bytes().index(value) + len(value) // 2)
-        with pytest.raises(IntegrityError, match="^data does not match its manifest$"):
+        with pytest.raises(IntegrityError, match=r"^data does not match its manifest$"):
             verify_dataset(exported, signer.public_key)
 
     def test_a_removed_part(self, exported, signer):
