@@ -9,6 +9,15 @@ Example (shell)::
 ``--agg`` takes a comma-separated list of ``count``, ``sum:COL[LO,HI]``, ``mean:COL[LO,HI]``,
 ``variance:COL[LO,HI]``, ``median:COL[LO,HI]``, ``quantile:COL[LO,HI]@A/B/...`` and
 ``histogram:COL[E0,E1,...]`` (it may be repeated).
+
+``--engine dask --workers N`` runs the bounding and the exact aggregation on a local Dask
+cluster of ``N`` worker processes, over a Parquet file or a directory of part files (e.g. the
+``<dataset>/`` directory ``pets protect --engine dask`` writes); noise is added once, here, by
+the same step as the pandas engine (:class:`pets.engines.dask.DaskSession`)::
+
+    pets release protected/events/ --engine dask --workers 4 --unit user_id \
+        --group-by country --keys DE,FR,IT --agg count,median:watch_seconds[0,7200] \
+        --max-rows 20 --epsilon 1 --ledger budget.db --out release.parquet
 """
 
 from __future__ import annotations
@@ -181,7 +190,6 @@ def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
     if private:
         return "private"
     import pandas as pd
-    import pyarrow.parquet as pq
 
     if keys_file is not None:
         if not keys_file.is_file():
@@ -194,7 +202,7 @@ def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
                              "several")
         assert keys is not None
         frame = pd.DataFrame({by[0]: [k.strip() for k in keys.split(",") if k.strip()]})
-    schema = pq.read_schema(path)
+    schema = _schema(path)
     for c in by:
         if c in frame.columns and c in schema.names:
             try:
@@ -204,8 +212,39 @@ def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
     return frame
 
 
+def _schema(path: Path) -> Any:
+    """The Arrow schema of a Parquet file, or of a directory of part files."""
+    import pyarrow.parquet as pq
+
+    if not path.is_dir():
+        return pq.read_schema(path)
+    import pyarrow.dataset as pds
+
+    try:  # files starting with "." or "_" (temporaries, _manifest.json) are not parts
+        return pds.dataset(str(path), format="parquet").schema
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the Parquet dataset {str(path)!r}: {exc}") from exc
+
+
+def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
+    """Add the parsed ``--agg`` specs to a query (a pandas or a Dask query: same methods)."""
+    for sp in specs:
+        k = sp["kind"]
+        if k == "count":
+            q = q.count()
+        elif k == "histogram":
+            q = q.histogram(sp["column"], sp["edges"])
+        elif k == "median":
+            q = q.median(sp["column"], bounds=tuple(sp["bounds"]))
+        elif k == "quantile":
+            q = q.quantile(sp["column"], sp["alphas"], bounds=tuple(sp["bounds"]))
+        else:
+            q = getattr(q, k)(sp["column"], bounds=tuple(sp["bounds"]))
+    return q
+
+
 @click.command()
-@click.argument("infile", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("infile", type=click.Path(path_type=Path))
 @click.option("--unit", required=True, help="Privacy-unit column (e.g. user_id).")
 @click.option("--dataset-id", default=None,
               help="Dataset name in the ledger. [default: the input's absolute path]")
@@ -236,21 +275,47 @@ def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
 @click.option("--nonnegative", is_flag=True, help="Clamp counts (and non-negative sums) at 0.")
 @click.option("--decimals", type=int, default=None, help="Round estimates and intervals.")
 @click.option("--status", is_flag=True, help="Show the budget (alone, or after the release).")
+@click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas",
+              show_default=True,
+              help="pandas: in memory. dask: bound and aggregate on a local cluster of worker "
+                   "processes, noise once here; INFILE may be a directory of Parquet part "
+                   "files (needs pip install 'pets[dask]').")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes of the local Dask cluster (only with --engine dask; "
+                   "default: the CPU count).")
 @json_option
 def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | None,
             keys: str | None, keys_file: Path | None, private_keys: bool, aggs: tuple[str, ...],
             max_groups: int, max_rows: int, epsilon: float | None, delta: float | None,
             rho: float | None, budget_epsilon: float | None, budget_delta: float | None,
             budget_rho: float | None, ledger_path: Path, out: Path | None, level: float,
-            nonnegative: bool, decimals: int | None, status: bool, as_json: bool) -> None:
-    """Release DP aggregates of INFILE (Parquet), spending budget from a ledger."""
+            nonnegative: bool, decimals: int | None, status: bool, engine: str,
+            workers: int | None, as_json: bool) -> None:
+    """Release DP aggregates of INFILE (Parquet), spending budget from a ledger.
+
+    With --engine dask, INFILE may also be a directory of Parquet files; the release has the
+    pandas engine's measurements, noise scales and spend.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pets._io import atomic_path
     from pets.dp import Ledger, Session
 
-    if not infile.is_file():
+    if workers is not None and engine != "dask":
+        raise click.UsageError("--workers needs --engine dask")
+    if engine == "dask":
+        from pets._errors import require
+
+        require("dask", "dask")
+        require("distributed", "dask")
+        if not infile.exists():
+            raise InputError(f"input {str(infile)!r} does not exist (a Parquet file or a "
+                             "directory of them)")
+    elif infile.is_dir():
+        raise InputError(f"input {str(infile)!r} is a directory: use --engine dask for a "
+                         "directory of Parquet files")
+    elif not infile.is_file():
         raise InputError(f"input file {str(infile)!r} does not exist")
     specs = [parse_agg(s) for s in split_aggs(aggs)]
     if not specs and not status:
@@ -268,25 +333,30 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
     if specs:
         _check_spend(budget.kind, epsilon=epsilon, rho=rho, delta=delta, private=private_keys)
-    session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger, dataset_id=dsid)
+    session: Any
+    if engine == "dask":
+        from pets.engines._dp import DaskSession
+        from pets.engines._parquet import read_dataset
+
+        session = DaskSession(read_dataset(infile), privacy_unit=unit, budget=budget,
+                              ledger=ledger, dataset_id=dsid)
+    else:
+        session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger,
+                          dataset_id=dsid)
     payload: dict[str, Any] = {}
     lines: list[str] = []
+    n_workers = 0
     if specs:
         assert out is not None
-        q = session.query(by or None, keys=keys_arg, max_groups=max_groups, max_rows=max_rows)
-        for sp in specs:
-            k = sp["kind"]
-            if k == "count":
-                q = q.count()
-            elif k == "histogram":
-                q = q.histogram(sp["column"], sp["edges"])
-            elif k == "median":
-                q = q.median(sp["column"], bounds=tuple(sp["bounds"]))
-            elif k == "quantile":
-                q = q.quantile(sp["column"], sp["alphas"], bounds=tuple(sp["bounds"]))
-            else:
-                q = getattr(q, k)(sp["column"], bounds=tuple(sp["bounds"]))
-        rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
+        q = _build(session.query(by or None, keys=keys_arg, max_groups=max_groups,
+                                 max_rows=max_rows), specs)
+        if engine == "dask":
+            rel, n_workers = _release_dask(q, workers, epsilon=epsilon, delta=delta, rho=rho,
+                                           level=level)
+            lines.append(f"bounded and aggregated with dask ({n_workers} workers); noise "
+                         "added once, here")
+        else:
+            rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
         if nonnegative or decimals is not None:
             rel = rel.postprocess(nonnegative=nonnegative, decimals=decimals)
         table = pa.Table.from_pandas(rel.to_frame(), preserve_index=False)
@@ -294,7 +364,10 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         meta[b"pets.release"] = json.dumps(rel.metadata(), default=str).encode()
         with atomic_path(out) as tmp:
             pq.write_table(table.replace_schema_metadata(meta), tmp)
-        payload["release"] = {**rel.metadata(), "out": str(out), "rows": len(rel.frame)}
+        payload["release"] = {**rel.metadata(), "out": str(out), "rows": len(rel.frame),
+                              "engine": engine}
+        if engine == "dask":
+            payload["release"]["workers"] = n_workers
         lines += [repr(rel), rel.to_frame().to_string(index=False, max_rows=60),
                   f"written to {out}"]
     if status:
@@ -302,6 +375,21 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         payload["status"] = st.as_dict()
         lines.append(str(st))
     emit(payload, as_json, lambda: "\n".join(lines))
+
+
+def _release_dask(q: Any, workers: int | None, *, epsilon: float | None, delta: float | None,
+                  rho: float | None, level: float) -> tuple[Any, int]:
+    """Check the arguments, then start the local cluster and release (noise on the driver)."""
+    import os
+
+    from pets.engines import _run
+
+    # every refusal that needs no data happens before a cluster is started
+    q.check_release(epsilon=epsilon, delta=delta, rho=rho, level=level)
+    with _run.local_client(workers or os.cpu_count() or 1) as client:
+        n_workers = len(client.scheduler_info().get("workers", {})) if client else 0
+        rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
+    return rel, n_workers
 
 
 COMMANDS = [release]

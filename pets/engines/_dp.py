@@ -401,6 +401,26 @@ class DaskQuery:
         """
         return DaskQuery(self.dask_session, self.query.histogram(column, edges))
 
+    def check_release(self, *, epsilon: float | None = None, delta: float | None = None,
+                      rho: float | None = None, level: float = 0.95) -> None:
+        """Refuse, before the cluster does any work, what :meth:`release` would refuse from
+        the arguments alone: privacy parameters, level, unknown columns, too many cells.
+
+        Raises:
+            InputError: As :meth:`release` (nothing is computed or spent).
+
+        Privacy:
+            Reads no data and spends nothing.
+        """
+        session, q = self.dask_session.session, self.query
+        session.check_release(q, epsilon=epsilon, delta=delta, rho=rho, level=level)
+        for c in dict.fromkeys(a.column for a in q.aggs if a.column):
+            if c not in session.columns:
+                raise InputError(f"unknown column {c!r} (columns: "
+                                 f"{', '.join(session.columns)})")
+        if not isinstance(q.keys, str):
+            _check_cells(q, len(q.keys) if q.keys is not None else 1)
+
     def release(self, *, epsilon: float | None = None, delta: float | None = None,
                 rho: float | None = None, level: float = 0.95, seed: int | None = None,
                 progress: bool | None = None) -> Release:
@@ -450,13 +470,8 @@ def _release(dq: DaskQuery, *, epsilon: float | None, delta: float | None,
              progress: bool | None) -> Release:
     session, q = dq.dask_session.session, dq.query
     # refuse bad arguments before the cluster does any work (nothing is spent either way)
-    session.check_release(q, epsilon=epsilon, delta=delta, rho=rho, level=level)
-    for c in dict.fromkeys(a.column for a in q.aggs if a.column):
-        if c not in session.columns:
-            raise InputError(f"unknown column {c!r} (columns: {', '.join(session.columns)})")
+    dq.check_release(epsilon=epsilon, delta=delta, rho=rho, level=level)
     private = isinstance(q.keys, str)
-    if not private:
-        _check_cells(q, len(q.keys) if q.by and q.keys is not None else 1)
     chosen: Any = (_data_keys(dq.dask_session.data, q.by, progress) if private
                    else q.keys if q.by else pd.DataFrame(index=range(1)))
     assert isinstance(chosen, pd.DataFrame)

@@ -149,3 +149,113 @@ class TestAggSpecs:
     def test_bad_specs_are_input_errors(self, bad):
         with pytest.raises(InputError):
             parse_agg(bad)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """The events as a directory of 3 part files (users straddle files) and a side file."""
+    from tests.conftest import require_service
+    from tests.engines.conftest import DASK, HAVE_DASK
+
+    require_service(HAVE_DASK, DASK)
+    frame = synthetic_events(3000, n_users=400, seed=2)
+    d = tmp_path / "events"
+    d.mkdir()
+    for i, start in enumerate(range(0, 3000, 1000)):
+        frame.iloc[start:start + 1000].to_parquet(d / f"part.{i}.parquet", index=False)
+    (d / "_manifest.json").write_text("{}")  # not a part: skipped like pyarrow skips it
+    frame.to_parquet(tmp_path / "events.parquet", index=False)
+    return d
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """``local_client`` that starts nothing (Dask's local scheduler runs the tasks)."""
+    import contextlib
+
+    from pets.engines import _run
+
+    started: list[int] = []
+
+    @contextlib.contextmanager
+    def fake(workers, **kw):
+        started.append(workers)
+        yield None
+
+    monkeypatch.setattr(_run, "local_client", fake)
+    return started
+
+
+AGGS = "count,histogram:watch_seconds[0,60,600,7200],median:watch_seconds[0,7200]"
+SAME = ["country", "statistic", "param", "mechanism", "scale", "epsilon", "delta", "rho"]
+
+
+class TestReleaseEngineDask:
+    def _args(self, src, tmp_path, out="r.parquet", *extra):
+        return ["release", src, "--unit", "user_id", "--group-by", "country", "--keys",
+                "DE,FR,IT", "--agg", AGGS, "--max-rows", "3", "--ledger", tmp_path / "l.db",
+                "--out", tmp_path / out, *extra]
+
+    def test_a_dataset_directory_on_a_local_cluster_releases_as_pandas(self, tmp_path,
+                                                                        dataset, capsys):
+        code, stdout, err = run(capsys, *self._args(dataset, tmp_path), "--engine", "dask",
+                                "--workers", "1", "--epsilon", "1", "--budget-epsilon", "2",
+                                "--json", "--status")
+        assert code == 0, err
+        payload = json.loads(stdout)
+        assert payload["release"]["engine"] == "dask" and payload["release"]["workers"] == 1
+        assert payload["release"]["query"]["engine"] == "dask"
+        assert payload["status"]["spent"]["epsilon"] == pytest.approx(1.0)
+        code, stdout, err = run(capsys, *self._args(tmp_path / "events.parquet", tmp_path,
+                                                    "p.parquet"),
+                                "--epsilon", "1", "--budget-epsilon", "2", "--dataset-id", "p",
+                                "--json")
+        assert code == 0, err
+        assert json.loads(stdout)["release"]["engine"] == "pandas"
+        dask_frame = pq.read_table(tmp_path / "r.parquet").to_pandas()
+        pandas_frame = pq.read_table(tmp_path / "p.parquet").to_pandas()
+        assert len(dask_frame) == 3 * (1 + 3 + 1)  # per key: count, 3 bins, median
+        assert dask_frame[SAME].equals(pandas_frame[SAME])
+
+    def test_budget_exhausted_exits_6_and_writes_nothing(self, tmp_path, dataset, capsys,
+                                                        no_cluster):
+        first = run(capsys, *self._args(dataset, tmp_path), "--engine", "dask", "--workers",
+                    "2", "--epsilon", "1", "--budget-epsilon", "1.5")
+        assert first[0] == 0, first[2]
+        assert no_cluster == [2]
+        code, _, err = run(capsys, *self._args(dataset, tmp_path, "again.parquet"), "--engine",
+                           "dask", "--epsilon", "1")
+        assert code == 6 and "BudgetExhausted" in err
+        assert not (tmp_path / "again.parquet").exists()
+        st = Ledger(tmp_path / "l.db").status(str(dataset.resolve()), "user_id")
+        assert st.spent.epsilon == pytest.approx(1.0)
+
+    @pytest.mark.parametrize(("extra", "match"), [
+        (["--budget-epsilon", "1", "--rho", "0.5"], "pass --epsilon E instead of --rho"),
+        (["--budget-epsilon", "1", "--epsilon", "0.5", "--level", "1.5"], "level"),
+        (["--budget-epsilon", "1", "--epsilon", "0.5", "--agg", "median:nope[0,1]"], "nope"),
+    ], ids=["rho-on-pure", "level", "unknown-column"])
+    def test_refusals_exit_1_before_a_cluster_starts(self, tmp_path, dataset, capsys,
+                                                     no_cluster, extra, match):
+        code, _, err = run(capsys, *self._args(dataset, tmp_path), "--engine", "dask", *extra)
+        assert code == 1 and match in err
+        assert no_cluster == [] and not (tmp_path / "r.parquet").exists()
+        led, dsid = Ledger(tmp_path / "l.db"), str(dataset.resolve())
+        assert led.budget_of(dsid, "user_id") is None or \
+            led.status(dsid, "user_id").spent.epsilon == 0
+
+    def test_workers_without_the_dask_engine_is_a_usage_error(self, tmp_path, events, capsys):
+        code, _, err = run(capsys, *self._args(events, tmp_path), "--workers", "2",
+                           "--epsilon", "1", "--budget-epsilon", "2")
+        assert code == 2 and "--workers needs --engine dask" in err
+        assert not (tmp_path / "r.parquet").exists()
+
+    def test_a_directory_needs_the_dask_engine(self, tmp_path, dataset, capsys):
+        code, _, err = run(capsys, *self._args(dataset, tmp_path), "--epsilon", "1",
+                           "--budget-epsilon", "2")
+        assert code == 1 and "use --engine dask" in err
+
+    def test_missing_input_with_the_dask_engine(self, tmp_path, dataset, capsys, no_cluster):
+        code, _, err = run(capsys, *self._args(tmp_path / "nothing", tmp_path), "--engine",
+                           "dask", "--epsilon", "1", "--budget-epsilon", "2")
+        assert code == 1 and "does not exist" in err and no_cluster == []
