@@ -171,14 +171,18 @@ def _protected_file(src: Path) -> Path:
                    "tcp://host:8786 (only with --engine dask; not with --workers). Its workers "
                    "need the keyring path and PETS_MASTER_KEY in their own environment. "
                    "[env: PETS_DASK_SCHEDULER]")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="How long to wait for the --scheduler before exiting 1.")
 @_audit_option
 @_boundary_option
 @keyring_options
 @context_options
 @json_option
 def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: int | None,
-            scheduler: str | None, audit_log: Path, boundary_keys: Path | None, jurisdiction: str,
-            principal: str | None, as_json: bool, key_config: KeyConfig) -> None:
+            scheduler: str | None, connect_timeout: float, audit_log: Path,
+            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+            as_json: bool, key_config: KeyConfig) -> None:
     """Protect a raw Parquet table under a policy (runs in the policy's home only).
 
     With --engine dask, INFILE may be a Parquet file or a directory of them; the result is
@@ -200,8 +204,8 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
     ctx = make_context(jurisdiction, principal)
     policy = load_policy(policy_path)
     if engine == "dask":
-        _protect_dask(infile, policy_path, policy, out, workers, scheduler, audit_log,
-                      boundary_keys, ctx, as_json, key_config)
+        _protect_dask(infile, policy_path, policy, out, workers, scheduler, connect_timeout,
+                      audit_log, boundary_keys, ctx, as_json, key_config)
         return
     frame = _read_parquet(infile)
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
@@ -250,8 +254,8 @@ def _copy_policy(out: Path, policy_path: Path) -> None:
 
 
 def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
-                  workers: int | None, scheduler: str | None, audit_log: Path,
-                  boundary_keys: Path | None, ctx: Context, as_json: bool,
+                  workers: int | None, scheduler: str | None, connect_timeout: float,
+                  audit_log: Path, boundary_keys: Path | None, ctx: Context, as_json: bool,
                   key_config: KeyConfig) -> None:
     import os
 
@@ -266,7 +270,8 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
     summary = run_protect_dask(
         infile, policy, out, workers=None if scheduler else workers or os.cpu_count() or 1,
-        scheduler=scheduler, keys=keys, key_source=key_config, context=ctx, audit=log)
+        scheduler=scheduler, connect_timeout=connect_timeout, keys=keys, key_source=key_config,
+        context=ctx, audit=log)
     _copy_policy(out, policy_path)  # run_protect_dask wrote manifest.json and the PEM
     summary["audit_log"] = str(audit_log)
     columns: dict[str, str] = summary["columns"]

@@ -102,3 +102,134 @@ class TestProtectEngineDask:
         assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
                      "--engine", "spark"]) == 2
         assert not (env / "x").exists()
+
+
+@pytest.fixture
+def cluster_env(tmp_path, monkeypatch, capsys, keyring):
+    """The CLI's environment for a job on the shared cluster: its workers hold this keyring's
+    master key in their own environment (conftest), the driver gets it here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETS_MASTER_KEY", keyring["master"].hex())
+    monkeypatch.setenv("PETS_KEYRING", str(keyring["path"]))
+    monkeypatch.setenv("PETS_BOUNDARY_KEYS", str(tmp_path / "boundary"))
+    monkeypatch.setenv("PETS_PRINCIPAL", "etl")
+    monkeypatch.setenv("PETS_JURISDICTION", "EU")
+    for var in ("PETS_AUDIT_LOG", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY",
+                "PETS_KEYRING_PASSPHRASE", "PETS_DASK_SCHEDULER"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["datasets", "generate", "--users", "2000", "--out", "users.parquet"]) == 0
+    (tmp_path / "policy.yaml").write_text(
+        (files("pets") / "examples" / "users-policy.yaml").read_text())
+    capsys.readouterr()
+    return tmp_path
+
+
+ALLOWED = ["user_id", "email", "birth_date", "country", "signup_ts"]
+
+
+class TestProtectOnSchedulerThenExport:
+    def test_round_trip_protect_on_the_cluster_export_the_dataset(self, cluster_env,
+                                                                  dask_client, capsys):
+        from pets.boundary import verify_log
+        from pets.boundary._dataset import read_index, verify_dataset
+
+        env = cluster_env
+        address = dask_client.scheduler.address
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "dk",
+                     "--engine", "dask", "--scheduler", address, "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["scheduler"] == address and summary["workers"] == 2
+        pem = env / "dk" / "signing-key.pub.pem"
+
+        # the protect --out directory (it holds one dataset) exports as a directory
+        assert main(["export", "dk", "--to", "US", "--out", "us/users", "--columns",
+                     "allowed", "--json"]) == 0
+        receipt = json.loads(capsys.readouterr().out)
+        assert receipt["parts"] == summary["parts"] and receipt["rows"] == summary["rows"]
+        assert receipt["columns"] == ALLOWED and receipt["path"] == "us/users"
+        assert verify_dataset(env / "us" / "users", pem).rows == summary["rows"]
+        assert read_index(env / "us" / "users").export["destination"] == "US"
+        frame = _dask_frame(env / "us" / "users")
+        assert list(frame.columns) == ALLOWED and len(frame) == summary["rows"]
+
+        # the dataset directory itself, text output
+        assert main(["export", "dk/users", "--to", "US", "--out", "us/u2", "--columns",
+                     ",".join(ALLOWED[:2])]) == 0
+        text = capsys.readouterr().out
+        assert f"in {summary['parts']} parts, columns user_id, email -> us/u2" in text
+        assert "LC_ALL=C sha256sum * | sha256sum" in text
+
+        # refusals: exit codes as for a file, nothing written, each one in the log
+        assert main(["export", "dk", "--to", "US", "--out", "us/all"]) == 3
+        assert "keeps these columns from US: phone (encrypted)" in capsys.readouterr().err
+        part = next((env / "dk" / "users").glob("part.*.parquet"))
+        part.rename(env / "moved.parquet")
+        assert main(["export", "dk", "--to", "US", "--out", "us/gone", "--columns",
+                     "allowed"]) == 5
+        assert "dataset does not match its manifest" in capsys.readouterr().err
+        assert main(["export", "dk", "--to", "US", "--out", "us/x", "--columns", "allowed",
+                     "--jurisdiction", "US"]) == 4  # the EU signing key does not open abroad
+        capsys.readouterr()
+        assert sorted(p.name for p in (env / "us").iterdir()) == ["u2", "users"]
+        kinds = [e["kind"] for e in _entries(env)]
+        assert kinds.count("boundary.export") == 2 and kinds.count("boundary.refused") == 2
+        assert verify_log(env / ".pets" / "audit.jsonl", pem).ok
+
+    def test_a_directory_of_raw_parts_is_refused_as_unprotected(self, cluster_env, capsys):
+        env = cluster_env
+        raw = pd.read_parquet(env / "users.parquet")
+        (env / "raw").mkdir()
+        raw.iloc[:1000].to_parquet(env / "raw" / "part.00000.parquet")
+        raw.iloc[1000:].to_parquet(env / "raw" / "part.00001.parquet")
+        assert main(["export", "raw", "--policy", "policy.yaml", "--to", "US", "--out",
+                     "us/users"]) == 5
+        assert "no pets dataset manifest" in capsys.readouterr().err
+        assert not (env / "us").exists()
+
+
+def _entries(env):
+    from pets.boundary import read_entries
+
+    return read_entries(env / ".pets" / "audit.jsonl")
+
+
+class TestSchedulerOption:
+    def test_unreachable_scheduler_exits_1_and_writes_nothing(self, cluster_env, capsys):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{port}",
+                     "--connect-timeout", "1"]) == 1
+        assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port} within 1 s" in \
+            capsys.readouterr().err
+        assert not (cluster_env / "x").exists()
+
+    def test_scheduler_and_workers_exclude_each_other(self, cluster_env, capsys):
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1",
+                     "--workers", "2"]) == 2
+        assert "--scheduler and --workers exclude each other" in capsys.readouterr().err
+        assert not (cluster_env / "x").exists()
+
+    def test_scheduler_needs_the_dask_engine(self, cluster_env, capsys):
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--scheduler", "tcp://127.0.0.1:1"]) == 2
+        assert "--scheduler needs --engine dask" in capsys.readouterr().err
+
+    def test_environment_default_is_used_and_yields_to_the_command_line(
+            self, cluster_env, capsys, monkeypatch):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        monkeypatch.setenv("PETS_DASK_SCHEDULER", f"tcp://127.0.0.1:{port}")
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--engine", "dask", "--connect-timeout", "0.5"]) == 1
+        assert f"tcp://127.0.0.1:{port}" in capsys.readouterr().err
+        # the pandas engine ignores it
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "pd"]) == 0
+        assert (cluster_env / "pd" / "users.parquet").exists()

@@ -202,3 +202,61 @@ class TestQuantileBucket:
         fitted = QuantileBucket(tuple(edges), 7)
         got = pd.concat([fitted.apply(x.iloc[i:i + 1_000]) for i in range(0, len(x), 1_000)])
         pd.testing.assert_series_equal(got, expected)
+
+
+EXPORTABLE = POLICY.replace("min_k: 40", "min_k: 40\ndestinations: {pseudonymized: [US], kept: [US]}")
+
+
+class TestExportGateOnDatasets:
+    """The gate on what DaskProtected.write produces (the boundary tests cover each refusal)."""
+
+    @pytest.fixture
+    def encrypted(self, users, bkeys, workers, keyring, tmp_path):
+        from pets.engines import dask as pets_dask
+
+        lazy = protect(dd.from_pandas(users, npartitions=2), Policy.from_yaml(EXPORTABLE), bkeys,
+                       EU, workers=workers, progress=False)
+        enc = pets_dask.ParquetEncryption.of(keyring["config"], EU, footer_key=KEK,
+                                             column_keys={KEK: ["email"]})
+        lazy.write(tmp_path / "enc", encryption=enc, progress=False)
+        assert verify_dataset(tmp_path / "enc", bkeys.public_key, encryption=enc).rows > 0
+        return tmp_path / "enc"
+
+    def _export(self, src, bkeys, tmp_path):
+        from pets.boundary import AuditLog, export
+
+        log = AuditLog(tmp_path / "audit.jsonl", signer=bkeys.signer, actor=EU)
+        return log, lambda: export(src, "US", tmp_path / "us", policy=Policy.from_yaml(EXPORTABLE),
+                                   public_key=bkeys.public_key, context=EU, audit=log,
+                                   columns=["user_id", "email", "country"])
+
+    def test_modular_encryption_is_refused_clearly(self, encrypted, bkeys, tmp_path):
+        from pets import InputError
+
+        log, run = self._export(encrypted, bkeys, tmp_path)
+        with pytest.raises(InputError, match="Parquet modular encryption"):
+            run()
+        assert not (tmp_path / "us").exists()
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+
+    def test_hiding_the_encryption_flag_only_fails_verification(self, encrypted, bkeys,
+                                                               tmp_path):
+        import json
+
+        doc = json.loads((encrypted / "_manifest.json").read_text())
+        doc["encrypted"] = False
+        (encrypted / "_manifest.json").write_text(json.dumps(doc))
+        _, run = self._export(encrypted, bkeys, tmp_path)
+        with pytest.raises(IntegrityError, match="dataset does not match its manifest"):
+            run()
+        assert not (tmp_path / "us").exists()
+
+    def test_an_exported_dataset_verifies_with_the_engine_function_too(self, users, bkeys,
+                                                                      workers, tmp_path):
+        lazy = protect(dd.from_pandas(users, npartitions=2), Policy.from_yaml(EXPORTABLE), bkeys,
+                       EU, workers=workers, progress=False)
+        manifest = lazy.write(tmp_path / "plain", progress=False)
+        _, run = self._export(tmp_path / "plain", bkeys, tmp_path)
+        receipt = run()
+        assert receipt.parts == 2 and receipt.rows == manifest.rows
+        assert verify_dataset(tmp_path / "us", bkeys.public_key) == manifest
