@@ -410,6 +410,27 @@ class TestQuantilesOnDask:
         assert set(f["estimate"]) <= set(np.linspace(0, 3600, 101).tolist())
         assert f["ci_low"].isna().all()
 
+    def test_private_keys_and_no_grouping(self, events):
+        for q, spend in (({"by": "country", "keys": "private", "max_rows": 4},
+                          {"epsilon": 1.0, "delta": 1e-6}),
+                         ({"max_rows": 4}, {"epsilon": 1.0})):
+            s = Session(events, privacy_unit="user_id", budget=Budget.approx(3.0, 1e-5))
+            ref = s.query(**q).median("watch_seconds", bounds=(0, 3600), candidates=91).release(
+                **spend)
+            ds = DaskSession(dd.from_pandas(events, npartitions=3), privacy_unit="user_id",
+                             budget=Budget.approx(3.0, 1e-5))
+            got = ds.query(**q).median("watch_seconds", bounds=(0, 3600),
+                                       candidates=91).release(**spend, progress=False)
+            a, b = ref.to_frame(), got.to_frame()
+            assert got.loss == ref.loss and ds.budget.spent == s.budget.spent
+            assert set(b["scale"]) == set(a["scale"]) and len(set(a["scale"])) == 1
+            if "by" in q:  # selected keys only (in value order), one median each
+                assert set(b["country"]) <= set(events["country"]) and len(b) >= 1
+                assert b["country"].tolist() == sorted(set(b["country"]))
+                assert set(b["statistic"]) == {"quantile"}
+            else:
+                assert b["statistic"].tolist() == ["quantile"]
+
     def test_median_of_a_known_distribution_lands_near_the_truth(self):
         rng = np.random.default_rng(11)
         n = 3_000
