@@ -353,8 +353,8 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         if engine == "dask":
             rel, n_workers = _release_dask(q, workers, epsilon=epsilon, delta=delta, rho=rho,
                                            level=level)
-            lines.append(f"bounded and aggregated with dask ({n_workers} workers); noise "
-                         "added once, here")
+            lines.append(f"bounded and aggregated with dask ({n_workers} worker"
+                         f"{'' if n_workers == 1 else 's'}); noise added once, here")
         else:
             rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
         if nonnegative or decimals is not None:
