@@ -275,8 +275,10 @@ def iter_parts(index: DatasetIndex, parts: Sequence[VerifiedPart], *,
             if record != index.export or table.column_names != columns:
                 raise IntegrityError(_MISMATCH)
         frame = table.to_pandas()
+        del table, meta
         part.manifest.verify_data(frame, subset=columns is not None)
         yield part, frame
+        del frame  # hold no part while the next one is read
 
 
 def verify_dataset(path: str | os.PathLike[str],
@@ -305,6 +307,6 @@ def verify_dataset(path: str | os.PathLike[str],
     """
     index = read_index(path)
     parts = verify_structure(index, public_key, reader=reader)
-    for _ in iter_parts(index, parts, reader=reader):
-        pass
+    for checked in iter_parts(index, parts, reader=reader):
+        del checked  # one part in memory at a time
     return index.manifest

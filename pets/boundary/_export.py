@@ -305,8 +305,8 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
     try:
         ordered = _select(manifest, policy, to, columns)      # 5 and 6 (signed facts only)
     except PetsError as refusal:
-        for _ in iter_parts(index, parts):                    # 4: values first, as for a file
-            pass
+        for checked in iter_parts(index, parts):              # 4: values first, as for a file
+            del checked
         raise refusal from None
     record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
               "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
@@ -316,6 +316,7 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
         for part, frame in iter_parts(index, parts):          # 4: each part's values
             out = tmp / part.name
             ProtectedFrame(frame[ordered], part.manifest).write(out, extra_metadata=meta)
+            del frame  # one part in memory at a time
             files[part.name] = _file_sha256(out)
         exported = DatasetIndex(tmp, manifest, index.parts, False, record)
         (tmp / DATASET_MANIFEST).write_text(exported.to_json(), encoding="utf-8")

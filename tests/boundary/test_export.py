@@ -324,6 +324,28 @@ class TestExportDataset:
         assert verify_log(log.path, signer.public_key).ok
         assert flows(log.entries()).loc[0, "rows"] == 60
 
+    def test_one_part_in_memory_at_a_time(self, dataset, policy, signer, eu_ctx, log, out,
+                                          monkeypatch):
+        import gc
+        import weakref
+
+        from pets.boundary import Manifest
+
+        seen: list[weakref.ref] = []
+        alive_before: list[int] = []
+        check = Manifest.verify_data
+
+        def spy(self, frame, **kw):
+            gc.collect()
+            alive_before.append(sum(r() is not None for r in seen))
+            seen.append(weakref.ref(frame))
+            return check(self, frame, **kw)
+
+        monkeypatch.setattr(Manifest, "verify_data", spy)
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        assert alive_before == [0, 0, 0]  # each part's values are gone before the next read
+
     def test_the_recorded_digest_is_what_sha256sum_gives(self, dataset, policy, signer,
                                                          eu_ctx, log, out):
         import shutil
