@@ -98,6 +98,18 @@ class TestBoundedAggregates:
         b = bounded_aggregates(ddf, spec)
         assert all((a.vectors[k] == b.vectors[k]).all() for k in spec.plan)
 
+    def test_kept_rows_do_not_depend_on_the_order_the_shuffle_delivers(self, events):
+        spec = _spec([("count",), SUM, ("hist", "watch_seconds", (0.0, 100.0, 1000.0))],
+                     G=2, C=1, seed=7)
+        frame = events[spec.columns]
+        a = bound_partition(frame, spec, {"number": 3})
+        for state in range(3):
+            b = bound_partition(frame.sample(frac=1.0, random_state=state), spec, {"number": 3})
+            pd.testing.assert_frame_equal(a, b)
+        # the seed (and partition number) does decide which rows are kept
+        other = bound_partition(frame, spec, {"number": 4})
+        assert not a.equals(other)
+
     def test_rows_outside_the_public_keys_are_dropped(self, events):
         got = bounded_aggregates(dd.from_pandas(events, npartitions=2),
                                  _spec([("count",)], C=10_000, keys=["DE"]))
