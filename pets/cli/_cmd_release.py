@@ -283,6 +283,14 @@ def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes of the local Dask cluster (only with --engine dask; "
                    "default: the CPU count).")
+@click.option("--scheduler", default=None, envvar="PETS_DASK_SCHEDULER", metavar="ADDRESS",
+              help="Bound and aggregate on an existing Dask cluster: its scheduler's address, "
+                   "e.g. tcp://host:8786 (only with --engine dask; not with --workers). Its "
+                   "workers must be able to read INFILE at the same absolute path. "
+                   "[env: PETS_DASK_SCHEDULER]")
+@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="How long to wait for the --scheduler before exiting 1.")
 @json_option
 def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | None,
             keys: str | None, keys_file: Path | None, private_keys: bool, aggs: tuple[str, ...],
@@ -290,7 +298,8 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
             rho: float | None, budget_epsilon: float | None, budget_delta: float | None,
             budget_rho: float | None, ledger_path: Path, out: Path | None, level: float,
             nonnegative: bool, decimals: int | None, status: bool, engine: str,
-            workers: int | None, as_json: bool) -> None:
+            workers: int | None, scheduler: str | None, connect_timeout: float,
+            as_json: bool) -> None:
     """Release DP aggregates of INFILE (Parquet), spending budget from a ledger.
 
     With --engine dask, INFILE may also be a directory of Parquet files; the release has the
@@ -304,6 +313,15 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
 
     if workers is not None and engine != "dask":
         raise click.UsageError("--workers needs --engine dask")
+    env_default = (click.get_current_context().get_parameter_source("scheduler")
+                   is click.core.ParameterSource.ENVIRONMENT)
+    if scheduler is not None and env_default and (engine != "dask" or workers):
+        scheduler = None  # the environment's default yields to the command line
+    if scheduler is not None and engine != "dask":
+        raise click.UsageError("--scheduler needs --engine dask")
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("--scheduler and --workers exclude each other: the cluster at "
+                               "the scheduler has its own workers")
     if engine == "dask":
         from pets._errors import require
 
@@ -338,7 +356,8 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         from pets.engines._dp import DaskSession
         from pets.engines._parquet import read_dataset
 
-        session = DaskSession(read_dataset(infile), privacy_unit=unit, budget=budget,
+        # absolute: the workers of a remote cluster resolve paths in their own directory
+        session = DaskSession(read_dataset(infile.resolve()), privacy_unit=unit, budget=budget,
                               ledger=ledger, dataset_id=dsid)
     else:
         session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger,
@@ -351,10 +370,11 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         q = _build(session.query(by or None, keys=keys_arg, max_groups=max_groups,
                                  max_rows=max_rows), specs)
         if engine == "dask":
-            rel, n_workers = _release_dask(q, workers, epsilon=epsilon, delta=delta, rho=rho,
-                                           level=level)
+            rel, n_workers = _release_dask(q, workers, scheduler, connect_timeout,
+                                           epsilon=epsilon, delta=delta, rho=rho, level=level)
+            where = f" at {scheduler}" if scheduler else ""
             lines.append(f"bounded and aggregated with dask ({n_workers} worker"
-                         f"{'' if n_workers == 1 else 's'}); noise added once, here")
+                         f"{'' if n_workers == 1 else 's'}{where}); noise added once, here")
         else:
             rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
         if nonnegative or decimals is not None:
@@ -368,6 +388,7 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
                               "engine": engine}
         if engine == "dask":
             payload["release"]["workers"] = n_workers
+            payload["release"]["scheduler"] = scheduler
         lines += [repr(rel), rel.to_frame().to_string(index=False, max_rows=60),
                   f"written to {out}"]
     if status:
@@ -377,16 +398,20 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     emit(payload, as_json, lambda: "\n".join(lines))
 
 
-def _release_dask(q: Any, workers: int | None, *, epsilon: float | None, delta: float | None,
-                  rho: float | None, level: float) -> tuple[Any, int]:
-    """Check the arguments, then start the local cluster and release (noise on the driver)."""
+def _release_dask(q: Any, workers: int | None, scheduler: str | None, connect_timeout: float,
+                  *, epsilon: float | None, delta: float | None, rho: float | None,
+                  level: float) -> tuple[Any, int]:
+    """Check the arguments, then start the local cluster (or connect to ``scheduler``) and
+    release (noise on the driver)."""
     import os
 
     from pets.engines import _run
 
-    # every refusal that needs no data happens before a cluster is started
+    # every refusal that needs no data happens before a cluster is started or reached
     q.check_release(epsilon=epsilon, delta=delta, rho=rho, level=level)
-    with _run.local_client(workers or os.cpu_count() or 1) as client:
+    cluster = (_run.connect(scheduler, timeout=connect_timeout) if scheduler
+               else _run.local_client(workers or os.cpu_count() or 1))
+    with cluster as client:
         n_workers = len(client.scheduler_info().get("workers", {})) if client else 0
         rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
     return rel, n_workers

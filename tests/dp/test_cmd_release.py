@@ -259,3 +259,69 @@ class TestReleaseEngineDask:
         code, _, err = run(capsys, *self._args(tmp_path / "nothing", tmp_path), "--engine",
                            "dask", "--epsilon", "1", "--budget-epsilon", "2")
         assert code == 1 and "does not exist" in err and no_cluster == []
+
+
+class TestReleaseOnAnExistingCluster:
+    def _args(self, src, tmp_path, out="r.parquet"):
+        return ["release", src, "--unit", "user_id", "--group-by", "country", "--keys",
+                "DE,FR,IT", "--agg", "count,sum:watch_seconds[0,3600]", "--max-rows", "3",
+                "--ledger", tmp_path / "l.db", "--out", tmp_path / out, "--epsilon", "1",
+                "--budget-epsilon", "2"]
+
+    def test_scheduler_address_runs_on_that_cluster_and_leaves_it_running(
+            self, tmp_path, dataset, capsys, monkeypatch):
+        import warnings
+
+        import distributed
+
+        monkeypatch.chdir(tmp_path.parent)  # a relative INFILE is resolved for the workers
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cluster = distributed.LocalCluster(n_workers=1, processes=False,
+                                               dashboard_address=None)
+        try:
+            address = cluster.scheduler_address
+            code, stdout, err = run(capsys, *self._args(dataset.relative_to(tmp_path.parent),
+                                                        tmp_path),
+                                    "--engine", "dask", "--scheduler", address, "--json")
+            assert code == 0, err
+            rel = json.loads(stdout)["release"]
+            assert rel["scheduler"] == address and rel["workers"] == 1
+            assert rel["query"]["engine"] == "dask"
+            assert len(pq.read_table(tmp_path / "r.parquet").to_pandas()) == 3 * 2
+            assert cluster.status.name == "running"  # only our client was closed
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cluster.close()
+
+    def test_unreachable_scheduler_exits_1_spends_and_writes_nothing(self, tmp_path, dataset,
+                                                                      capsys):
+        import socket
+
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        code, _, err = run(capsys, *self._args(dataset, tmp_path), "--engine", "dask",
+                           "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "1")
+        assert code == 1
+        assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port} within 1 s" in err
+        assert not (tmp_path / "r.parquet").exists()
+        st = Ledger(tmp_path / "l.db").status(str(dataset.resolve()), "user_id")
+        assert st.spent.epsilon == 0
+
+    @pytest.mark.parametrize(("extra", "match"), [
+        (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs --engine dask"),
+        (["--engine", "dask", "--workers", "1", "--scheduler", "tcp://127.0.0.1:1"],
+         "--scheduler and --workers exclude each other"),
+    ], ids=["pandas-engine", "with-workers"])
+    def test_usage_errors_exit_2(self, tmp_path, dataset, capsys, extra, match):
+        code, _, err = run(capsys, *self._args(dataset, tmp_path), *extra)
+        assert code == 2 and match in err
+
+    def test_the_environment_default_yields_to_the_pandas_engine(self, tmp_path, events,
+                                                                 capsys, monkeypatch):
+        monkeypatch.setenv("PETS_DASK_SCHEDULER", "tcp://127.0.0.1:1")
+        code, stdout, err = run(capsys, *self._args(events, tmp_path), "--json")
+        assert code == 0, err
+        assert json.loads(stdout)["release"]["engine"] == "pandas"
