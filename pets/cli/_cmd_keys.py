@@ -146,7 +146,7 @@ def rotate_cmd(uri: str, audit_log: Path, boundary_keys: Path | None, key_config
     New wraps use it; older versions still unwrap until retired or destroyed.
     """
     services, _ = _logged(key_config, audit_log, boundary_keys)
-    _show(services.for_uri(uri).rotate(uri), as_json)
+    _show(services.rotate(uri), as_json)
 
 
 @keys.command("retire")
@@ -165,7 +165,7 @@ def retire_cmd(uri: str, min_version: int, audit_log: Path, boundary_keys: Path 
     re-enables them.
     """
     services, _ = _logged(key_config, audit_log, boundary_keys)
-    _show(services.for_uri(uri).retire(uri, min_version), as_json)
+    _show(services.retire(uri, min_version), as_json)
 
 
 @keys.command("destroy")
@@ -190,7 +190,7 @@ def destroy_cmd(uri: str, version: int | None, yes: bool, audit_log: Path,
         click.confirm(f"destroy {what}? Data wrapped under it becomes unrecoverable",
                       abort=True, err=True)
     services, _ = _logged(key_config, audit_log, boundary_keys)
-    _show(services.for_uri(uri).destroy(uri, version), as_json)
+    _show(services.destroy(uri, version), as_json)
 
 
 @keys.command("migrate")

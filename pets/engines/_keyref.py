@@ -20,6 +20,14 @@ Two key sources ship with pets:
 The key service still enforces jurisdiction on the worker: a worker whose context is outside
 the key's jurisdiction is refused there, exactly as on the driver.
 
+**Destroyed and retired keys.** Every :class:`~pets.keys.KeyServices` this module wraps or
+unwraps through is subscribed to (:meth:`~pets.keys.KeyServices.subscribe`): when a KEK is
+destroyed or retired in this process, every cached secret wrapped under that KEK is dropped at
+once, so the next :meth:`KeyRef.resolve` asks the key service and is refused. Listeners added
+with :func:`on_invalidate` (caches built *from* resolved secrets) hear which references went. A
+change made in *another* process (the driver destroying a key while workers hold it) is not
+seen by the workers: run ``client.run(forget_keys)`` after crypto-shredding.
+
 Examples:
     >>> from pets import Context
     >>> from pets.keys import KeyServices, MemoryKeyring, Secret
@@ -40,7 +48,7 @@ import os
 import secrets
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, runtime_checkable
 
@@ -69,6 +77,55 @@ _LOCK = threading.Lock()
 _SERVICES: dict[object, KeyServices] = {}
 _SECRETS: dict[KeyRef, Secret] = {}
 _IN_PROCESS: weakref.WeakValueDictionary[str, _Holder] = weakref.WeakValueDictionary()
+#: Called with the references dropped because their KEK changed (``None``: every reference,
+#: from :func:`forget_keys`).
+_LISTENERS: list[Callable[[frozenset[KeyRef] | None], None]] = []
+#: Raised by every invalidation: a secret unwrapped while a KEK changed is returned, not cached.
+_EPOCH = [0]
+
+
+def on_invalidate(listener: Callable[[frozenset[KeyRef] | None], None]) -> None:
+    """Call ``listener(refs)`` whenever cached secrets are dropped: ``refs`` are the references
+    whose KEK was destroyed or retired in this process, ``None`` after :func:`forget_keys`.
+
+    For per-process caches built from resolved secrets (keyed transforms), so they drop what
+    they built from a shredded key. Held strongly; register module-level functions once.
+    """
+    with _LOCK:
+        if listener not in _LISTENERS:
+            _LISTENERS.append(listener)
+
+
+def _invalidated(refs: frozenset[KeyRef] | None) -> None:
+    with _LOCK:
+        listeners = list(_LISTENERS)
+    for listener in listeners:
+        listener(refs)
+
+
+def _on_key_change(uri: str, version: int, what: str) -> None:
+    """A KEK changed in this process: drop every secret wrapped under it on destroy/retire.
+
+    Every version of the KEK goes (not only the refused ones): resolving a still-usable one
+    again costs one unwrap, and keeps the rule simple enough to trust.
+    """
+    if what not in ("destroy", "retire"):
+        return
+    with _LOCK:
+        _EPOCH[0] += 1
+        gone = frozenset(ref for ref in _SECRETS if ref.wrapped.key_uri == uri)
+        for ref in gone:
+            del _SECRETS[ref]
+    if gone:
+        _invalidated(gone)
+
+
+def _watch(services: KeyServices) -> KeyServices:
+    """Subscribe the secret cache to ``services`` (idempotent; held weakly by them)."""
+    subscribe = getattr(services, "subscribe", None)
+    if subscribe is not None:
+        subscribe(_on_key_change)
+    return services
 
 
 class _Holder:
@@ -168,11 +225,14 @@ class KeyRef:
             A reference whose :meth:`resolve` gives back ``secret``.
         """
         ec = {"purpose": PURPOSE, **dict(enc_context or {})}
-        svc = services if services is not None else source.services()
+        svc = _watch(services if services is not None else source.services())
+        with _LOCK:
+            epoch = _EPOCH[0]
         wrapped = svc.wrap(key_uri, secret.expose(), context=context, enc_context=ec)
         ref = cls(wrapped, source, context, tuple(sorted(ec.items())))
         with _LOCK:
-            _SECRETS[ref] = secret
+            if _EPOCH[0] == epoch:  # no KEK changed meanwhile (else resolve() asks again)
+                _SECRETS[ref] = secret
         return ref
 
     def resolve(self) -> Secret:
@@ -185,6 +245,7 @@ class KeyRef:
         """
         with _LOCK:
             hit = _SECRETS.get(self)
+            epoch = _EPOCH[0]
         if hit is not None:
             return hit
         services = services_for(self.source)
@@ -192,6 +253,8 @@ class KeyRef:
                               enc_context=dict(self.enc_context))
         secret = Secret(raw)
         with _LOCK:
+            if _EPOCH[0] != epoch:  # a KEK changed while we unwrapped: do not cache
+                return secret
             return _SECRETS.setdefault(self, secret)
 
     def __repr__(self) -> str:
@@ -205,7 +268,7 @@ def services_for(source: KeySource) -> KeyServices:
         hit = _SERVICES.get(source)
     if hit is not None:
         return hit
-    services = source.services(environ=os.environ)
+    services = _watch(source.services(environ=os.environ))
     with _LOCK:
         return _SERVICES.setdefault(source, services)
 
@@ -221,9 +284,11 @@ def forget_keys() -> int:
         True
     """
     with _LOCK:
+        _EPOCH[0] += 1
         n = len(_SECRETS)
         _SECRETS.clear()
         _SERVICES.clear()
+    _invalidated(None)
     return n
 
 

@@ -286,7 +286,8 @@ def _wrap_context(enc_context: Mapping[str, str], column: str, mode: str) -> dic
 def _unwrap_dek(ck: ColumnKey, keys: KeyServices, context: Context,
                 enc_context: Mapping[str, str]) -> bytes:
     dek = _unwrap_any(ck.wrapped_keys, keys, context,
-                      _wrap_context(enc_context, ck.column, ck.mode), what=f"column {ck.column!r}")
+                      _wrap_context(enc_context, ck.column, ck.mode), what=f"column {ck.column!r}",
+                      purpose=f"column:{ck.column}")
     if len(dek) != _DEK_SIZE[ck.mode]:
         raise IntegrityError(f"column {ck.column!r} failed to authenticate")
     return dek
@@ -321,8 +322,14 @@ def encrypt_columns(
     mode: Mode = "randomized",
     encoding: Encoding = "bytes",
     audit: AuditHook | None = None,
+    workers: WorkerKeys | None = None,
 ) -> tuple[pd.DataFrame, ColumnKeys]:
     """Encrypt ``columns`` of ``frame``; return the new frame and its :class:`ColumnKeys`.
+
+    Accepts a Dask DataFrame: returns ``(lazy Dask frame, column_keys)`` from
+    :func:`pets.engines.dask.encrypt_columns` (DEKs made and wrapped once, here; partitions
+    unwrap them through ``workers``, by default ``keys`` in this process — required while a
+    ``distributed`` client is active).
 
     Args:
         frame: The data; it is not modified.
@@ -336,6 +343,8 @@ def encrypt_columns(
         mode: Default mode when ``columns`` is a list.
         encoding: ``"bytes"`` cells, or ``"base64"`` text cells.
         audit: Optional audit hook (receives ``envelope.encrypt_columns``).
+        workers: Dask frames only: how partitions reach the column keys
+            (a :class:`~pets.engines.WorkerKeys`).
 
     Returns:
         ``(encrypted_frame, column_keys)``; ``encrypted_frame.attrs["pets.column_keys"]``
@@ -357,6 +366,12 @@ def encrypt_columns(
         >>> decrypt_columns(enc, ck, keys=ring, context=eu).equals(df)
         True
     """
+    if is_dask_frame(frame):
+        from pets.engines._dispatch import encrypt_columns as on_dask
+
+        return on_dask(frame, columns, keys=keys, key_uris=key_uris, context=context,
+                       enc_context=enc_context, column_keys=column_keys, mode=mode,
+                       encoding=encoding, audit=audit, workers=workers)
     services = as_services(keys)
     if encoding not in ("bytes", "base64"):
         raise InputError(f"encoding must be 'bytes' or 'base64', not {encoding!r}")
@@ -392,8 +407,8 @@ def encrypt_columns(
         else:
             dek = os.urandom(_DEK_SIZE[m])
             wctx = _wrap_context(ctx, name, m)
-            wrapped = tuple(services.wrap(u, dek, context=context, enc_context=wctx)
-                            for u in uris)
+            wrapped = tuple(services.wrap(u, dek, context=context, enc_context=wctx,
+                                          purpose=f"column:{name}") for u in uris)
             ck = ColumnKey(name, m, codec, str(series.dtype), encoding, wrapped)  # type: ignore[arg-type]
         result[name] = ck
         mask = series.notna().to_numpy()
@@ -439,8 +454,14 @@ def decrypt_columns(
     context: Context,
     columns: Sequence[str] | None = None,
     audit: AuditHook | None = None,
+    workers: WorkerKeys | None = None,
 ) -> pd.DataFrame:
     """Decrypt columns encrypted by :func:`encrypt_columns`, restoring values and dtypes.
+
+    Accepts a Dask DataFrame (``column_keys`` required): returns a lazy Dask frame from
+    :func:`pets.engines.dask.decrypt_columns`; partitions unwrap through ``workers`` (default
+    ``keys`` in this process, as ``context``; required while a ``distributed`` client is
+    active). Failures surface when it is computed.
 
     Args:
         frame: The encrypted frame.
@@ -450,6 +471,7 @@ def decrypt_columns(
         context: Who decrypts, and where (checked by each key service).
         columns: Decrypt only these (default: every column the header names that is present).
         audit: Optional audit hook.
+        workers: Dask frames only: how partitions reach the column keys.
 
     Raises:
         IntegrityError: a cell, the header or a wrapped key does not authenticate (the
@@ -457,6 +479,12 @@ def decrypt_columns(
         JurisdictionError: every KEK of a column refused ``context``.
         KeyDestroyedError: the KEK version was destroyed or retired.
     """
+    if is_dask_frame(frame):
+        from pets.engines._dispatch import decrypt_columns as on_dask
+
+        out: pd.DataFrame = on_dask(frame, column_keys, keys=keys, context=context,
+                                    columns=columns, audit=audit, workers=workers)
+        return out
     services = as_services(keys)
     if column_keys is None:
         if ATTRS_KEY not in frame.attrs:

@@ -112,8 +112,10 @@ def _key_uris(key_uris: str | Sequence[str]) -> list[str]:
 
 
 def _wrap_all(dek: bytes, uris: Sequence[str], keys: KeyServices, context: Context,
-              enc_context: Mapping[str, str] | None) -> list[WrappedKey]:
-    return [keys.wrap(u, dek, context=context, enc_context=enc_context) for u in uris]
+              enc_context: Mapping[str, str] | None, *, purpose: str = "envelope"
+              ) -> list[WrappedKey]:
+    return [keys.wrap(u, dek, context=context, enc_context=enc_context, purpose=purpose)
+            for u in uris]
 
 
 def _new_message(keys: KeyServices, key_uris: str | Sequence[str], context: Context,
@@ -140,8 +142,12 @@ def _services_for(keys: KeyServices, uri: str) -> list[KeyService]:
 def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: Context,
                 enc_context: Mapping[str, str], *, what: str = "this envelope",
                 accept: Callable[[bytes], bool] | None = None,
-                audit: AuditHook | None = None, opaque: str | None = None) -> bytes:
+                audit: AuditHook | None = None, opaque: str | None = None,
+                purpose: str = "envelope") -> bytes:
     """Return the first data key that one of the caller's services unwraps (multi-keyring).
+
+    Each attempt goes through ``keys.unwrap`` (one ``key.unwrap`` / ``key.failed`` event per
+    attempt on the registry's audit hook, tagged ``purpose``).
 
     ``accept(dek)`` may reject a candidate (counted as an integrity failure) or raise to stop.
     When nothing unwraps, the error says why in the most useful terms that reveal nothing:
@@ -155,7 +161,8 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
         for svc in _services_for(keys, w.key_uri):
             candidates += 1
             try:
-                dek = svc.unwrap(w, context=context, enc_context=enc_context)
+                dek = keys.unwrap(w, context=context, enc_context=enc_context,
+                                  purpose=purpose, service=svc)
             except (IntegrityError, JurisdictionError, KeyServiceError, InputError) as exc:
                 errors.append(exc)
                 continue

@@ -13,11 +13,25 @@ version, jurisdiction, blob), so rotation and retirement work per version.
 **Key caches.** pyarrow caches KMS clients and unwrapped keys per ``key_access_token``. pets
 sets the token to :attr:`pets.Context.access_token` (principal *and* jurisdiction), so a
 context never reads through another context's warm cache: the key service is asked again and
-refuses a foreign jurisdiction. The cache is *not* told when a KEK version is destroyed,
-retired or a principal's access is revoked: until :meth:`ParquetCrypto.forget` is called (or
-``cache_lifetime_seconds`` pass) the same context still reads files it has already opened.
-Call ``forget()`` right after crypto-shredding or revoking, or use the one-shot
-:func:`read_encrypted_parquet` (a fresh cache per call).
+refuses a foreign jurisdiction.
+
+A :class:`ParquetCrypto` subscribes to its :class:`~pets.keys.KeyServices`
+(:meth:`~pets.keys.KeyServices.subscribe`): when a KEK version is destroyed, retired or rotated
+in this process — through those services, another registry holding the same backend, or the
+backend object itself (every ``LocalKeyring`` on the same directory, every ``Pkcs11Keyring`` on
+the same token) — its whole key cache is dropped before the call returns, so the next read asks
+the key service and gets the same refusal as a cold read (:class:`~pets.KeyDestroyedError`),
+and the next write wraps under the new primary version instead of a cached key wrapped under
+the old one. pyarrow can only drop the cache per access token, not per key, so every cached
+key is unwrapped again (one key-service call per master key).
+
+**Limit:** a change made by *another process* (``pets keys destroy`` in a shell while a notebook
+holds a warm cache) is not seen: it takes effect here when the cache entry expires,
+``cache_lifetime_seconds`` after it was filled (default
+:data:`DEFAULT_CACHE_LIFETIME_SECONDS`, 60 s: lowered from 600 s, because it bounds that window
+and costs only one key-service call per master key per minute). Revoking a *principal* is not a
+key change either. In both cases call :meth:`ParquetCrypto.forget` in the processes that matter,
+or use the one-shot :func:`read_encrypted_parquet` (a fresh cache per call).
 """
 
 from __future__ import annotations
@@ -43,7 +57,9 @@ from pets.jurisdiction import Context
 from pets.keys import KeyServices, WrappedKey, parse_key_uri
 
 __all__ = [
+    "DEFAULT_CACHE_LIFETIME_SECONDS",
     "PARQUET_ENC_CONTEXT",
+    "PARQUET_PURPOSE",
     "ParquetCrypto",
     "PetsKmsClient",
     "key_material_path",
@@ -55,6 +71,11 @@ __all__ = [
 ]
 
 PARQUET_ENC_CONTEXT: Mapping[str, str] = {"pets.format": "parquet-modular-encryption"}
+#: ``purpose`` of the ``key.wrap`` / ``key.unwrap`` events of pyarrow's KMS calls.
+PARQUET_PURPOSE = "parquet"
+#: Default lifetime of pyarrow's key cache: how long a key destroyed by *another process* can
+#: still be served from a warm cache (changes made in this process drop the cache at once).
+DEFAULT_CACHE_LIFETIME_SECONDS = 60.0
 _KMS_INSTANCE = "pets"
 _CONF_JUR = "pets.jurisdiction"
 _CONF_PRINCIPAL = "pets.principal"
@@ -111,7 +132,7 @@ class PetsKmsClient(pe.KmsClient):  # type: ignore[misc]
     def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
         uri = uri_from_master_key_id(master_key_identifier)
         wrapped = self._keys.wrap(uri, bytes(key_bytes), context=self._context,
-                                  enc_context=PARQUET_ENC_CONTEXT)
+                                  enc_context=PARQUET_ENC_CONTEXT, purpose=PARQUET_PURPOSE)
         return wrapped.to_json()
 
     def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
@@ -119,8 +140,8 @@ class PetsKmsClient(pe.KmsClient):  # type: ignore[misc]
         wrapped = WrappedKey.from_json(wrapped_key)
         if wrapped.key_uri != uri:
             raise IntegrityError("Parquet key material failed to authenticate")
-        svc = self._keys.for_uri(uri)
-        key = svc.unwrap(wrapped, context=self._context, enc_context=PARQUET_ENC_CONTEXT)
+        key = self._keys.unwrap(wrapped, context=self._context, enc_context=PARQUET_ENC_CONTEXT,
+                                purpose=PARQUET_PURPOSE)
         emit(self._audit, "parquet.unwrap", key=uri, version=wrapped.version,
              principal=self._context.principal, jurisdiction=self._context.jurisdiction)
         return key
@@ -131,7 +152,16 @@ class ParquetCrypto:
 
     Keep one instance per process to benefit from pyarrow's key cache; the cache is
     partitioned by :attr:`pets.Context.access_token`, so it never serves one context's keys to
-    another.
+    another, and dropped whenever a key held by ``keys`` is destroyed, retired or rotated in
+    this process (see the module docstring for changes made by other processes).
+
+    Args:
+        keys: The key services (or one service) holding the footer and column KEKs.
+        audit: Hook receiving ``parquet.write`` / ``parquet.unwrap`` / ``parquet.rotate`` /
+            ``parquet.migrate``. ``key.wrap`` / ``key.unwrap`` events come from the
+            :class:`~pets.keys.KeyServices` audit hook, once per KMS call (with double
+            wrapping, once per master key per cache lifetime; never per row or page).
+        cache_lifetime_seconds: Lifetime of pyarrow's cached keys.
 
     Examples:
         >>> import pandas as pd, tempfile, pathlib
@@ -154,11 +184,23 @@ class ParquetCrypto:
     """
 
     def __init__(self, keys: Keys, *, audit: AuditHook | None = None,
-                 cache_lifetime_seconds: float = 600.0) -> None:
+                 cache_lifetime_seconds: float = DEFAULT_CACHE_LIFETIME_SECONDS) -> None:
         self._keys = as_services(keys)
         self._audit = audit
         self._lifetime = float(cache_lifetime_seconds)
+        if not self._lifetime > 0:
+            raise InputError(f"cache_lifetime_seconds must be positive, not {self._lifetime}")
         self._factory = pe.CryptoFactory(self._client_for)
+        # held weakly by the services: this object may be dropped while they live on
+        self._keys.subscribe(self._on_key_change)
+
+    def _on_key_change(self, uri: str, version: int, what: str) -> None:
+        """A key held by our services changed in this process: drop every cached key.
+
+        pyarrow's cache cannot drop one master key's entries, so all go; a destroyed or retired
+        version is then refused on the next read, and a rotation is used on the next write.
+        """
+        self._factory.remove_cache_entries_for_all_tokens()
 
     def __repr__(self) -> str:
         return f"ParquetCrypto({self._keys!r})"
@@ -183,8 +225,9 @@ class ParquetCrypto:
     def forget(self, context: Context | None = None) -> None:
         """Drop cached keys for ``context`` (or for every context).
 
-        Call it after destroying or retiring a KEK version or revoking a principal: the cache
-        would otherwise keep serving keys it already holds for up to the cache lifetime.
+        Destroying, retiring or rotating a key in this process does this by itself. Call it
+        after revoking a principal, or after another process changed a key: the cache would
+        otherwise keep serving keys it already holds for up to the cache lifetime.
         """
         if context is None:
             self._factory.remove_cache_entries_for_all_tokens()

@@ -200,6 +200,9 @@ class KeyConfig:
         named explicitly must exist. With no PKCS#11 token configured, a missing keyring is an
         error that says how to create one.
 
+        ``audit`` goes to every backend (``key.create`` … ``key.refused``) and to the
+        registry (``key.wrap`` / ``key.unwrap`` / ``key.failed`` for each use of a key).
+
         Raises:
             KeyServiceError: A keyring or token cannot be opened (wrong master key, wrong PIN,
                 unknown token); the message names the keyring or token, never the secret.
@@ -225,7 +228,7 @@ class KeyConfig:
             for tok in self.pkcs11_tokens:
                 out.append(Pkcs11Keyring(self.pkcs11_library, tok.label, pin,
                                          jurisdiction=tok.jurisdiction, audit=audit))
-        return KeyServices(out)
+        return KeyServices(out, audit=audit)
 
 
 def key_services(
@@ -245,7 +248,8 @@ def key_services(
         pkcs11_tokens: ``LABEL`` or ``LABEL=JURISDICTION`` entries (else ``PETS_PKCS11_TOKEN``).
         pkcs11_jurisdiction: Jurisdiction for tokens given without one.
         environ: Environment to read (default ``os.environ``); secrets come only from here.
-        audit: Hook that receives key events (creation, refusals, ...).
+        audit: Hook that receives key events (creation, rotation, refusals, and every wrap
+            and unwrap made through the returned registry).
 
     Returns:
         The key services, chosen by key URI.

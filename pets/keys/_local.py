@@ -79,6 +79,7 @@ from pets.jurisdiction import Context, Jurisdiction
 from pets.keys._memory import wrapping_aad
 from pets.keys._secret import Secret
 from pets.keys._service import (
+    KeyChanges,
     KeyInfo,
     KeyVersion,
     WrappedKey,
@@ -111,6 +112,9 @@ State = Literal["active", "retired", "destroyed"]
 # rolled back while the process runs is refused whichever object reads it next.
 _SEEN: dict[tuple[str, str, str], int] = {}
 _SEEN_LOCK = threading.Lock()
+# One change hub per keyring (directory, check value): a destroy made through any LocalKeyring
+# object on the keyring reaches the caches subscribed through any other object in this process.
+_CHANGES: dict[tuple[str, str], KeyChanges] = {}
 
 
 def _now() -> str:
@@ -209,6 +213,10 @@ class LocalKeyring:
         # This keyring's identity for the rollback high-water marks: its directory and its
         # random check value (a keyring deleted and re-created at the same path is another one).
         self._ident = (os.path.realpath(self.path), str(head["check"]))
+        with _SEEN_LOCK:
+            #: Subscribers told after each rotate / retire / destroy through any object on this
+            #: keyring in this process (see :class:`~pets.keys.KeyServices.subscribe`).
+            self.changes: KeyChanges = _CHANGES.setdefault(self._ident, KeyChanges())
 
     # ----------------------------------------------------------------- set-up
 
@@ -576,8 +584,12 @@ class LocalKeyring:
             })
             body["primary_version"] = new
             self._store(uri, body)
-        emit(self.audit, "key.rotate", key=uri, version=new, generation=body["generation"])
-        return self._info(body)
+        info = self._info(body)
+        try:
+            self.changes.notify_info(info, "rotate")
+        finally:
+            emit(self.audit, "key.rotate", key=uri, version=new, generation=body["generation"])
+        return info
 
     def retire(self, uri: str, min_decryption_version: int) -> KeyInfo:
         """Refuse unwrap below ``min_decryption_version``; lowering it again revives versions.
@@ -597,9 +609,13 @@ class LocalKeyring:
                     v["kek"] = self._seal_kek(uri, body["jurisdiction"], n, want, kek)
             body["min_decryption_version"] = min_decryption_version
             self._store(uri, body)
-        emit(self.audit, "key.retire", key=uri, min_decryption_version=min_decryption_version,
-             generation=body["generation"])
-        return self._info(body)
+        info = self._info(body)
+        try:
+            self.changes.notify_info(info, "retire")
+        finally:
+            emit(self.audit, "key.retire", key=uri,
+                 min_decryption_version=min_decryption_version, generation=body["generation"])
+        return info
 
     def destroy(self, uri: str, version: int | None = None) -> KeyInfo:
         """Crypto-shred one version (or all): delete its KEK and overwrite the old file."""
@@ -614,9 +630,13 @@ class LocalKeyring:
                     v["state"] = "destroyed"
                     v["kek"] = None
             self._store(uri, body, shred_previous=True)
-        emit(self.audit, "key.destroy", key=uri, versions=sorted(targets),
-             generation=body["generation"])
-        return self._info(body)
+        info = self._info(body)
+        try:
+            self.changes.notify_info(info, "destroy", versions=targets)
+        finally:
+            emit(self.audit, "key.destroy", key=uri, versions=sorted(targets),
+                 generation=body["generation"])
+        return info
 
     def describe(self, uri: str) -> KeyInfo:
         """Public metadata of ``uri`` (authenticated; never key bytes)."""

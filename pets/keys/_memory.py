@@ -28,6 +28,7 @@ from pets._errors import (
 from pets._events import AuditHook, emit
 from pets.jurisdiction import Context, Jurisdiction
 from pets.keys._service import (
+    KeyChanges,
     KeyInfo,
     KeyVersion,
     WrappedKey,
@@ -77,6 +78,8 @@ class MemoryKeyring:
         self._keys: dict[str, dict[int, bytes | None]] = {}
         self._info: dict[str, KeyInfo] = {}
         self.audit = audit
+        #: Subscribers told after each rotate / retire / destroy (see :class:`KeyChanges`).
+        self.changes = KeyChanges()
 
     def __repr__(self) -> str:
         return f"MemoryKeyring(keys={sorted(self._info)})"
@@ -152,7 +155,10 @@ class MemoryKeyring:
             info = replace(info, primary_version=new,
                            versions=[*info.versions, KeyVersion(new, "active", _now())])
             self._info[uri] = info
-        emit(self.audit, "key.rotate", key=uri, version=new)
+        try:
+            self.changes.notify_info(info, "rotate")
+        finally:
+            emit(self.audit, "key.rotate", key=uri, version=new)
         return info
 
     def retire(self, uri: str, min_decryption_version: int) -> KeyInfo:
@@ -166,7 +172,11 @@ class MemoryKeyring:
             ]  # lowering the minimum again revives versions that were only retired
             info = replace(info, min_decryption_version=min_decryption_version, versions=versions)
             self._info[uri] = info
-        emit(self.audit, "key.retire", key=uri, min_decryption_version=min_decryption_version)
+        try:
+            self.changes.notify_info(info, "retire")
+        finally:
+            emit(self.audit, "key.retire", key=uri,
+                 min_decryption_version=min_decryption_version)
         return info
 
     def destroy(self, uri: str, version: int | None = None) -> KeyInfo:
@@ -182,7 +192,10 @@ class MemoryKeyring:
                 for v in info.versions
             ])
             self._info[uri] = info
-        emit(self.audit, "key.destroy", key=uri, versions=sorted(targets))
+        try:
+            self.changes.notify_info(info, "destroy", versions=targets)
+        finally:
+            emit(self.audit, "key.destroy", key=uri, versions=sorted(targets))
         return info
 
     def describe(self, uri: str) -> KeyInfo:

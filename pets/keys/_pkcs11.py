@@ -66,6 +66,7 @@ from pets._events import AuditHook, emit
 from pets.jurisdiction import Context, Jurisdiction
 from pets.keys._memory import wrapping_aad
 from pets.keys._service import (
+    KeyChanges,
     KeyInfo,
     KeyVersion,
     WrappedKey,
@@ -108,6 +109,8 @@ class _Shared:
     lock_path: Path
     lock: threading.RLock = field(default_factory=threading.RLock)
     depth: int = 0
+    #: Shared by every Pkcs11Keyring on this token in this process.
+    changes: KeyChanges = field(default_factory=KeyChanges)
 
 
 def _lock_path(library: str, token_label: str) -> Path:
@@ -241,6 +244,9 @@ class Pkcs11Keyring:
         self.jurisdiction = Jurisdiction(jurisdiction).code
         self.audit = audit
         self._shared = _login(library, token_label, pin)
+        #: Subscribers told after each rotate / retire / destroy through any keyring object on
+        #: this token in this process (see :meth:`~pets.keys.KeyServices.subscribe`).
+        self.changes: KeyChanges = self._shared.changes
         self._check_token_jurisdiction()
 
     def __repr__(self) -> str:
@@ -545,8 +551,12 @@ class Pkcs11Keyring:
             doc["versions"].append({"version": new, "state": "active", "created": _now()})
             doc["primary_version"] = new
             self._save_meta(uri, doc)
-        emit(self.audit, "key.rotate", key=uri, version=new)
-        return self._info(doc)
+        info = self._info(doc)
+        try:
+            self.changes.notify_info(info, "rotate")
+        finally:
+            emit(self.audit, "key.rotate", key=uri, version=new)
+        return info
 
     def retire(self, uri: str, min_decryption_version: int) -> KeyInfo:
         """Refuse unwrap below ``min_decryption_version`` (lowering it revives versions)."""
@@ -560,8 +570,13 @@ class Pkcs11Keyring:
                     v["state"] = "retired" if v["version"] < min_decryption_version else "active"
             doc["min_decryption_version"] = min_decryption_version
             self._save_meta(uri, doc)
-        emit(self.audit, "key.retire", key=uri, min_decryption_version=min_decryption_version)
-        return self._info(doc)
+        info = self._info(doc)
+        try:
+            self.changes.notify_info(info, "retire")
+        finally:
+            emit(self.audit, "key.retire", key=uri,
+                 min_decryption_version=min_decryption_version)
+        return info
 
     def destroy(self, uri: str, version: int | None = None) -> KeyInfo:
         """Destroy the version's key object(s) in the token (``C_DestroyObject``)."""
@@ -580,8 +595,12 @@ class Pkcs11Keyring:
                 if v["version"] in targets:
                     v["state"] = "destroyed"
             self._save_meta(uri, doc)
-        emit(self.audit, "key.destroy", key=uri, versions=sorted(targets))
-        return self._info(doc)
+        info = self._info(doc)
+        try:
+            self.changes.notify_info(info, "destroy", versions=targets)
+        finally:
+            emit(self.audit, "key.destroy", key=uri, versions=sorted(targets))
+        return info
 
     def describe(self, uri: str) -> KeyInfo:
         """Public metadata from the token; never key bytes."""

@@ -97,9 +97,18 @@ def rewrap(
             f"({dst_info.jurisdiction}) moves the data to another jurisdiction; refused "
             f"(allow_jurisdiction_change=True, or --allow-jurisdiction-change, does it on purpose)"
         )
-    dek = src.unwrap(wrapped, context=context, enc_context=enc_context)
+    # through the registries when given, so their audit hooks see key.unwrap / key.wrap
+    if isinstance(source, KeyServices):
+        dek = source.unwrap(wrapped, context=context, enc_context=enc_context, purpose="rewrap")
+    else:
+        dek = src.unwrap(wrapped, context=context, enc_context=enc_context)
+    registry = target if target is not None else source
     try:
-        out = dst.wrap(target_uri, dek, context=context, enc_context=new_ctx)
+        if isinstance(registry, KeyServices):
+            out = registry.wrap(target_uri, dek, context=context, enc_context=new_ctx,
+                                purpose="rewrap")
+        else:
+            out = dst.wrap(target_uri, dek, context=context, enc_context=new_ctx)
     finally:
         del dek
     emit(audit, "key.rewrap", key=wrapped.key_uri, version=wrapped.version, target=out.key_uri,

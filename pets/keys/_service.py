@@ -8,14 +8,30 @@ below the key's ``min_decryption_version``.
 
 ``unwrap`` is refused *by the service* when the caller's :class:`~pets.Context` is in another
 jurisdiction, before any key material is touched; the refusal is reported to the audit hook.
+
+Two facilities sit beside the protocol:
+
+* **Change notification.** :class:`KeyChanges` fans a ``(uri, version, what)`` notice out to
+  weakly held subscribers after a successful ``rotate`` / ``retire`` / ``destroy``. The built-in
+  backends each own one (every :class:`~pets.keys.LocalKeyring` object on one keyring directory,
+  and every :class:`~pets.keys.Pkcs11Keyring` on one token, share it within the process), and
+  :meth:`KeyServices.subscribe` relays them, so in-process caches of unwrapped keys
+  (``ParquetCrypto``, worker key references) drop what a destroyed or retired version protects
+  at once. Another *process* changing a key is not seen: see ``docs/keys.md``.
+* **Audited key use.** A :class:`KeyServices` built with ``audit=`` reports every successful
+  ``wrap`` / ``unwrap`` made through it (``key.wrap`` / ``key.unwrap``: key URI, version,
+  jurisdictions, principal, purpose; never key or wrapped-key bytes) and every failed one.
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -25,11 +41,14 @@ from pets._errors import (
     JurisdictionError,
     KeyDestroyedError,
     KeyNotFoundError,
+    PetsError,
 )
 from pets._events import AuditHook, emit
 from pets.jurisdiction import Context
 
 __all__ = [
+    "KeyChange",
+    "KeyChanges",
     "KeyInfo",
     "KeyService",
     "KeyServices",
@@ -314,19 +333,158 @@ def check_unwrap_allowed(
         )
 
 
+ChangeKind = Literal["rotate", "retire", "destroy"]
+#: A subscriber: ``callback(uri, version, what)``. ``what`` is ``"destroy"`` (``version`` was
+#: crypto-shredded; one call per version), ``"retire"`` (``version`` is the new
+#: ``min_decryption_version``: every version below it is refused; also sent when the minimum is
+#: lowered again) or ``"rotate"`` (``version`` is the new primary version).
+KeyChange = Callable[[str, int, ChangeKind], None]
+
+
+class KeyChanges:
+    """Fan-out of key-state changes to weakly held subscribers (no strong reference is kept).
+
+    A bound method is held through :class:`weakref.WeakMethod`, so subscribing a cache's method
+    never keeps the cache alive; a plain function must be kept alive by the subscriber (a
+    module-level function always is). Subscribing the same callback twice keeps one entry.
+
+    :meth:`notify` calls every live subscriber even if one raises, then re-raises the first
+    exception: a cache that failed to drop a destroyed key must not pass silently.
+
+    Examples:
+        >>> changes = KeyChanges()
+        >>> seen = []
+        >>> def on_change(uri, version, what):
+        ...     seen.append((uri, version, what))
+        >>> changes.subscribe(on_change)
+        >>> changes.notify("memory://eu/k", 1, "destroy")
+        >>> seen
+        [('memory://eu/k', 1, 'destroy')]
+        >>> changes.unsubscribe(on_change)
+        >>> len(changes)
+        0
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: list[weakref.ref[Any]] = []
+
+    @staticmethod
+    def _ref(callback: KeyChange) -> weakref.ref[Any]:
+        try:
+            if inspect.ismethod(callback):
+                return weakref.WeakMethod(callback)
+            return weakref.ref(callback)
+        except TypeError:
+            raise InputError(
+                f"key-change subscribers are held weakly and a {type(callback).__name__} "
+                "cannot be: pass a function or a method of a living object") from None
+
+    def subscribe(self, callback: KeyChange) -> None:
+        """Call ``callback(uri, version, what)`` after each change, while it is alive."""
+        if not callable(callback):
+            raise InputError("a key-change subscriber must be callable")
+        ref = self._ref(callback)
+        with self._lock:
+            self._subscribers = [r for r in self._subscribers if r() is not None]
+            if all(r() != callback for r in self._subscribers):
+                self._subscribers.append(ref)
+
+    def unsubscribe(self, callback: KeyChange) -> None:
+        """Stop calling ``callback`` (no error if it was not subscribed)."""
+        with self._lock:
+            self._subscribers = [r for r in self._subscribers
+                                 if r() is not None and r() != callback]
+
+    def notify(self, uri: str, version: int, what: ChangeKind) -> None:
+        """Tell every live subscriber that ``uri`` changed."""
+        with self._lock:
+            live = [cb for cb in (r() for r in self._subscribers) if cb is not None]
+            if len(live) != len(self._subscribers):
+                self._subscribers = [r for r in self._subscribers if r() is not None]
+        first: BaseException | None = None
+        for cb in live:
+            try:
+                cb(uri, version, what)
+            except Exception as exc:  # every subscriber runs; the first error is re-raised
+                first = first or exc
+        if first is not None:
+            raise first
+
+    def notify_info(self, info: KeyInfo, what: ChangeKind, *,
+                    versions: Iterable[int] = ()) -> None:
+        """Notify for a change whose result is ``info``: each of ``versions`` for a destroy,
+        the minimum decryption version for a retire, the primary version for a rotate."""
+        if what == "destroy":
+            for v in sorted(versions):
+                self.notify(info.uri, v, what)
+        elif what == "retire":
+            self.notify(info.uri, info.min_decryption_version, what)
+        else:
+            self.notify(info.uri, info.primary_version, what)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for r in self._subscribers if r() is not None)
+
+    def __repr__(self) -> str:
+        return f"KeyChanges(subscribers={len(self)})"
+
+
+def _changes_of(service: KeyService) -> KeyChanges | None:
+    hub = getattr(service, "changes", None)
+    return hub if isinstance(hub, KeyChanges) else None
+
+
 class KeyServices:
     """Several key services, each chosen by the key URI it supports (passed in explicitly).
 
+    Args:
+        services: The key services, asked in order.
+        audit: Hook receiving one event per :meth:`wrap` / :meth:`unwrap` call made through this
+            registry: ``key.wrap`` / ``key.unwrap`` on success; on failure ``key.failed``
+            (destroyed or retired version, a blob that does not authenticate, a failing
+            service) or, for a jurisdiction refusal, ``key.refused`` — unless the service
+            already reports refusals to this same hook. Fields: ``key`` (URI), ``version``,
+            ``key_jurisdiction``, ``jurisdiction`` and ``principal`` (who asked),
+            ``purpose``; never key bytes or wrapped-key bytes. "No such key" is not reported.
+
+    Changes made through :meth:`rotate`, :meth:`retire` and :meth:`destroy` — or directly on a
+    built-in backend held here — are relayed to :meth:`subscribe` callbacks.
+
     Examples:
+        >>> from pets import Context
         >>> from pets.keys import MemoryKeyring
         >>> ring = MemoryKeyring()
-        >>> services = KeyServices([ring])
+        >>> seen = []
+        >>> services = KeyServices([ring], audit=seen.append)
         >>> services.for_uri("memory://eu/k") is ring
         True
+        >>> _ = ring.create("memory://eu/k", jurisdiction="EU")
+        >>> w = services.wrap("memory://eu/k", b"d" * 32, context=Context("EU", principal="etl"),
+        ...                   purpose="example")
+        >>> seen[-1].kind, seen[-1].fields["key"], seen[-1].fields["principal"]
+        ('key.wrap', 'memory://eu/k', 'etl')
+        >>> changes = []
+        >>> def on_change(uri, version, what):
+        ...     changes.append((uri, version, what))
+        >>> services.subscribe(on_change)
+        >>> _ = services.destroy("memory://eu/k", 1)
+        >>> changes
+        [('memory://eu/k', 1, 'destroy')]
     """
 
-    def __init__(self, services: Iterable[KeyService]) -> None:
+    def __init__(self, services: Iterable[KeyService], *, audit: AuditHook | None = None) -> None:
         self._services = list(services)
+        self.audit = audit
+        self._changes = KeyChanges()
+        for svc in self._services:
+            hub = _changes_of(svc)
+            if hub is not None:
+                hub.subscribe(self._relay)  # weakly: the registry may be dropped
+
+    def _relay(self, uri: str, version: int, what: ChangeKind) -> None:
+        self._changes.notify(uri, version, what)
 
     def for_uri(self, uri: str) -> KeyService:
         parse_key_uri(uri)
@@ -335,14 +493,131 @@ class KeyServices:
                 return svc
         raise KeyNotFoundError(f"no key service supports {uri}")
 
+    # ---------------------------------------------------------------- audited use
+
+    def _report(self, kind: str, key: str, version: int | None, key_jurisdiction: str | None,
+                context: Context, purpose: str | None,
+                enc_context: Mapping[str, str] | None, **extra: Any) -> None:
+        if purpose is None and enc_context:
+            purpose = enc_context.get("purpose")
+        emit(self.audit, kind, key=key, version=version, key_jurisdiction=key_jurisdiction,
+             jurisdiction=context.jurisdiction, principal=context.principal, purpose=purpose,
+             **extra)
+
+    def _report_failure(self, svc: KeyService, operation: str, key: str, version: int | None,
+                        key_jurisdiction: str | None, context: Context, purpose: str | None,
+                        enc_context: Mapping[str, str] | None, exc: PetsError) -> None:
+        if self.audit is None or isinstance(exc, KeyNotFoundError):
+            return
+        if isinstance(exc, JurisdictionError):
+            if getattr(svc, "audit", None) == self.audit:
+                return  # the service reported its refusal to this same hook already
+            self._report("key.refused", key, version, key_jurisdiction, context, purpose,
+                         enc_context, operation=operation)
+            return
+        self._report("key.failed", key, version, key_jurisdiction, context, purpose,
+                     enc_context, operation=operation, error=type(exc).__name__,
+                     reason=str(exc))
+
     def wrap(self, uri: str, dek: bytes, *, context: Context,
-             enc_context: Mapping[str, str] | None = None) -> WrappedKey:
-        return self.for_uri(uri).wrap(uri, dek, context=context, enc_context=enc_context)
+             enc_context: Mapping[str, str] | None = None,
+             purpose: str | None = None) -> WrappedKey:
+        """Wrap ``dek`` under ``uri``'s primary version (see :meth:`KeyService.wrap`).
+
+        ``purpose`` names what the data key is for in the ``key.wrap`` event (default: the
+        ``purpose`` entry of ``enc_context``, if any).
+        """
+        svc = self.for_uri(uri)
+        try:
+            out = svc.wrap(uri, dek, context=context, enc_context=enc_context)
+        except PetsError as exc:
+            self._report_failure(svc, "wrap", uri, None, None, context, purpose, enc_context,
+                                 exc)
+            raise
+        self._report("key.wrap", out.key_uri, out.version, out.jurisdiction, context, purpose,
+                     enc_context)
+        return out
 
     def unwrap(self, wrapped: WrappedKey, *, context: Context,
-               enc_context: Mapping[str, str] | None = None) -> bytes:
-        svc = self.for_uri(wrapped.key_uri)
-        return svc.unwrap(wrapped, context=context, enc_context=enc_context)
+               enc_context: Mapping[str, str] | None = None, purpose: str | None = None,
+               service: KeyService | None = None) -> bytes:
+        """Unwrap through the service that supports ``wrapped.key_uri`` (or ``service``).
+
+        Args:
+            wrapped: The wrapped data key.
+            context: Who asks, and where (the service checks the jurisdiction).
+            enc_context: The encryption context bound at wrapping.
+            purpose: What the key is for, for the ``key.unwrap`` event (default: the
+                ``purpose`` entry of ``enc_context``).
+            service: Ask this member service instead of the first that supports the URI
+                (two keyrings may share a scheme; envelope decryption tries each).
+
+        Raises:
+            InputError: ``service`` is not one of this registry's services.
+            JurisdictionError, KeyDestroyedError, KeyNotFoundError, IntegrityError: as the
+                service raises them.
+        """
+        if service is None:
+            svc = self.for_uri(wrapped.key_uri)
+        elif any(s is service for s in self._services):
+            svc = service
+        else:
+            raise InputError("service is not one of these key services")
+        try:
+            dek = svc.unwrap(wrapped, context=context, enc_context=enc_context)
+        except PetsError as exc:
+            self._report_failure(svc, "unwrap", wrapped.key_uri, wrapped.version,
+                                 wrapped.jurisdiction, context, purpose, enc_context, exc)
+            raise
+        # the service checked wrapped.jurisdiction against the key's own before unwrapping
+        self._report("key.unwrap", wrapped.key_uri, wrapped.version, wrapped.jurisdiction,
+                     context, purpose, enc_context)
+        return dek
+
+    # ---------------------------------------------------------------- key changes
+
+    def subscribe(self, callback: KeyChange) -> None:
+        """Call ``callback(uri, version, what)`` after each rotate / retire / destroy of a key
+        held here, while ``callback`` is alive (it is held weakly: see :class:`KeyChanges`).
+
+        Changes are seen when made through this registry, through another registry holding the
+        same backend object, or directly on a built-in backend (every ``LocalKeyring`` on the
+        same directory and every ``Pkcs11Keyring`` on the same token share one
+        :class:`KeyChanges` per process). A change made by *another process* is not seen.
+        """
+        self._changes.subscribe(callback)
+
+    def unsubscribe(self, callback: KeyChange) -> None:
+        """Stop calling ``callback``."""
+        self._changes.unsubscribe(callback)
+
+    def _changed(self, svc: KeyService, info: KeyInfo, what: ChangeKind,
+                 versions: Iterable[int] = ()) -> None:
+        if _changes_of(svc) is None:  # a backend without its own hub: tell subscribers here
+            self._changes.notify_info(info, what, versions=versions)
+
+    def rotate(self, uri: str) -> KeyInfo:
+        """Add a new primary version of ``uri``; subscribers hear ``"rotate"``."""
+        svc = self.for_uri(uri)
+        info = svc.rotate(uri)
+        self._changed(svc, info, "rotate")
+        return info
+
+    def retire(self, uri: str, min_decryption_version: int) -> KeyInfo:
+        """Refuse unwrap below ``min_decryption_version``; subscribers hear ``"retire"``."""
+        svc = self.for_uri(uri)
+        info = svc.retire(uri, min_decryption_version)
+        self._changed(svc, info, "retire")
+        return info
+
+    def destroy(self, uri: str, version: int | None = None) -> KeyInfo:
+        """Crypto-shred one version (or all); subscribers hear ``"destroy"`` per version."""
+        svc = self.for_uri(uri)
+        info = svc.destroy(uri, version)
+        gone = [v.version for v in info.versions if v.state == "destroyed"] \
+            if version is None else [version]
+        self._changed(svc, info, "destroy", gone)
+        return info
 
     def __iter__(self) -> Iterator[KeyService]:
         return iter(self._services)

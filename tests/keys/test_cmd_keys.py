@@ -306,7 +306,12 @@ class TestKeyEventsInAuditLog:
 
         report = verify_log(env / LOG, env / PEM)
         assert report.ok and report.entries >= 6
-        entries = [e for e in read_entries(env / LOG) if e["kind"] != "key.unwrap"]
+        every = read_entries(env / LOG)
+        uses = [(e["kind"], e["fields"]["key"], e["fields"]["version"], e["fields"]["purpose"])
+                for e in every if e["kind"] in ("key.unwrap", "key.wrap")]
+        assert uses == [("key.unwrap", "local://eu/users", 2, "rewrap"),
+                        ("key.wrap", "local://eu/target", 1, "rewrap")]
+        entries = [e for e in every if e["kind"] not in ("key.unwrap", "key.wrap")]
         assert [(e["kind"], e["fields"]["key"]) for e in entries] == [
             ("key.create", "local://eu/users"), ("key.create", "local://eu/target"),
             ("key.rotate", "local://eu/users"), ("key.retire", "local://eu/users"),
