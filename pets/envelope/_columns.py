@@ -34,9 +34,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,18 @@ from pets.envelope._envelope import Keys, _unwrap_any, as_services
 from pets.envelope._format import MAX_WRAPPED_KEYS
 from pets.jurisdiction import Context
 from pets.keys import KeyServices, WrappedKey, canonical_context
+
+if TYPE_CHECKING:
+    from pets.engines import WorkerKeys
+
+
+def _is_dask(frame: object) -> bool:
+    """A ``dask.dataframe`` frame, which goes to the Dask engine (no import before dask's)."""
+    if "dask.dataframe" not in sys.modules:
+        return False
+    from pets.engines._dask import is_dask
+
+    return is_dask(frame)
 
 __all__ = [
     "ATTRS_KEY",
@@ -366,7 +379,7 @@ def encrypt_columns(
         >>> decrypt_columns(enc, ck, keys=ring, context=eu).equals(df)
         True
     """
-    if is_dask_frame(frame):
+    if _is_dask(frame):
         from pets.engines._dispatch import encrypt_columns as on_dask
 
         return on_dask(frame, columns, keys=keys, key_uris=key_uris, context=context,
@@ -479,7 +492,7 @@ def decrypt_columns(
         JurisdictionError: every KEK of a column refused ``context``.
         KeyDestroyedError: the KEK version was destroyed or retired.
     """
-    if is_dask_frame(frame):
+    if _is_dask(frame):
         from pets.engines._dispatch import decrypt_columns as on_dask
 
         out: pd.DataFrame = on_dask(frame, column_keys, keys=keys, context=context,
