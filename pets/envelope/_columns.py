@@ -382,9 +382,11 @@ def encrypt_columns(
     if _is_dask(frame):
         from pets.engines._dispatch import encrypt_columns as on_dask
 
-        return on_dask(frame, columns, keys=keys, key_uris=key_uris, context=context,
-                       enc_context=enc_context, column_keys=column_keys, mode=mode,
-                       encoding=encoding, audit=audit, workers=workers)
+        lazy: tuple[pd.DataFrame, ColumnKeys] = on_dask(
+            frame, columns, keys=keys, key_uris=key_uris, context=context,
+            enc_context=enc_context, column_keys=column_keys, mode=mode, encoding=encoding,
+            audit=audit, workers=workers)
+        return lazy
     services = as_services(keys)
     if encoding not in ("bytes", "base64"):
         raise InputError(f"encoding must be 'bytes' or 'base64', not {encoding!r}")

@@ -24,7 +24,9 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn, TypeVar
 
@@ -90,16 +92,62 @@ def derive_domain_key(root: Secret, purpose: str, domain: str, *, length: int = 
     return Secret(hkdf.derive(root.expose()))
 
 
+def is_dask_object(obj: object) -> bool:
+    """True for a ``dask.dataframe`` object; imports nothing until dask itself is loaded.
+
+    Examples:
+        >>> is_dask_object(pd.Series([1]))
+        False
+    """
+    if "dask.dataframe" not in sys.modules:  # no Dask object can exist yet
+        return False
+    from pets.engines._dask import is_dask
+
+    return is_dask(obj)
+
+
+def _dask_aware(apply: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
+    """Wrap a subclass's ``apply`` so that a Dask Series goes to the Dask engine, lazily.
+
+    The pandas path is untouched: the check costs one ``sys.modules`` lookup until
+    ``dask.dataframe`` has been imported (no Dask object can exist before that).
+    """
+
+    @functools.wraps(apply)
+    def apply_any(self: Transform, series: Any, *args: Any, **kwargs: Any) -> pd.Series:
+        if is_dask_object(series):
+            from pets.engines._dispatch import apply_series
+
+            out: pd.Series = apply_series(self, series, *args, **kwargs)
+            return out
+        return apply(self, series, *args, **kwargs)
+
+    apply_any._pets_dask_aware = True  # type: ignore[attr-defined]
+    return apply_any
+
+
 class Transform:
     """Base of every transform: ``apply(series) -> series`` plus a self-description.
 
     Subclasses set the class attributes ``name``, ``reversible`` and ``links`` and implement
     :meth:`apply` and :meth:`params`.
+
+    Accepts a Dask Series: every subclass's ``apply`` given a ``dask.dataframe`` Series
+    returns a Dask Series, lazily (``map_partitions`` with an explicit ``meta``), identical to
+    pandas on the same rows. Keyed transforms reach the partitions through an in-process key
+    reference (refused while a ``distributed`` client is active: use
+    :func:`~pets.pseudo.pseudonymize` with ``keys=``); see :mod:`pets.engines._dispatch`.
     """
 
     name: ClassVar[str] = "transform"
     reversible: ClassVar[bool] = False
     links: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("apply")
+        if callable(own) and not getattr(own, "_pets_dask_aware", False):
+            cls.apply = _dask_aware(own)  # type: ignore[method-assign]
 
     def apply(self, series: pd.Series) -> pd.Series:  # pragma: no cover - abstract
         """Transform a column; the index and name are kept."""

@@ -25,14 +25,14 @@ Spec grammar, used by the CLI and by policies::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from pets._errors import InputError
 from pets._events import AuditHook
 from pets.keys import Secret
-from pets.pseudo._base import KeyedTransform, KeyOrigin, Transform
+from pets.pseudo._base import KeyedTransform, KeyOrigin, Transform, is_dask_object
 from pets.pseudo._ff1 import FF1Transform, PhoneFF1
 from pets.pseudo._generalize import (
     AgeBand,
@@ -47,6 +47,9 @@ from pets.pseudo._generalize import (
 )
 from pets.pseudo._keyed import KeyedHash
 from pets.pseudo._token import Tokenizer
+
+if TYPE_CHECKING:
+    from pets.engines import WorkerKeys
 
 __all__ = ["parse_spec", "pseudonymize", "transform_from_spec"]
 
@@ -184,14 +187,27 @@ def transform_from_spec(spec: str, *, root: Secret | None = None,
     raise InputError(f"unknown transform {name!r}; one of {known}")
 
 
-def pseudonymize(df: pd.DataFrame, transforms: Mapping[str, Transform]) -> pd.DataFrame:
+def pseudonymize(df: pd.DataFrame, transforms: Mapping[str, Transform], *,
+                 keys: WorkerKeys | None = None) -> pd.DataFrame:
     """Apply one transform per column and return a new frame (other columns untouched).
 
     :class:`DateShift` transforms read their user column (``by``) from the *input* frame, so
     the user id may itself be pseudonymized in the same call.
 
+    Accepts a Dask DataFrame: the result is a Dask DataFrame, lazily, identical to pandas on
+    the same rows (the Dask engine, :func:`pets.engines.dask.pseudonymize`). Keyed transforms
+    reach the partitions through ``keys`` (a :class:`~pets.engines.WorkerKeys`); without it,
+    through an ephemeral in-process key reference, which is refused while a ``distributed``
+    client is active. ``keys`` is ignored for pandas frames.
+
+    Args:
+        df: The frame (pandas or Dask).
+        transforms: Column name -> transform.
+        keys: How keyed transforms' keys reach Dask workers (Dask frames only).
+
     Raises:
-        InputError: A named column is missing.
+        InputError: A named column is missing; (Dask) a keyed transform has no key reference
+            usable by the active scheduler.
 
     Examples:
         >>> import pandas as pd
@@ -202,6 +218,11 @@ def pseudonymize(df: pd.DataFrame, transforms: Mapping[str, Transform]) -> pd.Da
         >>> out["card"].tolist(), out["email"].str.len().tolist()
         (['**11', '**00'], [32, 32])
     """
+    if is_dask_object(df):
+        from pets.engines._dispatch import pseudonymize as dask_pseudonymize
+
+        lazy: pd.DataFrame = dask_pseudonymize(df, transforms, keys=keys)  # a Dask DataFrame
+        return lazy
     missing = [c for c in transforms if c not in df.columns]
     if missing:
         raise InputError(f"unknown column(s) {missing}; the frame has {list(df.columns)}")
