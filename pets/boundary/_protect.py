@@ -12,6 +12,7 @@ in the audit log.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from pets.boundary._policy import ColumnRule, Policy
 from pets.jurisdiction import Context
 
 if TYPE_CHECKING:
+    from pets.engines import WorkerKeys
     from pets.pseudo._base import Transform
 
 __all__ = ["protect", "reidentify"]
@@ -113,8 +115,15 @@ def _check_k(frame: pd.DataFrame, policy: Policy) -> tuple[pd.DataFrame, dict[st
 
 
 def protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Context, *,
-            audit: AuditLog | AuditHook | None = None) -> ProtectedFrame:
+            audit: AuditLog | AuditHook | None = None, workers: WorkerKeys | None = None,
+            progress: bool | None = None) -> ProtectedFrame:
     """Apply ``policy`` to ``frame`` and return the signed :class:`ProtectedFrame`.
+
+    Accepts a Dask DataFrame: returns the lazy :class:`~pets.engines.dask.DaskProtected` of
+    :func:`pets.engines.dask.protect` (k-anonymity checked over the whole dataset now; data
+    computed by its ``compute()`` or ``write()``). Keyed transforms and column keys reach the
+    partitions through ``workers``, by default ``keys`` in this process — required while a
+    ``distributed`` client is active.
 
     Args:
         frame: The raw data (pandas); not modified.
@@ -123,6 +132,9 @@ def protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Co
         context: Who protects, and where: must be the policy's home jurisdiction.
         audit: The audit log (or a hook) receiving ``boundary.protect`` or
             ``boundary.refused``, and the lower layers' events.
+        workers: Dask frames only: how keys reach the workers (a
+            :class:`~pets.engines.WorkerKeys`).
+        progress: Dask frames only: show progress of the k-anonymity pass.
 
     Raises:
         JurisdictionError: ``context`` is outside the policy's home.
@@ -154,6 +166,15 @@ def protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Co
         ...
         pets._errors.JurisdictionError: protect runs in the policy's home EU, not for bob@US
     """
+    if "dask.dataframe" in sys.modules:
+        from pets.engines._dask import is_dask
+
+        if is_dask(frame):
+            from pets.engines._dispatch import protect as on_dask
+
+            lazy: ProtectedFrame = on_dask(frame, policy, keys, context, audit=audit,
+                                           workers=workers, progress=progress)
+            return lazy
     try:
         return _protect(frame, policy, keys, context, audit)
     except PetsError as exc:

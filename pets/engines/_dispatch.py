@@ -424,11 +424,17 @@ def protect(ddf: Any, policy: Policy, keys: BoundaryKeys, context: Context, *,
     Returns:
         A :class:`~pets.engines.dask.DaskProtected`.
     """
+    from pets.boundary._protect import _record
     from pets.engines._protect import protect as dask_protect
 
     if workers is None:
-        workers = in_process_keys(context, keys.services, what="protect on Dask",
-                                  fix="pets.boundary.protect(ddf, policy, keys, context, "
-                                      "workers=WorkerKeys(...))")
+        try:
+            workers = in_process_keys(context, keys.services, what="protect on Dask",
+                                      fix="pets.boundary.protect(ddf, policy, keys, context, "
+                                          "workers=WorkerKeys(...))")
+        except InputError as exc:
+            _record(audit, "boundary.refused", context, operation="protect",
+                    target=policy.dataset, reason=f"{type(exc).__name__}: {exc}")
+            raise
     return dask_protect(ddf, policy, keys, context, workers=workers, audit=audit,
                         progress=progress)
