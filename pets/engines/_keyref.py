@@ -84,16 +84,33 @@ _LISTENERS: list[Callable[[frozenset[KeyRef] | None], None]] = []
 _EPOCH = [0]
 
 
-def on_invalidate(listener: Callable[[frozenset[KeyRef] | None], None]) -> None:
+def on_invalidate(listener: Callable[[frozenset[KeyRef] | None], None]
+                  ) -> Callable[[], None]:
     """Call ``listener(refs)`` whenever cached secrets are dropped: ``refs`` are the references
     whose KEK was destroyed or retired in this process, ``None`` after :func:`forget_keys`.
 
     For per-process caches built from resolved secrets (keyed transforms), so they drop what
-    they built from a shredded key. Held strongly; register module-level functions once.
+    they built from a shredded key. Held strongly (register module-level functions once);
+    returns a function that removes the listener.
+
+    Examples:
+        >>> heard = []
+        >>> remove = on_invalidate(heard.append)
+        >>> _ = forget_keys()
+        >>> heard
+        [None]
+        >>> remove()
     """
     with _LOCK:
         if listener not in _LISTENERS:
             _LISTENERS.append(listener)
+
+    def remove() -> None:
+        with _LOCK:
+            if listener in _LISTENERS:
+                _LISTENERS.remove(listener)
+
+    return remove
 
 
 def _invalidated(refs: frozenset[KeyRef] | None) -> None:

@@ -37,6 +37,7 @@ or use the one-shot :func:`read_encrypted_parquet` (a fresh cache per call).
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import shutil
 import tempfile
@@ -147,6 +148,19 @@ class PetsKmsClient(pe.KmsClient):  # type: ignore[misc]
         return key
 
 
+def _client_for(keys: KeyServices, audit: AuditHook | None,
+                config: pe.KmsConnectionConfig) -> PetsKmsClient:
+    """pyarrow's KMS client factory: a :class:`PetsKmsClient` for the config's pets context."""
+    conf = dict(config.custom_kms_conf or {})
+    try:
+        context = Context(conf[_CONF_JUR], principal=conf[_CONF_PRINCIPAL])
+    except KeyError:
+        raise InputError("KMS connection config lacks the pets context") from None
+    if config.key_access_token != context.access_token:
+        raise InputError("KMS access token does not match the pets context")
+    return PetsKmsClient(keys, context, audit=audit)
+
+
 class ParquetCrypto:
     """Encrypted Parquet I/O with one pyarrow ``CryptoFactory`` over ``keys``.
 
@@ -190,7 +204,9 @@ class ParquetCrypto:
         self._lifetime = float(cache_lifetime_seconds)
         if not self._lifetime > 0:
             raise InputError(f"cache_lifetime_seconds must be positive, not {self._lifetime}")
-        self._factory = pe.CryptoFactory(self._client_for)
+        # The factory (C++) holds its callback where Python's collector cannot see: a bound
+        # method of self would make an uncollectable cycle, so it gets a partial without self.
+        self._factory = pe.CryptoFactory(functools.partial(_client_for, self._keys, self._audit))
         # held weakly by the services: this object may be dropped while they live on
         self._keys.subscribe(self._on_key_change)
 
@@ -204,16 +220,6 @@ class ParquetCrypto:
 
     def __repr__(self) -> str:
         return f"ParquetCrypto({self._keys!r})"
-
-    def _client_for(self, config: pe.KmsConnectionConfig) -> PetsKmsClient:
-        conf = dict(config.custom_kms_conf or {})
-        try:
-            context = Context(conf[_CONF_JUR], principal=conf[_CONF_PRINCIPAL])
-        except KeyError:
-            raise InputError("KMS connection config lacks the pets context") from None
-        if config.key_access_token != context.access_token:
-            raise InputError("KMS access token does not match the pets context")
-        return PetsKmsClient(self._keys, context, audit=self._audit)
 
     @staticmethod
     def kms_config(context: Context) -> pe.KmsConnectionConfig:

@@ -5,6 +5,11 @@ Backends: :class:`LocalKeyring` (``local://``, the embedded default), :class:`Pk
 :class:`MemoryKeyring` (``memory://``, the test double). :func:`key_services` builds the
 registry from settings or the environment; :func:`rewrap` moves a wrapped data key to another
 key (rotation, migration) without the caller seeing the data key.
+
+:class:`KeyServices` also tells subscribers (:meth:`KeyServices.subscribe`, weakly held) when a
+key is rotated, retired or destroyed in this process, so caches of unwrapped keys drop them at
+once, and, given ``audit=``, reports every wrap and unwrap made through it (``key.wrap`` /
+``key.unwrap`` / ``key.failed``; never key bytes).
 """
 
 from pets.keys._config import KeyConfig, Pkcs11TokenConfig, key_services
@@ -14,6 +19,8 @@ from pets.keys._pkcs11 import Pkcs11Keyring
 from pets.keys._rewrap import rewrap
 from pets.keys._secret import Secret
 from pets.keys._service import (
+    KeyChange,
+    KeyChanges,
     KeyInfo,
     KeyService,
     KeyServices,
@@ -27,6 +34,8 @@ from pets.keys._service import (
 )
 
 __all__ = [
+    "KeyChange",
+    "KeyChanges",
     "KeyConfig",
     "KeyInfo",
     "KeyService",

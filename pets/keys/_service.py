@@ -371,14 +371,18 @@ class KeyChanges:
 
     @staticmethod
     def _ref(callback: KeyChange) -> weakref.ref[Any]:
+        bound_builtin = inspect.isbuiltin(callback) and not inspect.ismodule(
+            getattr(callback, "__self__", None))
         try:
+            if bound_builtin:  # e.g. ``seen.append``: a new object per access, dead at once
+                raise TypeError
             if inspect.ismethod(callback):
                 return weakref.WeakMethod(callback)
             return weakref.ref(callback)
         except TypeError:
             raise InputError(
-                f"key-change subscribers are held weakly and a {type(callback).__name__} "
-                "cannot be: pass a function or a method of a living object") from None
+                f"key-change subscribers are held weakly and {callback!r} cannot be: pass a "
+                "function or a method of a living object") from None
 
     def subscribe(self, callback: KeyChange) -> None:
         """Call ``callback(uri, version, what)`` after each change, while it is alive."""

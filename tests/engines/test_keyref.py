@@ -132,3 +132,109 @@ class TestWorkerKeys:
         forget_keys()
         with pytest.raises(JurisdictionError):  # ... unwrapping only in the key's jurisdiction
             ref.resolve()
+
+
+class TestKeyChangesDropCachedSecrets:
+    """A worker-side cache must not outlive crypto-shredding of its KEK in this process."""
+
+    @pytest.fixture
+    def heard(self):
+        from pets.engines._keyref import on_invalidate
+
+        forget_keys()  # other tests' cached references are not this test's business
+        heard: list[Any] = []
+        remove = on_invalidate(heard.append)
+        yield heard
+        remove()
+
+    def test_destroyed_kek_is_refused_even_for_a_cached_secret(self, memory_services, eu,
+                                                                 heard):
+        from pets import KeyDestroyedError
+
+        root = Secret.generate()
+        ref = KeyRef.wrap(root, "memory://eu/kek", source=InProcessKeys(memory_services),
+                          context=eu)
+        assert ref.resolve() == root  # cached since the wrap
+        memory_services.destroy("memory://eu/kek")
+        assert heard == [frozenset({ref})]
+        with pytest.raises(KeyDestroyedError) as warm:
+            ref.resolve()
+        forget_keys()
+        with pytest.raises(KeyDestroyedError) as cold:
+            ref.resolve()
+        assert str(warm.value) == str(cold.value) == "memory://eu/kek v1 is destroyed"
+
+    def test_retired_version_is_refused_and_rotation_keeps_the_cache(self, memory_services,
+                                                                       eu, heard):
+        from pets import KeyDestroyedError
+
+        ref = KeyRef.wrap(Secret.generate(), "memory://eu/kek",
+                          source=InProcessKeys(memory_services), context=eu)
+        memory_services.rotate("memory://eu/kek")
+        assert heard == []  # v1 still unwraps: nothing to drop
+        memory_services.retire("memory://eu/kek", 2)
+        assert heard == [frozenset({ref})]
+        with pytest.raises(KeyDestroyedError, match="v1 is retired"):
+            ref.resolve()
+
+    def test_references_under_other_keks_stay_cached(self, eu, heard):
+        from tests.keys.conftest import Events
+
+        ring = MemoryKeyring()
+        for uri in ("memory://eu/a", "memory://eu/b"):
+            ring.create(uri, jurisdiction="EU")
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        source = InProcessKeys(services)
+        a = KeyRef.wrap(Secret.generate(), "memory://eu/a", source=source, context=eu)
+        b = KeyRef.wrap(Secret.generate(), "memory://eu/b", source=source, context=eu)
+        ring.destroy("memory://eu/a")  # on the backend object: heard through the registry
+        assert heard == [frozenset({a})]
+        seen.clear()
+        b.resolve()
+        assert seen.kinds() == []  # served from the cache: no unwrap was needed
+
+    def test_a_destroy_by_another_keyring_object_reaches_the_workers_cache(self, tmp_path,
+                                                                            eu, monkeypatch):
+        """What a threaded/synchronous worker sees when `pets keys destroy` runs in-process."""
+        import secrets as _secrets
+        from pathlib import Path
+
+        from pets import KeyDestroyedError
+        from pets.keys import KeyConfig, LocalKeyring
+
+        master = _secrets.token_bytes(32)
+        ring = LocalKeyring.init(tmp_path / "r", name="eu", master_key=Secret(master))
+        ring.create("local://eu/w", jurisdiction="EU")
+        monkeypatch.setenv("PETS_MASTER_KEY", master.hex())
+        config = KeyConfig(keyring=Path(tmp_path / "r"), keyring_explicit=True)
+        ref = KeyRef.wrap(Secret.generate(), "local://eu/w", source=config, context=eu)
+        forget_keys()
+        ref.resolve()  # as on a worker: opened from the config, unwrapped, cached
+        LocalKeyring(tmp_path / "r", master_key=Secret(master)).destroy("local://eu/w")
+        with pytest.raises(KeyDestroyedError, match="v1 is destroyed"):
+            ref.resolve()
+
+    def test_a_secret_unwrapped_while_its_kek_is_destroyed_is_not_cached(self, eu):
+        from pets import KeyDestroyedError
+
+        ring = MemoryKeyring()
+        ring.create("memory://eu/kek", jurisdiction="EU")
+
+        def destroy_during_unwrap(event):
+            if event.kind == "key.unwrap":  # the unwrap is done; the cache not yet filled
+                ring.destroy("memory://eu/kek")
+
+        services = KeyServices([ring], audit=destroy_during_unwrap)
+        root = Secret.generate()
+        ref = KeyRef.wrap(root, "memory://eu/kek", source=InProcessKeys(services), context=eu)
+        forget_keys()
+        assert ref.resolve() == root  # unwrapped before the destroy: returned ...
+        with pytest.raises(KeyDestroyedError):  # ... but not cached
+            ref.resolve()
+
+    def test_forget_keys_tells_listeners_everything_went(self, memory_services, eu, heard):
+        KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=InProcessKeys(memory_services),
+                    context=eu)
+        forget_keys()
+        assert heard == [None]

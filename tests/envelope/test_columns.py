@@ -376,3 +376,70 @@ class TestBatches:
         assert ck2.columns["b"].codec == "bytes" and out["b"].isna().all()
         back = decrypt_columns(out, ck2, keys=ring, context=eu)
         assert back["b"].isna().all()
+
+
+def _text(events) -> str:
+    return "\n".join(json.dumps({"kind": e.kind, "fields": dict(e.fields)}, sort_keys=True,
+                                default=str) + repr(e) for e in events)
+
+
+class TestAuditedKeyUse:
+    """Column encryption asks the key service once per column (and key URI), never per cell."""
+
+    @pytest.mark.parametrize("rows", [10, 5000])
+    def test_one_wrap_per_column_and_key_one_unwrap_per_column(self, ring, eu, rows):
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        df = pd.DataFrame({"email": [f"u{i % 97}@x.eu" for i in range(rows)],
+                           "age": np.arange(rows) % 90})
+        enc, keys = encrypt_columns(df, {"email": "deterministic", "age": "randomized"},
+                                    keys=services, key_uris=[EU1, EU2], context=eu,
+                                    enc_context={"table": "users"})
+        assert sorted((e.kind, e.fields["key"], e.fields["purpose"]) for e in seen) == sorted(
+            ("key.wrap", uri, f"column:{col}") for col in ("email", "age") for uri in (EU1, EU2))
+        seen.clear()
+        back = decrypt_columns(enc, keys, keys=services, context=eu)
+        pd.testing.assert_frame_equal(back, df)
+        assert sorted((e.kind, e.fields["purpose"]) for e in seen) == [
+            ("key.unwrap", "column:age"), ("key.unwrap", "column:email")]
+        assert {(e.fields["principal"], e.fields["jurisdiction"]) for e in seen} == {
+            ("etl@eu-dc1", "EU")}
+
+    def test_a_destroyed_first_key_is_a_failure_then_the_second_key_unwraps(self, ring, eu):
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        df = pd.DataFrame({"email": ["a@x.eu", "b@x.eu"]})
+        enc, keys = encrypt_columns(df, ["email"], keys=services, key_uris=[EU1, EU2],
+                                    context=eu)
+        services.destroy(EU1)
+        seen.clear()
+        decrypt_columns(enc, keys, keys=services, context=eu)
+        assert [(e.kind, e.fields["key"]) for e in seen] == [("key.failed", EU1),
+                                                             ("key.unwrap", EU2)]
+        assert seen[0].fields["error"] == "KeyDestroyedError"
+
+    def test_no_event_carries_a_data_key_a_kek_or_a_wrapped_key(self, ring, eu):
+        from pets.envelope._columns import _wrap_context
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        df = pd.DataFrame({"email": ["a@x.eu", "b@x.eu"], "age": [31, 40]})
+        enc, keys = encrypt_columns(df, ["email", "age"], keys=services, key_uris=[EU1, EU2],
+                                    context=eu, enc_context={"table": "users"})
+        decrypt_columns(enc, keys, keys=services, context=eu)
+        with pytest.raises(JurisdictionError):
+            decrypt_columns(enc, keys, keys=services, context=Context("US"))
+        secrets = [k for uri in (EU1, EU2) for k in ring._keys[uri].values()]
+        for col, ck in keys.columns.items():
+            ctx = _wrap_context(keys.enc_context, col, ck.mode)
+            secrets.append(ring.unwrap(ck.wrapped_keys[0], context=eu, enc_context=ctx))
+            secrets += [w.blob for w in ck.wrapped_keys]
+        text = _text(seen)
+        forms = [f for s in secrets for f in (s.hex(), base64.b64encode(s).decode(), repr(s),
+                                              s.decode("latin-1"))]
+        assert len(seen) >= 6 and [f for f in forms if f in text] == []

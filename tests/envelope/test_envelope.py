@@ -591,3 +591,53 @@ class TestProperties:
             tracemalloc.stop()
         assert peak < 8 * seg  # a few segment buffers, never the 8 MiB file
         assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+
+
+class TestAuditedKeyUse:
+    """A file is one unwrap, however many segments it has; every key use is on the record."""
+
+    @pytest.mark.parametrize("size", [10, 200_000])
+    def test_one_unwrap_per_file_whatever_its_size(self, ring, eu, tmp_path, size):
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        src, enc, out = tmp_path / "a.bin", tmp_path / "a.pets", tmp_path / "b.bin"
+        src.write_bytes(os.urandom(size))
+        encrypt_file(src, enc, keys=services, key_uris=[EU1, EU2], context=eu,
+                     segment_size=SEG)
+        assert [(e.kind, e.fields["key"], e.fields["purpose"]) for e in seen] == [
+            ("key.wrap", EU1, "envelope"), ("key.wrap", EU2, "envelope")]
+        seen.clear()
+        decrypt_file(enc, out, keys=services, context=eu)
+        assert out.read_bytes() == src.read_bytes()
+        assert [(e.kind, e.fields["key"], e.fields["version"]) for e in seen] == [
+            ("key.unwrap", EU1, 1)]
+
+    def test_refused_and_destroyed_attempts_are_recorded(self, ring, eu, us):
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        blob = encrypt(DATA, keys=services, key_uris=[EU1, EU2], context=eu)
+        services.destroy(EU1)
+        seen.clear()
+        assert decrypt(blob, keys=services, context=eu) == DATA
+        with pytest.raises(JurisdictionError):
+            decrypt(blob, keys=services, context=us)
+        assert [(e.kind, e.fields["key"]) for e in seen] == [
+            ("key.failed", EU1), ("key.unwrap", EU2), ("key.refused", EU1),
+            ("key.refused", EU2)]
+        assert seen[-1].fields["principal"] == "analyst@us"
+
+    def test_rewrap_unwraps_once_and_wraps_once_per_target(self, ring, eu):
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        blob = encrypt(DATA, keys=services, key_uris=EU1, context=eu)
+        services.rotate(EU1)
+        seen.clear()
+        rewrap(blob, keys=services, context=eu, to=[EU1, EU2])
+        assert [(e.kind, e.fields["key"], e.fields["version"]) for e in seen] == [
+            ("key.unwrap", EU1, 1), ("key.wrap", EU1, 2), ("key.wrap", EU2, 1)]

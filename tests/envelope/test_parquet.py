@@ -351,3 +351,224 @@ class TestMigration:
         pd.testing.assert_frame_equal(back, users, check_dtype=False)
         with pytest.raises(JurisdictionError):
             ParquetCrypto(hsm_eu).read(path, context=Context("US"))
+
+
+@pytest.fixture(params=["memory", "local", "pkcs11"])
+def kek_backend(request, tmp_path):
+    """(services, backend, footer URI, PII URI, metrics URI) with fresh EU KEKs per backend."""
+    import os
+    import uuid
+
+    from pets.keys import LocalKeyring, MemoryKeyring, Secret
+
+    tag = uuid.uuid4().hex[:8]
+    if request.param == "memory":
+        backend, base = MemoryKeyring(), "memory://eu-dc1"
+    elif request.param == "local":
+        backend = LocalKeyring.init(tmp_path / "ring", name="eu-shred",
+                                    master_key=Secret(os.urandom(32)))
+        base = "local://eu-shred"
+    else:
+        backend, base = request.getfixturevalue("hsm_eu"), "pkcs11://EU"
+    uris = [f"{base}/{role}-{tag}" for role in ("footer", "pii", "metrics")]
+    for uri in uris:
+        backend.create(uri, jurisdiction="EU")
+    return KeyServices([backend]), backend, *uris
+
+
+def _cold_error(services, path, eu, **kw):
+    """What a read with a cold cache raises now (a fresh ParquetCrypto)."""
+    with pytest.raises(Exception) as cold:
+        ParquetCrypto(services).read(path, context=eu, **kw)
+    return cold.value
+
+
+class TestKeyChangesDropTheCache:
+    """Crypto-shredding against a warm pyarrow key cache: the attack is a read through the same
+    ParquetCrypto after the KEK is gone; it must fail exactly as a cold read does."""
+
+    def _warm(self, services, footer, pii, metrics, users, tmp_path, eu, **kw):
+        path = tmp_path / "u.parquet"
+        pc = ParquetCrypto(services)
+        pc.write(users, path, context=eu, footer_key=footer,
+                 column_keys={pii: ["email"], metrics: ["watch_s"]}, **kw)
+        pd.testing.assert_frame_equal(pc.read(path, context=eu), users, check_dtype=False)
+        return pc, path
+
+    def test_destroyed_footer_kek_is_refused_through_a_warm_cache(self, kek_backend, users,
+                                                                   tmp_path, eu):
+        services, _, footer, pii, metrics = kek_backend
+        pc, path = self._warm(services, footer, pii, metrics, users, tmp_path, eu)
+        services.destroy(footer)
+        cold = _cold_error(services, path, eu)
+        assert type(cold) is KeyDestroyedError and str(cold) == f"{footer} v1 is destroyed"
+        with pytest.raises(KeyDestroyedError) as warm:
+            pc.read(path, context=eu)
+        assert type(warm.value) is type(cold) and str(warm.value) == str(cold)
+
+    def test_destroyed_column_kek_shreds_that_column_only(self, kek_backend, users, tmp_path,
+                                                          eu):
+        services, _, footer, pii, metrics = kek_backend
+        pc, path = self._warm(services, footer, pii, metrics, users, tmp_path, eu)
+        services.destroy(pii, 1)
+        cold = _cold_error(services, path, eu, columns=["email"])
+        with pytest.raises(KeyDestroyedError) as warm:
+            pc.read(path, context=eu, columns=["email"])
+        assert str(warm.value) == str(cold) == f"{pii} v1 is destroyed"
+        assert pc.read(path, context=eu, columns=["watch_s"])["watch_s"].tolist() == \
+            [10.5, 0.0, 3.25]
+
+    def test_retired_version_is_refused_through_a_warm_cache(self, kek_backend, users,
+                                                              tmp_path, eu):
+        services, _, footer, pii, metrics = kek_backend
+        pc, path = self._warm(services, footer, pii, metrics, users, tmp_path, eu)
+        services.rotate(footer)
+        services.retire(footer, 2)
+        cold = _cold_error(services, path, eu)
+        with pytest.raises(KeyDestroyedError, match="retired") as warm:
+            pc.read(path, context=eu)
+        assert str(warm.value) == str(cold)
+
+    def test_destroy_on_the_backend_object_itself_also_drops_the_cache(self, kek_backend,
+                                                                        users, tmp_path, eu):
+        services, backend, footer, pii, metrics = kek_backend
+        pc, path = self._warm(services, footer, pii, metrics, users, tmp_path, eu)
+        backend.destroy(footer)  # not through the registry the ParquetCrypto holds
+        with pytest.raises(KeyDestroyedError, match=r"v1 is destroyed$"):
+            pc.read(path, context=eu)
+
+    def test_control_without_the_subscription_pyarrow_serves_the_destroyed_key(
+            self, pring, users, tmp_path, eu):
+        """The gap being closed is real: unsubscribed, the warm cache still decrypts."""
+        pc, path = self._warm(KeyServices([pring]), FOOTER, PII, METRICS, users, tmp_path, eu)
+        pc._keys.unsubscribe(pc._on_key_change)
+        pring.destroy(FOOTER)
+        pring.destroy(PII)
+        assert pc.read(path, context=eu)["email"][0] == "a@x.eu"  # the hole
+        pc.forget()
+        with pytest.raises(KeyDestroyedError):
+            pc.read(path, context=eu)
+
+    def test_a_local_keyring_opened_elsewhere_in_the_process_is_heard(self, users, tmp_path,
+                                                                       eu):
+        """`pets keys destroy` run in this process opens its own LocalKeyring object."""
+        import os
+
+        from pets.keys import LocalKeyring, Secret
+
+        master = Secret(os.urandom(32))
+        ring = LocalKeyring.init(tmp_path / "ring", name="eu", master_key=master)
+        footer, pii = "local://eu/footer", "local://eu/pii"
+        for uri in (footer, pii):
+            ring.create(uri, jurisdiction="EU")
+        pc = ParquetCrypto(ring)
+        path = tmp_path / "u.parquet"
+        pc.write(users, path, context=eu, footer_key=footer, column_keys={pii: ["email"]})
+        assert pc.read(path, context=eu)["email"][0] == "a@x.eu"
+        LocalKeyring(tmp_path / "ring", master_key=master).destroy(pii)
+        with pytest.raises(KeyDestroyedError, match=f"^{pii} v1 is destroyed$"):
+            pc.read(path, context=eu, columns=["email"])
+
+    def test_rotation_is_used_by_the_next_write_at_once(self, pring, users, tmp_path, eu):
+        """A warm write cache kept wrapping new files under the old version, which a later
+        destroy of that version would shred."""
+        pc = ParquetCrypto(pring)
+        first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+        for path in (first, second):
+            if path is second:
+                pring.rotate(FOOTER)
+                pring.rotate(PII)
+            pc.write(users, path, context=eu, footer_key=FOOTER, column_keys={PII: ["email"]},
+                     internal_key_material=False)
+
+        def versions(path):
+            doc = json.loads(key_material_path(path).read_text())
+            return {json.loads(json.loads(v)["wrappedKEK"])["version"] for v in doc.values()}
+
+        assert versions(first) == {1} and versions(second) == {2}
+        pring.destroy(FOOTER, 1)
+        pring.destroy(PII, 1)
+        pd.testing.assert_frame_equal(pc.read(second, context=eu), users, check_dtype=False)
+        with pytest.raises(KeyDestroyedError):
+            pc.read(first, context=eu)
+
+    def test_the_subscription_does_not_keep_a_parquet_crypto_alive(self, pring):
+        import gc
+        import weakref
+
+        services = KeyServices([pring])
+        pc = ParquetCrypto(services)
+        gone = weakref.ref(pc)
+        del pc
+        gc.collect()
+        assert gone() is None
+        pring.destroy(FOOTER)  # a dead subscriber is skipped quietly
+        assert len(services._changes) == 0
+
+    def test_lifetime_default_and_validation(self, pring):
+        from pets.envelope._parquet import DEFAULT_CACHE_LIFETIME_SECONDS
+
+        assert ParquetCrypto(pring)._lifetime == DEFAULT_CACHE_LIFETIME_SECONDS == 60.0
+        for bad in (0, -1, float("nan")):
+            with pytest.raises(InputError, match="cache_lifetime_seconds must be positive"):
+                ParquetCrypto(pring, cache_lifetime_seconds=bad)
+
+
+class TestAuditedKeyUse:
+    """pyarrow's KMS calls are key uses: one event per call, never per row or page."""
+
+    @staticmethod
+    def _calls(pring, eu, path, rows, **write):
+        """(wraps, cold-read unwraps, warm-read unwraps) for a fresh file of ``rows`` rows."""
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([pring], audit=seen)
+        df = pd.DataFrame({"user_id": range(rows),
+                           "email": [f"u{i}@x.eu" for i in range(rows)],
+                           "watch_s": [i / 7 for i in range(rows)]})
+        ParquetCrypto(services).write(df, path, context=eu, footer_key=FOOTER, column_keys=COLS,
+                                      **write)
+        wraps = [e for e in seen if e.kind == "key.wrap"]
+        seen.clear()
+        pc = ParquetCrypto(services)
+        assert len(pc.read(path, context=eu)) == rows
+        unwraps = [e for e in seen if e.kind == "key.unwrap"]
+        assert {e.fields["key"] for e in unwraps} == {FOOTER, PII, METRICS}
+        assert {e.fields["purpose"] for e in unwraps + wraps} == {"parquet"}
+        assert {e.fields["principal"] for e in unwraps} == {eu.principal}
+        seen.clear()
+        pc.read(path, context=eu)
+        return len(wraps), len(unwraps), len([e for e in seen if e.kind == "key.unwrap"])
+
+    def test_double_wrapping_asks_once_per_master_key_whatever_the_size(self, pring, eu,
+                                                                        tmp_path):
+        small = self._calls(pring, eu, tmp_path / "s.parquet", 10)
+        big = self._calls(pring, eu, tmp_path / "b.parquet", 20_000, row_group_size=1000)
+        assert small == big == (3, 3, 0)  # 20 row groups: still one call per master key
+
+    def test_single_wrapping_asks_per_column_chunk_not_per_row(self, pring, eu, tmp_path):
+        """pyarrow keeps no data-key cache without double wrapping: every column chunk it opens
+        is a KMS call, and each is recorded. More rows in as many row groups: no more calls."""
+        small = self._calls(pring, eu, tmp_path / "s.parquet", 10, double_wrapping=False)
+        big = self._calls(pring, eu, tmp_path / "b.parquet", 20_000, double_wrapping=False)
+        assert small == big and small[2] == small[1]  # the warm read asks again
+        chunks = self._calls(pring, eu, tmp_path / "c.parquet", 20_000, double_wrapping=False,
+                             row_group_size=1000)
+        assert chunks[1] > 10 * small[1]  # grows with row groups: prefer double wrapping
+
+    def test_a_warm_read_after_destroy_is_a_recorded_failure(self, pring, eu, users, tmp_path):
+        from tests.envelope.conftest import Events
+
+        seen = Events()
+        services = KeyServices([pring], audit=seen)
+        pc = ParquetCrypto(services)
+        path = tmp_path / "u.parquet"
+        pc.write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS)
+        pc.read(path, context=eu)
+        services.destroy(FOOTER)
+        seen.clear()
+        with pytest.raises(KeyDestroyedError):
+            pc.read(path, context=eu)
+        assert [(e.kind, e.fields["key"], e.fields["error"]) for e in seen] == [
+            ("key.failed", FOOTER, "KeyDestroyedError")]

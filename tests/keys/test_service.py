@@ -185,3 +185,340 @@ class TestExports:
         public = {n for n in dir(keys) if not n.startswith("_")
                   and not isinstance(getattr(keys, n), types.ModuleType)}
         assert public == set(keys.__all__)
+
+
+class _Proxy:
+    """A third-party backend: the protocol only, no ``changes`` hub of its own."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.audit = None
+
+    def __getattr__(self, name):
+        if name == "changes":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+class Recorder:
+    """A key-change subscriber (a method of a living object: held weakly, kept alive here)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, uri, version, what):
+        self.seen.append((uri, version, what))
+
+    def on_change(self, uri, version, what):
+        self.seen.append((uri, version, what))
+
+
+class TestKeyChanges:
+    def test_rotate_retire_destroy_through_the_registry_notify_each_version(self, backend):
+        from pets.keys import KeyServices
+
+        svc, uri = backend
+        services = KeyServices([svc])
+        rec = Recorder()
+        services.subscribe(rec.on_change)
+        svc.create(uri, jurisdiction="EU")
+        services.rotate(uri)
+        services.rotate(uri)
+        services.retire(uri, 2)
+        services.destroy(uri)  # every version: one notice per version
+        assert rec.seen == [(uri, 2, "rotate"), (uri, 3, "rotate"), (uri, 2, "retire"),
+                            (uri, 1, "destroy"), (uri, 2, "destroy"), (uri, 3, "destroy")]
+
+    def test_changes_made_on_the_backend_object_reach_the_registry(self, backend):
+        from pets.keys import KeyServices
+
+        svc, uri = backend
+        services = KeyServices([svc])
+        rec = Recorder()
+        services.subscribe(rec.on_change)
+        svc.create(uri, jurisdiction="EU")
+        svc.rotate(uri)
+        svc.destroy(uri, 1)
+        assert rec.seen == [(uri, 2, "rotate"), (uri, 1, "destroy")]
+
+    def test_a_failed_change_notifies_nobody(self, backend):
+        from pets.keys import KeyServices
+
+        svc, uri = backend
+        services = KeyServices([svc])
+        rec = Recorder()
+        services.subscribe(rec.on_change)
+        svc.create(uri, jurisdiction="EU")
+        with pytest.raises(KeyNotFoundError):
+            services.destroy(uri, 7)
+        from pets import InputError
+
+        with pytest.raises(InputError):
+            services.retire(uri, 5)
+        assert rec.seen == []
+
+    def test_a_backend_without_a_hub_is_notified_through_the_registry_only(self):
+        from pets.keys import KeyServices
+
+        ring = MemoryKeyring()
+        proxy = _Proxy(ring)
+        services = KeyServices([proxy])
+        rec = Recorder()
+        services.subscribe(rec.on_change)
+        ring.create("memory://eu/k", jurisdiction="EU")
+        ring.rotate("memory://eu/k")
+        ring.rotate("memory://eu/k")  # around the registry: not seen (documented)
+        services.destroy("memory://eu/k")
+        services.retire("memory://eu/k", 3)
+        assert rec.seen == [("memory://eu/k", 1, "destroy"), ("memory://eu/k", 2, "destroy"),
+                            ("memory://eu/k", 3, "destroy"), ("memory://eu/k", 3, "retire")]
+
+    def test_subscribers_are_held_weakly(self):
+        import gc
+        import weakref
+
+        from pets.keys import KeyServices
+
+        ring = MemoryKeyring()
+        ring.create("memory://eu/k", jurisdiction="EU")
+        services = KeyServices([ring])
+        rec = Recorder()
+        gone = weakref.ref(rec)
+        services.subscribe(rec.on_change)
+        services.subscribe(rec)
+        del rec
+        gc.collect()
+        assert gone() is None  # the subscription did not keep it alive
+        services.rotate("memory://eu/k")  # and a dead subscriber is skipped
+        assert len(services._changes) == 0
+
+    def test_the_registry_itself_is_not_kept_alive_by_its_backends(self):
+        import gc
+        import weakref
+
+        from pets.keys import KeyServices
+
+        ring = MemoryKeyring()
+        services = KeyServices([ring])
+        gone = weakref.ref(services)
+        del services
+        gc.collect()
+        assert gone() is None and len(ring.changes) == 0
+
+    def test_the_same_callback_is_subscribed_once_and_can_unsubscribe(self):
+        from pets.keys import KeyChanges
+
+        changes = KeyChanges()
+        rec = Recorder()
+        for _ in range(3):
+            changes.subscribe(rec.on_change)
+        changes.notify("memory://eu/k", 1, "destroy")
+        assert rec.seen == [("memory://eu/k", 1, "destroy")]
+        changes.unsubscribe(rec.on_change)
+        changes.notify("memory://eu/k", 2, "destroy")
+        assert len(rec.seen) == 1 and len(changes) == 0
+
+    def test_a_callable_that_cannot_be_held_weakly_is_refused_plainly(self):
+        from pets import InputError
+        from pets.keys import KeyChanges
+
+        with pytest.raises(InputError, match="held weakly"):
+            KeyChanges().subscribe([].append)
+        with pytest.raises(InputError, match="must be callable"):
+            KeyChanges().subscribe("not callable")
+
+    def test_a_failing_subscriber_does_not_stop_the_others_and_is_raised(self):
+        from pets.keys import KeyChanges
+
+        changes = KeyChanges()
+        first, last = Recorder(), Recorder()
+
+        class Broken:
+            def on_change(self, *args):
+                raise RuntimeError("cache could not be dropped")
+
+        broken = Broken()
+        changes.subscribe(first.on_change)
+        changes.subscribe(broken.on_change)
+        changes.subscribe(last.on_change)
+        with pytest.raises(RuntimeError, match="cache could not be dropped"):
+            changes.notify("memory://eu/k", 1, "destroy")
+        assert first.seen == last.seen == [("memory://eu/k", 1, "destroy")]
+
+    def test_a_failing_subscriber_still_lets_the_key_event_be_audited(self, events):
+        ring = MemoryKeyring(audit=events)
+        ring.create("memory://eu/k", jurisdiction="EU")
+
+        class Broken:
+            def on_change(self, *args):
+                raise RuntimeError("boom")
+
+        broken = Broken()
+        ring.changes.subscribe(broken.on_change)
+        with pytest.raises(RuntimeError):
+            ring.destroy("memory://eu/k")
+        assert events.kinds()[-1] == "key.destroy"
+        assert ring.describe("memory://eu/k").versions[0].state == "destroyed"
+
+    def test_every_local_keyring_object_on_one_directory_shares_the_notices(self, tmp_path):
+        from pets.keys import KeyServices
+
+        master = Secret(os.urandom(32))
+        a = LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
+        b = LocalKeyring(tmp_path / "r", master_key=master)
+        a.create("local://eu/k", jurisdiction="EU")
+        services = KeyServices([a])
+        rec = Recorder()
+        services.subscribe(rec.on_change)
+        b.destroy("local://eu/k", 1)  # another object, e.g. the one `pets keys` opened
+        assert rec.seen == [("local://eu/k", 1, "destroy")]
+
+    def test_a_keyring_recreated_at_the_same_path_is_another_keyring(self, tmp_path):
+        import shutil
+
+        from pets.keys import KeyServices
+
+        master = Secret(os.urandom(32))
+        old = LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
+        services = KeyServices([old])
+        rec = Recorder()
+        services.subscribe(rec.on_change)
+        shutil.rmtree(tmp_path / "r")
+        new = LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
+        new.create("local://eu/k", jurisdiction="EU")
+        new.rotate("local://eu/k")
+        assert rec.seen == []
+
+
+def _serialized(events) -> str:
+    import json
+
+    return "\n".join(json.dumps({"kind": e.kind, "fields": dict(e.fields), "at": e.at},
+                                sort_keys=True) + repr(e) for e in events)
+
+
+def _forms_b(secret: bytes) -> list[str]:
+    return [*_forms(secret), secret.decode("latin-1")]
+
+
+class TestAuditedKeyUse:
+    @pytest.fixture
+    def audited(self, backend):
+        from pets.keys import KeyServices
+        from tests.keys.conftest import Events
+
+        svc, uri = backend
+        svc.create(uri, jurisdiction="EU")
+        seen = Events()
+        return KeyServices([svc], audit=seen), svc, uri, seen
+
+    def test_wrap_and_unwrap_are_each_one_event_with_who_what_where(self, audited):
+        services, _, uri, seen = audited
+        dek = os.urandom(32)
+        w = services.wrap(uri, dek, context=EU, enc_context={"t": "users"}, purpose="test")
+        assert services.unwrap(w, context=EU, enc_context={"t": "users"}) == dek
+        assert seen.kinds() == ["key.wrap", "key.unwrap"]
+        for e in seen:
+            assert e.fields["key"] == uri and e.fields["version"] == 1
+            assert e.fields["key_jurisdiction"] == "EU"
+            assert (e.fields["jurisdiction"], e.fields["principal"]) == ("EU", "etl@eu")
+        assert seen[0].fields["purpose"] == "test"
+        assert seen[1].fields["purpose"] is None
+
+    def test_purpose_defaults_to_the_encryption_contexts(self, audited):
+        services, _, uri, seen = audited
+        w = services.wrap(uri, b"d" * 32, context=EU, enc_context={"purpose": "pets.signing-key"})
+        services.unwrap(w, context=EU, enc_context={"purpose": "pets.signing-key"},
+                        purpose="override")
+        assert [e.fields["purpose"] for e in seen] == ["pets.signing-key", "override"]
+
+    def test_no_event_carries_key_or_wrapped_key_bytes(self, audited):
+        import base64
+
+        services, svc, uri, seen = audited
+        dek = os.urandom(32)
+        w = services.wrap(uri, dek, context=EU, enc_context={"t": "users"})
+        services.unwrap(w, context=EU, enc_context={"t": "users"})
+        services.rotate(uri)
+        w2 = services.wrap(uri, dek, context=EU)
+        services.retire(uri, 2)
+        for bad in (lambda: services.unwrap(w, context=EU, enc_context={"t": "users"}),
+                    lambda: services.unwrap(WrappedKey(uri, 2, "EU", w2.blob[:-1] + b"\0"),
+                                            context=EU),
+                    lambda: services.unwrap(w2, context=Context("US"))):
+            with pytest.raises(Exception):
+                bad()
+        text = _serialized(seen)
+        assert len(seen) >= 6
+        secrets = [dek, w.blob, w2.blob]
+        if isinstance(svc, MemoryKeyring):  # the KEKs themselves, where the test can see them
+            secrets += [k for k in svc._keys[uri].values() if k is not None]
+        leaked = [f for s in secrets for f in [*_forms_b(s), base64.b64encode(s).decode()]
+                  if f in text]
+        assert leaked == []
+
+    def test_destroyed_and_tampered_unwraps_are_reported_as_failures(self, audited):
+        services, _, uri, seen = audited
+        w = services.wrap(uri, b"d" * 32, context=EU)
+        bad = WrappedKey(uri, 1, "EU", w.blob[:-1] + bytes([w.blob[-1] ^ 1]))
+        with pytest.raises(IntegrityError):
+            services.unwrap(bad, context=EU)
+        services.destroy(uri, 1)
+        with pytest.raises(KeyDestroyedError):
+            services.unwrap(w, context=EU)
+        failed = [e.fields for e in seen if e.kind == "key.failed"]
+        assert [(f["error"], f["reason"], f["operation"]) for f in failed] == [
+            ("IntegrityError", "wrapped key failed to authenticate", "unwrap"),
+            ("KeyDestroyedError", f"{uri} v1 is destroyed", "unwrap")]
+        assert seen.kinds().count("key.unwrap") == 0
+
+    def test_a_wrap_under_a_destroyed_primary_is_reported(self, audited):
+        services, _, uri, seen = audited
+        services.destroy(uri)
+        with pytest.raises(KeyDestroyedError):
+            services.wrap(uri, b"d" * 32, context=EU)
+        assert [(e.kind, e.fields["operation"], e.fields["error"]) for e in seen] == [
+            ("key.failed", "wrap", "KeyDestroyedError")]
+
+    def test_a_refusal_is_reported_once_whoever_holds_the_hook(self, audited, events):
+        from pets.keys import KeyServices
+
+        services, svc, uri, seen = audited
+        w = services.wrap(uri, b"d" * 32, context=EU)
+        us = Context("US", principal="analyst@us")
+        # the backend reports to `events`, the registry to `seen`: each hears it once
+        with pytest.raises(JurisdictionError):
+            services.unwrap(w, context=us)
+        assert seen.kinds()[-1] == "key.refused" and events.kinds()[-1] == "key.refused"
+        assert seen[-1].fields["principal"] == "analyst@us"
+        assert seen[-1].fields["operation"] == "unwrap"
+        # one hook on both (the CLI's wiring): one event, not two
+        shared = KeyServices([svc], audit=events)
+        before = len(events)
+        with pytest.raises(JurisdictionError):
+            shared.unwrap(w, context=us)
+        assert events.kinds()[before:] == ["key.refused"]
+
+    def test_unknown_keys_are_not_reported(self, audited):
+        services, _, uri, seen = audited
+        with pytest.raises(KeyNotFoundError):
+            services.unwrap(WrappedKey(uri + "x", 1, "EU", b"x" * 60), context=EU)
+        assert list(seen) == []
+
+    def test_service_must_be_a_member(self, audited):
+        from pets import InputError
+
+        services, _, uri, _seen = audited
+        w = services.wrap(uri, b"d" * 32, context=EU)
+        with pytest.raises(InputError, match="not one of these key services"):
+            services.unwrap(w, context=EU, service=MemoryKeyring())
+
+    def test_a_registry_without_audit_emits_nothing(self, backend):
+        from pets.keys import KeyServices
+
+        svc, uri = backend
+        svc.create(uri, jurisdiction="EU")
+        services = KeyServices([svc])
+        w = services.wrap(uri, b"d" * 32, context=EU)
+        assert services.unwrap(w, context=EU) == b"d" * 32
+        assert services.audit is None
