@@ -6,6 +6,9 @@ derive a per-domain key (HKDF-SHA256) from a 32-byte root secret unwrapped from 
 service (``from_key``); reversible ones re-identify only in that key's jurisdiction, reporting
 each call to the audit hook.
 
+Every transform's ``apply`` and :func:`pseudonymize` also accept Dask objects and return them
+lazily, identical to pandas on the same rows (see ``docs/scale-out.md``, "The same API on Dask").
+
 Importing this package registers the ``.pets`` pandas accessor.
 
 Examples:

@@ -126,6 +126,22 @@ def _dask_aware(apply: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
     return apply_any
 
 
+def _pandas_only(reverse: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
+    """Wrap ``reverse`` so that a Dask Series is refused clearly (not computed to count rows)."""
+
+    @functools.wraps(reverse)
+    def reverse_pandas(self: KeyedTransform, series: Any, *args: Any, **kwargs: Any
+                       ) -> pd.Series:
+        if is_dask_object(series):
+            raise InputError(f"{self.name}: re-identification takes a pandas Series (each call "
+                             "is audited with its row count); compute the rows to re-identify "
+                             "first, in the key's jurisdiction")
+        return reverse(self, series, *args, **kwargs)
+
+    reverse_pandas._pets_dask_aware = True  # type: ignore[attr-defined]
+    return reverse_pandas
+
+
 class Transform:
     """Base of every transform: ``apply(series) -> series`` plus a self-description.
 
@@ -137,6 +153,7 @@ class Transform:
     pandas on the same rows. Keyed transforms reach the partitions through an in-process key
     reference (refused while a ``distributed`` client is active: use
     :func:`~pets.pseudo.pseudonymize` with ``keys=``); see :mod:`pets.engines._dispatch`.
+    ``reverse`` (re-identification, audited per call) takes pandas only.
     """
 
     name: ClassVar[str] = "transform"
@@ -148,6 +165,9 @@ class Transform:
         own = cls.__dict__.get("apply")
         if callable(own) and not getattr(own, "_pets_dask_aware", False):
             cls.apply = _dask_aware(own)  # type: ignore[method-assign]
+        rev = cls.__dict__.get("reverse")
+        if callable(rev) and not getattr(rev, "_pets_dask_aware", False):
+            cls.reverse = _pandas_only(rev)  # type: ignore[attr-defined]
 
     def apply(self, series: pd.Series) -> pd.Series:  # pragma: no cover - abstract
         """Transform a column; the index and name are kept."""

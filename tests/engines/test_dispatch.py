@@ -196,6 +196,19 @@ class TestBadInputIsRefusedClearly:
         with pytest.raises(InputError, match="needs by="):
             t.apply(ddf["signup_ts"])
 
+    @pytest.mark.parametrize("make", [
+        lambda: Tokenizer(ROOT, domain="t", jurisdiction="EU"),
+        lambda: FF1Transform(ROOT, domain="f", jurisdiction="EU"),
+        lambda: PhoneFF1(ROOT, domain="p", jurisdiction="EU")])
+    def test_reidentification_takes_pandas_and_computes_nothing(self, make, ddf):
+        seen: list[Any] = []
+        t = make()
+        t.audit = seen.append
+        with dask.config.set(scheduler=_boom), \
+                pytest.raises(InputError, match="re-identification takes a pandas Series"):
+            t.reverse(ddf["phone"], context=EU)
+        assert seen == []
+
     def test_infinite_values_fail_quantile_buckets_at_compute_time(self, sync):
         s = dd.from_pandas(pd.Series([1.0, np.inf, 3.0], name="m"), npartitions=2)
         out = Bucket(quantiles=2).apply(s)
