@@ -1,7 +1,12 @@
 """``pets encrypt``, ``pets decrypt``, ``pets rewrap``: envelope encryption of files.
 
 Keys come from the key-service options (``--keyring``, ``--pkcs11-*``; secrets from the
-environment). Failures raise :class:`~pets.PetsError` subclasses that the CLI maps to exit
+environment). Like ``pets keys``, each command takes ``--audit-log`` / ``--boundary-keys``: once
+the boundary signing key exists, every use of a key (``key.wrap``, ``key.unwrap``, refusals and
+failures: one entry per wrap or unwrap, never per segment) and the ``envelope.*`` events are
+appended to the signed audit log, with ``--principal@--jurisdiction`` as the actor; a signing
+key that cannot be opened stops the command before any key is used. Before the signing key
+exists (a fresh keyring) the commands run without a log. Failures raise :class:`~pets.PetsError` subclasses that the CLI maps to exit
 codes: 4 jurisdiction refused, 5 integrity (tampered, wrong key or context), 7 key service
 (e.g. a destroyed or retired key version), 1 bad input. Nothing is written on failure.
 """
@@ -9,19 +14,34 @@ codes: 4 jurisdiction refused, 5 integrity (tampered, wrong key or context), 7 k
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from pets.cli._cmd_boundary import _audit_option, _boundary_option, open_key_audit
 from pets.cli._common import context_options, emit, json_option, make_context, parse_pairs
-from pets.cli._keyopts import keyring_options, services_from_options
+from pets.cli._keyopts import keyring_options
 from pets.keys._config import KeyConfig
+
+if TYPE_CHECKING:
+    from pets._events import AuditHook
+    from pets.jurisdiction import Context
+    from pets.keys._service import KeyServices
 
 __all__ = ["COMMANDS"]
 
 _context_opt = click.option(
     "--context", "enc_context", multiple=True, metavar="KEY=VALUE",
     help="Encryption context entry (repeatable); bound to the ciphertext, stored in clear.")
+
+
+def _logged(key_config: KeyConfig, audit_log: Path, boundary_keys: Path | None,
+            ctx: Context) -> tuple[KeyServices, AuditHook | None]:
+    """Key services (and the hook for ``envelope.*`` events) wired to the signed audit log."""
+    services, log = open_key_audit(key_config, boundary_keys, audit_log, ctx)
+    if log is None and audit_log.exists():
+        click.echo(f"note: no boundary signing key yet; {audit_log} not written", err=True)
+    return services, log.hook if log is not None else None
 
 
 def _keys_text(payload: dict[str, Any]) -> str:
@@ -37,18 +57,23 @@ def _keys_text(payload: dict[str, Any]) -> str:
 @_context_opt
 @click.option("--segment-size", type=click.IntRange(min=64), default=1 << 20, show_default=True,
               help="Plaintext bytes per authenticated segment.")
+@_audit_option
+@_boundary_option
 @context_options
 @keyring_options
 @json_option
 def encrypt_cmd(src: Path, dst: Path, key_uris: tuple[str, ...], enc_context: tuple[str, ...],
-                segment_size: int, jurisdiction: str, principal: str | None,
-                key_config: KeyConfig, as_json: bool) -> None:
+                segment_size: int, audit_log: Path, boundary_keys: Path | None,
+                jurisdiction: str, principal: str | None, key_config: KeyConfig,
+                as_json: bool) -> None:
     """Encrypt file IN into a pets envelope OUT (streaming, atomic)."""
     from pets.envelope import encrypt_file
 
-    info = encrypt_file(src, dst, keys=services_from_options(key_config), key_uris=key_uris,
-                        context=make_context(jurisdiction, principal),
-                        enc_context=parse_pairs(enc_context), segment_size=segment_size)
+    ctx = make_context(jurisdiction, principal)
+    services, hook = _logged(key_config, audit_log, boundary_keys, ctx)
+    info = encrypt_file(src, dst, keys=services, key_uris=key_uris, context=ctx,
+                        enc_context=parse_pairs(enc_context), segment_size=segment_size,
+                        audit=hook)
     payload = {"in": str(src), "out": str(dst), **info.to_dict()}
     emit(payload, as_json, lambda: f"encrypted {src} -> {dst} ({info.plaintext_size} bytes) "
                                    f"under {_keys_text(payload)}")
@@ -60,17 +85,22 @@ def encrypt_cmd(src: Path, dst: Path, key_uris: tuple[str, ...], enc_context: tu
 @click.option("--context", "enc_context", multiple=True, metavar="KEY=VALUE",
               help="Expected encryption context (repeatable); when given it must match "
                    "the envelope's exactly.")
+@_audit_option
+@_boundary_option
 @context_options
 @keyring_options
 @json_option
-def decrypt_cmd(src: Path, dst: Path, enc_context: tuple[str, ...], jurisdiction: str,
-                principal: str | None, key_config: KeyConfig, as_json: bool) -> None:
+def decrypt_cmd(src: Path, dst: Path, enc_context: tuple[str, ...], audit_log: Path,
+                boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+                key_config: KeyConfig, as_json: bool) -> None:
     """Decrypt envelope IN into OUT; OUT appears only once every segment authenticates."""
     from pets.envelope import decrypt_file
 
-    info = decrypt_file(src, dst, keys=services_from_options(key_config),
-                        context=make_context(jurisdiction, principal),
-                        enc_context=parse_pairs(enc_context) if enc_context else None)
+    ctx = make_context(jurisdiction, principal)
+    services, hook = _logged(key_config, audit_log, boundary_keys, ctx)
+    info = decrypt_file(src, dst, keys=services, context=ctx,
+                        enc_context=parse_pairs(enc_context) if enc_context else None,
+                        audit=hook)
     payload = {"in": str(src), "out": str(dst), **info.to_dict()}
     emit(payload, as_json, lambda: f"decrypted {src} -> {dst} ({info.plaintext_size} bytes; "
                                    f"context {dict(info.enc_context)})")
@@ -85,12 +115,15 @@ def decrypt_cmd(src: Path, dst: Path, enc_context: tuple[str, ...], jurisdiction
               help="Write here instead of replacing FILE in place.")
 @click.option("--allow-jurisdiction-change", is_flag=True,
               help="Allow a KEK of another jurisdiction (moves where the data can be read).")
+@_audit_option
+@_boundary_option
 @context_options
 @keyring_options
 @json_option
 def rewrap_cmd(file: Path, to_uris: tuple[str, ...], dst: Path | None,
-               allow_jurisdiction_change: bool, jurisdiction: str, principal: str | None,
-               key_config: KeyConfig, as_json: bool) -> None:
+               allow_jurisdiction_change: bool, audit_log: Path, boundary_keys: Path | None,
+               jurisdiction: str, principal: str | None, key_config: KeyConfig,
+               as_json: bool) -> None:
     """Re-wrap FILE's data key under --to (rotation, retirement, migration), atomically.
 
     Only the header changes; the encrypted segments are copied byte for byte.
@@ -98,9 +131,10 @@ def rewrap_cmd(file: Path, to_uris: tuple[str, ...], dst: Path | None,
     from pets.envelope import read_header, rewrap_file
 
     before = read_header(file)
-    info = rewrap_file(file, keys=services_from_options(key_config),
-                       context=make_context(jurisdiction, principal), to=list(to_uris),
-                       dst=dst, allow_jurisdiction_change=allow_jurisdiction_change)
+    ctx = make_context(jurisdiction, principal)
+    services, hook = _logged(key_config, audit_log, boundary_keys, ctx)
+    info = rewrap_file(file, keys=services, context=ctx, to=list(to_uris), dst=dst,
+                       allow_jurisdiction_change=allow_jurisdiction_change, audit=hook)
     payload = {"file": str(dst or file),
                "from": before.to_dict()["wrapped_keys"], **info.to_dict()}
     emit(payload, as_json, lambda: f"re-wrapped {dst or file}: "

@@ -23,7 +23,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("PETS_JURISDICTION", "EU")
     monkeypatch.setenv("PETS_PRINCIPAL", "ops@eu")
     for var in ("PETS_KEYRING", "PETS_KEYRING_PASSPHRASE", "PETS_PKCS11_LIBRARY",
-                "PETS_PKCS11_TOKEN", "PETS_PKCS11_PIN"):
+                "PETS_PKCS11_TOKEN", "PETS_PKCS11_PIN", "PETS_AUDIT_LOG", "PETS_BOUNDARY_KEYS"):
         monkeypatch.delenv(var, raising=False)
     ring = LocalKeyring.init(tmp_path / ".pets" / "keyring", name="eu", master_key=Secret(KEY))
     ring.create(URI, jurisdiction="EU")
@@ -114,3 +114,86 @@ class TestEnvelopeCli:
         assert body_hash(env / "moved.pets") == body_hash(env / "c.pets")
         code, _, _err = run(capsys, "rewrap", "c.pets", "--to", URI, "--jurisdiction", "US")
         assert code == 4
+
+
+LOG = ".pets/audit.jsonl"
+PEM = ".pets/keyring/boundary/signing-key.pub.pem"
+
+
+@pytest.fixture
+def signed(env):
+    """The boundary signing key exists (as after the first `pets protect`)."""
+    from pets import Context
+    from pets.boundary import BoundaryKeys
+    from pets.keys import KeyServices
+
+    ring = LocalKeyring(env / ".pets" / "keyring", master_key=Secret(KEY))
+    ring.create("local://eu/boundary", jurisdiction="EU")
+    BoundaryKeys.open(env / ".pets" / "keyring" / "boundary", KeyServices([ring]),
+                      context=Context("EU", principal="ops@eu"),
+                      signing_kek="local://eu/boundary")
+    return env
+
+
+class TestKeyUseInTheSignedLog:
+    def _entries(self, env):
+        from pets.boundary import read_entries, verify_log
+
+        assert verify_log(env / LOG, env / PEM).ok
+        return read_entries(env / LOG)
+
+    def test_without_a_signing_key_the_commands_run_unlogged(self, env, capsys):
+        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI)[0] == 0
+        assert run(capsys, "decrypt", "c.pets", "back.csv")[0] == 0
+        assert not (env / LOG).exists()
+
+    def test_every_wrap_and_unwrap_is_one_signed_entry_never_per_segment(self, signed,
+                                                                          capsys):
+        env = signed
+        code, _, err = run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI, "--key",
+                           "local://eu/backup", "--segment-size", "1024")
+        assert code == 0, err
+        assert run(capsys, "decrypt", "c.pets", "back.csv", "--principal", "analyst")[0] == 0
+        entries = self._entries(env)
+        uses = [(e["kind"], e["fields"]["key"], e["fields"]["purpose"], e["actor"])
+                for e in entries if e["kind"].startswith("key.")]
+        assert uses == [("key.wrap", URI, "envelope", "ops@eu@EU"),
+                        ("key.wrap", "local://eu/backup", "envelope", "ops@eu@EU"),
+                        ("key.unwrap", URI, "envelope", "analyst@EU")]  # 44 segments, 1 unwrap
+        assert [e["kind"] for e in entries if e["kind"].startswith("envelope.")] == [
+            "envelope.encrypt", "envelope.unwrap"]
+        unwrap = next(e for e in entries if e["kind"] == "key.unwrap")["fields"]
+        assert (unwrap["principal"], unwrap["jurisdiction"], unwrap["version"]) == (
+            "analyst", "EU", 1)
+
+    def test_the_log_holds_no_key_bytes(self, signed, capsys):
+        import base64
+
+        from pets import Context
+
+        env = signed
+        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI)[0] == 0
+        assert run(capsys, "decrypt", "c.pets", "back.csv")[0] == 0
+        header, _ = EnvelopeHeader.from_bytes((env / "c.pets").read_bytes())
+        w = header.wrapped_keys[0]
+        ring = LocalKeyring(env / ".pets" / "keyring", master_key=Secret(KEY))
+        dek = ring.unwrap(w, context=Context("EU"), enc_context=header.enc_context)
+        text = (env / LOG).read_text()
+        for secret in (dek, w.blob, KEY):
+            for form in (secret.hex(), base64.b64encode(secret).decode()):
+                assert form not in text
+
+    def test_refusals_and_shredded_keys_are_on_the_record(self, signed, capsys):
+        env = signed
+        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI, "--key",
+                   "local://eu/backup")[0] == 0
+        assert run(capsys, "keys", "destroy", URI, "--yes")[0] == 0
+        assert run(capsys, "decrypt", "c.pets", "back.csv")[0] == 0  # the backup key
+        entries = self._entries(env)
+        tail = [(e["kind"], e["fields"].get("key")) for e in entries][-4:]
+        assert tail == [("key.destroy", URI), ("key.failed", URI),
+                        ("key.unwrap", "local://eu/backup"), ("envelope.unwrap",
+                                                              "local://eu/backup")]
+        # a US caller cannot even open the signing key: nothing runs unlogged
+        code, _, err = run(capsys, "decrypt", "c.pets", "o", "--jurisdiction", "US")
+        assert code == 4 and not (env / "o").exists()
