@@ -435,6 +435,12 @@ class KeyChanges:
         return f"KeyChanges(subscribers={len(self)})"
 
 
+def _same_hook(a: object, b: object) -> bool:
+    """The same hook: the same object, or the same method of the same object (``log.hook`` is
+    a new bound-method object at each access)."""
+    return a is b or (inspect.ismethod(a) and inspect.ismethod(b) and a == b)
+
+
 def _changes_of(service: KeyService) -> KeyChanges | None:
     hub = getattr(service, "changes", None)
     return hub if isinstance(hub, KeyChanges) else None
@@ -514,7 +520,7 @@ class KeyServices:
         if self.audit is None or isinstance(exc, KeyNotFoundError):
             return
         if isinstance(exc, JurisdictionError):
-            if getattr(svc, "audit", None) == self.audit:
+            if _same_hook(getattr(svc, "audit", None), self.audit):
                 return  # the service reported its refusal to this same hook already
             self._report("key.refused", key, version, key_jurisdiction, context, purpose,
                          enc_context, operation=operation)

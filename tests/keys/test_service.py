@@ -498,6 +498,34 @@ class TestAuditedKeyUse:
         with pytest.raises(JurisdictionError):
             shared.unwrap(w, context=us)
         assert events.kinds()[before:] == ["key.refused"]
+        # the same method of the same log, fetched twice, is the same hook
+
+        class Log:
+            def __init__(self):
+                self.kinds = []
+
+            def hook(self, event):
+                self.kinds.append(event.kind)
+
+        log = Log()
+        svc.audit = log.hook
+        try:
+            with pytest.raises(JurisdictionError):
+                KeyServices([svc], audit=log.hook).unwrap(w, context=us)
+        finally:
+            svc.audit = events
+        assert log.kinds == ["key.refused"]
+        # two different hooks that merely compare equal (empty lists) are not the same
+        from tests.keys.conftest import Events
+
+        quiet, other = Events(), Events()
+        svc.audit = quiet
+        try:
+            with pytest.raises(JurisdictionError):
+                KeyServices([svc], audit=other).unwrap(w, context=us)
+        finally:
+            svc.audit = events
+        assert quiet.kinds() == other.kinds() == ["key.refused"]
 
     def test_unknown_keys_are_not_reported(self, audited):
         services, _, uri, seen = audited
