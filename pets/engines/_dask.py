@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
     from pets.envelope import ColumnKeys
 
-__all__ = ["decrypt_columns", "encrypt_columns", "is_dask", "require_dask", "transform_columns"]
+__all__ = ["decrypt_columns", "encrypt_columns", "is_dask", "meta_for", "require_dask",
+           "transform_columns"]
 
 
 def require_dask() -> Any:
@@ -60,6 +61,31 @@ def is_dask(frame: object) -> bool:
     return type(frame).__module__.startswith(("dask.dataframe", "dask_expr"))
 
 
+def meta_for(transform: Transform, probes: Sequence[tuple[pd.Series, pd.Series | None]],
+             kwargs: Mapping[str, Any] | None = None) -> pd.Series:
+    """The output's empty pandas Series: ``transform`` applied to the first probe it accepts.
+
+    Each probe is ``(values, users)``: dask's fake non-empty column first, then the empty one;
+    ``users`` is the ``by=`` column of per-user transforms (else ``None``). When every probe is
+    refused with an :class:`~pets.InputError` (the column's type is wrong, e.g. text for a
+    bucket) that error is raised, so it names the column at call time.
+    """
+    first: Exception | None = None
+    for values, users in probes:
+        kw = dict(kwargs or {}) if users is None else {**(kwargs or {}), "by": users}
+        try:
+            out: pd.Series = transform.apply(values, **kw)  # type: ignore[call-arg]
+        except (PetsError, ValueError, TypeError, KeyError) as exc:
+            first = first or exc
+            continue
+        return out.iloc[:0]
+    if isinstance(first, InputError):
+        raise first
+    name = probes[0][0].name if probes else None
+    raise InputError(f"cannot infer the output type of {transform.name!r} on column "
+                     f"{name!r}: the transform rejects sample values")
+
+
 def _meta_series(transform: Transform, nonempty: pd.Series, empty: pd.Series,
                  frame_ne: pd.DataFrame | None = None,
                  frame: pd.DataFrame | None = None) -> pd.Series:
@@ -68,17 +94,10 @@ def _meta_series(transform: Transform, nonempty: pd.Series, empty: pd.Series,
     Per-user transforms (``by=``) get the user column of the same fake frame.
     """
     by = getattr(transform, "by", None)
-    for probe, whole in ((nonempty, frame_ne), (empty, frame)):
-        try:
-            if isinstance(by, str) and whole is not None:
-                out = transform.apply(probe, by=whole[by])  # type: ignore[call-arg]
-            else:
-                out = transform.apply(probe)
-        except (PetsError, ValueError, TypeError, KeyError):
-            continue
-        return out.iloc[:0]
-    raise InputError(f"cannot infer the output type of {transform.name!r} on column "
-                     f"{empty.name!r}: the transform rejects sample values")
+    per_user = isinstance(by, str) and frame_ne is not None and frame is not None
+    return meta_for(transform, [
+        (nonempty, frame_ne[by] if per_user else None),  # type: ignore[index]
+        (empty, frame[by] if per_user else None)])  # type: ignore[index]
 
 
 def transform_columns(

@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pets._errors import InputError, PetsError
+from pets._errors import InputError
 from pets._events import emit
-from pets.engines._dask import is_dask, require_dask
+from pets.engines._dask import is_dask, meta_for, require_dask
 from pets.engines._keyref import InProcessKeys, WorkerKeys
 from pets.engines._plan import ship
 from pets.engines._ship import keyed_shipper
@@ -188,22 +188,9 @@ def _quantiles(transform: Any) -> int | None:
 def _meta(transform: Any, series: dd.Series, by: dd.Series | None, kwargs: Mapping[str, Any]
           ) -> pd.Series:
     """The output's empty pandas Series, found by applying ``transform`` to dask's fake rows."""
-    probes: list[tuple[pd.Series, pd.Series | None]] = [
+    return meta_for(transform, [
         (series._meta_nonempty, None if by is None else by._meta_nonempty),
-        (series._meta, None if by is None else by._meta)]
-    first: Exception | None = None
-    for values, users in probes:
-        try:
-            kw = dict(kwargs) if users is None else {**kwargs, "by": users}
-            out: pd.Series = transform.apply(values, **kw)
-        except (PetsError, ValueError, TypeError, KeyError) as exc:
-            first = first or exc
-            continue
-        return out.iloc[:0]
-    if isinstance(first, InputError):  # the column's type is refused (e.g. floats to hash)
-        raise first
-    raise InputError(f"cannot infer the output type of {transform.name!r} on column "
-                     f"{series.name!r}: the transform rejects sample values")
+        (series._meta, None if by is None else by._meta)], kwargs)
 
 
 @dataclass(frozen=True)
