@@ -353,3 +353,26 @@ class TestKeyEventsInAuditLog:
         monkeypatch.setenv("PETS_JURISDICTION", "US")  # cannot unwrap the EU signing key
         assert run(capsys, "keys", "create", "local://eu/x", "--jurisdiction", "EU")[0] == 4
         assert "local://eu/x" not in [i.uri for i in ring().list()]
+
+
+class TestDestroyReachesCachesInThisProcess:
+    def test_pets_keys_destroy_drops_a_warm_parquet_cache(self, env, capsys):
+        """The CLI opens its own LocalKeyring; a ParquetCrypto elsewhere in the process hears."""
+        import pandas as pd
+
+        from pets import KeyDestroyedError
+        from pets.envelope import ParquetCrypto
+
+        run(capsys, "keys", "init", "--name", "eu")
+        for uri in ("local://eu/footer", "local://eu/pii"):
+            assert run(capsys, "keys", "create", uri)[0] == 0
+        pc = ParquetCrypto(ring())
+        eu = Context("EU", principal="nb")
+        df = pd.DataFrame({"id": [1, 2], "email": ["a@x.eu", "b@x.eu"]})
+        pc.write(df, "u.parquet", context=eu, footer_key="local://eu/footer",
+                 column_keys={"local://eu/pii": ["email"]})
+        assert pc.read("u.parquet", context=eu)["email"].tolist() == ["a@x.eu", "b@x.eu"]
+        assert run(capsys, "keys", "destroy", "local://eu/pii", "--yes")[0] == 0
+        with pytest.raises(KeyDestroyedError, match=r"^local://eu/pii v1 is destroyed$"):
+            pc.read("u.parquet", context=eu, columns=["email"])
+        assert pc.read("u.parquet", context=eu, columns=["id"])["id"].tolist() == [1, 2]

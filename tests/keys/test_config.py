@@ -114,3 +114,24 @@ class TestKeyConfigShipping:
         assert again == cfg and hash(again) == hash(cfg)
         w = again.services(environ=env).wrap("local://eu/k", b"d" * 32, context=EU)
         assert w.key_uri == "local://eu/k"
+
+
+class TestAuditWiring:
+    def test_the_hook_reaches_the_backends_and_the_registry(self, keyring_env):
+        from tests.keys.conftest import Events
+
+        _, env = keyring_env
+        seen = Events()
+        services = key_services(environ=env, audit=seen)
+        assert services.audit is seen
+        w = services.wrap("local://eu/k", b"d" * 32, context=EU)
+        services.unwrap(w, context=EU)
+        services.rotate("local://eu/k")
+        with pytest.raises(Exception):
+            services.unwrap(w, context=Context("US", principal="x"))
+        # one refusal entry although both the backend and the registry hold the hook
+        assert seen.kinds() == ["key.wrap", "key.unwrap", "key.rotate", "key.refused"]
+
+    def test_without_a_hook_nothing_is_reported(self, keyring_env):
+        _, env = keyring_env
+        assert key_services(environ=env).audit is None
