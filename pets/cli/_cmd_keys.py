@@ -5,9 +5,13 @@ Every sub-command takes the key-service options of :mod:`pets.cli._keyopts` (``-
 ``PETS_PKCS11_PIN``) and ``--json``. ``create``, ``rotate``, ``retire``, ``destroy`` and
 ``migrate`` also take ``--audit-log`` / ``--boundary-keys`` (as ``pets protect`` does): once the
 boundary signing key exists, their ``key.*`` events are appended to the signed audit log, with
-``PETS_PRINCIPAL@PETS_JURISDICTION`` as the actor. Before it exists (``pets keys init`` and the
-first ``create`` of a new keyring) there is no log to write to yet. Failures raise :class:`~pets.PetsError` subclasses that
-the CLI maps to exit codes (4 jurisdiction, 5 integrity, 7 key service, 1 bad input).
+``PETS_PRINCIPAL@PETS_JURISDICTION`` as the actor (``migrate`` also records the ``key.unwrap``
+and ``key.wrap`` it makes). Before it exists (``pets keys init`` and the first ``create`` of a new
+keyring) there is no log to write to yet. ``rotate``, ``retire`` and ``destroy`` go through
+:class:`~pets.keys.KeyServices`, so caches of unwrapped keys in this process (a
+``ParquetCrypto``, worker key references) drop the key before the command returns. Failures
+raise :class:`~pets.PetsError` subclasses that the CLI maps to exit codes (4 jurisdiction,
+5 integrity, 7 key service, 1 bad input).
 """
 
 from __future__ import annotations

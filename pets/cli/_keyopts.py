@@ -73,5 +73,9 @@ def services_from_options(
     audit: AuditHook | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> KeyServices:
-    """Open the key services ``key_config`` names (secrets from the environment)."""
+    """Open the key services ``key_config`` names (secrets from the environment).
+
+    ``audit`` receives the backends' key events and one ``key.wrap`` / ``key.unwrap`` /
+    ``key.failed`` event per use of a key made through the returned registry.
+    """
     return key_config.services(environ=environ, audit=audit)
