@@ -114,9 +114,9 @@ def in_process_refusal() -> str | None:
 
 def _refuse(what: str, fix: str, reason: str) -> InputError:
     return InputError(
-        f"{what} holds a key and {reason}: pass a key reference the workers can resolve, "
-        f"{fix} (see docs/scale-out.md, 'How keys reach the workers'); pets never pickles the "
-        "key into the task graph")
+        f"{what} needs keys in the partitions and {reason}: pass a key reference the workers "
+        f"can resolve, {fix} (see docs/scale-out.md, 'How keys reach the workers'); pets "
+        "never pickles the key into the task graph")
 
 
 class _OneKeyRing(MemoryKeyring):
