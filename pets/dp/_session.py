@@ -86,6 +86,10 @@ PlanKey = tuple[Any, ...]
 VECTOR_AGGREGATES = ("count", "sum", "mean", "variance", "histogram", "quantile")
 _LUT_LIMIT = 50_000_000
 
+#: Most rows of one key :meth:`Session.release_aggregates` takes in a quantile count matrix:
+#: the driver rebuilds one float64 per row of a key (32 GiB at this limit) to measure it.
+MAX_QUANTILE_ROWS = 2**32
+
 
 @dataclass(frozen=True)
 class _Agg:
@@ -640,8 +644,10 @@ class Session:
             engine: Recorded in the release's query description and the audit event.
 
         Raises:
-            InputError: Bad arguments, or aggregates of the wrong shape or dtype, negative
-                counts, or quantile counts outside the bounds (nothing is spent).
+            InputError: Bad arguments, or aggregates of the wrong shape or dtype, values
+                beyond int64, negative counts, quantile counts outside the bounds, or a key
+                with more quantile rows than the driver can rebuild (more than
+                ``MAX_QUANTILE_ROWS``, or than it can allocate) — nothing is spent.
             BudgetExhausted: The loss would exceed the remaining budget (nothing is spent).
 
         Privacy:
@@ -695,7 +701,9 @@ class Session:
                 raise InputError(f"the aggregate for {key!r} must be an integer vector of "
                                  f"{len(key_frame)} entries (one per key), got {vec.dtype} "
                                  f"{vec.shape}")
-            data[key] = vec.astype(np.int64)
+            data[key] = _as_int64(key, vec)
+            if key[0] == "count" and (data[key] < 0).any():
+                raise InputError(f"the aggregate for {key!r} has negative counts")
         return self._noise_and_release(query, key_frame, data, primary=primary,
                                        delta_req=delta_req, epsilon=epsilon, delta=delta,
                                        rho=rho, level=level, engine=engine)
@@ -917,6 +925,16 @@ def quantile_cell_values(candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return vals, ok
 
 
+def _as_int64(key: PlanKey, arr: np.ndarray) -> np.ndarray:
+    """``arr`` (an integer array) as int64, refusing values int64 cannot hold (a uint64
+    ``2**64 - 1`` would otherwise wrap to ``-1``)."""
+    if arr.size and arr.dtype.kind == "u" and int(arr.max()) > np.iinfo(np.int64).max:
+        raise InputError(f"the aggregate for {key!r} has values beyond int64 (max "
+                         f"{int(arr.max())})")
+    out: np.ndarray = arr.astype(np.int64)
+    return out
+
+
 def _cell_counts(key: PlanKey, arr: np.ndarray, nkeys: int) -> np.ndarray:
     """Validate a ``keys × bins`` (histogram) or ``keys × cells`` (quantile) count matrix."""
     if key[0] == "hist":
@@ -927,7 +945,7 @@ def _cell_counts(key: PlanKey, arr: np.ndarray, nkeys: int) -> np.ndarray:
             arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"the aggregate for {key!r} must be an integer matrix of {nkeys} "
                          f"keys × {width} {what}, got {arr.dtype} {arr.shape}")
-    counts = arr.astype(np.int64)
+    counts = _as_int64(key, arr)
     if (counts < 0).any():
         raise InputError(f"the aggregate for {key!r} has negative counts")
     if key[0] == "quantile":
@@ -937,7 +955,33 @@ def _cell_counts(key: PlanKey, arr: np.ndarray, nkeys: int) -> np.ndarray:
         if counts[:, ~ok].any():
             raise InputError(f"the aggregate for {key!r} counts values outside the bounds "
                              f"[{lo:g}, {hi:g}] (clip them first) or between adjacent floats")
+        _check_quantile_rows(key, counts)
     return counts
+
+
+def _check_quantile_rows(key: PlanKey, counts: np.ndarray) -> None:
+    """Refuse, before anything is spent, a key whose rebuilt vector the driver cannot hold.
+
+    The noise step rebuilds one float64 per row of a key (inside the ledger's spend): a
+    ``MemoryError`` there would cost the budget and release nothing.
+    """
+    if not counts.size:
+        return
+    # each cell at most MAX_QUANTILE_ROWS first, so the per-key sums cannot wrap in int64
+    largest = (int(counts.max()) if int(counts.max()) > MAX_QUANTILE_ROWS
+               else int(counts.sum(axis=1).max()))
+    problem = ""
+    if largest > MAX_QUANTILE_ROWS:
+        problem = f"more than the limit of {MAX_QUANTILE_ROWS}"
+    else:
+        try:  # address space only (no page is touched): fails now, not inside the spend
+            np.empty(largest, dtype=np.float64)
+        except MemoryError:
+            problem = "more than this process can allocate"
+    if problem:
+        raise InputError(f"the aggregate for {key!r} has {largest} rows of one key, "
+                         f"{problem}: the driver holds a key's rows (8 bytes each) to measure "
+                         "its quantile; group more finely or lower max_rows")
 
 
 def _int_sums(g: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:

@@ -544,7 +544,12 @@ class TestReleaseAggregates:
         ({("count",): np.array([1, 2])}, "3 entries"),
         ({("count",): np.array([1.0, 2.0, 3.0])}, "integer vector"),
         ({("count",): np.array([[1, 2, 3]])}, "integer vector"),
-    ], ids=["missing", "short", "float", "2-d"])
+        ({("count",): np.array([True, False, True])}, "integer vector"),
+        ({("count",): np.array([1, 2, 3], dtype=object)}, "integer vector"),
+        ({("count",): np.array([5, -1, 2])}, "negative counts"),
+        # 2**64 - 1 as uint64 would wrap to -1 in int64: refused, not reinterpreted
+        ({("count",): np.array([2**64 - 1, 0, 0], dtype=np.uint64)}, "int64"),
+    ], ids=["missing", "short", "float", "2-d", "bool", "object", "negative", "uint64-wrap"])
     def test_malformed_aggregates_are_refused_and_nothing_is_spent(self, small_events,
                                                                     aggregates, match):
         s = session(small_events)
@@ -619,6 +624,29 @@ class TestReleaseAggregates:
         with pytest.raises(InputError, match=match):
             s.release_aggregates(q, bad, epsilon=1.0)
         assert s.budget.spent.epsilon == 0
+
+    def test_sums_beyond_int64_are_refused_not_wrapped(self, small_events):
+        s = session(small_events)
+        q = s.query(by="country", keys=KEYS).sum("watch", bounds=(0, 100))
+        with pytest.raises(InputError, match="int64"):
+            s.release_aggregates(q, {q.measurements[0]: np.array([2**63, 0, 0],
+                                                                 dtype=np.uint64)},
+                                 epsilon=1.0)
+        assert s.budget.spent.epsilon == 0
+
+    @pytest.mark.parametrize("count", [2**40, 2**62], ids=["huge", "int64-overflow"])
+    def test_impossible_quantile_row_counts_are_refused_before_spending(self, small_events,
+                                                                        count):
+        # the driver rebuilds one value per row of a key: a count it cannot hold would fail
+        # inside the ledger's spend (MemoryError after the budget is recorded), so refuse first
+        s = session(small_events)
+        q = s.query(by="country", keys=KEYS).median("watch", bounds=(0, 100), candidates=3)
+        cells = np.zeros((3, 7), dtype=np.int64)
+        cells[0, 3] = count
+        cells[0, 5] = count  # two cells: their per-key total must not wrap either
+        with pytest.raises(InputError, match="rows of one key"):
+            s.release_aggregates(q, {q.measurements[0]: cells}, epsilon=1.0)
+        assert s.budget.spent.epsilon == 0 and s.budget.releases == 0
 
     def test_arguments_are_checked_as_release_checks_them(self, small_events):
         s, other = session(small_events), session(small_events)
