@@ -238,3 +238,53 @@ class TestKeyChangesDropCachedSecrets:
                     context=eu)
         forget_keys()
         assert heard == [None]
+
+
+class TestWarmEqualsCold:
+    """Invariant: after any sequence of key changes, resolving through the warm cache gives
+    exactly what a cold unwrap gives (the same secret, or the same error and message)."""
+
+    @staticmethod
+    def _outcome(fn):
+        from pets import PetsError
+
+        try:
+            return ("ok", fn().expose())
+        except PetsError as exc:
+            return (type(exc).__name__, str(exc))
+
+    def test_any_sequence_of_changes(self, eu):
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        ops = st.lists(st.tuples(st.sampled_from(["rotate", "retire", "destroy", "wrap"]),
+                                 st.integers(1, 6)), min_size=1, max_size=12)
+
+        @settings(max_examples=60, deadline=None)
+        @given(ops)
+        def run(sequence):
+            forget_keys()
+            ring = MemoryKeyring()
+            uri = "memory://eu/kek"
+            ring.create(uri, jurisdiction="EU")
+            services = KeyServices([ring])
+            source = InProcessKeys(services)
+            refs = [KeyRef.wrap(Secret.generate(), uri, source=source, context=eu)]
+            for op, n in sequence:
+                info = ring.describe(uri)
+                live = [v.version for v in info.versions if v.state != "destroyed"]
+                if op == "rotate":
+                    services.rotate(uri)
+                elif op == "retire":
+                    services.retire(uri, min(n, info.primary_version))
+                elif op == "destroy" and live:
+                    services.destroy(uri, live[(n - 1) % len(live)])
+                elif op == "wrap" and info.primary_version in live:
+                    refs.append(KeyRef.wrap(Secret.generate(), uri, source=source, context=eu))
+                for ref in refs:
+                    warm = self._outcome(ref.resolve)
+                    cold = self._outcome(lambda r=ref: Secret(services.unwrap(
+                        r.wrapped, context=r.context, enc_context=dict(r.enc_context))))
+                    assert warm == cold
+
+        run()
