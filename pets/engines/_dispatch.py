@@ -40,6 +40,7 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 import secrets
 import sys
 from collections.abc import Mapping, Sequence
@@ -268,6 +269,10 @@ def apply_series(transform: Any, series: Any, *args: Any, **kwargs: Any) -> Any:
         raise InputError(f"{name}: apply takes one column (a Dask Series), not a Dask "
                          f"{type(series).__name__}; for a frame use "
                          "pets.pseudo.pseudonymize(ddf, {column: transform})")
+    try:
+        inspect.signature(transform.apply).bind(series, *args, **kwargs)
+    except TypeError as exc:
+        raise InputError(f"{name}: {exc}") from None
     if args:
         raise InputError(f"{name}: apply takes keyword arguments only after the column")
     by = kwargs.pop("by", None)

@@ -182,6 +182,10 @@ class TestBadInputIsRefusedClearly:
         with pytest.raises(InputError, match="column 'minutes': float values"):
             out.compute()
 
+    def test_unknown_keywords_are_refused_at_call_time(self, ddf):
+        with pytest.raises(InputError, match=r"mask: .*unexpected keyword argument 'by'"):
+            Mask().apply(ddf["email"], by=ddf["user_id"])
+
     def test_a_frame_is_not_a_column(self, ddf):
         with pytest.raises(InputError, match=r"Dask Series.*pseudonymize\(ddf"):
             Mask().apply(ddf)
