@@ -572,3 +572,56 @@ class TestAuditedKeyUse:
             pc.read(path, context=eu)
         assert [(e.kind, e.fields["key"], e.fields["error"]) for e in seen] == [
             ("key.failed", FOOTER, "KeyDestroyedError")]
+
+
+class TestWarmEqualsColdProperty:
+    @settings(max_examples=15, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(st.sampled_from(["rotate", "retire", "destroy", "write"]),
+                              st.sampled_from([FOOTER, PII]), st.integers(1, 4)),
+                    min_size=1, max_size=8))
+    def test_a_warm_read_always_equals_a_cold_read(self, users, eu, tmp_path, sequence):
+        """After any sequence of key changes, every file read through the long-lived (warm)
+        ParquetCrypto gives what a fresh one gives: the same frame, or the same error."""
+        import uuid
+
+        from pets import PetsError
+        from pets.keys import MemoryKeyring
+
+        ring = MemoryKeyring()
+        for uri in (FOOTER, PII):
+            ring.create(uri, jurisdiction="EU")
+        services = KeyServices([ring])
+        pc = ParquetCrypto(services)
+
+        def outcome(reader, path):
+            try:
+                return ("ok", reader.read(path, context=eu).to_json())
+            except PetsError as exc:
+                return (type(exc).__name__, str(exc))
+
+        files = []
+
+        def write():
+            path = tmp_path / f"{uuid.uuid4().hex}.parquet"
+            try:
+                pc.write(users, path, context=eu, footer_key=FOOTER,
+                         column_keys={PII: ["email"]})
+            except PetsError:
+                return  # a destroyed primary version refuses to wrap: nothing written
+            files.append(path)
+
+        write()
+        for op, uri, n in sequence:
+            info = ring.describe(uri)
+            live = [v.version for v in info.versions if v.state != "destroyed"]
+            if op == "rotate":
+                services.rotate(uri)
+            elif op == "retire":
+                services.retire(uri, min(n, info.primary_version))
+            elif op == "destroy" and live:
+                services.destroy(uri, live[(n - 1) % len(live)])
+            elif op == "write":
+                write()
+            for path in files:
+                assert outcome(pc, path) == outcome(ParquetCrypto(services), path)
