@@ -225,8 +225,13 @@ class Query:
         n = _positive_int("candidates", candidates)
         if n < 2 or n > 100_000:
             raise InputError(f"candidates must be between 2 and 100000, got {n}")
-        return self._add(_Agg("quantile", column, _bounds(column, bounds),
-                              tuple(float(a) for a in al), candidates=n))
+        lo, hi = _bounds(column, bounds)
+        if not bool((np.diff(quantile_candidates(lo, hi, n)) > 0).all()):
+            # too few floats in [lo, hi]: OpenDP needs strictly increasing candidates
+            raise InputError(f"bounds ({lo!r}, {hi!r}) of {column!r} do not hold {n} distinct "
+                             "candidates in floating point: widen them or use fewer candidates")
+        return self._add(_Agg("quantile", column, (lo, hi), tuple(float(a) for a in al),
+                              candidates=n))
 
     def median(self, column: str, *, bounds: tuple[float, float], candidates: int = 1001) -> Query:
         """The median: :meth:`quantile` at 0.5.

@@ -304,6 +304,19 @@ class TestBadInput:
         with pytest.raises(InputError, match="bounds"):
             session(small_events).query().mean("watch", bounds=bounds)
 
+    @pytest.mark.parametrize(("bounds", "candidates"), [
+        ((1.0, 1.0 + 4 * 2.0**-52), 11), ((0.0, 3 * 5e-324), 5), ((1e15, 1e15 + 1.0), 100),
+    ], ids=["4-ulps", "subnormal", "large-magnitude"])
+    def test_bounds_with_fewer_floats_than_candidates_are_refused_when_built(
+            self, small_events, bounds, candidates):
+        # linspace would repeat candidates, which OpenDP refuses with its own exception type
+        # (and, on Dask, only after the cluster has bounded and counted every row)
+        s = session(small_events)
+        with pytest.raises(InputError, match=r"'watch'.*distinct candidates"):
+            s.query().quantile("watch", 0.5, bounds=bounds, candidates=candidates)
+        q = s.query().median("watch", bounds=(1e15, 1e15 + 1.0), candidates=9)  # 9 floats fit
+        assert q.release(epsilon=1.0).to_frame()["estimate"].between(1e15, 1e15 + 1).all()
+
     @pytest.mark.parametrize("eps", [0, -1.0, math.nan, math.inf, None, "1"])
     def test_bad_epsilon_spends_nothing(self, small_events, eps):
         s = session(small_events)

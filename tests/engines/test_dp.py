@@ -480,7 +480,10 @@ class TestRefusedBeforeAnyWork:
          "6 keys × 11 bins exceed the limit of 60"),
         (lambda q: q.median("watch_seconds", bounds=(0, 10), candidates=99_999),
          {"epsilon": 0.5}, "cell counts on the driver"),
-    ], ids=["rho-on-pure", "level", "unknown-column", "too-many-bins", "too-many-cells"])
+        (lambda q: q.median("watch_seconds", bounds=(1.0, 1.0 + 4 * 2.0**-52), candidates=11),
+         {"epsilon": 0.5}, "distinct candidates"),
+    ], ids=["rho-on-pure", "level", "unknown-column", "too-many-bins", "too-many-cells",
+            "bounds-narrower-than-candidates"])
     def test_public_keys(self, events, never, build, spend, match):
         ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
                          budget=Budget.pure(1.0), max_keys=60)
