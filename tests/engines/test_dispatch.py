@@ -29,6 +29,7 @@ from pets.engines import InProcessKeys, WorkerKeys  # noqa: E402
 from pets.engines import dask as pets_dask  # noqa: E402
 from pets.engines._dispatch import in_process_keys, in_process_refusal  # noqa: E402
 from pets.envelope import ColumnKeys, decrypt_columns, encrypt_columns  # noqa: E402
+from pets.envelope._columns import _unwrap_dek  # noqa: E402
 from pets.keys import KeyServices, MemoryKeyring, Secret  # noqa: E402
 from pets.pseudo import (  # noqa: E402
     AgeBand,
@@ -257,6 +258,13 @@ class TestNoKeysInTheGraph:
                 assert s not in blob and s.hex().encode() not in blob
             assert b"KeyRef" in blob  # what travels instead: a wrapped key and a handle
 
+    def test_the_inspection_catches_a_leaky_graph(self, ddf):
+        # shipping pets.pseudo's own worker_ref() would put the domain key in every task
+        t = KeyedHash(ROOT, domain="leak")
+        leaky = ddf["email"].map_partitions(lambda s, r: r.build().apply(s), t.worker_ref(),
+                                            meta=ddf["email"]._meta)
+        assert t.worker_ref().domain_key in _graph_bytes(leaky)
+
     def test_pseudonymize_graph_holds_no_key(self, ddf):
         t = KeyedHash(ROOT, domain="frame")
         blob = _graph_bytes(pseudonymize(ddf, {"email": t}))
@@ -266,9 +274,7 @@ class TestNoKeysInTheGraph:
         ring = _ring()
         enc, ck = encrypt_columns(ddf, {"email": "deterministic"}, keys=ring,
                                   key_uris="memory://eu/k", context=EU)
-        dek = ring.unwrap(ck.columns["email"].wrapped_keys[0], context=EU,
-                          enc_context={"pets.column": "email",
-                                       "pets.column_mode": "deterministic"})
+        dek = _unwrap_dek(ck.columns["email"], KeyServices([ring]), EU, ck.enc_context)
         blob = _graph_bytes(enc) + _graph_bytes(decrypt_columns(enc, ck, keys=ring, context=EU))
         assert dek not in blob
 
