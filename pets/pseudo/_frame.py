@@ -25,7 +25,7 @@ Spec grammar, used by the CLI and by policies::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import pandas as pd
 
@@ -49,6 +49,8 @@ from pets.pseudo._keyed import KeyedHash
 from pets.pseudo._token import Tokenizer
 
 if TYPE_CHECKING:
+    import dask.dataframe as dd
+
     from pets.engines import WorkerKeys
 
 __all__ = ["parse_spec", "pseudonymize", "transform_from_spec"]
@@ -187,8 +189,18 @@ def transform_from_spec(spec: str, *, root: Secret | None = None,
     raise InputError(f"unknown transform {name!r}; one of {known}")
 
 
+@overload
 def pseudonymize(df: pd.DataFrame, transforms: Mapping[str, Transform], *,
-                 keys: WorkerKeys | None = None) -> pd.DataFrame:
+                 keys: WorkerKeys | None = None) -> pd.DataFrame: ...
+
+
+@overload
+def pseudonymize(df: dd.DataFrame, transforms: Mapping[str, Transform], *,
+                 keys: WorkerKeys | None = None) -> dd.DataFrame: ...
+
+
+def pseudonymize(df: pd.DataFrame | dd.DataFrame, transforms: Mapping[str, Transform], *,
+                 keys: WorkerKeys | None = None) -> pd.DataFrame | dd.DataFrame:
     """Apply one transform per column and return a new frame (other columns untouched).
 
     :class:`DateShift` transforms read their user column (``by``) from the *input* frame, so
@@ -221,8 +233,12 @@ def pseudonymize(df: pd.DataFrame, transforms: Mapping[str, Transform], *,
     if is_dask_object(df):
         from pets.engines._dispatch import pseudonymize as dask_pseudonymize
 
-        lazy: pd.DataFrame = dask_pseudonymize(df, transforms, keys=keys)  # a Dask DataFrame
+        lazy: dd.DataFrame = dask_pseudonymize(df, transforms, keys=keys)
         return lazy
+    return _pseudonymize_pandas(cast(pd.DataFrame, df), transforms)
+
+
+def _pseudonymize_pandas(df: pd.DataFrame, transforms: Mapping[str, Transform]) -> pd.DataFrame:
     missing = [c for c in transforms if c not in df.columns]
     if missing:
         raise InputError(f"unknown column(s) {missing}; the frame has {list(df.columns)}")
