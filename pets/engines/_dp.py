@@ -59,8 +59,9 @@ the reduced counts, on the driver), or no grouping.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -254,6 +255,10 @@ def bounded_aggregates(
 
     Returns:
         The exact bounded aggregates (small; computed).
+
+    Raises:
+        InputError: A missing column, null privacy units, non-numeric or non-finite measured
+            values, or a part file the workers cannot read.
     """
     cols = spec.columns
     missing = [c for c in cols if c not in data.columns]
@@ -268,8 +273,9 @@ def bounded_aggregates(
         if shuffle:
             frame = frame.shuffle(on=spec.privacy_unit)
         parts = frame.map_partitions(bound_partition, spec, meta=_empty_partial(spec))
-        (partial,) = compute(parts.groupby(["_m", "_group", "_cell"])["_n"].sum(),
-                             progress=progress)
+        with _reading():
+            (partial,) = compute(parts.groupby(["_m", "_group", "_cell"])["_n"].sum(),
+                                 progress=progress)
         partial = partial.reset_index()
     n = len(spec.keys)
     m = partial["_m"].to_numpy(dtype=np.int64)
@@ -455,11 +461,27 @@ class DaskQuery:
                         progress=progress)
 
 
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """Turn a part file the workers cannot read (pyarrow's ``ArrowInvalid`` / ``OSError``:
+    garbage, truncated) into an :class:`InputError`; nothing has been spent at that point.
+    Dask's own communication errors (also ``OSError``) pass through unchanged."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        if type(exc).__module__.split(".")[0] in ("distributed", "tornado"):
+            raise
+        raise InputError(f"cannot read the input data: {type(exc).__name__}: {exc}") from exc
+
+
 def _data_keys(data: dd.DataFrame, by: tuple[str, ...], progress: bool | None) -> pd.DataFrame:
     """Every combination of ``by`` present in the data (driver only; never released)."""
     from pets.engines._progress import compute
 
-    (present,) = compute(data[list(by)].drop_duplicates(), progress=progress)
+    with _reading():
+        (present,) = compute(data[list(by)].drop_duplicates(), progress=progress)
     frame: pd.DataFrame = present.reset_index(drop=True)
     return frame
 

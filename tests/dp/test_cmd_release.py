@@ -255,6 +255,23 @@ class TestReleaseEngineDask:
                            "--budget-epsilon", "2")
         assert code == 1 and "use --engine dask" in err
 
+    @pytest.mark.parametrize(("damage", "which"), [
+        ("garbage", 1), ("truncated", 1), ("garbage", 0), ("truncated", 0)])
+    def test_an_unreadable_part_exits_1_spends_and_writes_nothing(self, tmp_path, dataset,
+                                                                  capsys, no_cluster, damage,
+                                                                  which):
+        part = dataset / f"part.{which}.parquet"
+        data = part.read_bytes()
+        part.write_bytes(b"PAR1 not a parquet file PAR1" if damage == "garbage"
+                         else data[: len(data) // 2] + data[-8:])
+        code, _, err = run(capsys, *self._args(dataset, tmp_path), "--engine", "dask",
+                           "--epsilon", "1", "--budget-epsilon", "2")
+        assert code == 1 and "cannot read" in err and "Traceback" not in err
+        assert not (tmp_path / "r.parquet").exists()
+        led, dsid = Ledger(tmp_path / "l.db"), str(dataset.resolve())
+        assert led.budget_of(dsid, "user_id") is None or \
+            led.status(dsid, "user_id").releases == 0
+
     def test_missing_input_with_the_dask_engine(self, tmp_path, dataset, capsys, no_cluster):
         code, _, err = run(capsys, *self._args(tmp_path / "nothing", tmp_path), "--engine",
                            "dask", "--epsilon", "1", "--budget-epsilon", "2")
