@@ -52,7 +52,10 @@ def rewrap(
         allow_jurisdiction_change: Moving a data key to a KEK of *another* jurisdiction changes
             where the data may be decrypted, so it is refused unless this is True.
         audit: Hook receiving ``key.rewrap`` (URIs, versions, both keys' jurisdictions, who)
-            or ``key.rewrap_refused``; never key bytes.
+            or ``key.rewrap_refused``; never key bytes. When ``source`` / ``target`` are
+            :class:`~pets.keys.KeyServices` registries, the unwrap and the wrap go through them,
+            so their own audit hooks also see ``key.unwrap`` / ``key.wrap`` (purpose
+            ``"rewrap"``).
 
     Returns:
         The new wrapped key. The caller never sees the data key; no event, exception or return
