@@ -152,6 +152,13 @@ class TestEveryTransformAppliesToADaskSeries:
             b = t.apply(dd.from_pandas(users, npartitions=7)[column]).compute()
             pd.testing.assert_series_equal(a, b)
 
+    def test_the_threaded_scheduler_gives_the_same_result(self, users, ddf):
+        ts = {"email": KeyedHash(ROOT, domain="thr"), "minutes": Bucket(quantiles=3),
+              "signup_ts": DateShift(ROOT, domain="thr", by="user_id")}
+        with dask.config.set(scheduler="threads"):
+            got = pseudonymize(ddf, ts).compute()
+        pd.testing.assert_frame_equal(got, pseudonymize(users, ts))
+
     def test_quantile_edges_come_from_the_whole_column(self, sync):
         # Each partition alone would put its own values in every bucket.
         s = pd.Series(np.arange(100, dtype=float), name="x")
