@@ -106,7 +106,9 @@ def _width(family: PlanKey) -> int:
 class BoundingSpec:
     """Everything a partition needs to bound and aggregate: picklable, holds no secret.
 
-    ``seed`` only chooses which rows are kept (sampling, not noise).
+    ``seed`` only chooses which rows are kept (sampling, not noise), but it must stay unknown
+    to whoever sees the releases: with a known seed, adding one user shifts the other users'
+    priorities in its partition, which voids the stability argument.
     """
 
     privacy_unit: str
@@ -445,7 +447,9 @@ class DaskQuery:
             delta: The δ of private key selection (only with ``keys="private"``).
             rho: The ρ to spend (zCDP budgets).
             level: Confidence level of the intervals.
-            seed: Sampling seed of the bounding (default: 128 bits from the OS CSPRNG).
+            seed: Sampling seed of the bounding (default: 128 bits from the OS CSPRNG, drawn
+                per release). For tests only: a seed known to the analyst voids the guarantee
+                (adding one user then shifts which rows the other users keep).
             progress: Show progress (default: when interactive).
 
         Raises:

@@ -110,6 +110,23 @@ class TestBoundedAggregates:
         other = bound_partition(frame, spec, {"number": 4})
         assert not a.equals(other)
 
+    def test_a_known_seed_lets_one_user_change_which_rows_others_keep(self):
+        # Why the seed must stay secret (docs/scale-out.md): priorities are drawn by position,
+        # so with the seed known, adding a user who sorts first shifts every other user's
+        # priorities. The sum of the *other* users' kept values then moves by far more than
+        # the added user's own contribution (at most C·D): only a seed unknown to the analyst
+        # gives the other users' kept rows the same distribution with or without the user.
+        rng = np.random.default_rng(0)
+        others = pd.DataFrame({"user_id": np.repeat([f"u{i:03d}" for i in range(200)], 4),
+                               "country": "DE", "watch_seconds": rng.uniform(0, 3600, 800)})
+        added = pd.DataFrame({"user_id": ["a", "a"], "country": "DE",  # over the cap too
+                              "watch_seconds": [0.0, 0.0]})
+        spec = _spec([SUM], C=1, seed=12345, keys=["DE"])
+        without = bound_partition(others, spec)["_n"].sum()
+        with_a = bound_partition(pd.concat([added, others], ignore_index=True), spec)["_n"].sum()
+        step = fixed_point(np.zeros(0), 3600.0).step
+        assert abs(with_a - without) * step > 10 * 3600  # ≫ one user's C·D = 3600
+
     def test_rows_outside_the_public_keys_are_dropped(self, events):
         got = bounded_aggregates(dd.from_pandas(events, npartitions=2),
                                  _spec([("count",)], C=10_000, keys=["DE"]))
