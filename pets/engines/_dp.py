@@ -150,6 +150,29 @@ def _empty_partial(spec: BoundingSpec) -> pd.DataFrame:
     return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("_m", "_group", "_cell", "_n")})
 
 
+#: Kinds of object columns (``pandas.api.types.infer_dtype``) whose equal values also hash
+#: equal in Dask's shuffle: one user is never split between partitions.
+_SAFE_OBJECT_UNITS = frozenset({"string", "integer", "bytes", "boolean", "empty"})
+
+
+def _check_unit_types(unit: pd.Series, name: str) -> None:
+    """Refuse an object privacy-unit column whose equal values may hash apart.
+
+    ``pandas.factorize`` (the pandas path's notion of one user) takes ``1``, ``1.0`` and
+    ``True`` — or ``0.0`` and ``-0.0`` — as one value; Dask's shuffle hashes object values in
+    a way that can send them to different partitions, where each would be bounded on its own
+    (up to ``2·C`` rows for one user). Typed columns (int, float, string, categorical) hash
+    consistently.
+    """
+    if unit.dtype != object:
+        return
+    kind = pd.api.types.infer_dtype(unit, skipna=False)
+    if kind not in _SAFE_OBJECT_UNITS:
+        raise InputError(f"privacy unit column {name!r} is an object column of {kind} values: "
+                         "equal ids of different types (1 and 1.0) could be split between "
+                         "Dask partitions; cast it to one type first (e.g. .astype(str))")
+
+
 def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
                     partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
     """Bound one partition's users and return its exact partial aggregates.
@@ -173,6 +196,7 @@ def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
     unit = frame[spec.privacy_unit]
     if unit.isna().any():
         raise InputError(f"privacy unit column {spec.privacy_unit!r} has null values")
+    _check_unit_types(unit, spec.privacy_unit)
     measured = sorted({k[1] for k in spec.plan if len(k) > 1})
     values = {c: measured_column(frame, c) for c in measured}
     groups = _group_codes(frame, spec)

@@ -132,6 +132,30 @@ class TestBoundedAggregates:
                                  _spec([("count",)], C=10_000, keys=["DE"]))
         assert got.vectors[("count",)].tolist() == [int((events["country"] == "DE").sum())]
 
+    @pytest.mark.parametrize("ids", [[1, 1.0], [0.0, -0.0], [1, True]],
+                             ids=["int-float", "signed-zero", "int-bool"])
+    def test_object_units_that_equal_each_other_but_hash_apart_are_refused(self, ids):
+        # pandas counts 1 and 1.0 as one user; Dask hashes object values by their text
+        # ("1" / "1.0"), so the shuffle can send one user's rows to two partitions, each
+        # bounded on its own: up to 2·C rows for that user. Refuse instead of splitting.
+        n = 400
+        frame = pd.DataFrame({"user_id": pd.Series([ids[i % 2] for i in range(n)],
+                                                   dtype=object),
+                              "country": "DE", "watch_seconds": 1.0})
+        with dask.config.set({"dataframe.convert-string": False}):
+            ddf = dd.from_pandas(frame, npartitions=4)
+            assert ddf["user_id"].dtype == object
+            with pytest.raises(InputError, match=r"user_id.*one type"):
+                bounded_aggregates(ddf, _spec([("count",)], C=1, keys=["DE"]))
+
+    def test_object_units_of_one_type_are_accepted(self):
+        frame = pd.DataFrame({"user_id": pd.Series([i % 7 for i in range(70)], dtype=object),
+                              "country": "DE", "watch_seconds": 1.0})
+        with dask.config.set({"dataframe.convert-string": False}):
+            got = bounded_aggregates(dd.from_pandas(frame, npartitions=3),
+                                     _spec([("count",)], C=1, keys=["DE"]))
+        assert got.vectors[("count",)].tolist() == [7]
+
     def test_nan_in_a_measured_column_is_refused(self, events):
         bad = events.assign(watch_seconds=events["watch_seconds"].where(events.index != 7))
         with pytest.raises(InputError, match="watch_seconds"):
