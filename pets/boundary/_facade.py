@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -20,6 +20,9 @@ from pets.boundary._manifest import ProtectedFrame
 from pets.boundary._policy import Policy
 from pets.boundary._protect import protect, reidentify
 from pets.jurisdiction import Context
+
+if TYPE_CHECKING:
+    from pets.engines import WorkerKeys
 
 __all__ = ["Boundary"]
 
@@ -66,9 +69,17 @@ class Boundary:
         return (f"Boundary(dataset={self.policy.dataset!r}, home={self.policy.home!r}, "
                 f"context={self.context.access_token!r}, audit={str(self.audit.path)!r})")
 
-    def protect(self, frame: pd.DataFrame) -> ProtectedFrame:
-        """:func:`~pets.boundary.protect` under this boundary's policy and keys."""
-        return protect(frame, self.policy, self.keys, self.context, audit=self.audit)
+    def protect(self, frame: pd.DataFrame, *, workers: WorkerKeys | None = None,
+                progress: bool | None = None) -> ProtectedFrame:
+        """:func:`~pets.boundary.protect` under this boundary's policy and keys.
+
+        A Dask DataFrame gives the lazy :class:`~pets.engines.dask.DaskProtected`; ``workers``
+        (a :class:`~pets.engines.WorkerKeys`) is how keys reach the partitions, required while
+        a ``distributed`` client is active.
+        """
+        out: ProtectedFrame = protect(frame, self.policy, self.keys, self.context,
+                                      audit=self.audit, workers=workers, progress=progress)
+        return out
 
     def export(self, obj: Any, to: str, path: str | os.PathLike[str], *,
                columns: Sequence[str] | Literal["allowed"] | None = None) -> ExportReceipt:

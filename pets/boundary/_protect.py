@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import pandas as pd
 
@@ -27,7 +27,10 @@ from pets.boundary._policy import ColumnRule, Policy
 from pets.jurisdiction import Context
 
 if TYPE_CHECKING:
+    import dask.dataframe as dd
+
     from pets.engines import WorkerKeys
+    from pets.engines.dask import DaskProtected
     from pets.pseudo._base import Transform
 
 __all__ = ["protect", "reidentify"]
@@ -114,9 +117,22 @@ def _check_k(frame: pd.DataFrame, policy: Policy) -> tuple[pd.DataFrame, dict[st
     return out, info
 
 
+@overload
 def protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Context, *,
             audit: AuditLog | AuditHook | None = None, workers: WorkerKeys | None = None,
-            progress: bool | None = None) -> ProtectedFrame:
+            progress: bool | None = None) -> ProtectedFrame: ...
+
+
+@overload
+def protect(frame: dd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Context, *,
+            audit: AuditLog | AuditHook | None = None, workers: WorkerKeys | None = None,
+            progress: bool | None = None) -> DaskProtected: ...
+
+
+def protect(frame: pd.DataFrame | dd.DataFrame, policy: Policy, keys: BoundaryKeys,
+            context: Context, *, audit: AuditLog | AuditHook | None = None,
+            workers: WorkerKeys | None = None,
+            progress: bool | None = None) -> ProtectedFrame | DaskProtected:
     """Apply ``policy`` to ``frame`` and return the signed :class:`ProtectedFrame`.
 
     Accepts a Dask DataFrame: returns the lazy :class:`~pets.engines.dask.DaskProtected` of
@@ -172,11 +188,11 @@ def protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Co
         if is_dask(frame):
             from pets.engines._dispatch import protect as on_dask
 
-            lazy: ProtectedFrame = on_dask(frame, policy, keys, context, audit=audit,
-                                           workers=workers, progress=progress)
+            lazy: DaskProtected = on_dask(frame, policy, keys, context, audit=audit,
+                                          workers=workers, progress=progress)
             return lazy
     try:
-        return _protect(frame, policy, keys, context, audit)
+        return _protect(cast(pd.DataFrame, frame), policy, keys, context, audit)
     except PetsError as exc:
         _record(audit, "boundary.refused", context, operation="protect",
                 target=policy.dataset, reason=f"{type(exc).__name__}: {exc}")

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -465,7 +466,9 @@ def _entries(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys,
 
     from pets.boundary import protect as pd_protect
 
-    sample = ddf.head(16, compute=True)  # first partition only
+    with warnings.catch_warnings():  # a first partition shorter than 16 rows is fine here
+        warnings.filterwarnings("ignore", message="Insufficient elements for `head`")
+        sample = ddf.head(16, compute=True)  # first partition only
     relaxed = dc.replace(policy, min_k=1, enforce_k=False)
     manifest = pd_protect(sample, relaxed, keys, context).manifest
     return {c.name: {k: v for k, v in c.to_dict().items() if k not in ("digest", "header")}
