@@ -573,3 +573,19 @@ class TestOnTheCluster:
         pd.testing.assert_frame_equal(ref.to_frame()[same], got.to_frame()[same])
         assert got.loss == ref.loss and ds.budget.spent == s.budget.spent
         assert len(dask_client.scheduler_info()["workers"]) == 2
+
+    @pytest.mark.parametrize("dtype", ["int64", "str", "category"])
+    def test_each_user_is_bounded_once_after_the_clusters_shuffle(self, dask_client, dtype):
+        # users straddle all input partitions; with C = 1 and no grouping, the exact count is
+        # the number of distinct users iff every user's rows met in one partition
+        rng = np.random.default_rng(3)
+        users = rng.integers(0, 1_500, 12_000)
+        ids = pd.Series(users).astype(dtype) if dtype != "str" else pd.Series(
+            [f"u{u}" for u in users], dtype="str")
+        frame = pd.DataFrame({"user_id": ids, "watch_seconds": 1.0})
+        ddf = dd.from_pandas(frame, npartitions=6, sort=False)
+        if dtype == "category":  # each partition with its own categories (as Parquet parts)
+            ddf = ddf.map_partitions(lambda p: p.assign(
+                user_id=p["user_id"].astype(str).astype("category")))
+        got = bounded_aggregates(ddf, _spec([("count",)], by=(), C=1), progress=False)
+        assert got.vectors[("count",)].tolist() == [len(np.unique(users))]
