@@ -587,9 +587,15 @@ def flows(source: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> pd.Da
 
 
 def is_incident(kind: str) -> bool:
-    """Refusals and failures: kinds ending in ``.refused``, ``.denied`` or ``.failed``, or
-    starting with ``incident``; plus ``audit.repaired`` (a crashed writer)."""
-    return kind.endswith((".refused", ".denied", ".failed")) or kind.startswith(
+    """Refusals and failures: kinds ending in ``.refused``, ``.denied`` or ``.failed`` (or
+    ``_refused``, as ``key.rewrap_refused``), or starting with ``incident``; plus
+    ``audit.repaired`` (a crashed writer).
+
+    Examples:
+        >>> [is_incident(k) for k in ("boundary.refused", "key.rewrap_refused", "key.unwrap")]
+        [True, True, False]
+    """
+    return kind.endswith((".refused", "_refused", ".denied", ".failed")) or kind.startswith(
         "incident") or kind == "audit.repaired"
 
 

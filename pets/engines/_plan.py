@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 
 from pets._errors import InputError
-from pets.engines._keyref import KeyRef
+from pets.engines._keyref import KeyRef, on_invalidate
 from pets.keys import Secret
 
 __all__ = ["PartitionFn", "Rebuild", "Step", "Transform", "ship"]
@@ -98,6 +98,18 @@ def forget_built() -> None:
     """Drop the per-process cache of rebuilt transforms."""
     with _BUILT_LOCK:
         _BUILT.clear()
+
+
+def _drop_built(refs: frozenset[KeyRef] | None) -> None:
+    """Drop transforms built from secrets the key-reference cache just dropped (a destroyed
+    or retired KEK in this process; everything after ``forget_keys()``), so a shredded key
+    stops pseudonymizing here at once, exactly as a cold process would refuse."""
+    with _BUILT_LOCK:
+        for rebuild in [r for r in _BUILT if refs is None or r.ref in refs]:
+            del _BUILT[rebuild]
+
+
+on_invalidate(_drop_built)
 
 
 @dataclass(frozen=True)

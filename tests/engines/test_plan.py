@@ -79,3 +79,24 @@ class TestRebuild:
         outs = [c.build().apply(s) for c in copies]
         assert len(BUILT) == 1
         pd.testing.assert_series_equal(outs[0], KeyedHash(root, domain="crm").apply(s))
+
+    def test_a_transform_built_from_a_destroyed_kek_is_not_served_from_the_cache(self):
+        from pets import KeyDestroyedError
+
+        ring = MemoryKeyring()
+        ring.create("memory://eu/k", jurisdiction="EU")
+        ring.create("memory://eu/other", jurisdiction="EU")
+        services = KeyServices([ring])
+        refs = [KeyRef.wrap(Secret.generate(), uri, source=InProcessKeys(services),
+                            context=Context("EU")) for uri in ("memory://eu/k",
+                                                               "memory://eu/other")]
+        shredded, kept = (Rebuild.of(counting_factory, r, domain="crm") for r in refs)
+        s = pd.Series(["ann"])
+        shredded.build().apply(s)
+        kept.build().apply(s)
+        BUILT.clear()
+        services.destroy("memory://eu/k")
+        with pytest.raises(KeyDestroyedError, match="memory://eu/k v1 is destroyed"):
+            shredded.build()  # the warm cache held a transform built from the shredded key
+        kept.build().apply(s)
+        assert BUILT == []  # the transform under another KEK stayed cached
