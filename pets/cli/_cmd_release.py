@@ -23,6 +23,7 @@ the same step as the pandas engine (:class:`pets.engines.dask.DaskSession`)::
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,24 @@ def missing_options(*, specs: bool, out: bool, spend: bool, by: list[str], keys:
     if specs and not out:
         need.append("--out FILE: where to write the release (Parquet)")
     return need
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written *before* the release is drawn and spent
+    (its directory is a file, is read-only, ...): the write comes after the spend.
+
+    Creates missing parent directories (as the write would) and a temporary file beside
+    ``out``, removed at once.
+    """
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".check", dir=out.parent)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise InputError(f"cannot write --out {str(out)!r}: {exc.strerror or exc}") from None
 
 
 def _require(need: list[str], dataset_id: str, unit: str, ledger: Any) -> None:
@@ -347,6 +366,9 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         by=by, keys=keys is not None or keys_file is not None or private_keys,
         budget=(budget_epsilon is not None or budget_rho is not None
                 or ledger.budget_of(dsid, unit) is not None)), dsid, unit, ledger)
+    if specs:
+        assert out is not None
+        _check_out(out)
     keys_arg = _keys(infile, by, keys, keys_file, private_keys) if specs else None
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
     if specs:
@@ -403,8 +425,6 @@ def _release_dask(q: Any, workers: int | None, scheduler: str | None, connect_ti
                   level: float) -> tuple[Any, int]:
     """Check the arguments, then start the local cluster (or connect to ``scheduler``) and
     release (noise on the driver)."""
-    import os
-
     from pets.engines import _run
 
     # every refusal that needs no data happens before a cluster is started or reached

@@ -272,6 +272,22 @@ class TestReleaseEngineDask:
         assert led.budget_of(dsid, "user_id") is None or \
             led.status(dsid, "user_id").releases == 0
 
+    @pytest.mark.parametrize("engine", ["pandas", "dask"])
+    def test_an_unwritable_out_is_refused_before_anything_is_spent(self, tmp_path, dataset,
+                                                                   capsys, no_cluster, engine):
+        # the release used to be drawn and spent, then the write failed with a raw OSError
+        (tmp_path / "plain").write_text("a file")
+        out = tmp_path / "plain" / "r.parquet"  # its "directory" is a file
+        src = dataset if engine == "dask" else tmp_path / "events.parquet"
+        code, _, err = run(capsys, "release", src, "--unit", "user_id", "--agg", "count",
+                           "--epsilon", "1", "--budget-epsilon", "2", "--ledger",
+                           tmp_path / "l.db", "--out", out, "--engine", engine)
+        assert code == 1 and "cannot write --out" in err and "Traceback" not in err
+        assert no_cluster == []  # refused before a cluster starts
+        led, dsid = Ledger(tmp_path / "l.db"), str(src.resolve())
+        assert led.budget_of(dsid, "user_id") is None or \
+            led.status(dsid, "user_id").releases == 0
+
     def test_missing_input_with_the_dask_engine(self, tmp_path, dataset, capsys, no_cluster):
         code, _, err = run(capsys, *self._args(tmp_path / "nothing", tmp_path), "--engine",
                            "dask", "--epsilon", "1", "--budget-epsilon", "2")
