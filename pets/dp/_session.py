@@ -1056,6 +1056,25 @@ def _sorted_keys(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
                                  key=lambda s: s.map(lambda v: f"{type(v).__name__}:{v!r}"))
 
 
+def _plain_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    """The key frame with categorical columns turned into their plain values.
+
+    Privately selected keys come from the data: a categorical dtype carries *every* category
+    (every key present, and more), which would leave with the release — in its dtype and the
+    Parquet dictionary — whatever the threshold withheld, and would order the keys by
+    category (often data) order. Never fails (it runs after the noise is drawn).
+    """
+    out = frame.copy()
+    for c in out.columns:
+        s = out[c]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            try:
+                out[c] = s.astype(s.cat.categories.dtype)
+            except (TypeError, ValueError):  # e.g. integer categories and a missing key
+                out[c] = s.astype(object)
+    return out
+
+
 def _noisy(m: Mechanism, vec: np.ndarray) -> np.ndarray:
     if vec.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -1083,6 +1102,7 @@ def _execute(q: Query, keys: pd.DataFrame, mechs: dict[tuple[Any, ...], Mechanis
     out_keys = np.arange(nkeys)
     noisy: dict[tuple[Any, ...], np.ndarray] = {}
     if isinstance(q.keys, str):  # private selection first: it decides the released keys
+        keys = _plain_keys(keys)
         m = mechs[("count",)]
         counts = data[("count",)]
         kept = m.measurement({int(i): int(v) for i, v in enumerate(counts) if v > 0})

@@ -174,6 +174,28 @@ class TestEstimates:
             assert "threshold" in f["mechanism"].iloc[0]
         assert 0 < s.budget.spent.delta <= 5e-5
 
+    @pytest.mark.parametrize("histogram", [False, True])
+    def test_private_keys_of_a_categorical_column_leak_no_unselected_category(
+            self, small_events, histogram):
+        # a categorical key column carries *every* category in its dtype: released as is, the
+        # release (and its Parquet dictionary) listed the keys the threshold had withheld —
+        # here "ZZ", held by one user — and ordered the keys by category (data) order
+        import pyarrow as pa
+
+        lone = pd.DataFrame({"user_id": ["lone"], "country": ["ZZ"], "watch": [1.0]})
+        df = pd.concat([small_events, lone], ignore_index=True)
+        df["country"] = pd.Categorical(df["country"], categories=["ZZ", "IT", "FR", "DE"])
+        s = session(df, Budget.approx(100.0, 1e-3))
+        q = s.query(by="country", keys="private", max_rows=4).count()
+        if histogram:
+            q = q.histogram("watch", [0, 50, 100])
+        f = q.release(epsilon=5.0, delta=1e-5).to_frame()
+        assert set(f["country"]) == set(KEYS)
+        assert not isinstance(f["country"].dtype, pd.CategoricalDtype)
+        assert f["country"].drop_duplicates().tolist() == sorted(KEYS)  # value order
+        col = pa.Table.from_pandas(f, preserve_index=False).column("country")
+        assert not pa.types.is_dictionary(col.type) and "ZZ" not in col.to_pylist()
+
     def test_session_is_a_snapshot_of_the_frame(self, small_events):
         df = small_events.copy()
         s = session(df, Budget.pure(1e6))

@@ -227,6 +227,22 @@ class TestDaskSession:
             epsilon=1.0, delta=1e-6, progress=False)
         assert "ZZ" not in set(r2.to_frame()["country"])
 
+    def test_private_keys_of_a_categorical_column_leak_no_unselected_category(self, events):
+        # the keys found on the cluster keep the column's categorical dtype, whose categories
+        # are every key present — including ones the threshold withholds
+        lone = events.assign(country=np.where(events["user_id"] == events["user_id"].iloc[0],
+                                              "ZZ", events["country"]))
+        lone["country"] = lone["country"].astype("category")
+        ds = DaskSession(dd.from_pandas(lone, npartitions=3), privacy_unit="user_id",
+                         budget=Budget.approx(2.0, 1e-5))
+        f = ds.query(by="country", keys="private", max_rows=5).count().median(
+            "watch_seconds", bounds=(0, 3600), candidates=11).release(
+            epsilon=1.0, delta=1e-6, progress=False).to_frame()
+        assert "ZZ" not in set(f["country"]) and len(f) >= 2
+        assert not isinstance(f["country"].dtype, pd.CategoricalDtype)
+        released = f["country"].drop_duplicates().tolist()
+        assert released == sorted(released)
+
     def test_noise_is_drawn_on_the_driver_for_histograms_and_quantiles(self, events,
                                                                         monkeypatch):
         from pets.dp import _session
