@@ -309,7 +309,8 @@ def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
                    "[env: PETS_DASK_SCHEDULER]")
 @click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, metavar="SECONDS",
-              help="How long to wait for the --scheduler before exiting 1.")
+              help="How long to wait for the --scheduler, and for one of its workers, "
+                   "before exiting 1.")
 @json_option
 def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | None,
             keys: str | None, keys_file: Path | None, private_keys: bool, aggs: tuple[str, ...],
@@ -432,6 +433,12 @@ def _release_dask(q: Any, workers: int | None, scheduler: str | None, connect_ti
     cluster = (_run.connect(scheduler, timeout=connect_timeout) if scheduler
                else _run.local_client(workers or os.cpu_count() or 1))
     with cluster as client:
+        if client is not None and scheduler:
+            try:  # a scheduler without workers would leave the computation waiting forever
+                client.wait_for_workers(1, timeout=connect_timeout)
+            except (TimeoutError, OSError):
+                raise InputError(f"no worker joined the Dask cluster at {scheduler} within "
+                                 f"{connect_timeout:g} s (--connect-timeout)") from None
         n_workers = len(client.scheduler_info().get("workers", {})) if client else 0
         rel = q.release(epsilon=epsilon, delta=delta, rho=rho, level=level)
     return rel, n_workers

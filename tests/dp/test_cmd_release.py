@@ -354,6 +354,30 @@ class TestReleaseOnAnExistingCluster:
                 warnings.simplefilter("ignore")
                 cluster.close()
 
+    def test_a_cluster_without_workers_exits_1_instead_of_waiting_forever(
+            self, tmp_path, dataset, capsys):
+        # the computation used to wait for a worker that never came (the command hung)
+        import warnings
+
+        import distributed
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cluster = distributed.LocalCluster(n_workers=0, processes=False,
+                                               dashboard_address=None)
+        try:
+            address = cluster.scheduler_address
+            code, _, err = run(capsys, *self._args(dataset, tmp_path), "--engine", "dask",
+                               "--scheduler", address, "--connect-timeout", "1")
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cluster.close()
+        assert code == 1 and f"no worker joined the Dask cluster at {address}" in err
+        assert not (tmp_path / "r.parquet").exists()
+        st = Ledger(tmp_path / "l.db").status(str(dataset.resolve()), "user_id")
+        assert st.spent.epsilon == 0 and st.releases == 0
+
     def test_unreachable_scheduler_exits_1_spends_and_writes_nothing(self, tmp_path, dataset,
                                                                       capsys):
         import socket
