@@ -21,9 +21,11 @@ The key service still enforces jurisdiction on the worker: a worker whose contex
 the key's jurisdiction is refused there, exactly as on the driver.
 
 **Destroyed and retired keys.** Every :class:`~pets.keys.KeyServices` this module wraps or
-unwraps through is subscribed to (:meth:`~pets.keys.KeyServices.subscribe`): when a KEK is
-destroyed or retired in this process, every cached secret wrapped under that KEK is dropped at
-once, so the next :meth:`KeyRef.resolve` asks the key service and is refused. Listeners added
+unwraps through is subscribed to (:meth:`~pets.keys.KeyServices.subscribe`), and kept alive by
+the cache entry for as long as a secret it covers stays cached (key-change hubs hold their
+subscribers weakly: a registry the caller dropped would otherwise take the subscription with
+it). When a KEK is destroyed or retired in this process, every cached secret wrapped under that
+KEK is dropped at once, so the next :meth:`KeyRef.resolve` asks the key service and is refused. Listeners added
 with :func:`on_invalidate` (caches built *from* resolved secrets) hear which references went. A
 change made in *another* process (the driver destroying a key while workers hold it) is not
 seen by the workers: run ``client.run(forget_keys)`` after crypto-shredding.
@@ -75,7 +77,9 @@ class KeySource(Protocol):
 # so they are deliberately module state; forget_keys() clears them.
 _LOCK = threading.Lock()
 _SERVICES: dict[object, KeyServices] = {}
-_SECRETS: dict[KeyRef, Secret] = {}
+#: Each cached secret with the registry whose subscription invalidates it: key-change hubs
+#: hold subscribers weakly, so the entry keeps that registry alive as long as the secret.
+_SECRETS: dict[KeyRef, tuple[Secret, KeyServices]] = {}
 _IN_PROCESS: weakref.WeakValueDictionary[str, _Holder] = weakref.WeakValueDictionary()
 #: Called with the references dropped because their KEK changed (``None``: every reference,
 #: from :func:`forget_keys`).
@@ -249,7 +253,7 @@ class KeyRef:
         ref = cls(wrapped, source, context, tuple(sorted(ec.items())))
         with _LOCK:
             if _EPOCH[0] == epoch:  # no KEK changed meanwhile (else resolve() asks again)
-                _SECRETS[ref] = secret
+                _SECRETS[ref] = (secret, svc)
         return ref
 
     def resolve(self) -> Secret:
@@ -264,7 +268,7 @@ class KeyRef:
             hit = _SECRETS.get(self)
             epoch = _EPOCH[0]
         if hit is not None:
-            return hit
+            return hit[0]
         services = services_for(self.source)
         raw = services.unwrap(self.wrapped, context=self.context,
                               enc_context=dict(self.enc_context))
@@ -272,7 +276,7 @@ class KeyRef:
         with _LOCK:
             if _EPOCH[0] != epoch:  # a KEK changed while we unwrapped: do not cache
                 return secret
-            return _SECRETS.setdefault(self, secret)
+            return _SECRETS.setdefault(self, (secret, services))[0]
 
     def __repr__(self) -> str:
         return (f"KeyRef(key_uri={self.wrapped.key_uri!r}, version={self.wrapped.version}, "

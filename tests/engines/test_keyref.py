@@ -288,3 +288,47 @@ class TestWarmEqualsCold:
                     assert warm == cold
 
         run()
+
+
+class TestInvalidationOutlivesTheWrappingRegistry:
+    """Attack: wrap through a registry nobody keeps, drop it, shred the KEK on the backend.
+
+    The registry was the only subscriber between the backend's change hub and the secret
+    cache (hubs hold subscribers weakly), so once it was collected the destroy reached no one
+    and the cached secret kept resolving after the shred.
+    """
+
+    def test_destroy_after_the_registry_is_collected_still_drops_the_secret(self, eu):
+        import gc
+
+        from pets import KeyDestroyedError
+
+        forget_keys()
+        ring = MemoryKeyring()
+        ring.create("memory://eu/kek", jurisdiction="EU")
+        root = Secret.generate()
+        ref = KeyRef.wrap(root, "memory://eu/kek", source=InProcessKeys(KeyServices([ring])),
+                          context=eu, services=KeyServices([ring]))
+        gc.collect()
+        ring.destroy("memory://eu/kek")
+        with pytest.raises(KeyDestroyedError, match=r"^memory://eu/kek v1 is destroyed$"):
+            ref.resolve()
+
+    def test_worker_keys_dropped_before_the_destroy(self, eu):
+        """The engine's own pattern: WorkerKeys(services=...) for one job, the job's lazy
+        graph (its KeyRef) kept, the helper and the registry dropped, then a shred."""
+        import gc
+
+        from pets import KeyDestroyedError
+
+        forget_keys()
+        ring = MemoryKeyring()
+        ring.create("memory://eu/kek", jurisdiction="EU")
+        wk = WorkerKeys(InProcessKeys(KeyServices([ring])), "memory://eu/kek", eu,
+                        services=KeyServices([ring]))
+        ref = wk.ref(Secret.generate())
+        del wk
+        gc.collect()
+        ring.destroy("memory://eu/kek")
+        with pytest.raises(KeyDestroyedError, match=r"^memory://eu/kek v1 is destroyed$"):
+            ref.resolve()
