@@ -118,10 +118,23 @@ def on_invalidate(listener: Callable[[frozenset[KeyRef] | None], None]
 
 
 def _invalidated(refs: frozenset[KeyRef] | None) -> None:
+    """Tell every listener (all of them, even if one raises; the first error is re-raised)."""
     with _LOCK:
         listeners = list(_LISTENERS)
+    first: Exception | None = None
     for listener in listeners:
-        listener(refs)
+        try:
+            listener(refs)
+        except Exception as exc:  # a broken listener must not keep a shredded key in another
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _epoch() -> int:
+    """The invalidation counter: a cache built from a secret compares it before and after."""
+    with _LOCK:
+        return _EPOCH[0]
 
 
 def _on_key_change(uri: str, version: int, what: str) -> None:

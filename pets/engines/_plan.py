@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 
 from pets._errors import InputError
-from pets.engines._keyref import KeyRef, on_invalidate
+from pets.engines._keyref import KeyRef, _epoch, on_invalidate
 from pets.keys import Secret
 
 __all__ = ["PartitionFn", "Rebuild", "Step", "Transform", "ship"]
@@ -80,13 +80,23 @@ class Rebuild:
         return cls(factory, ref, tuple(sorted(kwargs.items())), name)
 
     def build(self) -> Transform:
-        """The transform, built once per process from the resolved secret."""
+        """The transform, built once per process from the resolved secret.
+
+        A transform whose KEK was destroyed or retired in this process while it was being
+        built is returned to this caller but not cached (the next build asks the key service,
+        as :meth:`KeyRef.resolve` does for the secret itself).
+        """
         with _BUILT_LOCK:
             hit = _BUILT.get(self)
         if hit is not None:
             return hit
+        epoch = _epoch()
         t = self.factory(self.ref.resolve(), **dict(self.kwargs))
         with _BUILT_LOCK:
+            # compared under _BUILT_LOCK: an invalidation either came first (epoch moved: not
+            # cached) or comes after and drops the entry (its listener takes _BUILT_LOCK)
+            if _epoch() != epoch:
+                return t
             return _BUILT.setdefault(self, t)
 
     def __hash__(self) -> int:

@@ -100,3 +100,60 @@ class TestRebuild:
             shredded.build()  # the warm cache held a transform built from the shredded key
         kept.build().apply(s)
         assert BUILT == []  # the transform under another KEK stayed cached
+
+
+SHRED: list[tuple[KeyServices, str]] = []
+
+
+def shredding_factory(secret: Secret, *, domain: str) -> KeyedHash:
+    """Builds the transform, but the KEK is destroyed while it does (a concurrent shred)."""
+    for services, uri in SHRED:
+        services.destroy(uri)
+    SHRED.clear()
+    return KeyedHash(secret, domain=domain)
+
+
+class TestRebuildRaces:
+    def test_a_kek_destroyed_while_a_transform_is_built_does_not_leave_it_cached(self):
+        from pets import KeyDestroyedError
+
+        forget_keys()
+        forget_built()
+        ring = MemoryKeyring()
+        ring.create("memory://eu/k", jurisdiction="EU")
+        services = KeyServices([ring])
+        ref = KeyRef.wrap(Secret.generate(), "memory://eu/k", source=InProcessKeys(services),
+                          context=Context("EU"))
+        rb = Rebuild.of(shredding_factory, ref, domain="crm")
+        SHRED.append((services, "memory://eu/k"))
+        rb.build()  # resolved before the shred: this one call may still use it
+        with pytest.raises(KeyDestroyedError, match=r"^memory://eu/k v1 is destroyed$"):
+            rb.build()  # ... but the next one must ask the key service again
+
+    def test_a_failing_listener_does_not_stop_the_others(self):
+        from pets import KeyDestroyedError
+        from pets.engines._keyref import on_invalidate
+
+        forget_keys()
+        ring = MemoryKeyring()
+        ring.create("memory://eu/k", jurisdiction="EU")
+        services = KeyServices([ring])
+        ref = KeyRef.wrap(Secret.generate(), "memory://eu/k", source=InProcessKeys(services),
+                          context=Context("EU"))
+        rb = Rebuild.of(counting_factory, ref, domain="crm")
+        rb.build()
+        heard: list[object] = []
+
+        def broken(refs: object) -> None:
+            raise RuntimeError("listener bug")
+
+        removers = [on_invalidate(broken), on_invalidate(heard.append)]
+        try:
+            with pytest.raises(RuntimeError, match="listener bug"):
+                services.destroy("memory://eu/k")  # the failure is not swallowed ...
+        finally:
+            for remove in removers:
+                remove()
+        assert heard == [frozenset({ref})]  # ... and every other listener still ran
+        with pytest.raises(KeyDestroyedError, match=r"^memory://eu/k v1 is destroyed$"):
+            rb.build()
