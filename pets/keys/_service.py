@@ -420,8 +420,14 @@ class KeyChanges:
         """Notify for a change whose result is ``info``: each of ``versions`` for a destroy,
         the minimum decryption version for a retire, the primary version for a rotate."""
         if what == "destroy":
-            for v in sorted(versions):
-                self.notify(info.uri, v, what)
+            first: Exception | None = None
+            for v in sorted(versions):  # every version is announced even if a subscriber fails
+                try:
+                    self.notify(info.uri, v, what)
+                except Exception as exc:
+                    first = first or exc
+            if first is not None:
+                raise first
         elif what == "retire":
             self.notify(info.uri, info.min_decryption_version, what)
         else:

@@ -345,6 +345,34 @@ class TestKeyChanges:
             changes.notify("memory://eu/k", 1, "destroy")
         assert first.seen == last.seen == [("memory://eu/k", 1, "destroy")]
 
+    def test_a_failing_subscriber_does_not_stop_the_notices_of_later_versions(self, backend):
+        """Attack: a destroy of every version, and a subscriber that fails on the first notice.
+        Each remaining version must still be announced (a cache dropping per version would
+        otherwise keep serving v2 and v3 after the shred), and the failure still raised."""
+        from pets.keys import KeyServices
+
+        svc, uri = backend
+        services = KeyServices([svc])
+        rec = Recorder()
+
+        class Broken:
+            def on_change(self, *args):
+                raise RuntimeError("cache could not be dropped")
+
+        broken = Broken()
+        services.subscribe(broken.on_change)
+        services.subscribe(rec.on_change)
+        svc.create(uri, jurisdiction="EU")
+        with pytest.raises(RuntimeError):
+            services.rotate(uri)
+        with pytest.raises(RuntimeError):
+            services.rotate(uri)
+        rec.seen.clear()
+        with pytest.raises(RuntimeError, match="cache could not be dropped"):
+            services.destroy(uri)
+        assert rec.seen == [(uri, 1, "destroy"), (uri, 2, "destroy"), (uri, 3, "destroy")]
+        assert {v.state for v in svc.describe(uri).versions} == {"destroyed"}
+
     def test_a_failing_subscriber_still_lets_the_key_event_be_audited(self, events):
         ring = MemoryKeyring(audit=events)
         ring.create("memory://eu/k", jurisdiction="EU")
