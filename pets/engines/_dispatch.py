@@ -373,14 +373,18 @@ def decrypt_columns(ddf: Any, column_keys: ColumnKeys | Mapping[str, Any] | None
                     workers: WorkerKeys | None) -> Any:
     """:func:`pets.envelope.decrypt_columns` on a Dask DataFrame (see its docstring).
 
-    Partitions unwrap each column's DEK through ``workers`` (default: ``keys``, in process,
-    as ``context``). Failures (tampering, wrong jurisdiction) surface at compute time.
+    As on pandas, each column's DEK is unwrapped once here, as ``context``, before anything
+    is built: a context outside the keys' jurisdiction, a destroyed KEK or a tampered header
+    is refused at call time, and the ``envelope.decrypt_columns`` event (emitted once, when
+    the lazy frame is built) never records a decryption the key service refused. Partitions then unwrap each DEK through ``workers`` (default: ``keys``, in
+    process, as ``context``); a tampered *cell* surfaces at compute time.
 
     Returns:
         The decrypted Dask DataFrame (lazy).
     """
     from pets.engines._dask import decrypt_columns as dask_decrypt
     from pets.envelope import ColumnKeys
+    from pets.envelope._columns import _unwrap_dek
     from pets.envelope._envelope import as_services
 
     if column_keys is None:
@@ -395,8 +399,11 @@ def decrypt_columns(ddf: Any, column_keys: ColumnKeys | Mapping[str, Any] | None
             raise InputError(f"column {name!r} is not in the column-key header")
         if name not in ddf.columns:
             raise InputError(f"no column {name!r} in the frame")
+    services = as_services(keys)
+    for name in names:  # the pandas path's checks, at call time (the DEK is dropped at once)
+        _unwrap_dek(column_keys.columns[name], services, context, column_keys.enc_context)
     if workers is None:
-        workers = in_process_keys(context, as_services(keys), what="column decryption on Dask",
+        workers = in_process_keys(context, services, what="column decryption on Dask",
                                   fix="pets.envelope.decrypt_columns(ddf, ..., "
                                       "workers=WorkerKeys(...))")
     out = dask_decrypt(ddf, column_keys, keys=workers, columns=names)

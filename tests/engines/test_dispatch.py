@@ -388,13 +388,30 @@ class TestColumnEncryption:
         with pytest.raises(IntegrityError, match=r"^column 'email' failed to authenticate$"):
             decrypt_columns(tampered, ck, keys=ring, context=EU).compute()
 
-    def test_wrong_jurisdiction_is_refused_by_the_key_service(self, ddf, sync):
+    def test_wrong_jurisdiction_is_refused_at_call_time_and_not_audited_as_decrypted(
+            self, ddf):
+        # as on pandas: the key service refuses when decrypt_columns is called, and no
+        # envelope.decrypt_columns event claims a decryption that never ran
         ring = _ring()
         enc, ck = encrypt_columns(ddf, ["email"], keys=ring, key_uris="memory://eu/k",
                                   context=EU)
-        lazy = decrypt_columns(enc, ck, keys=ring, context=Context("US", principal="bob"))
+        seen: list[Any] = []
         with pytest.raises(JurisdictionError, match="unwrap refused for bob@US"):
-            lazy.compute()
+            decrypt_columns(enc, ck, keys=ring, context=Context("US", principal="bob"),
+                            audit=seen.append)
+        assert seen == []
+
+    def test_tampered_wrapped_dek_is_refused_at_call_time_and_not_audited(self, ddf):
+        ring = _ring()
+        enc, ck = encrypt_columns(ddf, ["email"], keys=ring, key_uris="memory://eu/k",
+                                  context=EU)
+        d = ck.to_dict()
+        blob = d["columns"][0]["wrapped_keys"][0]["blob"]
+        d["columns"][0]["wrapped_keys"][0]["blob"] = ("A" if blob[0] != "A" else "B") + blob[1:]
+        seen: list[Any] = []
+        with pytest.raises(IntegrityError):
+            decrypt_columns(enc, d, keys=ring, context=EU, audit=seen.append)
+        assert seen == []
 
     def test_decrypt_needs_the_header_and_known_columns(self, ddf):
         ring = _ring()
