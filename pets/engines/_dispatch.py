@@ -345,7 +345,10 @@ def encrypt_columns(ddf: Any, columns: Mapping[str, str] | Sequence[str], *,
 
     The driver makes and wraps one DEK per column with ``keys`` under ``context``; partitions
     unwrap them through ``workers`` (default: ``keys`` themselves, in process). The audit
-    event is emitted once, when the lazy frame is built.
+    event is emitted once, when the lazy frame is built — after the DEKs were made and
+    wrapped, before any cell is encrypted — and says so with ``lazy=True`` (a compute that
+    later fails, or never runs, encrypted nothing; each compute re-encrypts under the same
+    DEKs).
 
     Returns:
         ``(encrypted Dask DataFrame, ColumnKeys)``.
@@ -364,7 +367,8 @@ def encrypt_columns(ddf: Any, columns: Mapping[str, str] | Sequence[str], *,
                                encoding=encoding, services=services, wrap_context=context)
     wanted = dict(columns) if isinstance(columns, Mapping) else dict.fromkeys(columns, mode)
     emit(audit, "envelope.encrypt_columns", columns=sorted(wanted), keys=uris,
-         principal=context.principal, jurisdiction=context.jurisdiction, engine="dask")
+         principal=context.principal, jurisdiction=context.jurisdiction, engine="dask",
+         lazy=True)
     return out, header
 
 
@@ -376,7 +380,8 @@ def decrypt_columns(ddf: Any, column_keys: ColumnKeys | Mapping[str, Any] | None
     As on pandas, each column's DEK is unwrapped once here, as ``context``, before anything
     is built: a context outside the keys' jurisdiction, a destroyed KEK or a tampered header
     is refused at call time, and the ``envelope.decrypt_columns`` event (emitted once, when
-    the lazy frame is built) never records a decryption the key service refused. Partitions then unwrap each DEK through ``workers`` (default: ``keys``, in
+    the lazy frame is built, with ``lazy=True``: no cell is decrypted yet) never records a
+    decryption the key service refused. Partitions then unwrap each DEK through ``workers`` (default: ``keys``, in
     process, as ``context``); a tampered *cell* surfaces at compute time.
 
     Returns:
@@ -408,7 +413,7 @@ def decrypt_columns(ddf: Any, column_keys: ColumnKeys | Mapping[str, Any] | None
                                       "workers=WorkerKeys(...))")
     out = dask_decrypt(ddf, column_keys, keys=workers, columns=names)
     emit(audit, "envelope.decrypt_columns", columns=names, principal=context.principal,
-         jurisdiction=context.jurisdiction, engine="dask")
+         jurisdiction=context.jurisdiction, engine="dask", lazy=True)
     return out
 
 

@@ -355,7 +355,8 @@ def encrypt_columns(
             ``enc_context`` must match; the mode must match). Needed for deterministic joins.
         mode: Default mode when ``columns`` is a list.
         encoding: ``"bytes"`` cells, or ``"base64"`` text cells.
-        audit: Optional audit hook (receives ``envelope.encrypt_columns``).
+        audit: Optional audit hook (receives ``envelope.encrypt_columns``; for a Dask frame
+            once, when the lazy frame is built, with ``lazy=True``).
         workers: Dask frames only: how partitions reach the column keys
             (a :class:`~pets.engines.WorkerKeys`).
 
@@ -476,7 +477,9 @@ def decrypt_columns(
     Accepts a Dask DataFrame (``column_keys`` required): returns a lazy Dask frame from
     :func:`pets.engines.dask.decrypt_columns`; partitions unwrap through ``workers`` (default
     ``keys`` in this process, as ``context``; required while a ``distributed`` client is
-    active). Failures surface when it is computed.
+    active). Each DEK is unwrapped once as ``context`` first, so a refused unwrap fails at
+    call time, as on pandas; a tampered cell surfaces when the frame is computed. The audit
+    event is emitted when the lazy frame is built, with ``lazy=True``.
 
     Args:
         frame: The encrypted frame.

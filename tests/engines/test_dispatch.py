@@ -365,6 +365,19 @@ class TestColumnEncryption:
                                           "envelope.decrypt_columns"]
         assert seen[0].fields["engine"] == "dask"
 
+    def test_build_time_events_say_no_cell_was_processed_yet(self, ddf):
+        # the Dask events are emitted when the lazy frame is built (DEKs made and wrapped, or
+        # unwrap allowed), before any cell is encrypted: the event must say so
+        ring = _ring()
+        seen: list[Any] = []
+        with dask.config.set(scheduler=_boom):
+            enc, ck = encrypt_columns(ddf, ["email"], keys=ring, key_uris="memory://eu/k",
+                                      context=EU, audit=seen.append)
+            decrypt_columns(enc, ck, keys=ring, context=EU, audit=seen.append)
+        assert [(e.kind, e.fields["engine"], e.fields["lazy"]) for e in seen] == [
+            ("envelope.encrypt_columns", "dask", True),
+            ("envelope.decrypt_columns", "dask", True)]
+
     def test_deterministic_cells_equal_the_pandas_path_under_the_same_header(
             self, users, ddf, sync):
         ring = _ring()
