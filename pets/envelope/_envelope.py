@@ -41,7 +41,14 @@ from pets.envelope._format import (
     segment_nonce,
 )
 from pets.jurisdiction import Context
-from pets.keys import KeyService, KeyServices, WrappedKey, canonical_context, parse_key_uri
+from pets.keys import (
+    AuditHookError,
+    KeyService,
+    KeyServices,
+    WrappedKey,
+    canonical_context,
+    parse_key_uri,
+)
 
 __all__ = [
     "EnvelopeInfo",
@@ -163,6 +170,8 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
             try:
                 dek = keys.unwrap(w, context=context, enc_context=enc_context,
                                   purpose=purpose, service=svc)
+            except AuditHookError:
+                raise  # not a property of this wrapped key: no other key is used un-recorded
             except (IntegrityError, JurisdictionError, KeyServiceError, InputError) as exc:
                 errors.append(exc)
                 continue

@@ -9,7 +9,8 @@ key (rotation, migration) without the caller seeing the data key.
 :class:`KeyServices` also tells subscribers (:meth:`KeyServices.subscribe`, weakly held) when a
 key is rotated, retired or destroyed in this process, so caches of unwrapped keys drop them at
 once, and, given ``audit=``, reports every wrap and unwrap made through it (``key.wrap`` /
-``key.unwrap`` / ``key.failed``; never key bytes).
+``key.unwrap`` / ``key.failed``; never key bytes), refusing with :class:`AuditHookError` a use
+the hook cannot record.
 """
 
 from pets.keys._config import KeyConfig, Pkcs11TokenConfig, key_services
@@ -19,6 +20,7 @@ from pets.keys._pkcs11 import Pkcs11Keyring
 from pets.keys._rewrap import rewrap
 from pets.keys._secret import Secret
 from pets.keys._service import (
+    AuditHookError,
     KeyChange,
     KeyChanges,
     KeyInfo,
@@ -34,6 +36,7 @@ from pets.keys._service import (
 )
 
 __all__ = [
+    "AuditHookError",
     "KeyChange",
     "KeyChanges",
     "KeyConfig",

@@ -21,6 +21,8 @@ Two facilities sit beside the protocol:
 * **Audited key use.** A :class:`KeyServices` built with ``audit=`` reports every successful
   ``wrap`` / ``unwrap`` made through it (``key.wrap`` / ``key.unwrap``: key URI, version,
   jurisdictions, principal, purpose; never key or wrapped-key bytes) and every failed one.
+  A use the hook cannot record fails closed (:class:`AuditHookError`), as the export gate
+  writes nothing when its audit entry fails.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ from pets._errors import (
     JurisdictionError,
     KeyDestroyedError,
     KeyNotFoundError,
+    KeyServiceError,
     PetsError,
 )
 from pets._events import AuditHook, emit
 from pets.jurisdiction import Context
 
 __all__ = [
+    "AuditHookError",
     "KeyChange",
     "KeyChanges",
     "KeyInfo",
@@ -148,6 +152,21 @@ def canonical_context(enc_context: Mapping[str, str] | None) -> bytes:
     if len(out) > MAX_CONTEXT_BYTES:
         raise InputError(f"encryption context is {len(out)} bytes; at most {MAX_CONTEXT_BYTES}")
     return out
+
+
+class AuditHookError(KeyServiceError):
+    """A key use refused because the registry's audit hook could not record it.
+
+    Raised by :class:`KeyServices` when its ``audit`` hook raises (a full disk under the audit
+    log, a corrupt chain tail): the unwrapped key is dropped, the wrapped key is not returned,
+    and callers trying several wrapped keys stop at once instead of using another key
+    un-recorded. The hook's own exception is the ``__cause__``; the message names the event
+    and the key, never key material. Exit code 7, like any key-service refusal.
+
+    Examples:
+        >>> str(AuditHookError("key use refused: ..."))
+        'key use refused: ...'
+    """
 
 
 @dataclass(frozen=True)
@@ -464,6 +483,8 @@ class KeyServices:
             already reports refusals to this same hook. Fields: ``key`` (URI), ``version``,
             ``key_jurisdiction``, ``jurisdiction`` and ``principal`` (who asked),
             ``purpose``; never key bytes or wrapped-key bytes. "No such key" is not reported.
+            If the hook raises, the call fails closed with :class:`AuditHookError` (no key
+            returned; a refusal that cannot be recorded is raised as that instead).
 
     Changes made through :meth:`rotate`, :meth:`retire` and :meth:`destroy` — or directly on a
     built-in backend held here — are relayed to :meth:`subscribe` callbacks.
@@ -516,9 +537,14 @@ class KeyServices:
                 enc_context: Mapping[str, str] | None, **extra: Any) -> None:
         if purpose is None and enc_context:
             purpose = enc_context.get("purpose")
-        emit(self.audit, kind, key=key, version=version, key_jurisdiction=key_jurisdiction,
-             jurisdiction=context.jurisdiction, principal=context.principal, purpose=purpose,
-             **extra)
+        try:
+            emit(self.audit, kind, key=key, version=version, key_jurisdiction=key_jurisdiction,
+                 jurisdiction=context.jurisdiction, principal=context.principal,
+                 purpose=purpose, **extra)
+        except Exception as exc:  # fail closed: an unrecorded key use does not happen
+            at = "" if version is None else f" v{version}"
+            raise AuditHookError(f"key use refused: the audit hook could not record {kind} of "
+                                 f"{key}{at} ({type(exc).__name__})") from exc
 
     def _report_failure(self, svc: KeyService, operation: str, key: str, version: int | None,
                         key_jurisdiction: str | None, context: Context, purpose: str | None,

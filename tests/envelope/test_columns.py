@@ -443,3 +443,20 @@ class TestAuditedKeyUse:
         forms = [f for s in secrets for f in (s.hex(), base64.b64encode(s).decode(), repr(s),
                                               s.decode("latin-1"))]
         assert len(seen) >= 6 and [f for f in forms if f in text] == []
+
+
+class TestAuditFailureFailsClosed:
+    def test_decryption_is_refused_and_not_blamed_on_the_data(self, ring, eu):
+        """A corrupt audit log raised IntegrityError inside the unwrap; column decryption took
+        it for a bad wrapped key and said the *column* failed to authenticate."""
+        from pets import IntegrityError
+        from pets.keys import AuditHookError
+        from tests.envelope.test_envelope import FailingAudit
+
+        df = pd.DataFrame({"email": ["a@x.eu", "b@x.eu"]})
+        enc, ck = encrypt_columns(df, ["email"], keys=ring, key_uris=[EU1, EU2], context=eu)
+        hook = FailingAudit(IntegrityError("audit.jsonl: the last entry is corrupt"))
+        with pytest.raises(AuditHookError, match=rf"could not record key\.unwrap of {EU1} v1 "
+                                                 r"\(IntegrityError\)$"):
+            decrypt_columns(enc, ck, keys=KeyServices([ring], audit=hook), context=eu)
+        assert hook.tried == ["key.unwrap"]

@@ -641,3 +641,49 @@ class TestAuditedKeyUse:
         rewrap(blob, keys=services, context=eu, to=[EU1, EU2])
         assert [(e.kind, e.fields["key"], e.fields["version"]) for e in seen] == [
             ("key.unwrap", EU1, 1), ("key.wrap", EU1, 2), ("key.wrap", EU2, 1)]
+
+
+class FailingAudit:
+    """An audit hook whose log cannot be written (disk full, or a corrupt chain tail)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.tried: list[str] = []
+
+    def __call__(self, event) -> None:
+        self.tried.append(event.kind)
+        raise self.error
+
+
+class TestAuditFailureFailsClosed:
+    """A key use the audit log cannot record does not happen (as the export gate refuses to
+    write when its audit entry fails): no plaintext, no second key tried, and the error says
+    it was the audit, not the data."""
+
+    @pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                       IntegrityError("audit.jsonl: the last entry is corrupt")])
+    def test_decrypt_stops_at_the_first_unrecorded_unwrap(self, ring, eu, tmp_path, error):
+        from pets.keys import AuditHookError
+
+        src, enc, out = tmp_path / "a.bin", tmp_path / "a.pets", tmp_path / "b.bin"
+        src.write_bytes(DATA)
+        encrypt_file(src, enc, keys=ring, key_uris=[EU1, EU2], context=eu)
+        hook = FailingAudit(error)
+        with pytest.raises(AuditHookError, match=rf"^key use refused: the audit hook could "
+                           rf"not record key\.unwrap of {EU1} v1 \({type(error).__name__}\)$"
+                           ) as caught:
+            decrypt_file(enc, out, keys=KeyServices([ring], audit=hook), context=eu)
+        assert caught.value.__cause__ is error
+        assert hook.tried == ["key.unwrap"]  # EU2 was not unwrapped un-recorded
+        assert not out.exists()
+
+    def test_encrypt_writes_nothing_when_the_wrap_cannot_be_recorded(self, ring, eu,
+                                                                      tmp_path):
+        from pets.keys import AuditHookError
+
+        src, enc = tmp_path / "a.bin", tmp_path / "a.pets"
+        src.write_bytes(DATA)
+        with pytest.raises(AuditHookError, match=r"could not record key\.wrap of "):
+            encrypt_file(src, enc, keys=KeyServices([ring], audit=FailingAudit(OSError(28, "x"))),
+                         key_uris=[EU1], context=eu)
+        assert not enc.exists()

@@ -625,3 +625,20 @@ class TestWarmEqualsColdProperty:
                 write()
             for path in files:
                 assert outcome(pc, path) == outcome(ParquetCrypto(services), path)
+
+
+class TestAuditFailureFailsClosed:
+    def test_an_unrecordable_unwrap_reads_nothing_and_does_not_blame_the_file(self, pring, eu,
+                                                                             users, tmp_path):
+        """A full disk under the audit log made the read fail as '<file>: cannot read (No space
+        left on device)', an InputError about the Parquet file."""
+        from pets.keys import AuditHookError
+        from tests.envelope.test_envelope import FailingAudit
+
+        path = tmp_path / "u.parquet"
+        ParquetCrypto(pring).write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS)
+        hook = FailingAudit(OSError(28, "No space left on device"))
+        with pytest.raises(AuditHookError, match=r"could not record key\.unwrap of "
+                                                 rf"{FOOTER} v1 \(OSError\)$"):
+            ParquetCrypto(KeyServices([pring], audit=hook)).read(path, context=eu)
+        assert hook.tried == ["key.unwrap"]

@@ -555,6 +555,31 @@ class TestAuditedKeyUse:
             svc.audit = events
         assert quiet.kinds() == other.kinds() == ["key.refused"]
 
+    def test_a_use_the_hook_cannot_record_is_refused(self, backend):
+        """Fail closed, like the export gate: no key leaves an unrecorded unwrap or wrap, and
+        a refusal that cannot be recorded is not passed off as the plain refusal."""
+        from pets.keys import AuditHookError, KeyServices
+
+        svc, uri = backend
+        svc.create(uri, jurisdiction="EU")
+        svc.audit = None  # only the registry's hook
+        w = KeyServices([svc]).wrap(uri, b"d" * 32, context=EU)
+        disk_full = OSError(28, "No space left on device")
+
+        def hook(event):
+            raise disk_full
+
+        services = KeyServices([svc], audit=hook)
+        for call, kind in ((lambda: services.unwrap(w, context=EU), "key.unwrap"),
+                           (lambda: services.wrap(uri, b"d" * 32, context=EU), "key.wrap"),
+                           (lambda: services.unwrap(w, context=Context("US")), "key.refused")):
+            with pytest.raises(AuditHookError) as caught:
+                call()
+            assert str(caught.value) == (f"key use refused: the audit hook could not record "
+                                         f"{kind} of {uri} v1 (OSError)")
+            assert caught.value.__cause__ is disk_full
+            assert caught.value.exit_code == 7
+
     def test_unknown_keys_are_not_reported(self, audited):
         services, _, uri, seen = audited
         with pytest.raises(KeyNotFoundError):
