@@ -54,7 +54,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, runtime_checkable
 
-from pets._errors import KeyServiceError
+from pets._errors import InputError, KeyServiceError
 from pets.jurisdiction import Context
 from pets.keys import KeyServices, Secret, WrappedKey
 
@@ -253,12 +253,21 @@ class KeyRef:
             source: How resolving processes open the key service.
             context: Execution context for wrapping and for later unwraps.
             services: Key services to wrap with on this process (default: ``source``'s).
-            enc_context: Extra encryption context; ``purpose`` is always bound.
+            enc_context: Extra encryption context; ``purpose`` is always bound (to
+                ``pets.engines.keyref``: it is what ``key.wrap`` / ``key.unwrap`` audit events
+                report, so it cannot be set here).
 
         Returns:
             A reference whose :meth:`resolve` gives back ``secret``.
+
+        Raises:
+            InputError: ``enc_context`` has a ``purpose`` entry.
         """
-        ec = {"purpose": PURPOSE, **dict(enc_context or {})}
+        extra = dict(enc_context or {})
+        if "purpose" in extra:
+            raise InputError("a key reference's purpose is always pets.engines.keyref: leave "
+                             "'purpose' out of enc_context")
+        ec = {"purpose": PURPOSE, **extra}
         svc = _watch(services if services is not None else source.services())
         with _LOCK:
             epoch = _EPOCH[0]

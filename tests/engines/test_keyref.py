@@ -332,3 +332,23 @@ class TestInvalidationOutlivesTheWrappingRegistry:
         ring.destroy("memory://eu/kek")
         with pytest.raises(KeyDestroyedError, match=r"^memory://eu/kek v1 is destroyed$"):
             ref.resolve()
+
+
+class TestPurposeIsBound:
+    def test_enc_context_cannot_relabel_the_audited_purpose(self, eu):
+        """``{"purpose": PURPOSE, **enc_context}`` let a caller's entry replace the bound
+        purpose, so worker unwraps could be logged as e.g. ``pets.signing-key`` unwraps."""
+        from pets import InputError
+        from tests.keys.conftest import Events
+
+        ring = MemoryKeyring()
+        ring.create("memory://eu/kek", jurisdiction="EU")
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        with pytest.raises(InputError, match="purpose is always pets.engines.keyref"):
+            KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=InProcessKeys(services),
+                        context=eu, enc_context={"purpose": "pets.signing-key"})
+        assert seen.kinds() == []
+        KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=InProcessKeys(services),
+                    context=eu, enc_context={"job": "nightly"})
+        assert [e.fields["purpose"] for e in seen] == ["pets.engines.keyref"]
