@@ -345,7 +345,7 @@ class TestPurposeIsBound:
         ring.create("memory://eu/kek", jurisdiction="EU")
         seen = Events()
         services = KeyServices([ring], audit=seen)
-        with pytest.raises(InputError, match="purpose is always pets.engines.keyref"):
+        with pytest.raises(InputError, match=r"purpose is always pets\.engines\.keyref"):
             KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=InProcessKeys(services),
                         context=eu, enc_context={"purpose": "pets.signing-key"})
         assert seen.kinds() == []
