@@ -282,6 +282,12 @@ def apply_series(transform: Any, series: Any, *args: Any, **kwargs: Any) -> Any:
     if by is not None and by.npartitions != series.npartitions:
         raise InputError(f"{name}: by= has {by.npartitions} partitions, the column "
                          f"{series.name!r} {series.npartitions}: partition them alike")
+    if (by is not None and by.known_divisions and series.known_divisions
+            and tuple(by.divisions) != tuple(series.divisions)):
+        # dask zips the partitions without aligning them: rows would meet other users' ids
+        raise InputError(f"{name}: by= is partitioned at other index bounds than the column "
+                         f"{series.name!r} (other divisions): take both from one frame, or "
+                         "repartition by= like the column")
     if _quantiles(transform) is not None:
         if kwargs:
             raise InputError(f"{name}: unexpected keyword(s) {sorted(kwargs)}")

@@ -208,6 +208,16 @@ class TestBadInputIsRefusedClearly:
         with pytest.raises(InputError, match="needs by="):
             t.apply(ddf["signup_ts"])
 
+    def test_date_shift_user_column_with_other_partition_bounds_is_refused_at_call_time(
+            self, users, ddf):
+        # same partition count, other known divisions: the partitions would be zipped, and the
+        # compute failed with 'by= must have the same length as the dates' on equal columns
+        t = DateShift(ROOT, domain="d")
+        by = ddf["user_id"].repartition(divisions=[0, 10, 20, len(users) - 1])
+        assert by.npartitions == ddf.npartitions and by.divisions != ddf.divisions
+        with pytest.raises(InputError, match=r"by= is partitioned at other index bounds"):
+            t.apply(ddf["signup_ts"], by=by)
+
     @pytest.mark.parametrize("make", [
         lambda: Tokenizer(ROOT, domain="t", jurisdiction="EU"),
         lambda: FF1Transform(ROOT, domain="f", jurisdiction="EU"),
