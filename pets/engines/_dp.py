@@ -60,6 +60,8 @@ the reduced counts, on the driver), or no grouping.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -137,13 +139,60 @@ class BoundingSpec:
         return tuple(dict.fromkeys(_family(k) for k in self.plan))
 
 
+def _nan_for_missing(values: Any) -> pd.Index:
+    """``values`` as an object Index with every missing value (None, NaN, NA, NaT) as NaN:
+    a ``MultiIndex`` matches any missing value with any other, a flat Index only NaN."""
+    idx = pd.Index(values, dtype=object)
+    missing = np.asarray(idx.isna(), dtype=bool)
+    return idx.where(~missing, np.nan) if missing.any() else idx
+
+
+@functools.lru_cache(maxsize=2)
+def _key_lookup(keys: tuple[tuple[Any, ...], ...],
+                ncols: int) -> tuple[tuple[pd.Index, ...], pd.Index] | None:
+    """Per grouping column, the Index of the values its keys take; and, per key, its code
+    ``Σ code_i · radix_i`` over those levels, as an Index (``None``: the radix product would
+    overflow int64). Cached per process: every partition of a release asks for the same keys.
+    """
+    levels: list[pd.Index] = []
+    codes: list[np.ndarray] = []
+    for i in range(ncols):
+        code, uniq = pd.factorize(_nan_for_missing([k[i] for k in keys]),
+                                  use_na_sentinel=False)
+        levels.append(pd.Index(uniq, dtype=object))
+        codes.append(np.asarray(code, dtype=np.int64))
+    if math.prod(max(len(lv), 1) for lv in levels) > 2**62:
+        return None
+    combined = np.zeros(len(keys), dtype=np.int64)
+    for lv, code in zip(levels, codes, strict=True):
+        combined = combined * max(len(lv), 1) + code
+    return tuple(levels), pd.Index(combined)
+
+
 def _group_codes(frame: pd.DataFrame, spec: BoundingSpec) -> np.ndarray:
-    """Index of each row's group in ``spec.keys`` (``-1``: not a public key, dropped)."""
+    """Index of each row's group in ``spec.keys`` (``-1``: not a public key, dropped).
+
+    Matches as ``MultiIndex.get_indexer`` would (Python equality on object values, NaN to
+    NaN), per column against the values the keys take, so a partition costs O(its rows)
+    after the first (building a ``MultiIndex`` of every key per partition cost O(keys)).
+    """
     if not spec.by:
         return np.zeros(len(frame), dtype=np.int64)
-    key_index = pd.MultiIndex.from_tuples(list(spec.keys), names=list(spec.by))
-    rows = pd.MultiIndex.from_frame(frame[list(spec.by)].astype(object))
-    return np.asarray(key_index.get_indexer(rows), dtype=np.int64)
+    lookup = _key_lookup(spec.keys, len(spec.by))
+    if lookup is None or not lookup[1].is_unique:  # huge radix or keys that compare equal
+        key_index = pd.MultiIndex.from_tuples(list(spec.keys), names=list(spec.by))
+        rows = pd.MultiIndex.from_frame(frame[list(spec.by)].astype(object))
+        return np.asarray(key_index.get_indexer(rows), dtype=np.int64)
+    levels, key_codes = lookup
+    combined = np.zeros(len(frame), dtype=np.int64)
+    found = np.ones(len(frame), dtype=bool)
+    for lv, col in zip(levels, spec.by, strict=True):
+        rc = np.asarray(lv.get_indexer(_nan_for_missing(frame[col])), dtype=np.int64)
+        found &= rc >= 0
+        combined = combined * max(len(lv), 1) + np.where(rc >= 0, rc, 0)
+    out = np.asarray(key_codes.get_indexer(combined), dtype=np.int64)
+    out[~found] = -1
+    return out
 
 
 def _empty_partial(spec: BoundingSpec) -> pd.DataFrame:
