@@ -144,7 +144,8 @@ def _nan_for_missing(values: Any) -> pd.Index:
     a ``MultiIndex`` matches any missing value with any other, a flat Index only NaN."""
     idx = pd.Index(values, dtype=object)
     missing = np.asarray(idx.isna(), dtype=bool)
-    return idx.where(~missing, np.nan) if missing.any() else idx
+    out: pd.Index = idx.where(~missing, np.nan) if missing.any() else idx
+    return out
 
 
 @functools.lru_cache(maxsize=2)
@@ -190,7 +191,7 @@ def _group_codes(frame: pd.DataFrame, spec: BoundingSpec) -> np.ndarray:
         rc = np.asarray(lv.get_indexer(_nan_for_missing(frame[col])), dtype=np.int64)
         found &= rc >= 0
         combined = combined * max(len(lv), 1) + np.where(rc >= 0, rc, 0)
-    out = np.asarray(key_codes.get_indexer(combined), dtype=np.int64)
+    out = np.asarray(key_codes.get_indexer(pd.Index(combined)), dtype=np.int64)
     out[~found] = -1
     return out
 
