@@ -108,9 +108,30 @@ def in_process_refusal() -> str | None:
         return "a distributed client is active (tasks run in other processes)"
     if "dask" in sys.modules:
         scheduler = sys.modules["dask"].config.get("scheduler", None)
-        if scheduler in ("processes", "multiprocessing"):
-            return "the multiprocessing scheduler is configured (tasks run in other processes)"
+        if _runs_elsewhere(scheduler):
+            what = ("the multiprocessing scheduler" if scheduler in ("processes", "multiprocessing")
+                    else f"the scheduler {scheduler!r}")
+            return f"{what} is configured (tasks run in other processes)"
     return None
+
+
+def _runs_elsewhere(scheduler: object) -> bool:
+    """True for a configured ``scheduler`` whose tasks run outside this process.
+
+    ``dask.config.set(scheduler=...)`` takes a name, a ``get`` function or an executor: the
+    multiprocessing names, ``dask.multiprocessing.get``, a ``ProcessPoolExecutor``, and a
+    ``distributed`` client (or its ``get``) run tasks in other processes.
+    """
+    import concurrent.futures
+
+    if isinstance(scheduler, str):
+        return scheduler in ("processes", "multiprocessing", "distributed", "dask.distributed")
+    if isinstance(scheduler, concurrent.futures.ProcessPoolExecutor):
+        return True
+    owner = getattr(scheduler, "__self__", scheduler)  # a bound get: its client
+    module = getattr(scheduler, "__module__", None) or ""
+    return (module == "dask.multiprocessing"
+            or type(owner).__module__.startswith("distributed"))
 
 
 def _refuse(what: str, fix: str, reason: str) -> InputError:

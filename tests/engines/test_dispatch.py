@@ -498,6 +498,32 @@ class TestMultiprocessSchedulers:
                 KeyedHash(ROOT, domain="d").apply(ddf["email"])
             assert isinstance(Mask().apply(ddf["email"]), dd.Series)  # no key: fine
 
+    @pytest.mark.parametrize("kind", ["multiprocessing.get", "ProcessPoolExecutor"])
+    def test_a_multiprocess_scheduler_given_as_an_object_is_refused(self, ddf, kind):
+        # dask.config.set(scheduler=...) also takes a get function or an executor: tasks then
+        # run in other processes, which cannot resolve an in-process key reference
+        import concurrent.futures
+
+        import dask.multiprocessing
+
+        pool = concurrent.futures.ProcessPoolExecutor(1) if kind == "ProcessPoolExecutor" else None
+        try:
+            with dask.config.set(scheduler=pool or dask.multiprocessing.get):
+                assert "other processes" in (in_process_refusal() or "")
+                with pytest.raises(InputError, match="needs keys in the partitions"):
+                    KeyedHash(ROOT, domain="d").apply(ddf["email"])
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def test_in_process_schedulers_given_as_objects_are_accepted(self, ddf):
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            for value in (pool, dask.get, "threads", "sync"):
+                with dask.config.set(scheduler=value):
+                    assert in_process_refusal() is None
+
 
 # Last in the module: the module-scoped cluster stays the default client once started.
 class TestWithADistributedClient:
