@@ -8,10 +8,13 @@ The pipeline, and why it carries the pandas path's guarantee (``docs/scale-out.m
    the function the pandas :class:`~pets.dp.Session` uses: each user keeps at most
    ``max_groups`` groups and ``max_rows`` rows per group, chosen by uniform random priorities
    from a numpy ``Generator`` seeded with ``(seed, partition number)``; ``seed`` is 128 bits
-   from the OS CSPRNG, drawn once on the driver per release. The rows kept for a user depend
-   on that user's rows and independent sampling randomness only, so adding or removing one
-   user changes the bounded data by at most ``G`` groups × ``C`` rows — the stability the
-   pandas path's sensitivity rests on. A retried partition recomputes the same rows.
+   from the OS CSPRNG, drawn once on the driver per release and never revealed. Over that
+   seed, each user's kept rows are a uniform sample of the user's own rows, independent of
+   the other users', so the other users' kept rows have the same distribution with or without
+   one user, who changes the bounded data by at most ``G`` groups × ``C`` rows — the
+   stability the pandas path's sensitivity rests on. (For a *fixed* seed this fails:
+   priorities are drawn by position, and one added user shifts the others'.) A retried
+   partition recomputes the same rows.
 3. **Exact partial aggregates per partition**, with the pandas path's own row functions:
    counts and integer sums on the fixed-point grid (:func:`pets.dp._session._encode`) per
    key; counts per (key, bin) of :func:`pets.dp._session.histogram_bins`; counts per
@@ -236,8 +239,9 @@ def bound_partition(frame: pd.DataFrame, spec: BoundingSpec,
 
     Privacy:
         Not a release: exact bounded partial aggregates that only the driver sees, where
-        noise is added once. The rows kept for a user depend only on that user's rows and on
-        ``(spec.seed, partition number)``; no noise is drawn here.
+        noise is added once. Over a secret ``spec.seed``, each user's kept rows are a uniform
+        sample of that user's rows, independent of the other users' (a retry with the same
+        seed and partition number keeps the same rows); no noise is drawn here.
     """
     from pets.dp._bounding import bound_contributions, measured_column
 
