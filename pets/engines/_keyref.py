@@ -4,8 +4,8 @@ A :class:`KeyRef` is the *ciphertext* of a key (a :class:`~pets.keys.WrappedKey`
 :class:`~pets.Context` to unwrap it in, and a :class:`KeySource` saying how a worker process
 opens the key service that can unwrap it. It is picklable and safe to ship: it contains no key
 bytes. A worker calls :meth:`KeyRef.resolve` the first time a partition needs the key; the
-unwrapped :class:`~pets.keys.Secret` is cached in that process (one unwrap per worker process,
-not per task), and :func:`forget_keys` drops the cache.
+unwrapped :class:`~pets.keys.Secret` is cached in that process (one unwrap per worker process
+and :data:`CACHE_LIFETIME_SECONDS`, not per task), and :func:`forget_keys` drops the cache.
 
 Two key sources ship with pets:
 
@@ -25,10 +25,12 @@ unwraps through is subscribed to (:meth:`~pets.keys.KeyServices.subscribe`), and
 the cache entry for as long as a secret it covers stays cached (key-change hubs hold their
 subscribers weakly: a registry the caller dropped would otherwise take the subscription with
 it). When a KEK is destroyed or retired in this process, every cached secret wrapped under that
-KEK is dropped at once, so the next :meth:`KeyRef.resolve` asks the key service and is refused. Listeners added
-with :func:`on_invalidate` (caches built *from* resolved secrets) hear which references went. A
-change made in *another* process (the driver destroying a key while workers hold it) is not
-seen by the workers: run ``client.run(forget_keys)`` after crypto-shredding.
+KEK is dropped at once, so the next :meth:`KeyRef.resolve` asks the key service and is refused.
+Listeners added with :func:`on_invalidate` (caches built *from* resolved secrets) hear which
+references went. A change made in *another* process (the driver destroying a key while workers hold it) is not
+heard by the workers: they ask the key service again, and are refused, once their cached
+entry is :data:`CACHE_LIFETIME_SECONDS` (60 s) old; run ``client.run(forget_keys)`` after
+crypto-shredding to make it immediate.
 
 Examples:
     >>> from pets import Context
@@ -49,16 +51,24 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, runtime_checkable
 
-from pets._errors import InputError, KeyServiceError
+from pets._errors import InputError, KeyServiceError, PetsError
 from pets.jurisdiction import Context
 from pets.keys import KeyServices, Secret, WrappedKey
 
-__all__ = ["InProcessKeys", "KeyRef", "KeySource", "WorkerKeys", "forget_keys"]
+__all__ = [
+    "CACHE_LIFETIME_SECONDS",
+    "InProcessKeys",
+    "KeyRef",
+    "KeySource",
+    "WorkerKeys",
+    "forget_keys",
+]
 
 #: ``enc_context`` purpose bound (as AAD) into every key a :class:`KeyRef` wraps itself.
 PURPOSE = "pets.engines.keyref"
@@ -77,9 +87,15 @@ class KeySource(Protocol):
 # so they are deliberately module state; forget_keys() clears them.
 _LOCK = threading.Lock()
 _SERVICES: dict[object, KeyServices] = {}
-#: Each cached secret with the registry whose subscription invalidates it: key-change hubs
-#: hold subscribers weakly, so the entry keeps that registry alive as long as the secret.
-_SECRETS: dict[KeyRef, tuple[Secret, KeyServices]] = {}
+#: How long a cached secret is served before the key service is asked again: the bound on how
+#: long a KEK destroyed or retired by *another process* (unheard here) keeps working in this
+#: one, as for ParquetCrypto's pyarrow cache. Changes made in this process act at once.
+CACHE_LIFETIME_SECONDS = 60.0
+_clock = time.monotonic
+#: Each cached secret with the registry whose subscription invalidates it (key-change hubs
+#: hold subscribers weakly, so the entry keeps that registry alive as long as the secret) and
+#: the time after which it is unwrapped again.
+_SECRETS: dict[KeyRef, tuple[Secret, KeyServices, float]] = {}
 _IN_PROCESS: weakref.WeakValueDictionary[str, _Holder] = weakref.WeakValueDictionary()
 #: Called with the references dropped because their KEK changed (``None``: every reference,
 #: from :func:`forget_keys`).
@@ -152,6 +168,15 @@ def _on_key_change(uri: str, version: int, what: str) -> None:
             del _SECRETS[ref]
     if gone:
         _invalidated(gone)
+
+
+def _expire(ref: KeyRef) -> None:
+    """Drop ``ref``'s expired secret that the key service now refuses, and tell listeners."""
+    with _LOCK:
+        _EPOCH[0] += 1
+        gone = _SECRETS.pop(ref, None) is not None
+    if gone:
+        _invalidated(frozenset({ref}))
 
 
 def _watch(services: KeyServices) -> KeyServices:
@@ -275,7 +300,7 @@ class KeyRef:
         ref = cls(wrapped, source, context, tuple(sorted(ec.items())))
         with _LOCK:
             if _EPOCH[0] == epoch:  # no KEK changed meanwhile (else resolve() asks again)
-                _SECRETS[ref] = (secret, svc)
+                _SECRETS[ref] = (secret, svc, _clock() + CACHE_LIFETIME_SECONDS)
         return ref
 
     def resolve(self) -> Secret:
@@ -289,16 +314,30 @@ class KeyRef:
         with _LOCK:
             hit = _SECRETS.get(self)
             epoch = _EPOCH[0]
-        if hit is not None:
+        if hit is not None and _clock() < hit[2]:
             return hit[0]
-        services = services_for(self.source)
-        raw = services.unwrap(self.wrapped, context=self.context,
-                              enc_context=dict(self.enc_context))
+        services = services_for(self.source) if hit is None else hit[1]
+        try:
+            raw = services.unwrap(self.wrapped, context=self.context,
+                                  enc_context=dict(self.enc_context))
+        except PetsError:
+            if hit is not None:  # expired and now refused (a change made elsewhere): drop it
+                _expire(self)
+            raise
         secret = Secret(raw)
         with _LOCK:
             if _EPOCH[0] != epoch:  # a KEK changed while we unwrapped: do not cache
                 return secret
-            return _SECRETS.setdefault(self, (secret, services))[0]
+            entry = (secret, services, _clock() + CACHE_LIFETIME_SECONDS)
+            if hit is not None:
+                _SECRETS[self] = entry
+            return _SECRETS.setdefault(self, entry)[0]
+
+    def cached(self) -> bool:
+        """True while this process serves the secret from its cache (within its lifetime)."""
+        with _LOCK:
+            hit = _SECRETS.get(self)
+        return hit is not None and _clock() < hit[2]
 
     def __repr__(self) -> str:
         return (f"KeyRef(key_uri={self.wrapped.key_uri!r}, version={self.wrapped.version}, "

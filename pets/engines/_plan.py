@@ -84,14 +84,19 @@ class Rebuild:
 
         A transform whose KEK was destroyed or retired in this process while it was being
         built is returned to this caller but not cached (the next build asks the key service,
-        as :meth:`KeyRef.resolve` does for the secret itself).
+        as :meth:`KeyRef.resolve` does for the secret itself). A cached transform is served
+        only while its secret is (:data:`~pets.engines._keyref.CACHE_LIFETIME_SECONDS`), then
+        the key service is asked again, so a KEK destroyed by another process stops it too.
         """
         with _BUILT_LOCK:
             hit = _BUILT.get(self)
-        if hit is not None:
+        if hit is not None and self.ref.cached():
             return hit
         epoch = _epoch()
-        t = self.factory(self.ref.resolve(), **dict(self.kwargs))
+        secret = self.ref.resolve()  # past the cache lifetime: the key service is asked again
+        if hit is not None:
+            return hit  # still allowed: the same secret, cached anew
+        t = self.factory(secret, **dict(self.kwargs))
         with _BUILT_LOCK:
             # compared under _BUILT_LOCK: an invalidation either came first (epoch moved: not
             # cached) or comes after and drops the entry (its listener takes _BUILT_LOCK)

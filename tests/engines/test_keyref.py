@@ -352,3 +352,70 @@ class TestPurposeIsBound:
         KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=InProcessKeys(services),
                     context=eu, enc_context={"job": "nightly"})
         assert [e.fields["purpose"] for e in seen] == ["pets.engines.keyref"]
+
+
+class TestAChangeThisProcessDoesNotHear:
+    """Attack: the KEK is destroyed by another process (the driver shredding a key while Dask
+    workers hold it, or `pets keys destroy` in a shell beside a notebook). No notice arrives;
+    the cache used to serve the secret (and the transforms built from it) until forget_keys(),
+    with no bound at all. Now it asks the key service again once an entry is
+    CACHE_LIFETIME_SECONDS old, like ParquetCrypto's pyarrow cache."""
+
+    @pytest.fixture
+    def unheard(self, monkeypatch):
+        from pets.engines import _keyref
+
+        forget_keys()
+        now = [1000.0]
+        monkeypatch.setattr(_keyref, "_clock", lambda: now[0])
+        ring = MemoryKeyring()
+        ring.create("memory://eu/kek", jurisdiction="EU")
+        services = KeyServices([ring])
+        ring.changes.unsubscribe(services._relay)  # as if the destroy happened elsewhere
+        return ring, services, now
+
+    def test_a_stale_secret_is_refused_after_the_cache_lifetime(self, unheard, eu):
+        from pets import KeyDestroyedError
+        from pets.engines._keyref import CACHE_LIFETIME_SECONDS
+
+        ring, services, now = unheard
+        root = Secret.generate()
+        ref = KeyRef.wrap(root, "memory://eu/kek", source=InProcessKeys(services), context=eu)
+        ring.destroy("memory://eu/kek")
+        now[0] += CACHE_LIFETIME_SECONDS - 1
+        assert ref.resolve() == root  # within the lifetime: the documented window
+        now[0] += 2
+        with pytest.raises(KeyDestroyedError, match=r"^memory://eu/kek v1 is destroyed$"):
+            ref.resolve()
+
+    def test_a_transform_built_from_it_is_refused_too(self, unheard, eu):
+        from pets import KeyDestroyedError
+        from pets.engines import Rebuild
+        from pets.engines._keyref import CACHE_LIFETIME_SECONDS
+        from pets.pseudo import KeyedHash
+
+        ring, services, now = unheard
+        ref = KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=InProcessKeys(services),
+                          context=eu)
+        rb = Rebuild.of(KeyedHash, ref, domain="crm")
+        rb.build()
+        ring.destroy("memory://eu/kek")
+        now[0] += CACHE_LIFETIME_SECONDS + 1
+        with pytest.raises(KeyDestroyedError, match=r"^memory://eu/kek v1 is destroyed$"):
+            rb.build()
+
+    def test_a_live_key_is_unwrapped_again_once_per_lifetime(self, unheard, eu):
+        from pets.engines._keyref import CACHE_LIFETIME_SECONDS
+        from tests.keys.conftest import Events
+
+        ring, _, now = unheard
+        seen = Events()
+        services = KeyServices([ring], audit=seen)
+        root = Secret.generate()
+        ref = KeyRef.wrap(root, "memory://eu/kek", source=InProcessKeys(services), context=eu)
+        for _ in range(3):
+            assert ref.resolve() == root
+        now[0] += CACHE_LIFETIME_SECONDS + 1
+        for _ in range(3):
+            assert ref.resolve() == root
+        assert seen.kinds() == ["key.wrap", "key.unwrap"]
