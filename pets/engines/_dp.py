@@ -415,7 +415,7 @@ class DaskSession:
         self.data = data
         self.session = Session(data._meta, privacy_unit=privacy_unit, budget=budget,
                                ledger=ledger, dataset_id=dataset_id, audit=audit,
-                               max_keys=max_keys or DEFAULT_MAX_KEYS)
+                               max_keys=DEFAULT_MAX_KEYS if max_keys is None else max_keys)
 
     @property
     def budget(self) -> Any:

@@ -222,6 +222,13 @@ class TestDaskSession:
             "watch_seconds", bounds=(0, 3600)).release(rho=0.5, progress=False)
         assert draws == [False, False, False]  # count, centred sum, centred squares: once each
 
+    @pytest.mark.parametrize("max_keys", [0, -5, 2.5])
+    def test_bad_max_keys_is_refused_as_by_the_pandas_session(self, events, max_keys):
+        # 0 used to fall back silently to the default limit
+        with pytest.raises(InputError, match="max_keys"):
+            DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
+                        budget=Budget.pure(1.0), max_keys=max_keys)
+
     def test_budget_is_enforced_and_nothing_spent_on_refusal(self, events):
         ds = DaskSession(dd.from_pandas(events, npartitions=2), privacy_unit="user_id",
                          budget=Budget.pure(1.0))
