@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pets._errors import InputError
+from pets._errors import InputError, KeyServiceError
 from pets._events import emit
 from pets.engines._dask import is_dask, meta_for, require_dask
-from pets.engines._keyref import InProcessKeys, WorkerKeys
+from pets.engines._keyref import _IN_PROCESS, InProcessKeys, WorkerKeys
 from pets.engines._plan import ship
 from pets.engines._ship import keyed_shipper
 from pets.jurisdiction import Context
@@ -141,6 +141,37 @@ def _refuse(what: str, fix: str, reason: str) -> InputError:
         "never pickles the key into the task graph")
 
 
+class _EphemeralKeys(InProcessKeys):
+    """The source of an ephemeral in-process key reference (pickled as its handle only).
+
+    Resolved in another process — a lazy frame built with no cluster around, then computed by
+    a ``distributed`` client or the multiprocessing scheduler — it says so and names the fix.
+    """
+
+    __slots__ = ()
+
+    def services(self, *, environ: Mapping[str, str] | None = None) -> KeyServices:
+        try:
+            return super().services(environ=environ)
+        except KeyServiceError:
+            raise KeyServiceError(
+                "this lazy Dask object was built with an ephemeral in-process key reference (no "
+                "distributed client or multiprocessing scheduler was configured when it was "
+                "built) and is computed in another process, which cannot resolve it: build it "
+                "again with keys=/workers=WorkerKeys(...) a worker can resolve (see "
+                "docs/scale-out.md, 'How keys reach the workers')") from None
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (_ephemeral_from_handle, (self.handle,))
+
+
+def _ephemeral_from_handle(handle: str) -> _EphemeralKeys:
+    obj = _EphemeralKeys.__new__(_EphemeralKeys)
+    obj.handle = handle
+    obj._holder = _IN_PROCESS.get(handle)
+    return obj
+
+
 class _OneKeyRing(MemoryKeyring):
     """A :class:`~pets.keys.MemoryKeyring` holding one KEK and claiming only that URI.
 
@@ -188,7 +219,7 @@ def in_process_keys(context: Context = _PROCESS, services: KeyServices | None = 
     uri = f"memory://pets-dispatch/{secrets.token_hex(8)}"
     ring = _OneKeyRing(uri, context.jurisdiction)
     every = KeyServices([ring, *(services or ())])
-    return WorkerKeys(InProcessKeys(every), uri, context, services=every)
+    return WorkerKeys(_EphemeralKeys(every), uri, context, services=every)
 
 
 # -- transforms on a Dask Series ---------------------------------------------------------------

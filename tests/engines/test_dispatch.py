@@ -516,6 +516,18 @@ class TestMultiprocessSchedulers:
             if pool is not None:
                 pool.shutdown()
 
+    def test_a_frame_built_in_process_then_computed_in_other_processes_says_why(self, ddf):
+        # built with no cluster around (ephemeral in-process key reference), computed by worker
+        # processes: they cannot resolve the reference (and are not sent the key); the error
+        # names the cause and the fix
+        from pets import KeyServiceError
+
+        lazy = KeyedHash(ROOT, domain="d").apply(ddf["email"])
+        with pytest.raises(KeyServiceError,
+                           match=r"built with an ephemeral in-process key reference.*"
+                                 r"keys=/workers=WorkerKeys"):
+            lazy.compute(scheduler="processes", num_workers=1)
+
     def test_in_process_schedulers_given_as_objects_are_accepted(self, ddf):
         import concurrent.futures
 
