@@ -72,7 +72,7 @@ class TestReleaseCommand:
 
     @pytest.mark.parametrize("engine", ["pandas", "dask"])
     def test_private_keys_of_a_dictionary_column_write_no_withheld_key(self, tmp_path, capsys,
-                                                                       engine):
+                                                                       engine, monkeypatch):
         # a Parquet column written from a pandas categorical is read back as one, with every
         # key present as a category: the release file's dictionary must not carry them
         if engine == "dask":
@@ -80,6 +80,13 @@ class TestReleaseCommand:
             from tests.engines.conftest import DASK, HAVE_DASK
 
             require_service(HAVE_DASK, DASK)
+            import contextlib
+
+            from pets.engines import _run
+
+            # Dask's local scheduler instead of a cluster of processes (covered elsewhere)
+            monkeypatch.setattr(_run, "local_client",
+                                lambda workers, **kw: contextlib.nullcontext(None))
         frame = synthetic_events(3000, n_users=400, seed=2)
         frame.loc[frame["user_id"] == frame["user_id"].iloc[0], "country"] = "ZZ"
         frame["country"] = frame["country"].astype("category")
