@@ -245,6 +245,28 @@ def _schema(path: Path) -> Any:
         raise InputError(f"cannot read the Parquet dataset {str(path)!r}: {exc}") from exc
 
 
+def _check_parts(path: Path) -> None:
+    """Read the footer of every Parquet file the Dask engine will read (files whose names
+    start with ``.`` or ``_`` are not parts), naming the first one that cannot be read — before
+    a cluster starts. A part damaged past its footer is still refused later, without its name.
+    """
+    import pyarrow.parquet as pq
+
+    files = [str(path)]
+    if path.is_dir():
+        import pyarrow.dataset as pds
+
+        try:
+            files = list(pds.dataset(str(path), format="parquet").files)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read the Parquet dataset {str(path)!r}: {exc}") from exc
+    for f in files:
+        try:
+            pq.read_metadata(f)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise InputError(f"cannot read the Parquet part {f!r}: {exc}") from None
+
+
 def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
     """Add the parsed ``--agg`` specs to a query (a pandas or a Dask query: same methods)."""
     for sp in specs:
@@ -370,6 +392,8 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     if specs:
         assert out is not None
         _check_out(out)
+        if engine == "dask":
+            _check_parts(infile)
     keys_arg = _keys(infile, by, keys, keys_file, private_keys) if specs else None
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
     if specs:

@@ -300,6 +300,7 @@ class TestReleaseEngineDask:
         code, _, err = run(capsys, *self._args(dataset, tmp_path), "--engine", "dask",
                            "--epsilon", "1", "--budget-epsilon", "2")
         assert code == 1 and "cannot read" in err and "Traceback" not in err
+        assert f"part.{which}.parquet" in err  # the message names the part at fault
         assert not (tmp_path / "r.parquet").exists()
         led, dsid = Ledger(tmp_path / "l.db"), str(dataset.resolve())
         assert led.budget_of(dsid, "user_id") is None or \
