@@ -638,3 +638,13 @@ class TestOnTheCluster:
                 user_id=p["user_id"].astype(str).astype("category")))
         got = bounded_aggregates(ddf, _spec([("count",)], by=(), C=1), progress=False)
         assert got.vectors[("count",)].tolist() == [len(np.unique(users))]
+
+    def test_workers_cut_the_same_candidates_bit_for_bit(self, dask_client):
+        # the cells are counted against the workers' candidates and rebuilt against the
+        # driver's: they must be the same floats
+        from pets.dp._session import quantile_candidates
+
+        for args in ((0.0, 3600.0, 1001), (-1e150, 1e150, 99_999), (0.1, 0.7, 3),
+                     (1e15, 1e15 + 1.0, 9)):
+            remote = dask_client.submit(quantile_candidates, *args, pure=False).result()
+            assert remote.tobytes() == quantile_candidates(*args).tobytes()
