@@ -53,7 +53,9 @@ Privacy:
     engine refuses more than ``MAX_QUANTILE_CELLS`` cells). The rebuilt vector has one entry
     per bounded row of a key — no cheaper input gives the same scores, since the scores grow
     with the counts — and is built one key at a time, so the driver holds the largest group's
-    values (8 bytes a row), never the whole column as the pandas path does.
+    values (8 bytes a row), never the whole column as the pandas path does. A key with more
+    rows than ``pets.dp._session.MAX_QUANTILE_ROWS`` (or than the driver can allocate) is
+    refused before the spend, not by a ``MemoryError`` inside it.
 
 Supported on Dask: ``count``, ``sum``, ``mean``, ``variance``, ``histogram``, ``quantile``
 and ``median``, over public keys, keys selected privately (OpenDP's threshold mechanism on
