@@ -409,24 +409,33 @@ class LocalKeyring:
         gen = seen = -1
         for attempt in range(_LOAD_ATTEMPTS):
             try:
-                with open(file, "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    raw = fh.read(_MAX_FILE + 1)
+                fh = open(file, "rb")
             except FileNotFoundError:
                 raise KeyNotFoundError(f"no key {uri}") from None
             except OSError as exc:
                 raise KeyServiceError(f"cannot read key file for {uri}: {exc.strerror}") from None
-            doc = self._authenticate(uri, raw)
-            if doc is not None:
-                gen = int(doc.get("generation", 0))
-                with _SEEN_LOCK:
-                    seen = _SEEN.get((*self._ident, uri), -1)
-                    if gen >= seen:
-                        _SEEN[(*self._ident, uri)] = gen
-                        return doc
-            # Bad or older than already seen: a writer may have renamed a newer file over the
-            # one we opened (and shredded it) — then read again; otherwise it is tampering.
-            if attempt + 1 == _LOAD_ATTEMPTS or not _replaced(file, st):
+            # The file stays open until the replaced-check below: closed, its inode number could
+            # be reused by the next write's file, which would then look "not replaced" and turn
+            # a concurrent rotate/destroy into a false rollback alarm.
+            with fh:
+                try:
+                    st = os.fstat(fh.fileno())
+                    raw = fh.read(_MAX_FILE + 1)
+                except OSError as exc:
+                    raise KeyServiceError(
+                        f"cannot read key file for {uri}: {exc.strerror}") from None
+                doc = self._authenticate(uri, raw)
+                if doc is not None:
+                    gen = int(doc.get("generation", 0))
+                    with _SEEN_LOCK:
+                        seen = _SEEN.get((*self._ident, uri), -1)
+                        if gen >= seen:
+                            _SEEN[(*self._ident, uri)] = gen
+                            return doc
+                # Bad or older than already seen: a writer may have renamed a newer file over
+                # the one we opened (and shredded it) — then read again; otherwise tampering.
+                replaced = _replaced(file, st)
+            if attempt + 1 == _LOAD_ATTEMPTS or not replaced:
                 break
         if doc is None:
             raise IntegrityError(f"key file for {uri} failed its integrity check")

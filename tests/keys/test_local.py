@@ -699,6 +699,46 @@ class TestDestroyRacingUnwrap:
         assert ring.unwrap(w, context=EU) == b"d" * 32
         assert not state["armed"] and ring.describe(URI).primary_version == 2
 
+    def test_the_file_read_is_still_open_when_its_replacement_is_checked(self, ring,
+                                                                         monkeypatch):
+        """A rotate and a destroy land between the read and the replaced-check. The reader had
+        closed the old file, so its inode number was free for the writers' new files: when it
+        was reused (seen under load, ~1 run in 40 of the threaded test below), the file looked
+        "not replaced" and a concurrent destroy was reported as a rollback (IntegrityError).
+        Holding the file open makes the inode comparison sound; the answer is the truth."""
+        import pets.keys._local as local
+
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        authenticate, replaced = ring._authenticate, local._replaced
+        state = {"armed": True, "checked": []}
+
+        def racing_authenticate(uri, raw):
+            if state["armed"]:
+                state["armed"] = False
+                ring.rotate(URI)
+                ring.destroy(URI, 1)
+            return authenticate(uri, raw)
+
+        def open_inodes():
+            out = set()
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    out.add(os.stat(f"/proc/self/fd/{fd}").st_ino)
+                except OSError:
+                    pass
+            return out
+
+        def checked_replaced(file, opened):
+            state["checked"].append(opened.st_ino in open_inodes())
+            return replaced(file, opened)
+
+        monkeypatch.setattr(ring, "_authenticate", racing_authenticate)
+        monkeypatch.setattr(local, "_replaced", checked_replaced)
+        with pytest.raises(KeyDestroyedError, match=f"^{URI} v1 is destroyed$"):
+            ring.unwrap(w, context=EU)
+        assert state["checked"] == [True]
+
     def test_threads_destroying_and_unwrapping_never_see_a_false_integrity_error(self, ring):
         import threading
 
