@@ -107,6 +107,7 @@ def transform_columns(
     keys: WorkerKeys | None = None,
     outputs: Mapping[str, str] | None = None,
     drop: Sequence[str] = (),
+    lease: object | None = None,
 ) -> dd.DataFrame:
     """Apply column transforms to every partition of ``ddf``, lazily.
 
@@ -116,6 +117,8 @@ def transform_columns(
         keys: How keyed transforms reach the workers (required when any is keyed).
         outputs: Column name -> output column name (default: replace in place).
         drop: Columns to remove.
+        lease: An object the task graph holds as long as it lives (see
+            :func:`pets.engines._dispatch.in_process_keys`).
 
     Returns:
         A Dask DataFrame with the same partitions and index.
@@ -145,9 +148,22 @@ def transform_columns(
     for column in drop:
         steps.append(Step(column, drop=True))
         meta = meta.drop(columns=[column])
-    fn = PartitionFn(tuple(steps), columns=tuple(meta.columns))
+    fn: Any = PartitionFn(tuple(steps), columns=tuple(meta.columns))
+    if lease is not None:
+        fn = _Leased(fn, lease)
     out: dd.DataFrame = ddf.map_partitions(fn, meta=meta)  # type: ignore[no-untyped-call]
     return out
+
+
+@dataclass(frozen=True)
+class _Leased:
+    """A partition function holding a lease object for as long as the graph holds it."""
+
+    fn: PartitionFn
+    lease: object
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self.fn(frame)
 
 
 @dataclass(frozen=True)

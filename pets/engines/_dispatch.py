@@ -43,6 +43,7 @@ from __future__ import annotations
 import inspect
 import secrets
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,47 @@ def _ephemeral_from_handle(handle: str) -> _EphemeralKeys:
     return obj
 
 
+class _Lease:
+    """Lives exactly as long as the task graph that holds it (one per lazy object built).
+
+    A finalizer on it marks the call's ephemeral KEK for shredding. It pickles to a fresh
+    lease (nothing travels) and tokenizes by a random id.
+    """
+
+    __slots__ = ("__weakref__", "token")
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(8)
+
+    def __reduce__(self) -> tuple[type[_Lease], tuple[()]]:
+        return (_Lease, ())
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __repr__(self) -> str:
+        return "_Lease()"
+
+
+#: Ephemeral KEKs whose lazy objects are gone: appended by finalizers (a lock-free append, as
+#: a finalizer may run inside any lock), shredded by the next :func:`in_process_keys` call.
+_DEAD: list[tuple[KeyServices, str]] = []
+
+
+def _shred_dead() -> None:
+    """Destroy the ephemeral KEKs of collected lazy objects.
+
+    Destroying a KEK makes the key-reference caches drop every secret wrapped under it (and
+    the transforms rebuilt from them), so the domain keys do not outlive their lazy objects.
+    """
+    while _DEAD:
+        try:
+            services, uri = _DEAD.pop()
+        except IndexError:  # another thread took the last one
+            return
+        services.destroy(uri)
+
+
 class _OneKeyRing(MemoryKeyring):
     """A :class:`~pets.keys.MemoryKeyring` holding one KEK and claiming only that URI.
 
@@ -190,7 +232,8 @@ class _OneKeyRing(MemoryKeyring):
 
 def in_process_keys(context: Context = _PROCESS, services: KeyServices | None = None,
                     *, what: str = "a keyed transform",
-                    fix: str = "keys=WorkerKeys(...)") -> WorkerKeys:
+                    fix: str = "keys=WorkerKeys(...)", lease: object | None = None
+                    ) -> WorkerKeys:
     """Key references resolved in this process, under a fresh ephemeral KEK made for one call.
 
     The KEK lives in this process's memory only; partitions resolve references to it through
@@ -198,11 +241,17 @@ def in_process_keys(context: Context = _PROCESS, services: KeyServices | None = 
     caller's own key services) are reachable through the same source, so column keys wrapped
     under the caller's KEKs unwrap in the partitions too.
 
+    Given a ``lease`` (an object the lazy result's task graph holds), the KEK is destroyed
+    once the lease is collected — at the next call — so the secrets wrapped under it leave
+    the process's key-reference caches with it; without one it lives as long as the process
+    (or until :func:`~pets.engines.forget_keys`).
+
     Args:
         context: Who the partitions run as (the ephemeral KEK belongs to its jurisdiction).
         services: The caller's key services, placed behind the ephemeral KEK.
         what: The thing that needs keys (for the refusal message).
         fix: The keyword that fixes a refusal (for the refusal message).
+        lease: Shred the KEK once this object is collected.
 
     Raises:
         InputError: A ``distributed`` client (or the multiprocessing scheduler) is active.
@@ -213,12 +262,15 @@ def in_process_keys(context: Context = _PROCESS, services: KeyServices | None = 
         >>> wk.ref(Secret(b"k" * 32)).resolve() == Secret(b"k" * 32)
         True
     """
+    _shred_dead()
     reason = in_process_refusal()
     if reason is not None:
         raise _refuse(what, fix, reason)
     uri = f"memory://pets-dispatch/{secrets.token_hex(8)}"
     ring = _OneKeyRing(uri, context.jurisdiction)
     every = KeyServices([ring, *(services or ())])
+    if lease is not None:
+        weakref.finalize(lease, _DEAD.append, (KeyServices([ring]), uri)).atexit = False
     return WorkerKeys(_EphemeralKeys(every), uri, context, services=every)
 
 
@@ -252,6 +304,7 @@ class _SeriesFn:
 
     transform: Any
     kwargs: tuple[tuple[str, Any], ...] = ()
+    lease: _Lease | None = None  # keeps an ephemeral KEK alive while the graph is
 
     def __call__(self, part: pd.Series, by: pd.Series | None = None) -> pd.Series:
         t = self.transform
@@ -345,10 +398,12 @@ def apply_series(transform: Any, series: Any, *args: Any, **kwargs: Any) -> Any:
             raise InputError(f"{name}: unexpected keyword(s) {sorted(kwargs)}")
         return _quantile_series(transform, series)
     meta = _meta(transform, series, by, kwargs)  # also refuses unknown keywords (TypeError)
+    lease = _Lease() if _keyed(transform) else None
     keys = in_process_keys(what=f"transform {name!r} (on a Dask Series)",
                            fix=("pets.pseudo.pseudonymize(ddf, {column: transform}, "
-                                "keys=WorkerKeys(...))")) if _keyed(transform) else None
-    fn = _SeriesFn(ship(transform, [keyed_shipper(keys)]), tuple(sorted(kwargs.items())))
+                                "keys=WorkerKeys(...))"), lease=lease) if lease else None
+    fn = _SeriesFn(ship(transform, [keyed_shipper(keys)]), tuple(sorted(kwargs.items())),
+                   lease)
     if by is None:
         return series.map_partitions(fn, meta=meta)
     return ddm.map_partitions(fn, series, by, meta=meta)
@@ -381,11 +436,13 @@ def pseudonymize(ddf: Any, transforms: Mapping[str, Any], *,
                              "a column of the frame")
     quantile = {c: t for c, t in transforms.items() if _quantiles(t) is not None}
     rest = {c: t for c, t in transforms.items() if c not in quantile}
+    lease = None
     if keys is None and any(_keyed(t) for t in rest.values()):
+        lease = _Lease()
         keys = in_process_keys(what="a keyed transform of pets.pseudo.pseudonymize",
                                fix="pets.pseudo.pseudonymize(ddf, transforms, "
-                                   "keys=WorkerKeys(...))")
-    out: dd.DataFrame = transform_columns(ddf, rest, keys=keys) if rest else ddf
+                                   "keys=WorkerKeys(...))", lease=lease)
+    out: dd.DataFrame = transform_columns(ddf, rest, keys=keys, lease=lease) if rest else ddf
     for col, t in quantile.items():
         out = out.assign(**{col: _quantile_series(t, ddf[col])})
     return out

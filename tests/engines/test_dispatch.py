@@ -7,6 +7,7 @@ from tests.engines.conftest import require_dask
 require_dask()
 
 import datetime as dt  # noqa: E402
+import gc  # noqa: E402
 import inspect  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any, ClassVar  # noqa: E402
@@ -308,6 +309,43 @@ def _ephemeral_keks(blob: bytes) -> list[bytes]:
                           if v]
     assert found, "no in-process key reference in the graph"
     return found
+
+
+def _live_refs() -> tuple[int, int]:
+    """Cached key references and rebuilt keyed transforms in this process."""
+    from pets.engines import _keyref, _plan
+
+    gc.collect()
+    return len(_keyref._SECRETS), len(_plan._BUILT)
+
+
+class TestEphemeralKeyLifetime:
+    """An ephemeral in-process KEK (and the domain keys wrapped under it, cached per process)
+    lives as long as the lazy objects that need it, not for the rest of the process."""
+
+    def test_keys_of_collected_lazy_objects_do_not_stay_in_the_process(self, ddf, sync):
+        t = KeyedHash(ROOT, domain="lifetime")
+        in_process_keys()  # shreds what earlier tests left behind
+        before = _live_refs()
+        for _ in range(4):
+            t.apply(ddf["email"]).compute()
+            pseudonymize(ddf, {"email": t, "user_id": Tokenizer(ROOT, domain="l")}).compute()
+        gc.collect()
+        in_process_keys()  # the next call shreds the ephemeral KEKs of collected objects
+        assert _live_refs() == before
+
+    def test_live_lazy_objects_keep_their_keys(self, users, ddf, sync):
+        t = KeyedHash(ROOT, domain="alive")
+        lazy = t.apply(ddf["email"])
+        derived = lazy.str.len()
+        optimized = pseudonymize(ddf, {"email": t}).optimize()
+        del lazy
+        for _ in range(3):  # other calls (and collections) come and go meanwhile
+            t.apply(ddf["email"]).compute()
+        gc.collect()
+        in_process_keys()
+        assert derived.compute().equals(t.apply(users["email"]).str.len())
+        assert optimized.compute()["email"].equals(t.apply(users["email"]))
 
 
 class TestPseudonymizeFrame:
