@@ -571,9 +571,20 @@ def _data_keys(data: dd.DataFrame, by: tuple[str, ...], progress: bool | None) -
 
 
 def _check_cells(q: Query, nkeys: int) -> None:
-    """Refuse a quantile count matrix too large for the driver (before any bounding)."""
+    """Refuse a quantile count matrix too large for the driver (before any bounding).
+
+    With private keys ``nkeys`` is the number of keys present in the data: the refusal is
+    data-dependent (for the data owner, like a NaN refusal), and its message does not print
+    that number.
+    """
+    private = isinstance(q.keys, str)
     for key in q.measurements:
         if key[0] == "quantile" and nkeys * (2 * key[5] + 1) > MAX_QUANTILE_CELLS:
+            if private:
+                raise InputError(f"quantile({key[1]}) over the keys present in the data × "
+                                 f"{key[5]} candidates needs more than {MAX_QUANTILE_CELLS} "
+                                 "cell counts on the driver: use fewer candidates, or "
+                                 "public keys")
             raise InputError(f"quantile({key[1]}) over {nkeys} keys × {key[5]} candidates "
                              f"needs {nkeys * (2 * key[5] + 1)} cell counts on the driver "
                              f"(limit {MAX_QUANTILE_CELLS}): use fewer candidates or keys")
