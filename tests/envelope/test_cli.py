@@ -197,3 +197,19 @@ class TestKeyUseInTheSignedLog:
         # a US caller cannot even open the signing key: nothing runs unlogged
         code, _, err = run(capsys, "decrypt", "c.pets", "o", "--jurisdiction", "US")
         assert code == 4 and "JurisdictionError" in err and not (env / "o").exists()
+
+    def test_a_log_that_cannot_be_appended_to_stops_decryption_with_exit_7(self, signed,
+                                                                           capsys):
+        """A corrupt log tail (append refuses to extend it): `pets decrypt` used to report the
+        *envelope* as tampered (exit 5) after unwrapping the backup key too, un-recorded."""
+        env = signed
+        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI, "--key",
+                   "local://eu/backup")[0] == 0
+        log = env / LOG
+        before = log.read_bytes()
+        log.write_bytes(before[:-2] + b"X\n")  # the last entry no longer hashes
+        code, _, err = run(capsys, "decrypt", "c.pets", "back.csv")
+        assert code == 7, err
+        assert (f"key use refused: the audit hook could not record key.unwrap of {URI} v1 "
+                "(IntegrityError)") in err
+        assert not (env / "back.csv").exists()
