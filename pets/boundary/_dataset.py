@@ -150,7 +150,7 @@ def read_index(path: str | os.PathLike[str]) -> DatasetIndex:
     if not file.is_file():
         raise InputError(f"{root}: not a pets protected dataset (no {DATASET_MANIFEST})")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_bytes()
     except OSError as exc:
         raise InputError(f"{file}: cannot read ({exc.strerror or type(exc).__name__})"
                          ) from None
@@ -274,7 +274,10 @@ def iter_parts(index: DatasetIndex, parts: Sequence[VerifiedPart], *,
                 raise IntegrityError(_MISMATCH) from None
             if record != index.export or table.column_names != columns:
                 raise IntegrityError(_MISMATCH)
-        frame = table.to_pandas()
+        try:
+            frame = table.to_pandas()
+        except (pa.ArrowException, ValueError, KeyError, TypeError):  # e.g. broken pandas metadata
+            raise IntegrityError(_MISMATCH) from None
         del table, meta
         part.manifest.verify_data(frame, subset=columns is not None)
         yield part, frame

@@ -6,8 +6,9 @@
 table it checks, in order, and refuses on the first failure:
 
 1. the caller runs in the policy's home (the gate stands at the border, on the inside);
-2. it is protected data at all — a raw DataFrame, or a file without a manifest, is refused
-   (:class:`~pets.PolicyError` / :class:`~pets.IntegrityError`);
+2. it is protected data at all — a raw DataFrame, or a file without a manifest (a directory
+   without ``_manifest.json``), is refused (:class:`~pets.PolicyError` /
+   :class:`~pets.IntegrityError`);
 3. the manifest's Ed25519 signature verifies under the home's public key
    (:class:`~pets.IntegrityError`);
 4. the data matches the manifest's digests — nothing was edited, added or removed
@@ -32,8 +33,10 @@ complete): each part with the selected columns, its original signed manifest and
 record, and ``_manifest.json`` with the original signed dataset manifest plus the same record.
 It verifies on the receiving side (:func:`pets.boundary._dataset.verify_dataset`). Its
 ``boundary.export`` entry counts the parts and records one digest over every file that left:
-the SHA-256 of ``sha256sum``'s listing of the directory (:func:`~pets.boundary._dataset.files_digest`;
-``LC_ALL=C sha256sum * | sha256sum`` recomputes it).
+the SHA-256 of ``sha256sum``'s listing of the directory
+(:func:`~pets.boundary._dataset.files_digest`; ``LC_ALL=C sha256sum * | sha256sum`` in the
+directory recomputes it). Parts written with Parquet modular encryption are refused
+(:class:`~pets.InputError`): the gate reads plain parts only.
 """
 
 from __future__ import annotations

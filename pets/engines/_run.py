@@ -82,7 +82,7 @@ def connect(address: str, *, timeout: float = 10.0) -> Iterator[Any]:
         ...     pass
         Traceback (most recent call last):
         ...
-        pets._errors.InputError: cannot reach the Dask scheduler at tcp://127.0.0.1:1 within 0.5 s (...)
+        pets._errors.InputError: cannot reach the Dask scheduler at tcp://127.0.0.1:1 within ...
     """
     from pets._errors import require
 
@@ -108,7 +108,8 @@ def _absolute(source: KeySource) -> KeySource:
 
     ring = getattr(source, "keyring", None)
     if dataclasses.is_dataclass(source) and isinstance(ring, Path) and not ring.is_absolute():
-        fixed: KeySource = dataclasses.replace(source, keyring=ring.absolute())  # type: ignore[type-var]
+        fixed: KeySource = dataclasses.replace(
+            source, keyring=ring.absolute())  # type: ignore[type-var]
         return fixed
     return source
 

@@ -204,7 +204,8 @@ class TestQuantileBucket:
         pd.testing.assert_series_equal(got, expected)
 
 
-EXPORTABLE = POLICY.replace("min_k: 40", "min_k: 40\ndestinations: {pseudonymized: [US], kept: [US]}")
+EXPORTABLE = POLICY.replace(
+    "min_k: 40", "min_k: 40\ndestinations: {pseudonymized: [US], kept: [US]}")
 
 
 class TestExportGateOnDatasets:
