@@ -265,6 +265,9 @@ class ParquetCrypto:
                  if isinstance(data, pd.DataFrame) else data)
         names = set(table.column_names)
         listed = [c for cols in column_keys.values() for c in cols]
+        if not listed:  # pyarrow needs at least one encrypted column (or uniform encryption)
+            raise InputError("column_keys names no column to encrypt: give at least one "
+                             "{kek_uri: [column, ...]} entry")
         missing = sorted(set(listed) - names)
         if missing:
             raise InputError(f"column_keys name columns that are not in the data: {missing}")

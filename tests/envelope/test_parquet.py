@@ -112,6 +112,10 @@ class TestRoundTrip:
             write_encrypted_parquet(users, tmp_path / "x.parquet", keys=pring, context=eu,
                                     footer_key=FOOTER,
                                     column_keys={PII: ["email"], METRICS: ["email"]})
+        for empty in ({}, {PII: []}):  # was pyarrow's bare OSError "Either column_keys or ..."
+            with pytest.raises(InputError, match=r"^column_keys names no column to encrypt"):
+                write_encrypted_parquet(users, tmp_path / "x.parquet", keys=pring, context=eu,
+                                        footer_key=FOOTER, column_keys=empty)
         assert not (tmp_path / "x.parquet").exists()
 
     @pytest.mark.parametrize("name", ["a,b", "a;b", "a:b", " a"])
