@@ -239,7 +239,8 @@ def in_process_keys(context: Context = _PROCESS, services: KeyServices | None = 
     The KEK lives in this process's memory only; partitions resolve references to it through
     :class:`~pets.engines.InProcessKeys` (a random handle in the graph). ``services`` (the
     caller's own key services) are reachable through the same source, so column keys wrapped
-    under the caller's KEKs unwrap in the partitions too.
+    under the caller's KEKs unwrap in the partitions too — through a registry carrying the
+    caller's ``audit`` hook, so each of those key uses is recorded as on pandas.
 
     Given a ``lease`` (an object the lazy result's task graph holds), the KEK is destroyed
     once the lease is collected — at the next call — so the secrets wrapped under it leave
@@ -268,7 +269,9 @@ def in_process_keys(context: Context = _PROCESS, services: KeyServices | None = 
         raise _refuse(what, fix, reason)
     uri = f"memory://pets-dispatch/{secrets.token_hex(8)}"
     ring = _OneKeyRing(uri, context.jurisdiction)
-    every = KeyServices([ring, *(services or ())])
+    # the caller's audit hook comes along: the partitions' key uses are recorded (and fail
+    # closed) exactly as the same calls on pandas
+    every = KeyServices([ring, *(services or ())], audit=getattr(services, "audit", None))
     if lease is not None:
         weakref.finalize(lease, _DEAD.append, (KeyServices([ring]), uri)).atexit = False
     return WorkerKeys(_EphemeralKeys(every), uri, context, services=every)

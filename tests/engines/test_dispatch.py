@@ -463,6 +463,22 @@ class TestColumnEncryption:
             ("envelope.encrypt_columns", "dask", True),
             ("envelope.decrypt_columns", "dask", True)]
 
+    def test_key_uses_in_the_partitions_reach_the_callers_audit_hook(self, ddf, sync):
+        # KeyServices(audit=) records every wrap/unwrap made through it (and fails closed when
+        # it cannot): the partitions' DEK unwraps must go through it too, not around it
+        ring = _ring()
+        seen: list[Any] = []
+        services = KeyServices([ring], audit=seen.append)
+        enc, ck = encrypt_columns(ddf, ["email"], keys=services, key_uris="memory://eu/k",
+                                  context=EU)
+        back = decrypt_columns(enc, ck, keys=services, context=EU)
+        seen.clear()
+        back.compute()
+        unwraps = [e for e in seen
+                   if e.kind == "key.unwrap" and e.fields["purpose"] == "column:email"]
+        assert len(unwraps) == 2 * ddf.npartitions  # each partition: encrypt, then decrypt
+        assert {e.fields["principal"] for e in unwraps} == {"etl@eu"}
+
     def test_deterministic_cells_equal_the_pandas_path_under_the_same_header(
             self, users, ddf, sync):
         ring = _ring()
