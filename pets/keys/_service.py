@@ -551,6 +551,12 @@ class KeyServices:
                         enc_context: Mapping[str, str] | None, exc: PetsError) -> None:
         if self.audit is None or isinstance(exc, KeyNotFoundError):
             return
+        # the key's own (authenticated) jurisdiction: a wrapped key's is an unauthenticated
+        # header field, and a tampered one would put a false trail in the audit entry
+        try:
+            key_jurisdiction = svc.describe(key).jurisdiction
+        except PetsError:
+            key_jurisdiction = None
         if isinstance(exc, JurisdictionError):
             if _same_hook(getattr(svc, "audit", None), self.audit):
                 return  # the service reported its refusal to this same hook already

@@ -580,6 +580,19 @@ class TestAuditedKeyUse:
             assert caught.value.__cause__ is disk_full
             assert caught.value.exit_code == 7
 
+    def test_a_failure_records_the_keys_own_jurisdiction_not_the_headers(self, audited):
+        """``WrappedKey.jurisdiction`` is an unauthenticated header field: a tampered one said
+        'US' in the key.failed entry of an EU key (a false trail for the auditor)."""
+        services, _, uri, seen = audited
+        w = services.wrap(uri, b"d" * 32, context=EU)
+        seen.clear()
+        with pytest.raises(IntegrityError):
+            services.unwrap(WrappedKey(uri, 1, "US", w.blob), context=EU)
+        with pytest.raises(JurisdictionError):
+            services.unwrap(WrappedKey(uri, 1, "US", w.blob), context=Context("US"))
+        assert [(e.kind, e.fields["key_jurisdiction"]) for e in seen] == [
+            ("key.failed", "EU"), ("key.refused", "EU")]
+
     def test_unknown_keys_are_not_reported(self, audited):
         services, _, uri, seen = audited
         with pytest.raises(KeyNotFoundError):
