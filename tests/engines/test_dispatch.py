@@ -182,6 +182,25 @@ class TestEveryTransformAppliesToADaskSeries:
         for t in (KeyedHash(ROOT, domain="prop"), Mask(keep_last=2)):
             pd.testing.assert_series_equal(t.apply(ds).compute(), t.apply(s))
 
+    @settings(max_examples=30, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(values=st.lists(st.one_of(st.none(), st.text(max_size=6)), min_size=1,
+                           max_size=30),
+           dtype=st.sampled_from(["object", "str", "string", "string[pyarrow]", "category"]),
+           parts=st.integers(1, 4), start=st.integers(0, 30))
+    def test_text_transforms_equal_pandas_for_any_dtype_nulls_and_empty_partitions(
+            self, values, dtype, parts, start, sync):
+        # rows before `start` are filtered out lazily: leading partitions may be empty
+        s = pd.Series(values, name="v", dtype=dtype)
+        ds = dd.from_pandas(s, npartitions=parts, sort=True).loc[start:]
+        rows = s.loc[start:]
+        for t in (KeyedHash(ROOT, domain="prop"), Tokenizer(ROOT, domain="prop"),
+                  Mask(keep_last=2), Suppress("*")):
+            lazy = t.apply(ds)
+            got = lazy.compute()
+            pd.testing.assert_series_equal(got, t.apply(rows), obj=f"{t.name} on {dtype}")
+            assert lazy.dtype == got.dtype
+
 
 class TestBadInputIsRefusedClearly:
     def test_a_refused_column_type_fails_at_call_time_naming_the_column(self, ddf):
