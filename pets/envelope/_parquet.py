@@ -55,7 +55,7 @@ from pets._events import AuditHook, emit
 from pets._io import atomic_path
 from pets.envelope._envelope import Keys, as_services
 from pets.jurisdiction import Context
-from pets.keys import KeyServices, WrappedKey, parse_key_uri
+from pets.keys import AuditHookError, KeyServices, WrappedKey, parse_key_uri
 
 __all__ = [
     "DEFAULT_CACHE_LIFETIME_SECONDS",
@@ -143,8 +143,14 @@ class PetsKmsClient(pe.KmsClient):  # type: ignore[misc]
             raise IntegrityError("Parquet key material failed to authenticate")
         key = self._keys.unwrap(wrapped, context=self._context, enc_context=PARQUET_ENC_CONTEXT,
                                 purpose=PARQUET_PURPOSE)
-        emit(self._audit, "parquet.unwrap", key=uri, version=wrapped.version,
-             principal=self._context.principal, jurisdiction=self._context.jurisdiction)
+        try:
+            emit(self._audit, "parquet.unwrap", key=uri, version=wrapped.version,
+                 principal=self._context.principal, jurisdiction=self._context.jurisdiction)
+        except Exception as exc:  # fail closed, and say so (pyarrow would report an OSError
+            # with an errno as the Parquet file's own read error)
+            raise AuditHookError(f"key use refused: the audit hook could not record "
+                                 f"parquet.unwrap of {uri} v{wrapped.version} "
+                                 f"({type(exc).__name__})") from exc
         return key
 
 

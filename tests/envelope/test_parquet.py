@@ -646,3 +646,16 @@ class TestAuditFailureFailsClosed:
                                                  rf"{FOOTER} v1 \(OSError\)$"):
             ParquetCrypto(KeyServices([pring], audit=hook)).read(path, context=eu)
         assert hook.tried == ["key.unwrap"]
+
+    def test_the_parquet_hook_failing_is_not_blamed_on_the_file_either(self, pring, eu, users,
+                                                                      tmp_path):
+        from pets.keys import AuditHookError
+        from tests.envelope.test_envelope import FailingAudit
+
+        path = tmp_path / "u.parquet"
+        ParquetCrypto(pring).write(users, path, context=eu, footer_key=FOOTER, column_keys=COLS)
+        hook = FailingAudit(OSError(28, "No space left on device"))
+        with pytest.raises(AuditHookError, match=r"could not record parquet\.unwrap of "
+                                                 rf"{FOOTER} v1 \(OSError\)$"):
+            ParquetCrypto(pring, audit=hook).read(path, context=eu)
+
