@@ -180,7 +180,9 @@ class ParquetCrypto:
         audit: Hook receiving ``parquet.write`` / ``parquet.unwrap`` / ``parquet.rotate`` /
             ``parquet.migrate``. ``key.wrap`` / ``key.unwrap`` events come from the
             :class:`~pets.keys.KeyServices` audit hook, once per KMS call (with double
-            wrapping, once per master key per cache lifetime; never per row or page).
+            wrapping, once per master key per cache lifetime; never per row or page). A
+            hook that cannot record ``parquet.unwrap`` fails the read with
+            :class:`~pets.keys.AuditHookError`.
         cache_lifetime_seconds: Lifetime of pyarrow's cached keys.
 
     Examples:
