@@ -14,7 +14,9 @@ How keys reach the partitions (keyed transforms never put key bytes in a task gr
 * otherwise, when no ``distributed`` client is active (threaded or synchronous scheduler,
   everything in this process), a key reference over an **ephemeral in-process KEK**: a fresh
   :class:`~pets.keys.MemoryKeyring` key made for the call, referenced through
-  :class:`~pets.engines.InProcessKeys` (only a random handle is pickled);
+  :class:`~pets.engines.InProcessKeys` (only a random handle is pickled); for ``apply`` and
+  ``pseudonymize`` it is destroyed once the lazy objects built with it are collected, and
+  the caller's key-service audit hook records the partitions' key uses;
 * with an active ``distributed`` client (or the multiprocessing scheduler) and no key
   reference, the call is refused with an :class:`~pets.InputError` naming the keyword to pass:
   a worker in another process could not resolve an in-process reference, and pickling the key
