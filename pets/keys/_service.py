@@ -618,8 +618,12 @@ class KeyServices:
                                  wrapped.jurisdiction, context, purpose, enc_context, exc)
             raise
         # the service checked wrapped.jurisdiction against the key's own before unwrapping
-        self._report("key.unwrap", wrapped.key_uri, wrapped.version, wrapped.jurisdiction,
-                     context, purpose, enc_context)
+        try:
+            self._report("key.unwrap", wrapped.key_uri, wrapped.version, wrapped.jurisdiction,
+                         context, purpose, enc_context)
+        except AuditHookError:
+            del dek  # not kept in this frame's locals, which the traceback carries
+            raise
         return dek
 
     # ---------------------------------------------------------------- key changes

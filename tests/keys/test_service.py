@@ -579,6 +579,12 @@ class TestAuditedKeyUse:
                                          f"{kind} of {uri} v1 (OSError)")
             assert caught.value.__cause__ is disk_full
             assert caught.value.exit_code == 7
+            if kind == "key.unwrap":  # error trackers capture frame locals: no data key there
+                tb, values = caught.value.__traceback__, []
+                while tb is not None:
+                    values += list(tb.tb_frame.f_locals.values())
+                    tb = tb.tb_next
+                assert not any(isinstance(v, bytes) and v == b"d" * 32 for v in values)
 
     def test_a_failure_records_the_keys_own_jurisdiction_not_the_headers(self, audited):
         """``WrappedKey.jurisdiction`` is an unauthenticated header field: a tampered one said
