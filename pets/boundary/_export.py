@@ -219,7 +219,12 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
         raise PolicyError("raw data cannot be exported: it has no manifest (run protect "
                           "under the dataset's policy first)")
     if isinstance(obj, str | os.PathLike):
-        obj = ProtectedFrame.read(obj)
+        try:
+            obj = ProtectedFrame.read(obj)
+        except PetsError:
+            raise
+        except (ValueError, KeyError, TypeError):  # e.g. pandas metadata no reader can parse
+            raise IntegrityError("data does not match its manifest") from None
     if not isinstance(obj, ProtectedFrame):
         raise PolicyError(f"cannot export a {type(obj).__name__}: only protected tables and "
                           "DP releases may leave")

@@ -127,6 +127,16 @@ class TestExportRefused:
             src, "US", out / "x.parquet", policy=policy, public_key=signer.public_key,
             context=eu_ctx, audit=log))
 
+    def test_file_with_broken_pandas_metadata(self, pf, policy, signer, eu_ctx, log, out,
+                                              tmp_path):
+        src = pf.write(tmp_path / "p.parquet")
+        table = pq.read_table(src)
+        pq.write_table(table.replace_schema_metadata(
+            {**table.schema.metadata, b"pandas": b"{broken"}), src)
+        _refused(log, out, IntegrityError, "data does not match its manifest", lambda: export(
+            src, "US", out / "x.parquet", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
+
     def test_wrong_signature(self, pf, policy, signer, eu_ctx, log, out):
         mallory = SigningKey.generate()
         resigned = ProtectedFrame(pf.data, pf.manifest.sign(mallory))
