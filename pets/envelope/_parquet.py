@@ -148,6 +148,7 @@ class PetsKmsClient(pe.KmsClient):  # type: ignore[misc]
                  principal=self._context.principal, jurisdiction=self._context.jurisdiction)
         except Exception as exc:  # fail closed, and say so (pyarrow would report an OSError
             # with an errno as the Parquet file's own read error)
+            del key  # not kept in this frame's locals, which the traceback carries
             raise AuditHookError(f"key use refused: the audit hook could not record "
                                  f"parquet.unwrap of {uri} v{wrapped.version} "
                                  f"({type(exc).__name__})") from exc
