@@ -176,6 +176,7 @@ class _EncryptPartition:
     columns: tuple[tuple[str, str], ...]
     key_uris: tuple[str, ...]
     encoding: str
+    lease: object = None  # held as long as the graph is (see transform_columns)
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         from pets.envelope import ColumnKeys, encrypt_columns
@@ -195,6 +196,7 @@ class _DecryptPartition:
     context: Context
     header: str
     columns: tuple[str, ...] | None
+    lease: object = None
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         from pets.envelope import ColumnKeys, decrypt_columns
@@ -216,6 +218,7 @@ def encrypt_columns(
     encoding: str = "bytes",
     services: KeyServices | None = None,
     wrap_context: Context | None = None,
+    lease: object | None = None,
 ) -> tuple[dd.DataFrame, ColumnKeys]:
     """Column encryption (:func:`pets.envelope.encrypt_columns`) on every partition, lazily.
 
@@ -237,6 +240,7 @@ def encrypt_columns(
         encoding: ``"bytes"`` or ``"base64"`` cells.
         services: Key services the driver wraps the DEKs with (default ``keys.services()``).
         wrap_context: Context the driver wraps under (default ``keys.context``).
+        lease: An object the task graph holds as long as it lives.
 
     Returns:
         ``(encrypted_ddf, column_keys)``.
@@ -257,7 +261,7 @@ def encrypt_columns(
                               context=wrap_context or keys.context, enc_context=enc_context,
                               column_keys=column_keys, encoding=encoding)  # type: ignore[arg-type]
     fn = _EncryptPartition(keys.source, keys.context, header.to_json(),
-                           tuple(wanted.items()), tuple(uris), encoding)
+                           tuple(wanted.items()), tuple(uris), encoding, lease)
     out: dd.DataFrame = ddf.map_partitions(fn, meta=meta.iloc[:0])  # type: ignore[no-untyped-call]
     return out, header
 
@@ -268,8 +272,11 @@ def decrypt_columns(
     *,
     keys: WorkerKeys,
     columns: Sequence[str] | None = None,
+    lease: object | None = None,
 ) -> dd.DataFrame:
     """Inverse of :func:`encrypt_columns`, partition by partition, lazily.
+
+    ``lease``: an object the task graph holds as long as it lives.
 
     Raises (at compute time):
         IntegrityError: A cell or wrapped DEK does not authenticate.
@@ -281,6 +288,6 @@ def decrypt_columns(
     for name in names:
         ck = column_keys.columns[name]
         meta[name] = pd.Series([], dtype=pd.api.types.pandas_dtype(ck.dtype))
-    fn = _DecryptPartition(keys.source, keys.context, column_keys.to_json(), names)
+    fn = _DecryptPartition(keys.source, keys.context, column_keys.to_json(), names, lease)
     out: dd.DataFrame = ddf.map_partitions(fn, meta=meta)  # type: ignore[no-untyped-call]
     return out

@@ -14,8 +14,8 @@ How keys reach the partitions (keyed transforms never put key bytes in a task gr
 * otherwise, when no ``distributed`` client is active (threaded or synchronous scheduler,
   everything in this process), a key reference over an **ephemeral in-process KEK**: a fresh
   :class:`~pets.keys.MemoryKeyring` key made for the call, referenced through
-  :class:`~pets.engines.InProcessKeys` (only a random handle is pickled); for ``apply`` and
-  ``pseudonymize`` it is destroyed once the lazy objects built with it are collected, and
+  :class:`~pets.engines.InProcessKeys` (only a random handle is pickled); except for
+  ``protect`` it is destroyed once the lazy objects built with it are collected, and
   the caller's key-service audit hook records the partitions' key uses;
 * with an active ``distributed`` client (or the multiprocessing scheduler) and no key
   reference, the call is refused with an :class:`~pets.InputError` naming the keyword to pass:
@@ -199,21 +199,27 @@ class _Lease:
 
 #: Ephemeral KEKs whose lazy objects are gone: appended by finalizers (a lock-free append, as
 #: a finalizer may run inside any lock), shredded by the next :func:`in_process_keys` call.
-_DEAD: list[tuple[KeyServices, str]] = []
+_DEAD: list[tuple[KeyServices, str, InProcessKeys]] = []
 
 
 def _shred_dead() -> None:
-    """Destroy the ephemeral KEKs of collected lazy objects.
+    """Destroy the ephemeral KEKs of collected lazy objects and forget their key registries.
 
     Destroying a KEK makes the key-reference caches drop every secret wrapped under it (and
-    the transforms rebuilt from them), so the domain keys do not outlive their lazy objects.
+    the transforms rebuilt from them), so the domain keys do not outlive their lazy objects;
+    the registry the partitions opened from the reference (the caller's key services behind
+    the ephemeral KEK) leaves the per-process cache of opened sources.
     """
+    from pets.engines import _keyref
+
     while _DEAD:
         try:
-            services, uri = _DEAD.pop()
+            services, uri, source = _DEAD.pop()
         except IndexError:  # another thread took the last one
             return
         services.destroy(uri)
+        with _keyref._LOCK:  # the cache services_for() fills; keyed by the (dead) source
+            _keyref._SERVICES.pop(source, None)
 
 
 class _OneKeyRing(MemoryKeyring):
@@ -274,9 +280,10 @@ def in_process_keys(context: Context = _PROCESS, services: KeyServices | None = 
     # the caller's audit hook comes along: the partitions' key uses are recorded (and fail
     # closed) exactly as the same calls on pandas
     every = KeyServices([ring, *(services or ())], audit=getattr(services, "audit", None))
+    source = _EphemeralKeys(every)
     if lease is not None:
-        weakref.finalize(lease, _DEAD.append, (KeyServices([ring]), uri)).atexit = False
-    return WorkerKeys(_EphemeralKeys(every), uri, context, services=every)
+        weakref.finalize(lease, _DEAD.append, (KeyServices([ring]), uri, source)).atexit = False
+    return WorkerKeys(source, uri, context, services=every)
 
 
 # -- transforms on a Dask Series ---------------------------------------------------------------
@@ -478,13 +485,16 @@ def encrypt_columns(ddf: Any, columns: Mapping[str, str] | Sequence[str], *,
 
     services = as_services(keys)
     uris = [key_uris] if isinstance(key_uris, str) else list(key_uris)
+    lease = None
     if workers is None:
+        lease = _Lease()
         workers = in_process_keys(context, services, what="column encryption on Dask",
                                   fix="pets.envelope.encrypt_columns(ddf, ..., "
-                                      "workers=WorkerKeys(...))")
+                                      "workers=WorkerKeys(...))", lease=lease)
     out, header = dask_encrypt(ddf, columns, keys=workers, key_uris=uris,
                                enc_context=enc_context, column_keys=column_keys, mode=mode,
-                               encoding=encoding, services=services, wrap_context=context)
+                               encoding=encoding, services=services, wrap_context=context,
+                               lease=lease)
     wanted = dict(columns) if isinstance(columns, Mapping) else dict.fromkeys(columns, mode)
     emit(audit, "envelope.encrypt_columns", columns=sorted(wanted), keys=uris,
          principal=context.principal, jurisdiction=context.jurisdiction, engine="dask",
@@ -527,11 +537,13 @@ def decrypt_columns(ddf: Any, column_keys: ColumnKeys | Mapping[str, Any] | None
     services = as_services(keys)
     for name in names:  # the pandas path's checks, at call time (the DEK is dropped at once)
         _unwrap_dek(column_keys.columns[name], services, context, column_keys.enc_context)
+    lease = None
     if workers is None:
+        lease = _Lease()
         workers = in_process_keys(context, services, what="column decryption on Dask",
                                   fix="pets.envelope.decrypt_columns(ddf, ..., "
-                                      "workers=WorkerKeys(...))")
-    out = dask_decrypt(ddf, column_keys, keys=workers, columns=names)
+                                      "workers=WorkerKeys(...))", lease=lease)
+    out = dask_decrypt(ddf, column_keys, keys=workers, columns=names, lease=lease)
     emit(audit, "envelope.decrypt_columns", columns=names, principal=context.principal,
          jurisdiction=context.jurisdiction, engine="dask", lazy=True)
     return out

@@ -356,6 +356,23 @@ class TestEphemeralKeyLifetime:
         in_process_keys()  # the next call shreds the ephemeral KEKs of collected objects
         assert _live_refs() == before
 
+    def test_column_encryption_leaves_no_key_registry_behind(self, ddf, sync):
+        from pets.engines import _keyref
+
+        ring = _ring()
+        in_process_keys()
+        gc.collect()
+        before = len(_keyref._SERVICES), len(_keyref._IN_PROCESS)
+        for _ in range(3):
+            enc, ck = encrypt_columns(ddf, ["email"], keys=ring, key_uris="memory://eu/k",
+                                      context=EU)
+            decrypt_columns(enc, ck, keys=ring, context=EU).compute()
+        del enc
+        gc.collect()
+        in_process_keys()
+        gc.collect()
+        assert (len(_keyref._SERVICES), len(_keyref._IN_PROCESS)) == before
+
     def test_live_lazy_objects_keep_their_keys(self, users, ddf, sync):
         t = KeyedHash(ROOT, domain="alive")
         lazy = t.apply(ddf["email"])
