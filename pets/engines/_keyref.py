@@ -170,6 +170,19 @@ def _on_key_change(uri: str, version: int, what: str) -> None:
         _invalidated(gone)
 
 
+def _sweep(keep: KeyRef | None = None) -> None:
+    """Drop every expired secret but ``keep``'s (and tell listeners, so what was built from
+    them goes too): a long-lived driver caching job keys run after run does not keep them all."""
+    now = _clock()
+    with _LOCK:
+        gone = frozenset(ref for ref, entry in _SECRETS.items()
+                         if entry[2] <= now and ref != keep)
+        for ref in gone:
+            del _SECRETS[ref]
+    if gone:
+        _invalidated(gone)
+
+
 def _expire(ref: KeyRef) -> None:
     """Drop ``ref``'s expired secret that the key service now refuses, and tell listeners."""
     with _LOCK:
@@ -301,6 +314,7 @@ class KeyRef:
         with _LOCK:
             if _EPOCH[0] == epoch:  # no KEK changed meanwhile (else resolve() asks again)
                 _SECRETS[ref] = (secret, svc, _clock() + CACHE_LIFETIME_SECONDS)
+        _sweep()
         return ref
 
     def resolve(self) -> Secret:
@@ -325,6 +339,7 @@ class KeyRef:
                 _expire(self)
             raise
         secret = Secret(raw)
+        _sweep(keep=self)  # this one is being renewed: what was built from it stays valid
         with _LOCK:
             if _EPOCH[0] != epoch:  # a KEK changed while we unwrapped: do not cache
                 return secret

@@ -419,3 +419,42 @@ class TestAChangeThisProcessDoesNotHear:
         for _ in range(3):
             assert ref.resolve() == root
         assert seen.kinds() == ["key.wrap", "key.unwrap"]
+
+    def test_renewing_a_live_key_keeps_what_was_built_from_it(self, unheard, eu):
+        from pets.engines import Rebuild
+        from pets.engines._keyref import CACHE_LIFETIME_SECONDS
+        from pets.pseudo import KeyedHash
+
+        _, services, now = unheard
+        ref = KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=InProcessKeys(services),
+                          context=eu)
+        rb = Rebuild.of(KeyedHash, ref, domain="crm")
+        first = rb.build()
+        now[0] += CACHE_LIFETIME_SECONDS + 1
+        assert rb.build() is first  # re-validated with the key service, not rebuilt
+        assert rb.build() is first and ref.cached()
+
+    def test_expired_secrets_are_swept_when_new_ones_are_cached(self, unheard, eu):
+        """A long-lived driver wraps job keys run after run: expired entries (and the
+        transforms rebuilt from them) must not stay in memory for the life of the process."""
+        from pets.engines import Rebuild
+        from pets.engines._keyref import CACHE_LIFETIME_SECONDS, on_invalidate
+        from pets.pseudo import KeyedHash
+
+        _, services, now = unheard
+        source = InProcessKeys(services)
+        old = [KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=source, context=eu)
+               for _ in range(3)]
+        Rebuild.of(KeyedHash, old[0], domain="crm").build()
+        heard: list[Any] = []
+        remove = on_invalidate(heard.append)
+        try:
+            now[0] += CACHE_LIFETIME_SECONDS + 1
+            new = KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=source, context=eu)
+        finally:
+            remove()
+        assert heard == [frozenset(old)]
+        assert [r.cached() for r in old] == [False] * 3 and new.cached()
+        from pets.engines._plan import _BUILT
+
+        assert all(rb.ref not in old for rb in _BUILT)
