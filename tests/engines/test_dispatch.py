@@ -25,7 +25,7 @@ import pets.pseudo  # noqa: E402
 from pets import Context, InputError, IntegrityError, JurisdictionError  # noqa: E402
 from pets.boundary import BoundaryKeys, Policy, ProtectedFrame, SigningKey  # noqa: E402
 from pets.boundary import protect as boundary_protect  # noqa: E402
-from pets.datasets import synthetic_users  # noqa: E402
+from pets.datasets import synthetic_events, synthetic_users  # noqa: E402
 from pets.engines import InProcessKeys, WorkerKeys  # noqa: E402
 from pets.engines import dask as pets_dask  # noqa: E402
 from pets.engines._dispatch import in_process_keys, in_process_refusal  # noqa: E402
@@ -49,7 +49,7 @@ from pets.pseudo import (  # noqa: E402
     TruncateDate,
     pseudonymize,
 )
-from tests.engines.conftest import KEK, POLICY  # noqa: E402
+from tests.engines.conftest import EVENTS_POLICY, KEK, POLICY  # noqa: E402
 
 pytestmark = pytest.mark.dask
 
@@ -327,8 +327,8 @@ def _ephemeral_keks(blob: bytes) -> list[bytes]:
     for handle, holder in list(_IN_PROCESS.items()):
         if handle.encode() in blob:
             for svc in holder.services:
-                found += [v for vs in getattr(svc, "_keys", {}).values() for v in vs.values()
-                          if v]
+                if isinstance(svc, MemoryKeyring):  # the ephemeral KEK (and the caller's)
+                    found += [v for vs in svc._keys.values() for v in vs.values() if v]
     assert found, "no in-process key reference in the graph"
     return found
 
@@ -609,6 +609,44 @@ class TestProtect:
         assert a.manifest.treatments() == b.manifest.treatments()
         assert a.manifest.rows == b.manifest.rows
         assert [e.kind for e in seen][-1] == "boundary.protect"
+
+    @pytest.mark.parametrize("case", ["conftest-users", "conftest-events", "example-users"])
+    def test_graph_holds_no_secret_for_any_treatment(self, case, bkeys, monkeypatch):
+        # keyed-hash, token, encrypt (randomized and deterministic), date-shift, quantile
+        # bucket, age band, truncate-date, keep and drop: every Secret made while building
+        # (roots, domain keys), every column DEK and the ephemeral KEK stay out of the graph
+        from pathlib import Path
+
+        import pets
+
+        text, frame = {
+            "conftest-users": (POLICY, lambda: synthetic_users(2_500, seed=21)),
+            "conftest-events": (EVENTS_POLICY,
+                                lambda: synthetic_events(3_000, n_users=1_500, seed=5)),
+            "example-users": (
+                (Path(pets.__file__).parent / "examples" / "users-policy.yaml").read_text(),
+                lambda: synthetic_users(2_000, seed=5)),
+        }[case]
+        made: list[bytes] = []
+        init = Secret.__init__
+
+        def recording(self: Secret, value: bytes) -> None:
+            init(self, value)
+            made.append(bytes(value))
+
+        monkeypatch.setattr(Secret, "__init__", recording)
+        with dask.config.set(scheduler="synchronous"):
+            lazy = boundary_protect(dd.from_pandas(frame(), npartitions=3),
+                                    Policy.from_yaml(text), bkeys, EU, progress=False)
+        blob = _graph_bytes(lazy.data)
+        deks = [_unwrap_dek(ck, bkeys.services, EU, header.enc_context)
+                for header in (ColumnKeys.from_dict(c["header"])
+                               for c in lazy.columns if c.get("header"))
+                for ck in header.columns.values()]
+        keys = [s for s in made if len(s) >= 16] + deks + _ephemeral_keks(blob)
+        assert len(made) >= 2
+        for key in keys:
+            assert key not in blob and key.hex().encode() not in blob
 
     def test_outside_the_home_jurisdiction_is_refused(self, bkeys, users):
         ddf = dd.from_pandas(users.drop(columns=["minutes", "account"]), npartitions=2)
