@@ -27,6 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pets._errors import (
+    AuditHookError,
     BudgetExhausted,
     InputError,
     IntegrityError,
@@ -100,6 +101,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "AuditHookError",
     "AuditLog",
     "Boundary",
     "Budget",

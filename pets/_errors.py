@@ -10,7 +10,8 @@ built-in exception a Python user would reach for, so ``except ValueError`` keeps
     ├── IntegrityError (ValueError)              exit code 5   authentication / signature / chain failed
     ├── KeyServiceError (RuntimeError)           exit code 7   a key service failed or refused
     │   ├── KeyNotFoundError (LookupError)
-    │   └── KeyDestroyedError                    the key version was destroyed or retired
+    │   ├── KeyDestroyedError                    the key version was destroyed or retired
+    │   └── AuditHookError                       a key use the audit log could not record
     ├── BudgetExhausted (RuntimeError)           exit code 6   a DP query would overspend the budget
     └── MissingDependencyError (ImportError)     exit code 1   an optional extra is not installed
 
@@ -30,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 __all__ = [
+    "AuditHookError",
     "BudgetExhausted",
     "InputError",
     "IntegrityError",
@@ -90,6 +92,21 @@ class KeyNotFoundError(KeyServiceError, LookupError):
 
 class KeyDestroyedError(KeyServiceError):
     """The key version was destroyed (crypto-shredded) or retired below the minimum version."""
+
+
+class AuditHookError(KeyServiceError):
+    """A key use refused because the registry's audit hook could not record it.
+
+    Raised by :class:`pets.keys.KeyServices` when its ``audit`` hook raises (a full disk under the audit
+    log, a corrupt chain tail): the unwrapped key is dropped, the wrapped key is not returned,
+    and callers trying several wrapped keys stop at once instead of using another key
+    un-recorded. The hook's own exception is the ``__cause__``; the message names the event
+    and the key, never key material. Exit code 7, like any key-service refusal.
+
+    Examples:
+        >>> AuditHookError("key use refused: ...").exit_code
+        7
+    """
 
 
 class BudgetExhausted(PetsError, RuntimeError):

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pets._errors import (
+    AuditHookError,
     InputError,
     IntegrityError,
     JurisdictionError,
     KeyDestroyedError,
     KeyNotFoundError,
-    KeyServiceError,
     PetsError,
 )
 from pets._events import AuditHook, emit
@@ -152,21 +152,6 @@ def canonical_context(enc_context: Mapping[str, str] | None) -> bytes:
     if len(out) > MAX_CONTEXT_BYTES:
         raise InputError(f"encryption context is {len(out)} bytes; at most {MAX_CONTEXT_BYTES}")
     return out
-
-
-class AuditHookError(KeyServiceError):
-    """A key use refused because the registry's audit hook could not record it.
-
-    Raised by :class:`KeyServices` when its ``audit`` hook raises (a full disk under the audit
-    log, a corrupt chain tail): the unwrapped key is dropped, the wrapped key is not returned,
-    and callers trying several wrapped keys stop at once instead of using another key
-    un-recorded. The hook's own exception is the ``__cause__``; the message names the event
-    and the key, never key material. Exit code 7, like any key-service refusal.
-
-    Examples:
-        >>> str(AuditHookError("key use refused: ..."))
-        'key use refused: ...'
-    """
 
 
 @dataclass(frozen=True)
