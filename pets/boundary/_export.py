@@ -327,7 +327,8 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
             del frame  # one part in memory at a time
             files[part.name] = _file_sha256(out)
         exported = DatasetIndex(tmp, manifest, index.parts, False, record)
-        (tmp / DATASET_MANIFEST).write_text(exported.to_json(), encoding="utf-8")
+        with atomic_path(tmp / DATASET_MANIFEST) as doc:  # fsynced, as every part
+            doc.write_text(exported.to_json(), encoding="utf-8")
         files[DATASET_MANIFEST] = _file_sha256(tmp / DATASET_MANIFEST)
         digest = files_digest(files)
         entry = audit.append(
