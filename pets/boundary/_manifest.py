@@ -451,7 +451,12 @@ def _read_parquet(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[byte
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: cannot read Parquet ({type(exc).__name__})") from None
     meta = dict(table.schema.metadata or {})
-    return table.to_pandas(), meta
+    try:
+        frame = table.to_pandas()
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, pa.ArrowException):
+        # a readable file whose pandas metadata was altered: not what was signed
+        raise IntegrityError("data does not match its manifest") from None
+    return frame, meta
 
 
 def read_protected(path: str | os.PathLike[str],

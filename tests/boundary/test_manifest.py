@@ -118,6 +118,18 @@ class TestFileTampering:
         ProtectedFrame(frame, _manifest(frame).sign(signer)).write(path)
         return path
 
+    @pytest.mark.parametrize("pandas_meta", [b"{broken", b'{"columns": 3}', b"\xff\xfe"])
+    def test_altered_pandas_metadata_is_an_integrity_error(self, tmp_path, signer,
+                                                            pandas_meta):
+        path = self._write(tmp_path, signer)
+        table = pq.read_table(path)
+        pq.write_table(table.replace_schema_metadata(
+            {**table.schema.metadata, b"pandas": pandas_meta}), path)
+        with pytest.raises(IntegrityError, match=r"^data does not match its manifest$"):
+            read_protected(path, signer.public_key)
+        with pytest.raises(IntegrityError, match=r"^data does not match its manifest$"):
+            ProtectedFrame.read(path)
+
     def test_changed_value_in_file_is_caught(self, tmp_path, signer):
         path = self._write(tmp_path, signer)
         table = pq.read_table(path)
