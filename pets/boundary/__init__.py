@@ -14,6 +14,7 @@ from pets.boundary._audit import (
     read_entries,
     verify_log,
 )
+from pets.boundary._dataset import files_digest, read_index, verify_dataset
 from pets.boundary._export import ExportReceipt, export
 from pets.boundary._facade import Boundary
 from pets.boundary._keys import BoundaryKeys
@@ -43,13 +44,16 @@ __all__ = [
     "TornTail",
     "VerifyReport",
     "export",
+    "files_digest",
     "flows",
     "incidents",
     "load_policy",
     "load_public_key",
     "protect",
     "read_entries",
+    "read_index",
     "read_protected",
     "reidentify",
+    "verify_dataset",
     "verify_log",
 ]

@@ -25,7 +25,7 @@ from pets.engines._parquet import read_dataset as read_parquet
 from pets.engines._parquet import write_dataset as write_parquet
 from pets.engines._progress import compute
 from pets.engines._protect import DaskProtected, QuantileBucket, protect, verify_dataset
-from pets.engines._run import local_client, run_protect_dask
+from pets.engines._run import connect, local_client, run_protect_dask
 
 __all__ = [
     "DaskProtected",
@@ -34,6 +34,7 @@ __all__ = [
     "ParquetEncryption",
     "QuantileBucket",
     "compute",
+    "connect",
     "decrypt_columns",
     "encrypt_columns",
     "local_client",
