@@ -414,6 +414,34 @@ def policy_group() -> None:
     """Check boundary policies before a pipeline runs them."""
 
 
+_EXAMPLES = ("events", "users")
+
+
+@policy_group.command("example")
+@click.argument("name", type=click.Choice(_EXAMPLES))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write it to this file (atomically) instead of printing it.")
+def example(name: str, out: Path | None) -> None:
+    """Print (or write) the example policy shipped for the synthetic NAME table.
+
+    ``users`` fits ``pets datasets generate``'s users table, ``events`` its events table; edit
+    the copy for your own data and check it with ``pets policy check``.
+    """
+    from importlib import resources
+
+    from pets._io import atomic_path
+
+    text = resources.files("pets").joinpath(f"examples/{name}-policy.yaml").read_text()
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    if out.exists():
+        raise InputError(f"{out}: already exists (not overwritten)")
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    click.echo(f"wrote the {name} example policy to {out}")
+
+
 @policy_group.command("check")
 @click.argument("policy_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -171,3 +171,28 @@ class TestPolicyCheckCommand:
     def test_data_with_an_extra_column_exits_3(self, env, capsys):
         pd.read_parquet(env / "users.parquet").assign(x=1).to_parquet(env / "u3.parquet")
         assert main(["policy", "check", "policy.yaml", "--data", "u3.parquet"]) == 3
+
+
+class TestPolicyExample:
+    @pytest.mark.parametrize("name", ["users", "events"])
+    def test_prints_the_shipped_policy_which_checks(self, name, tmp_path, capsys):
+        from importlib import resources
+
+        assert main(["policy", "example", name]) == 0
+        printed = capsys.readouterr().out
+        assert printed == resources.files("pets").joinpath(
+            f"examples/{name}-policy.yaml").read_text()
+        (tmp_path / "p.yaml").write_text(printed)
+        assert main(["policy", "check", str(tmp_path / "p.yaml"), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["dataset"] == name
+
+    def test_writes_a_file_but_never_over_one(self, tmp_path, capsys):
+        out = tmp_path / "users-policy.yaml"
+        assert main(["policy", "example", "users", "--out", str(out)]) == 0
+        assert out.read_text().startswith("# pets policy")
+        out.write_text("mine")
+        assert main(["policy", "example", "users", "--out", str(out)]) == 1
+        assert "already exists" in capsys.readouterr().err and out.read_text() == "mine"
+
+    def test_unknown_name_is_a_usage_error(self, capsys):
+        assert main(["policy", "example", "nope"]) == 2
