@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import click
 
 from pets._errors import InputError, IntegrityError
-from pets.cli._common import context_options, emit, json_option, make_context
+from pets.cli._common import (
+    context_options,
+    dask_options,
+    dask_target,
+    emit,
+    json_option,
+    make_context,
+)
 from pets.cli._keyopts import keyring_options, services_from_options
 
 if TYPE_CHECKING:
@@ -159,21 +166,12 @@ def _protected_file(src: Path) -> Path:
               help="Output directory: <dataset>.parquet (manifest in its metadata) or, with "
                    "--engine dask, <dataset>/part.*.parquet + _manifest.json; and "
                    "manifest.json, policy.yaml, signing-key.pub.pem.")
-@click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas",
-              show_default=True,
-              help="pandas: in memory, one file. dask: a local cluster of worker processes, "
-                   "a partitioned dataset (needs pip install 'pets[dask]').")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the local Dask cluster (only with --engine dask; "
-                   "default: the CPU count).")
-@click.option("--scheduler", default=None, envvar="PETS_DASK_SCHEDULER", metavar="ADDRESS",
-              help="Run on an existing Dask cluster: its scheduler's address, e.g. "
-                   "tcp://host:8786 (only with --engine dask; not with --workers). Its workers "
-                   "need the keyring path and PETS_MASTER_KEY in their own environment. "
-                   "[env: PETS_DASK_SCHEDULER]")
-@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, metavar="SECONDS",
-              help="How long to wait for the --scheduler before exiting 1.")
+@dask_options(
+    engine_help="pandas: in memory, one file. dask: a local cluster of worker processes, a "
+                "partitioned dataset (needs pip install 'pets[dask]').",
+    scheduler_help="Run on an existing Dask cluster: its scheduler's address, e.g. "
+                   "tcp://host:8786. Its workers need the keyring path and PETS_MASTER_KEY in "
+                   "their own environment")
 @_audit_option
 @_boundary_option
 @keyring_options
@@ -192,15 +190,7 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
     from pets.boundary import load_policy
     from pets.boundary import protect as do_protect
 
-    if workers is not None and engine != "dask":
-        raise click.UsageError("--workers needs --engine dask")
-    if scheduler is not None and _from_env("scheduler") and (engine != "dask" or workers):
-        scheduler = None  # the environment's default yields to the command line
-    if scheduler is not None and engine != "dask":
-        raise click.UsageError("--scheduler needs --engine dask")
-    if scheduler is not None and workers is not None:
-        raise click.UsageError("--scheduler and --workers exclude each other: the cluster at "
-                               "the scheduler has its own workers")
+    scheduler = dask_target(engine, workers, scheduler)
     ctx = make_context(jurisdiction, principal)
     policy = load_policy(policy_path)
     if engine == "dask":
@@ -237,12 +227,6 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
         return "\n".join(lines)
 
     emit(result, as_json, text)
-
-
-def _from_env(param: str) -> bool:
-    """Whether the value of ``param`` came from its environment variable."""
-    source = click.get_current_context().get_parameter_source(param)
-    return source is click.core.ParameterSource.ENVIRONMENT
 
 
 def _copy_policy(out: Path, policy_path: Path) -> None:

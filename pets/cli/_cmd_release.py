@@ -31,7 +31,7 @@ from typing import Any
 import click
 
 from pets._errors import InputError
-from pets.cli._common import emit, json_option
+from pets.cli._common import dask_options, dask_target, emit, json_option
 
 _AGG = re.compile(r"^(?P<kind>count|sum|mean|variance|median|quantile|histogram)"
                   r"(?::(?P<col>[^\[\]@]+)\[(?P<nums>[^\]]*)\](?:@(?P<alphas>[0-9eE.+\-/]+))?)?$")
@@ -316,23 +316,13 @@ def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
 @click.option("--nonnegative", is_flag=True, help="Clamp counts (and non-negative sums) at 0.")
 @click.option("--decimals", type=int, default=None, help="Round estimates and intervals.")
 @click.option("--status", is_flag=True, help="Show the budget (alone, or after the release).")
-@click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas",
-              show_default=True,
-              help="pandas: in memory. dask: bound and aggregate on a local cluster of worker "
-                   "processes, noise once here; INFILE may be a directory of Parquet part "
-                   "files (needs pip install 'pets[dask]').")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes of the local Dask cluster (only with --engine dask; "
-                   "default: the CPU count).")
-@click.option("--scheduler", default=None, envvar="PETS_DASK_SCHEDULER", metavar="ADDRESS",
-              help="Bound and aggregate on an existing Dask cluster: its scheduler's address, "
-                   "e.g. tcp://host:8786 (only with --engine dask; not with --workers). Its "
-                   "workers must be able to read INFILE at the same absolute path. "
-                   "[env: PETS_DASK_SCHEDULER]")
-@click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, metavar="SECONDS",
-              help="How long to wait for the --scheduler, and for one of its workers, "
-                   "before exiting 1.")
+@dask_options(
+    engine_help="pandas: in memory. dask: bound and aggregate on a local cluster of worker "
+                "processes, noise once here; INFILE may be a directory of Parquet part files "
+                "(needs pip install 'pets[dask]').",
+    scheduler_help="Bound and aggregate on an existing Dask cluster: its scheduler's address, "
+                   "e.g. tcp://host:8786. Its workers must be able to read INFILE at the same "
+                   "absolute path")
 @json_option
 def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | None,
             keys: str | None, keys_file: Path | None, private_keys: bool, aggs: tuple[str, ...],
@@ -353,17 +343,7 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     from pets._io import atomic_path
     from pets.dp import Ledger, Session
 
-    if workers is not None and engine != "dask":
-        raise click.UsageError("--workers needs --engine dask")
-    env_default = (click.get_current_context().get_parameter_source("scheduler")
-                   is click.core.ParameterSource.ENVIRONMENT)
-    if scheduler is not None and env_default and (engine != "dask" or workers):
-        scheduler = None  # the environment's default yields to the command line
-    if scheduler is not None and engine != "dask":
-        raise click.UsageError("--scheduler needs --engine dask")
-    if scheduler is not None and workers is not None:
-        raise click.UsageError("--scheduler and --workers exclude each other: the cluster at "
-                               "the scheduler has its own workers")
+    scheduler = dask_target(engine, workers, scheduler)
     if engine == "dask":
         from pets._errors import require
 

@@ -12,7 +12,8 @@ import click
 from pets._errors import InputError
 from pets.jurisdiction import Context
 
-__all__ = ["context_options", "emit", "json_option", "make_context", "parse_pairs", "progress"]
+__all__ = ["context_options", "dask_options", "dask_target", "emit", "json_option", "make_context",
+           "parse_pairs", "progress"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,6 +28,46 @@ def context_options(f: F) -> F:
     f = click.option("--jurisdiction", envvar="PETS_JURISDICTION", default="EU", show_default=True,
                      help="Where this process runs. [env: PETS_JURISDICTION]")(f)
     return f
+
+
+def dask_options(*, engine_help: str, scheduler_help: str) -> Callable[[F], F]:
+    """Add ``--engine pandas|dask``, ``--workers``, ``--scheduler`` (default
+    ``PETS_DASK_SCHEDULER``) and ``--connect-timeout``; check them with :func:`dask_target`."""
+
+    def deco(f: F) -> F:
+        f = click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
+                         default=10.0, show_default=True, metavar="SECONDS",
+                         help="How long to wait for the --scheduler before exiting 1.")(f)
+        f = click.option("--scheduler", default=None, envvar="PETS_DASK_SCHEDULER",
+                         metavar="ADDRESS",
+                         help=f"{scheduler_help} (only with --engine dask; not with --workers). "
+                              "[env: PETS_DASK_SCHEDULER]")(f)
+        f = click.option("--workers", type=click.IntRange(min=1), default=None,
+                         help="Worker processes of the local Dask cluster (only with --engine "
+                              "dask; default: the CPU count).")(f)
+        f = click.option("--engine", type=click.Choice(["pandas", "dask"]), default="pandas",
+                         show_default=True, help=engine_help)(f)
+        return f
+
+    return deco
+
+
+def dask_target(engine: str, workers: int | None, scheduler: str | None) -> str | None:
+    """Check :func:`dask_options` and return the scheduler address to use (``None``: a local
+    cluster, or the pandas engine). ``PETS_DASK_SCHEDULER`` yields to ``--workers`` and to
+    the pandas engine; given on the command line, the same combinations are usage errors."""
+    if workers is not None and engine != "dask":
+        raise click.UsageError("--workers needs --engine dask")
+    source = click.get_current_context().get_parameter_source("scheduler")
+    if scheduler is not None and source is click.core.ParameterSource.ENVIRONMENT and (
+            engine != "dask" or workers):
+        return None
+    if scheduler is not None and engine != "dask":
+        raise click.UsageError("--scheduler needs --engine dask")
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("--scheduler and --workers exclude each other: the cluster at "
+                               "the scheduler has its own workers")
+    return scheduler
 
 
 def make_context(jurisdiction: str, principal: str | None) -> Context:
