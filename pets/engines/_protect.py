@@ -164,7 +164,10 @@ class DaskProtected:
     """The lazy result of :func:`protect`: protected data plus its manifest entries.
 
     Attributes:
-        data: The protected Dask DataFrame (lazy; its index is not meaningful).
+        data: The protected Dask DataFrame (lazy; its index is not meaningful). Computing it
+            directly gives protected rows without a manifest — they cannot pass the export
+            gate — and records nothing; :meth:`compute` and :meth:`write` sign the manifest
+            and record ``boundary.protect``.
         columns: The manifest's column entries (without digests), in output order.
         k_anonymity: The global k-anonymity outcome (as the pandas manifest records it).
         rows_in: Rows of the input.
