@@ -19,6 +19,10 @@ table it checks, in order, and refuses on the first failure:
 
 DP releases may go wherever the policy's ``dp_release`` destinations allow.
 
+Only signed values leave: each output is written anew from the verified values, without the
+input's ``DataFrame.attrs`` or unused categories (a reader restores both, no digest covers
+them).
+
 On refusal nothing is written and the refusal is recorded as an incident
 (``boundary.refused``: what, where to, why). On success the file is written atomically
 (Parquet with the manifest and an export record in its metadata; for a release, the release
@@ -233,7 +237,7 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
     ordered = _select(manifest, policy, to, columns)
     record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
               "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    subset = ProtectedFrame(obj.data[ordered], manifest)
+    subset = ProtectedFrame(_signed_only(obj.data, ordered), manifest)
     with atomic_path(dest) as tmp:
         subset.write(tmp, extra_metadata={EXPORT_KEY: json.dumps(record).encode()})
         digest = _file_sha256(tmp)
@@ -247,6 +251,35 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
             signer=manifest.signer)
     return ExportReceipt(to, str(dest), "table", manifest.dataset, tuple(ordered),
                          manifest.rows, digest, int(entry["seq"]))
+
+
+def _signed_only(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The selected columns, carrying nothing a reader restores that the digests do not cover.
+
+    The manifest signs values. A verified frame can still carry other data that a Parquet
+    round trip restores: ``DataFrame.attrs`` (written into the ``pandas`` metadata) and a
+    categorical column's categories, of which only the *used* ones are values. Both are
+    dropped; the used categories of an unordered categorical are put in order of first
+    appearance (a function of the signed values), an ordered one keeps its order.
+
+    Examples:
+        >>> import pandas as pd
+        >>> f = pd.DataFrame({"c": pd.Categorical(["b", "a"], categories=["x", "a", "b"])})
+        >>> f.attrs["note"] = "raw"
+        >>> out = _signed_only(f, ["c"])
+        >>> out.attrs, list(out["c"].cat.categories)
+        ({}, ['b', 'a'])
+    """
+    out = frame[list(columns)].copy()
+    out.attrs = {}
+    for name in columns:
+        col = out[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            used = col.cat.remove_unused_categories()
+            if not used.cat.ordered:
+                used = used.cat.reorder_categories(list(pd.unique(used.dropna())))
+            out[name] = used
+    return out
 
 
 def _select(manifest: Manifest, policy: Policy, to: str,
@@ -323,7 +356,8 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
         files: dict[str, str] = {}
         for part, frame in iter_parts(index, parts):          # 4: each part's values
             out = tmp / part.name
-            ProtectedFrame(frame[ordered], part.manifest).write(out, extra_metadata=meta)
+            ProtectedFrame(_signed_only(frame, ordered), part.manifest).write(
+                out, extra_metadata=meta)
             del frame  # one part in memory at a time
             files[part.name] = _file_sha256(out)
         exported = DatasetIndex(tmp, manifest, index.parts, False, record)

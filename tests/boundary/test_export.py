@@ -603,3 +603,84 @@ class TestExportDatasetRefused:
             export(dataset, "US", dataset / "us", policy=policy, public_key=signer.public_key,
                    context=eu_ctx, audit=log, columns=SAFE)
         assert sorted(p.name for p in dataset.iterdir()) == before
+
+
+# -- adversarial review: what the gate copies besides the signed values --------------------------
+
+def _smuggle(part, secret):
+    """Rewrite a protected part so its values stay as signed but its footer carries ``secret``:
+    in ``DataFrame.attrs`` (pandas metadata) and as unused categories of a kept column."""
+    table = pq.read_table(part)
+    frame = table.to_pandas()
+    frame.attrs["smuggled"] = secret
+    used = sorted(set(frame["country"].dropna()))
+    frame["country"] = pd.Categorical(frame["country"], categories=used + [
+        f"RAW:{s}" for s in secret])
+    out = pa_table_from(frame)
+    pq.write_table(out.replace_schema_metadata(
+        {**out.schema.metadata, MANIFEST_KEY: table.schema.metadata[MANIFEST_KEY]}), part)
+
+
+def pa_table_from(frame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _carried(path, secret):
+    """Whether anything of ``secret`` reaches a reader of ``path`` (attrs or categories)."""
+    got = pq.read_table(path).to_pandas()
+    text = json.dumps(got.attrs, default=str) + " ".join(
+        str(c) for col in got.columns if isinstance(got[col].dtype, pd.CategoricalDtype)
+        for c in got[col].cat.categories)
+    return any(s in text for s in secret)
+
+
+class TestExportCarriesOnlySignedValues:
+    """The signature covers values; whatever else a reader restores must not leave."""
+
+    def test_dataset_part_footer_smuggling_does_not_leave(self, dataset, big_raw, policy,
+                                                          signer, eu_ctx, log, out):
+        from pets.boundary._dataset import verify_dataset
+
+        secret = big_raw["phone"].tolist()[:5]
+        _smuggle(dataset / "part.00001.parquet", secret)
+        verify_dataset(dataset, signer.public_key)  # values unchanged: the source verifies
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        for part in sorted((out / "users").glob("part.*.parquet")):
+            assert not _carried(part, secret), part.name
+            assert not any(s.encode() in part.read_bytes() for s in secret)
+        got = pq.read_table(out / "users" / "part.00001.parquet").to_pandas()
+        assert got.attrs == {}
+        assert list(got["country"].cat.categories) == list(pd.unique(got["country"]))
+        verify_dataset(out / "users", signer.public_key)
+
+    def test_file_footer_smuggling_does_not_leave(self, pf, raw, policy, signer, eu_ctx, log,
+                                                  out, tmp_path):
+        src = pf.write(tmp_path / "p.parquet")
+        secret = raw["phone"].tolist()[:5]
+        _smuggle(src, secret)
+        export(src, "US", out / "u.parquet", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        assert not _carried(out / "u.parquet", secret)
+        read_protected(out / "u.parquet", signer.public_key)
+
+    def test_attrs_of_an_in_memory_frame_do_not_leave(self, pf, raw, policy, signer, eu_ctx,
+                                                      log, out):
+        data = pf.data.copy()
+        data.attrs["note"] = raw["phone"].tolist()
+        export(ProtectedFrame(data, pf.manifest), "US", out / "u.parquet", policy=policy,
+               public_key=signer.public_key, context=eu_ctx, audit=log, columns=SAFE)
+        assert pq.read_table(out / "u.parquet").to_pandas().attrs == {}
+
+    def test_ordered_categories_keep_their_order_without_unused_ones(self, pf, policy,
+                                                                     signer, eu_ctx, log, out):
+        data = pf.data.copy()
+        data["country"] = pd.Categorical(data["country"], categories=["IT", "XX", "FR", "DE"],
+                                         ordered=True)
+        manifest = pf.manifest  # digests cover values: categories are not signed
+        export(ProtectedFrame(data, manifest), "US", out / "u.parquet", policy=policy,
+               public_key=signer.public_key, context=eu_ctx, audit=log, columns=SAFE)
+        got = pq.read_table(out / "u.parquet").to_pandas()["country"]
+        assert got.cat.ordered and list(got.cat.categories) == ["IT", "FR", "DE"]
