@@ -35,10 +35,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -57,6 +58,7 @@ __all__ = [
     "files_digest",
     "is_dataset",
     "iter_parts",
+    "part_name",
     "read_index",
     "verify_dataset",
     "verify_structure",
@@ -185,12 +187,61 @@ class VerifiedPart:
     raw: bytes  # the manifest as stored in the file, to detect a file swapped in afterwards
 
 
+def part_name(i: int) -> str:
+    """The name of a dataset's ``i``-th part file (the only names a listing may hold).
+
+    Examples:
+        >>> part_name(3)
+        'part.00003.parquet'
+    """
+    return f"part.{i:05d}.parquet"
+
+
+def _open_regular(file: Path) -> BinaryIO:
+    """Open ``file`` for reading only if it is a regular file and not a symlink.
+
+    A FIFO or device would block or never end; a symlink points outside the dataset. Opened
+    without following links and non-blocking, then checked on the open descriptor (no race
+    with a swap of the path).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(file, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IntegrityError(_MISMATCH)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _plain_reader(file: Path, columns: Sequence[str] | None) -> pa.Table:
     import pyarrow.parquet as pq
 
-    if columns is not None and not list(columns):
-        return pq.read_schema(file).empty_table()
-    return pq.read_table(file, columns=None if columns is None else list(columns))
+    with _open_regular(file) as fh:
+        if columns is not None and not list(columns):
+            return pq.read_schema(fh).empty_table()
+        return pq.read_table(fh, columns=None if columns is None else list(columns))
+
+
+def _check_directory(index: DatasetIndex) -> None:
+    """The directory holds ``_manifest.json`` and the listed parts, as regular files, only.
+
+    Parts must be named ``part.00000.parquet``, ``part.00001.parquet``, … in listing order.
+    Anything else — a hidden or differently spelled file, a sub-directory, a symlink — is
+    refused: a reader of the directory (``pandas.read_parquet(dir)``) would pick it up.
+    """
+    listed = [name for name, _ in index.parts]
+    if listed != [part_name(i) for i in range(len(listed))]:
+        raise IntegrityError(_MISMATCH)
+    try:
+        with os.scandir(index.root) as it:
+            entries = {e.name: e.is_file(follow_symlinks=False) for e in it}
+    except OSError as exc:
+        raise InputError(f"{index.root}: cannot read ({exc.strerror or type(exc).__name__})"
+                         ) from None
+    if set(entries) != {DATASET_MANIFEST, *listed} or not all(entries.values()):
+        raise IntegrityError(_MISMATCH)
 
 
 def _read(reader: Reader | None, file: Path, columns: Sequence[str] | None) -> pa.Table:
@@ -216,7 +267,9 @@ def verify_structure(index: DatasetIndex,
                      reader: Reader | None = None) -> tuple[VerifiedPart, ...]:
     """Check everything but the values, from the part footers alone (no column data is read).
 
-    The dataset manifest's signature; that the directory holds exactly the listed parts; each
+    The dataset manifest's signature; that the directory holds exactly ``_manifest.json`` and
+    the listed parts (regular files named ``part.00000.parquet``, … in order; nothing else, no
+    symlink, no sub-directory); each
     part manifest's signature, its facts (dataset, policy, home, creator, time, columns) equal
     to the dataset manifest's and its rows to the listing; and that the part manifests' column
     digests chain, in the listed order, to the dataset manifest's digests.
@@ -225,10 +278,7 @@ def verify_structure(index: DatasetIndex,
         IntegrityError: Any check fails (opaque on purpose).
     """
     dataset = index.manifest.verify(public_key)
-    present = sorted(p.name for p in index.root.glob("*.parquet"))
-    listed = [name for name, _ in index.parts]
-    if present != sorted(listed) or len(set(listed)) != len(listed):
-        raise IntegrityError(_MISMATCH)
+    _check_directory(index)
     parts: list[VerifiedPart] = []
     for name, rows in index.parts:
         meta = _read(reader, index.root / name, []).schema.metadata or {}

@@ -222,3 +222,87 @@ class TestAnyFlippedByte:
             flipped()
         finally:
             file.write_bytes(original)
+
+
+# -- adversarial review: the directory holds the listed parts and nothing else -------------------
+
+def _raw_part(directory, name):
+    """A plain Parquet file of raw-looking rows with the exported columns (what a reader of the
+    directory, e.g. ``pandas.read_parquet(dir)``, would pick up as more rows)."""
+    import pandas as pd
+
+    table = pq.read_table(directory / "part.00000.parquet")
+    frame = pd.DataFrame({c: ["raw"] * 3 if c != "minutes" else [1.0] * 3
+                          for c in table.column_names})
+    pq.write_table(pa_table(frame), directory / name)
+
+
+def pa_table(frame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _symlinked_part(directory, tmp_path):
+    outside = tmp_path / "outside.parquet"
+    shutil.copy(directory / "part.00001.parquet", outside)
+    (directory / "part.00001.parquet").unlink()
+    (directory / "part.00001.parquet").symlink_to(outside)
+
+
+def _symlinked_manifest(directory, tmp_path):
+    outside = tmp_path / "outside.json"
+    shutil.copy(directory / "_manifest.json", outside)
+    (directory / "_manifest.json").unlink()
+    (directory / "_manifest.json").symlink_to(outside)
+
+
+def _fifo_part(directory, tmp_path):
+    import os
+
+    (directory / "part.00002.parquet").unlink()
+    os.mkfifo(directory / "part.00002.parquet")
+
+
+def _renamed_part(directory, tmp_path):
+    """Part 2 renamed and listed under its new name: the signed chain is unchanged."""
+    (directory / "part.00002.parquet").rename(directory / "part.00009.parquet")
+    doc = json.loads((directory / "_manifest.json").read_text())
+    doc["parts"][2]["file"] = "part.00009.parquet"
+    (directory / "_manifest.json").write_text(json.dumps(doc))
+
+
+def _subdirectory(directory, tmp_path):
+    (directory / "more").mkdir()
+    _raw_part(directory, "more/part.00000.parquet")
+
+
+TAMPERED_DIRECTORY = {
+    "trailing space": lambda d, t: _raw_part(d, "part.00001.parquet "),
+    "hidden file": lambda d, t: _raw_part(d, ".part.parquet"),
+    "underscore file": lambda d, t: _raw_part(d, "_part.parquet"),
+    "upper-case suffix": lambda d, t: _raw_part(d, "part.00003.PARQUET"),
+    "upper-case name": lambda d, t: _raw_part(d, "PART.00001.parquet"),
+    "other suffix": lambda d, t: _raw_part(d, "extra.parq"),
+    "sub-directory": _subdirectory,
+    "symlinked part": _symlinked_part,
+    "symlinked _manifest.json": _symlinked_manifest,
+    "fifo part": _fifo_part,
+    "renamed part": _renamed_part,
+}
+
+
+class TestDirectoryHoldsOnlyTheListedParts:
+    """Anything a directory reader would pick up besides the listed parts is refused."""
+
+    @pytest.mark.parametrize("attack", sorted(TAMPERED_DIRECTORY))
+    def test_receiver_refuses(self, exported, signer, tmp_path, attack):
+        TAMPERED_DIRECTORY[attack](exported, tmp_path)
+        with pytest.raises(IntegrityError, match=r"^dataset does not match its manifest$"):
+            verify_dataset(exported, signer.public_key)
+
+    def test_the_untouched_export_reads_as_exactly_its_rows(self, exported, signer):
+        import pandas as pd
+
+        verify_dataset(exported, signer.public_key)
+        assert len(pd.read_parquet(exported)) == 60

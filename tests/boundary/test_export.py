@@ -684,3 +684,21 @@ class TestExportCarriesOnlySignedValues:
                public_key=signer.public_key, context=eu_ctx, audit=log, columns=SAFE)
         got = pq.read_table(out / "u.parquet").to_pandas()["country"]
         assert got.cat.ordered and list(got.cat.categories) == ["IT", "FR", "DE"]
+
+
+class TestExportDatasetDirectoryRefused:
+    """The gate refuses a source directory holding anything but its listed regular parts."""
+
+    @pytest.mark.parametrize("attack", ["trailing space", "hidden file", "upper-case suffix",
+                                        "sub-directory", "symlinked part",
+                                        "symlinked _manifest.json", "fifo part",
+                                        "renamed part"])
+    def test_refused_and_recorded(self, dataset, policy, signer, eu_ctx, log, out, tmp_path,
+                                  attack):
+        from tests.boundary.test_dataset import TAMPERED_DIRECTORY
+
+        TAMPERED_DIRECTORY[attack](dataset, tmp_path)
+        _refused(log, out, IntegrityError, "^dataset does not match its manifest$",
+                 lambda: export(dataset, "US", out / "users", policy=policy,
+                                public_key=signer.public_key, context=eu_ctx, audit=log,
+                                columns=SAFE))
