@@ -24,10 +24,13 @@ input's ``DataFrame.attrs`` or unused categories (a reader restores both, no dig
 them).
 
 On refusal nothing is written and the refusal is recorded as an incident
-(``boundary.refused``: what, where to, why). On success the file is written atomically
-(Parquet with the manifest and an export record in its metadata; for a release, the release
-table with its metadata) and a ``boundary.export`` entry records the destination, columns,
-treatments, row count and the SHA-256 of the file that left.
+(``boundary.refused``: what, where to, why) — on every failure path, an ``OSError`` or an
+unexpected exception included. On success the output is renamed into place and only then
+recorded (an entry that cannot be written undoes the rename: no export entry for a failed
+rename, no output without its entry short of a crash between the two). The file is written
+atomically (Parquet with the manifest and an export record in its metadata; for a release, the
+release table with its metadata) and a ``boundary.export`` entry records the destination,
+columns, treatments, row count and the SHA-256 of the file that left.
 
 A dataset directory passes the same checks in the same order: steps 3 and 4 cover every part
 (:mod:`pets.boundary._dataset`: the signed dataset manifest, the listing, each part's signed
@@ -49,7 +52,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +62,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from pets._errors import InputError, IntegrityError, JurisdictionError, PetsError, PolicyError
-from pets._io import atomic_directory, atomic_path
+from pets._io import atomic_path
 from pets.boundary._audit import AuditLog
 from pets.boundary._manifest import EXPORT_KEY, Manifest, ProtectedFrame
 from pets.boundary._policy import Policy
@@ -182,13 +187,17 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
                      reason="InputError: invalid destination")
         raise
     try:
-        if context.jurisdiction != policy.home:
-            raise JurisdictionError(f"exports leave from the policy's home {policy.home}; "
-                                    f"{context.access_token} is outside it")
-        dataset = isinstance(obj, str | os.PathLike) and Path(obj).is_dir()
-        if dest.is_dir() and not dataset:
-            raise InputError(f"{dest}: cannot write (is a directory)")
         try:
+            if context.jurisdiction != policy.home:
+                raise JurisdictionError(f"exports leave from the policy's home {policy.home}; "
+                                        f"{context.access_token} is outside it")
+            try:
+                dataset = isinstance(obj, str | os.PathLike) and Path(obj).is_dir()
+            except OSError as exc:
+                raise InputError(f"{os.fspath(obj)}: cannot read "
+                                 f"({exc.strerror or type(exc).__name__})") from None
+            if dest.is_dir() and not dataset:
+                raise InputError(f"{dest}: cannot write (is a directory)")
             if _is_release(obj):
                 return _export_release(obj, code, dest, policy, context, audit)
             if dataset:
@@ -204,6 +213,11 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         audit.append("boundary.refused", actor=context, operation="export",
                      target=_describe(obj), destination=code, path=str(dest),
                      reason=f"{type(exc).__name__}: {exc}")
+        raise
+    except Exception as exc:  # a bug or an unforeseen input: still an incident on the record
+        audit.append("boundary.refused", actor=context, operation="export",
+                     target=_describe(obj), destination=code, path=str(dest),
+                     reason=f"{type(exc).__name__} (unexpected)")  # no message: may hold values
         raise
 
 
@@ -238,17 +252,24 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
     record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
               "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     subset = ProtectedFrame(_signed_only(obj.data, ordered), manifest)
-    with atomic_path(dest) as tmp:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
         subset.write(tmp, extra_metadata={EXPORT_KEY: json.dumps(record).encode()})
-        digest = _file_sha256(tmp)
-        entry = audit.append(
+        os.chmod(tmp, 0o644)
+        digest = _file_sha256(tmp)  # fsynced by write (atomic_path)
+        entry = _publish(tmp, dest, lambda: audit.append(
             "boundary.export", actor=context, destination=to, output="table",
             name=manifest.dataset, columns=ordered,
             treatments={c: t for c, t in manifest.treatments().items() if c in ordered},
             outputs={c.name: c.output for c in manifest.columns if c.name in ordered},
             rows=manifest.rows, digest=digest, path=str(dest),
             policy_digest=manifest.policy_digest, data_digest=manifest.data_digest,
-            signer=manifest.signer)
+            signer=manifest.signer))
+    finally:
+        _remove(tmp)
     return ExportReceipt(to, str(dest), "table", manifest.dataset, tuple(ordered),
                          manifest.rows, digest, int(entry["seq"]))
 
@@ -352,7 +373,10 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
     record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
               "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     meta = {EXPORT_KEY: json.dumps(record).encode()}
-    with atomic_directory(dest, overwrite=replace) as tmp:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        os.chmod(tmp, 0o755)  # noqa: S103 - a dataset directory, like mkdir's default
         files: dict[str, str] = {}
         for part, frame in iter_parts(index, parts):          # 4: each part's values
             out = tmp / part.name
@@ -365,16 +389,64 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
             doc.write_text(exported.to_json(), encoding="utf-8")
         files[DATASET_MANIFEST] = _file_sha256(tmp / DATASET_MANIFEST)
         digest = files_digest(files)
-        entry = audit.append(
+        if dest.exists() != replace or (replace and not _is_export(dest)):
+            raise InputError(f"{dest}: changed while the export was written; try again")
+        entry = _publish(tmp, dest, lambda: audit.append(
             "boundary.export", actor=context, destination=to, output="table",
             name=manifest.dataset, columns=ordered,
             treatments={c: t for c, t in manifest.treatments().items() if c in ordered},
             outputs={c.name: c.output for c in manifest.columns if c.name in ordered},
             rows=manifest.rows, parts=len(parts), digest=digest, path=str(dest),
             policy_digest=manifest.policy_digest, data_digest=manifest.data_digest,
-            signer=manifest.signer)
+            signer=manifest.signer))
+    finally:
+        _remove(tmp)
     return ExportReceipt(to, str(dest), "table", manifest.dataset, tuple(ordered),
                          manifest.rows, digest, int(entry["seq"]), len(parts))
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, symlink or directory tree if it exists (never following a symlink)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _publish(tmp: Path, dest: Path, record: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Rename the complete ``tmp`` onto ``dest``, *then* record the export; undo if it fails.
+
+    The audit entry is written only once the output is in place, so no entry claims an export
+    whose rename failed; an entry that cannot be written removes the new output and puts back
+    what ``dest`` held (an earlier export), so nothing leaves unrecorded. Only a crash between
+    the rename and the append (no exception to handle) can leave an output without its entry.
+
+    Raises:
+        InputError: The audit log cannot record the export (nothing was left in place).
+    """
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{os.urandom(4).hex()}")
+        os.replace(dest, old)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        if old is not None:
+            os.replace(old, dest)
+        raise
+    try:
+        entry = record()
+    except BaseException as exc:
+        _remove(dest)
+        if old is not None:
+            os.replace(old, dest)
+        if isinstance(exc, OSError):
+            raise InputError(f"{dest}: not exported: the audit log cannot record it "
+                             f"({exc.strerror or type(exc).__name__})") from None
+        raise
+    if old is not None:
+        _remove(old)
+    return entry
 
 
 def _is_export(path: Path) -> bool:
@@ -405,14 +477,21 @@ def _export_release(release: Any, to: str, dest: Path, policy: Policy, context: 
         EXPORT_KEY: json.dumps(record).encode(),
     })
     name = str(meta.get("dataset_id") or "release")
-    with atomic_path(dest) as tmp:
-        pq.write_table(table, tmp)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with atomic_path(tmp) as part:  # fsynced
+            pq.write_table(table, part)
         digest = _file_sha256(tmp)
-        entry = audit.append(
+        entry = _publish(tmp, dest, lambda: audit.append(
             "boundary.export", actor=context, destination=to, output="dp_release", name=name,
             columns=[str(c) for c in frame.columns], treatments={}, rows=len(frame),
             digest=digest, path=str(dest), budget=dict(meta.get("loss") or {}),
-            privacy_unit=meta.get("privacy_unit"), query=meta.get("query"))
+            privacy_unit=meta.get("privacy_unit"), query=meta.get("query")))
+    finally:
+        _remove(tmp)
     return ExportReceipt(to, str(dest), "dp_release", name,
                          tuple(str(c) for c in frame.columns), len(frame), digest,
                          int(entry["seq"]))

@@ -702,3 +702,119 @@ class TestExportDatasetDirectoryRefused:
                  lambda: export(dataset, "US", out / "users", policy=policy,
                                 public_key=signer.public_key, context=eu_ctx, audit=log,
                                 columns=SAFE))
+
+
+# -- adversarial review: the audit trail says exactly what left ----------------------------------
+
+def _failing_rename(monkeypatch, target):
+    """``os.replace`` fails (no space left) for the rename that publishes ``target``."""
+    import errno
+    import os
+
+    real = os.replace
+
+    def replace(src, dst, **kw):
+        if os.fspath(dst) == os.fspath(target) and ".tmp" in os.fspath(src):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _failing_export_entry(monkeypatch, log):
+    real = log.append
+
+    def append(kind, **fields):
+        if kind == "boundary.export":
+            raise OSError(28, "No space left on device")
+        return real(kind, **fields)
+
+    monkeypatch.setattr(log, "append", append)
+
+
+class TestAuditMatchesWhatLeft:
+    @pytest.mark.parametrize("kind", ["file", "dataset"])
+    def test_a_failed_rename_records_no_export(self, kind, pf, dataset, policy, signer,
+                                               eu_ctx, log, out, monkeypatch):
+        from pets import InputError
+
+        src, dest = (pf, out / "u.parquet") if kind == "file" else (dataset, out / "users")
+        _failing_rename(monkeypatch, dest)
+        e = _refused(log, out, InputError, "cannot write", lambda: export(
+            src, "US", dest, policy=policy, public_key=signer.public_key, context=eu_ctx,
+            audit=log, columns=SAFE))
+        assert "No space left" in e["fields"]["reason"]
+
+    @pytest.mark.parametrize("kind", ["file", "dataset"])
+    def test_an_export_that_cannot_be_recorded_leaves_nothing_and_keeps_the_earlier_one(
+            self, kind, pf, dataset, policy, signer, eu_ctx, log, out, monkeypatch):
+        src, dest = (pf, out / "u.parquet") if kind == "file" else (dataset, out / "users")
+        export(src, "US", dest, policy=policy, public_key=signer.public_key, context=eu_ctx,
+               audit=log, columns=SAFE)
+        before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        _failing_export_entry(monkeypatch, log)
+        with pytest.raises(_pets_error(), match=r"audit log cannot record it \(No space left"):
+            export(src, "US", dest, policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=["user_id"])
+        after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert after == before  # the earlier export, whole; no temp files
+        assert [e["kind"] for e in log.entries()] == ["boundary.export", "boundary.refused"]
+
+    def test_an_export_that_cannot_be_recorded_leaves_no_new_output(
+            self, dataset, policy, signer, eu_ctx, log, out, monkeypatch):
+        _failing_export_entry(monkeypatch, log)
+        with pytest.raises(_pets_error(), match=r"audit log cannot record it \(No space left"):
+            export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert list(out.iterdir()) == []
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+
+    @pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"),
+                                       KeyError("x")])
+    def test_every_failure_is_recorded(self, error, dataset, policy, signer, eu_ctx, log, out,
+                                       monkeypatch):
+        import pets.boundary._export as gate
+
+        def boom(*a, **k):
+            raise error
+
+        monkeypatch.setattr(gate, "_file_sha256", boom)
+        with pytest.raises((type(error), _pets_error())):
+            export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+        assert list(out.iterdir()) == []
+
+    def test_a_source_that_cannot_be_inspected_is_recorded(self, dataset, policy, signer,
+                                                           eu_ctx, log, out, monkeypatch):
+        import pathlib
+
+        real = pathlib.Path.is_dir
+
+        def is_dir(self):
+            if self == dataset:
+                raise PermissionError(13, "Permission denied")
+            return real(self)
+
+        monkeypatch.setattr(pathlib.Path, "is_dir", is_dir)
+        with pytest.raises(_pets_error(), match=r"users: cannot read \(Permission denied\)"):
+            export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+
+    def test_the_recorded_digest_is_recomputed_from_the_files_that_left(
+            self, dataset, policy, signer, eu_ctx, log, out):
+        from pets.boundary._dataset import files_digest
+
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        entries = [e for e in log.entries() if e["kind"] == "boundary.export"]
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in (out / "users").iterdir()}
+        assert len(entries) == 1 and entries[0]["fields"]["digest"] == files_digest(files)
+
+
+def _pets_error():
+    from pets import PetsError
+
+    return PetsError
