@@ -123,6 +123,26 @@ def _worker_kek(policy: Policy) -> str:
     return str(next(iter(policy.keys.values())))
 
 
+def _on_cluster(audit: Any, where: str) -> Any:
+    """The audit log (or hook) with ``cluster=<where>`` added to every event of the job.
+
+    ``where`` is the scheduler's address (``--scheduler`` / ``PETS_DASK_SCHEDULER`` or a
+    given client) or ``"local"``: the workers saw the raw rows, so an auditor must see which
+    cluster they belonged to.
+    """
+    from pets._events import AuditEvent
+    from pets.boundary import AuditLog
+
+    if audit is None:
+        return None
+    sink = audit.hook if isinstance(audit, AuditLog) else audit
+
+    def hook(event: AuditEvent) -> None:
+        sink(AuditEvent(event.kind, {**event.fields, "cluster": where}, event.at))
+
+    return hook
+
+
 def run_protect_dask(
     in_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     policy: Policy,
@@ -159,7 +179,9 @@ def run_protect_dask(
         key_source: How workers open the key services (the CLI's ``KeyConfig``; the master
             key/passphrase/PIN come from the workers' environment).
         context: Who protects, and where (the policy's home).
-        audit: The audit log (``boundary.protect`` / ``boundary.refused``).
+        audit: The audit log (``boundary.protect`` / ``boundary.refused``); each entry of the
+            job names the cluster it ran on (``cluster``: the scheduler's address, or
+            ``"local"``).
         client: An existing ``distributed.Client`` (default: a new local cluster).
         scheduler: The address of an existing cluster's scheduler (``tcp://host:8786``): the
             job connects with ``distributed.Client(scheduler)`` and closes only its client.
@@ -214,12 +236,14 @@ def run_protect_dask(
         cluster = local_client(workers or os.cpu_count() or 1,
                                threads_per_worker=threads_per_worker, memory_limit=memory_limit)
     with cluster as cl:
+        address = str(cl.scheduler.address) if getattr(cl, "scheduler", None) else None
+        where = address if scheduler is not None or client is not None else "local"
         ddf = read_dataset(in_path)
-        lazy = protect(ddf, policy, keys, context, workers=wk, audit=audit, progress=progress)
+        lazy = protect(ddf, policy, keys, context, workers=wk,
+                       audit=_on_cluster(audit, where or "unknown"), progress=progress)
         dest = out / policy.dataset
         manifest = lazy.write(dest, encryption=enc, overwrite=overwrite, progress=progress)
         n_workers = len(cl.scheduler_info().get("workers", {}))
-        address = str(cl.scheduler.address) if getattr(cl, "scheduler", None) else None
         from pets.engines._keyref import forget_keys
 
         with contextlib.suppress(OSError, TimeoutError):

@@ -94,3 +94,35 @@ class TestAbsoluteKeySource:
         assert _absolute(source) is source
         absolute = KeyConfig(keyring=Path("/srv/keyring"))
         assert _absolute(absolute) is absolute
+
+
+class TestWhereTheJobRan:
+    """An auditor sees which cluster protected the data (the scheduler may come from an
+    environment variable, PETS_DASK_SCHEDULER)."""
+
+    def test_the_protect_entry_names_the_scheduler(self, dask_client, job, tmp_path):
+        from pets.boundary import AuditLog
+
+        log = AuditLog(tmp_path / "audit.jsonl", signer=job["keys"].signer, actor=EU)
+        address = dask_client.scheduler.address
+        run_protect_dask("users.parquet", job["policy"], "out", scheduler=address,
+                         keys=job["keys"], key_source=job["source"], context=EU, audit=log,
+                         progress=False)
+        entries = [e for e in log.entries() if e["kind"] == "boundary.protect"]
+        assert len(entries) == 1
+        assert entries[0]["fields"]["cluster"] == address
+        assert entries[0]["actor"] == EU.access_token
+
+    def test_a_refusal_on_a_cluster_names_it_too(self, dask_client, job, tmp_path):
+        from pets import JurisdictionError
+        from pets.boundary import AuditLog
+
+        log = AuditLog(tmp_path / "audit.jsonl", signer=job["keys"].signer, actor=EU)
+        us = Context("US", principal="analyst")
+        with pytest.raises(JurisdictionError):
+            run_protect_dask("users.parquet", job["policy"], "out",
+                             scheduler=dask_client.scheduler.address, keys=job["keys"],
+                             key_source=job["source"], context=us, audit=log, progress=False)
+        [entry] = log.entries()
+        assert entry["kind"] == "boundary.refused"
+        assert entry["fields"]["cluster"] == dask_client.scheduler.address
