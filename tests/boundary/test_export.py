@@ -818,3 +818,66 @@ def _pets_error():
     from pets import PetsError
 
     return PetsError
+
+
+def _with_raw_column(part, values, *, as_index):
+    """Add a raw column to a part (same signed manifest); ``as_index``: pandas metadata makes
+    it the frame's index (``__index_level_0__``), so the frame's columns still match."""
+    import pyarrow as pa
+
+    table = pq.read_table(part)
+    meta = dict(table.schema.metadata)
+    name = "__index_level_0__" if as_index else "ip"
+    table = table.append_column(name, pa.array(values[:table.num_rows]))
+    if as_index:
+        pandas_meta = json.loads(meta[b"pandas"])
+        pandas_meta["index_columns"] = [name]
+        pandas_meta["columns"].append({"name": None, "field_name": name,
+                                       "pandas_type": "unicode", "numpy_type": "object",
+                                       "metadata": None})
+        meta[b"pandas"] = json.dumps(pandas_meta).encode()
+    pq.write_table(table.replace_schema_metadata(meta), part)
+
+
+class TestExportDatasetColumns:
+    def test_a_raw_column_appended_to_a_part_is_refused(self, dataset, big_raw, policy,
+                                                         signer, eu_ctx, log, out):
+        _with_raw_column(dataset / "part.00001.parquet", big_raw["ip"].tolist(),
+                         as_index=False)
+        _refused(log, out, IntegrityError, "^data does not match its manifest$",
+                 lambda: export(dataset, "US", out / "users", policy=policy,
+                                public_key=signer.public_key, context=eu_ctx, audit=log,
+                                columns=SAFE))
+
+    def test_a_raw_index_column_does_not_leave(self, dataset, big_raw, policy, signer, eu_ctx,
+                                               log, out):
+        raw_ips = big_raw["ip"].tolist()
+        _with_raw_column(dataset / "part.00000.parquet", raw_ips, as_index=True)
+        assert pq.read_table(dataset / "part.00000.parquet").to_pandas().index[0] == raw_ips[0]
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        for part in (out / "users").glob("part.*.parquet"):
+            assert pq.read_table(part).column_names == SAFE
+            assert not any(ip.encode() in part.read_bytes() for ip in raw_ips[:20])
+
+    def test_a_raw_index_column_added_abroad_is_refused_by_the_receiver(
+            self, dataset, big_raw, policy, signer, eu_ctx, log, out):
+        from pets.boundary._dataset import verify_dataset
+
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        _with_raw_column(out / "users" / "part.00000.parquet", big_raw["ip"].tolist(),
+                         as_index=True)
+        with pytest.raises(IntegrityError, match=r"^dataset does not match its manifest$"):
+            verify_dataset(out / "users", signer.public_key)
+
+    def test_footer_keys_of_the_source_are_not_copied(self, dataset, policy, signer, eu_ctx,
+                                                      log, out):
+        part = dataset / "part.00002.parquet"
+        table = pq.read_table(part)
+        pq.write_table(table.replace_schema_metadata(
+            {**table.schema.metadata, b"smuggled": b"+4930 raw phone"}), part)
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        meta = pq.read_schema(out / "users" / part.name).metadata
+        assert set(meta) == {b"pandas", MANIFEST_KEY, b"pets.export"}
