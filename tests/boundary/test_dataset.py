@@ -306,3 +306,32 @@ class TestDirectoryHoldsOnlyTheListedParts:
 
         verify_dataset(exported, signer.public_key)
         assert len(pd.read_parquet(exported)) == 60
+
+
+class TestExportRecordIsNotSigned:
+    """The export record (destination, columns, who, when) is the gate's, not the home's
+    signature: edited consistently it still verifies. The signed audit log is the proof of
+    what the gate let out: the directory's files digest no longer matches its entry."""
+
+    def test_a_consistently_edited_destination_verifies_but_not_against_the_log(
+            self, exported, signer, log):
+        entry = [e for e in log.entries() if e["kind"] == "boundary.export"][-1]
+
+        def digest():
+            import hashlib
+
+            return files_digest({p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                 for p in exported.iterdir()})
+
+        assert digest() == entry["fields"]["digest"]
+        doc = json.loads((exported / "_manifest.json").read_text())
+        doc["export"]["destination"] = "SG"
+        (exported / "_manifest.json").write_text(json.dumps(doc))
+        for part in exported.glob("part.*.parquet"):
+            table = pq.read_table(part)
+            pq.write_table(table.replace_schema_metadata(
+                {**table.schema.metadata, EXPORT_KEY: json.dumps(doc["export"]).encode()}),
+                part)
+        verify_dataset(exported, signer.public_key)  # values and signatures: all as signed
+        assert read_index(exported).export["destination"] == "SG"
+        assert digest() != entry["fields"]["digest"]  # not what the gate let out
