@@ -881,3 +881,40 @@ class TestExportDatasetColumns:
                context=eu_ctx, audit=log, columns=SAFE)
         meta = pq.read_schema(out / "users" / part.name).metadata
         assert set(meta) == {b"pandas", MANIFEST_KEY, b"pets.export"}
+
+
+class TestExportDatasetSymlinkedDestination:
+    def test_a_destination_symlinked_to_the_source_is_refused(self, dataset, policy, signer,
+                                                              eu_ctx, log, out):
+        from pets import InputError
+
+        (out / "users").symlink_to(dataset, target_is_directory=True)
+        before = sorted(p.name for p in dataset.iterdir())
+        with pytest.raises(InputError, match="into or over its source"):
+            export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert sorted(p.name for p in dataset.iterdir()) == before
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+
+    def test_a_destination_whose_parent_links_into_the_source_is_refused(
+            self, dataset, policy, signer, eu_ctx, log, out):
+        from pets import InputError
+
+        (out / "link").symlink_to(dataset, target_is_directory=True)
+        with pytest.raises(InputError, match="into or over its source"):
+            export(dataset, "US", out / "link" / "users", policy=policy,
+                   public_key=signer.public_key, context=eu_ctx, audit=log, columns=SAFE)
+        assert sorted(p.name for p in dataset.iterdir()) == ["_manifest.json"] + [
+            f"part.0000{i}.parquet" for i in range(3)]
+
+    def test_a_symlink_to_an_earlier_export_is_replaced_not_followed(
+            self, dataset, policy, signer, eu_ctx, log, out, tmp_path):
+        first = tmp_path / "first"
+        export(dataset, "US", first, policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        (out / "users").symlink_to(first, target_is_directory=True)
+        export(dataset, "US", out / "users", policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=["user_id"])
+        assert not (out / "users").is_symlink()
+        assert pq.read_schema(first / "part.00000.parquet").names == SAFE  # untouched
+        assert pq.read_schema(out / "users" / "part.00000.parquet").names == ["user_id"]
