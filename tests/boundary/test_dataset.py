@@ -277,7 +277,34 @@ def _subdirectory(directory, tmp_path):
     _raw_part(directory, "more/part.00000.parquet")
 
 
+def _listed_twice(directory, tmp_path):
+    doc = json.loads((directory / "_manifest.json").read_text())
+    doc["parts"].append(doc["parts"][0])
+    (directory / "_manifest.json").write_text(json.dumps(doc))
+
+
+def _duplicated_under_another_name(directory, tmp_path):
+    shutil.copy(directory / "part.00000.parquet", directory / "part.00003.parquet")
+    doc = json.loads((directory / "_manifest.json").read_text())
+    doc["parts"].append({"file": "part.00003.parquet", "rows": doc["parts"][0]["rows"]})
+    (directory / "_manifest.json").write_text(json.dumps(doc))
+
+
+def _truncated_part(directory, tmp_path):
+    part = directory / "part.00001.parquet"
+    part.write_bytes(part.read_bytes()[:-100])
+
+
+def _appended_part(directory, tmp_path):
+    part = directory / "part.00001.parquet"
+    part.write_bytes(part.read_bytes() + b"raw,rows,appended\n")
+
+
 TAMPERED_DIRECTORY = {
+    "part listed twice": _listed_twice,
+    "part duplicated under another name": _duplicated_under_another_name,
+    "truncated part": _truncated_part,
+    "bytes appended to a part": _appended_part,
     "trailing space": lambda d, t: _raw_part(d, "part.00001.parquet "),
     "hidden file": lambda d, t: _raw_part(d, ".part.parquet"),
     "underscore file": lambda d, t: _raw_part(d, "_part.parquet"),

@@ -692,7 +692,9 @@ class TestExportDatasetDirectoryRefused:
     @pytest.mark.parametrize("attack", ["trailing space", "hidden file", "upper-case suffix",
                                         "sub-directory", "symlinked part",
                                         "symlinked _manifest.json", "fifo part",
-                                        "renamed part"])
+                                        "renamed part", "part listed twice",
+                                        "part duplicated under another name",
+                                        "truncated part", "bytes appended to a part"])
     def test_refused_and_recorded(self, dataset, policy, signer, eu_ctx, log, out, tmp_path,
                                   attack):
         from tests.boundary.test_dataset import TAMPERED_DIRECTORY
@@ -918,3 +920,17 @@ class TestExportDatasetSymlinkedDestination:
         assert not (out / "users").is_symlink()
         assert pq.read_schema(first / "part.00000.parquet").names == SAFE  # untouched
         assert pq.read_schema(out / "users" / "part.00000.parquet").names == ["user_id"]
+
+
+class TestExportDatasetManifestFile:
+    @pytest.mark.parametrize("edit", [lambda b: b[:-40], lambda b: b + b"{}",
+                                      lambda b: b.replace(b"{", b"[", 1)])
+    def test_a_truncated_or_extended_dataset_manifest_is_refused(self, dataset, policy,
+                                                                 signer, eu_ctx, log, out,
+                                                                 edit):
+        file = dataset / "_manifest.json"
+        file.write_bytes(edit(file.read_bytes()))
+        _refused(log, out, IntegrityError, "^malformed dataset manifest$",
+                 lambda: export(dataset, "US", out / "users", policy=policy,
+                                public_key=signer.public_key, context=eu_ctx, audit=log,
+                                columns=SAFE))
