@@ -50,7 +50,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from pets._errors import InputError, KeyServiceError
@@ -330,13 +329,9 @@ class _SeriesFn:
 
 def _quantile_edges(values: pd.Series, quantiles: int, column: str) -> tuple[float, ...]:
     """The edges ``Bucket(quantiles=n)`` computes on the whole column (as pandas does)."""
-    x = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    x = x[~np.isnan(x)]
-    if np.isinf(x).any():
-        raise InputError(f"column {column!r}: Bucket(quantiles=) got an infinite value")
-    q = np.linspace(0, 1, quantiles + 1)
-    edges = np.unique(np.quantile(x, q)) if len(x) else np.zeros(1)
-    return tuple(float(e) for e in edges)
+    from pets.pseudo._generalize import quantile_edges
+
+    return tuple(float(e) for e in quantile_edges(values.rename(column), quantiles))
 
 
 @dataclass(frozen=True)

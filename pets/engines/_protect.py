@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import itertools
 import math
 import os
 import shutil
@@ -33,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,33 +72,19 @@ class QuantileBucket:
 
     def apply(self, series: pd.Series) -> pd.Series:
         """Bucket ``series`` by the global edges (labels as ``Bucket(quantiles=n)``)."""
-        from pets.pseudo._generalize import _fmt, _labels, _numeric
+        from pets.pseudo._generalize import bucket_by_quantile_edges
 
-        _numeric(series, "Bucket")
-        x = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        isnan = np.isnan(x)
-        edges = np.asarray(self.edges, dtype=np.float64)
-        names = [f"<{_fmt(edges[0])}"] + [
-            f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)
-        ] + [f">={_fmt(edges[-1])}"]
-        if len(edges) > 1:  # the maximum belongs to the last closed bucket
-            names[-2] = f"[{_fmt(edges[-2])}, {_fmt(edges[-1])}]"
-            x = np.where(x == edges[-1], np.nextafter(edges[-1], -np.inf), x)
-        codes = np.searchsorted(edges, np.where(isnan, 0.0, x), side="right").astype(np.int64)
-        codes[isnan] = -1
-        out: pd.Series = _labels(codes, names, series)
-        return out
+        return bucket_by_quantile_edges(series, self.edges)
 
 
 def _fit(transform: Any, column: dd.Series) -> Any:
     """Replace transforms that need whole-column state by a fitted, partition-safe form."""
     if type(transform).__name__ == "Bucket" and getattr(transform, "quantiles", None):
         from pets.engines._progress import compute
+        from pets.pseudo._generalize import quantile_edges
 
-        (values,) = compute(column.dropna(), progress=False)
-        x = values.to_numpy(dtype=np.float64)
-        q = np.linspace(0, 1, int(transform.quantiles) + 1)
-        edges = np.unique(np.quantile(x, q)) if len(x) else np.zeros(1)
+        (values,) = compute(column, progress=False)  # nulls too: errors name pandas' position
+        edges = quantile_edges(values.reset_index(drop=True), int(transform.quantiles))
         return QuantileBucket(tuple(float(e) for e in edges), int(transform.quantiles),
                               float(transform.origin))
     return transform

@@ -72,6 +72,46 @@ def _labels(codes: np.ndarray, names: Sequence[str], like: pd.Series) -> pd.Seri
                              pa.nulls(len(codes), pa.large_string()), like)
 
 
+def quantile_edges(series: pd.Series, quantiles: int) -> np.ndarray:
+    """The edges of ``Bucket(quantiles=n)``: quantiles of the column's non-null values.
+
+    One definition for every engine: the pandas transform computes them on its column, the
+    Dask engine once over the whole column, then buckets each partition by them
+    (:func:`bucket_by_quantile_edges`).
+
+    Examples:
+        >>> quantile_edges(pd.Series([1.0, 2.0, 3.0, None, 4.0]), 2).tolist()
+        [1.0, 2.5, 4.0]
+    """
+    x = _numeric(series, "Bucket").to_numpy(dtype=np.float64, na_value=np.nan)
+    _finite(x, series, "Bucket(quantiles=)")
+    present = x[~np.isnan(x)]
+    q = np.linspace(0, 1, int(quantiles) + 1)
+    return np.unique(np.quantile(present, q)) if len(present) else np.zeros(1)
+
+
+def bucket_by_quantile_edges(series: pd.Series, edges: Sequence[float] | np.ndarray
+                             ) -> pd.Series:
+    """Label ``series`` by quantile ``edges`` as ``Bucket(quantiles=n)`` does (the maximum
+    belongs to the last closed bucket ``"[a, b]"``; nulls stay null).
+
+    Examples:
+        >>> bucket_by_quantile_edges(pd.Series([1, 3, 4]), [1.0, 2.5, 4.0]).tolist()
+        ['[1, 2.5)', '[2.5, 4]', '[2.5, 4]']
+    """
+    x = _numeric(series, "Bucket").to_numpy(dtype=np.float64, na_value=np.nan)
+    isnan = np.isnan(x)
+    e = np.asarray(edges, dtype=np.float64)
+    names = [f"<{_fmt(e[0])}"] + [f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(e)
+                                  ] + [f">={_fmt(e[-1])}"]
+    if len(e) > 1:  # the maximum belongs to the last closed bucket
+        names[-2] = f"[{_fmt(e[-2])}, {_fmt(e[-1])}]"
+        x = np.where(x == e[-1], np.nextafter(e[-1], -np.inf), x)
+    codes = np.searchsorted(e, np.where(isnan, 0.0, x), side="right").astype(np.int64)
+    codes[isnan] = -1
+    return _labels(codes, names, series)
+
+
 class Bucket(Transform):
     """Numeric bucketing into labelled intervals ``"[lo, hi)"``, by width, edges or quantiles.
 
@@ -141,22 +181,13 @@ class Bucket(Transform):
             names = [f"[{_fmt(self.origin + q * w)}, {_fmt(self.origin + (q + 1) * w)})"
                      for q in np.asarray(uniq, dtype=np.float64)]
             return _labels(np.asarray(codes_f, dtype=np.int64), names, series)
-        if self.edges is not None:
-            edges = np.asarray(self.edges)
-            names = [f"<{_fmt(edges[0])}"] + [
-                f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)
-            ] + [f">={_fmt(edges[-1])}"]
-        else:
-            _finite(x, series, "Bucket(quantiles=)")
-            q = np.linspace(0, 1, int(self.quantiles or 1) + 1)
-            present = x[~isnan]
-            edges = np.unique(np.quantile(present, q)) if len(present) else np.zeros(1)
-            names = [f"<{_fmt(edges[0])}"] + [
-                f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)
-            ] + [f">={_fmt(edges[-1])}"]
-            if len(edges) > 1:  # the maximum belongs to the last closed bucket
-                names[-2] = f"[{_fmt(edges[-2])}, {_fmt(edges[-1])}]"
-                x = np.where(x == edges[-1], np.nextafter(edges[-1], -np.inf), x)
+        if self.edges is None:
+            return bucket_by_quantile_edges(
+                series, quantile_edges(series, int(self.quantiles or 1)))
+        edges = np.asarray(self.edges)
+        names = [f"<{_fmt(edges[0])}"] + [
+            f"[{_fmt(a)}, {_fmt(b)})" for a, b in itertools.pairwise(edges)
+        ] + [f">={_fmt(edges[-1])}"]
         codes = np.searchsorted(edges, np.where(isnan, 0.0, x), side="right").astype(np.int64)
         codes[isnan] = -1
         return _labels(codes, names, series)
