@@ -103,6 +103,19 @@ class TestPseudonymize:
             transform_columns(dd.from_pandas(users, npartitions=2), transforms)
 
 
+    def test_quantile_buckets_refuse_an_infinite_value_as_pandas_does(self):
+        from pets import InputError
+        from pets.pseudo import Bucket
+
+        frame = pd.DataFrame({"x": [1.0, None, 3.0, float("inf"), 5.0]})
+        with pytest.raises(InputError) as pandas_error:
+            Bucket(quantiles=2).apply(frame["x"])
+        with pytest.raises(InputError) as dask_error:
+            transform_columns(dd.from_pandas(frame, npartitions=2), {"x": Bucket(quantiles=2)})
+        assert str(dask_error.value) == str(pandas_error.value)
+        assert "infinite value at position 3" in str(pandas_error.value)
+
+
 class TestGraphHoldsNoKeys:
     def test_root_and_domain_keys_are_absent_from_the_graph(self, users, transforms,
                                                             worker_keys, root, keyring):
