@@ -450,11 +450,19 @@ def _publish(tmp: Path, dest: Path, record: Callable[[], dict[str, Any]]) -> dic
 
 
 def _is_export(path: Path) -> bool:
-    """An earlier export of the gate (the only kind of directory an export replaces)."""
-    from pets.boundary._dataset import read_index
+    """An earlier export of the gate (the only kind of directory an export replaces).
+
+    It must hold nothing but its ``_manifest.json`` (with an export record) and the parts it
+    lists: a directory with anything else in it is not replaced (and not deleted).
+    """
+    from pets.boundary._dataset import _check_directory, read_index
 
     try:
-        return path.is_dir() and read_index(path).export is not None
+        if not path.is_dir():
+            return False
+        index = read_index(path)
+        _check_directory(index)
+        return index.export is not None
     except PetsError:
         return False
 

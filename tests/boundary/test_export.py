@@ -934,3 +934,31 @@ class TestExportDatasetManifestFile:
                  lambda: export(dataset, "US", out / "users", policy=policy,
                                 public_key=signer.public_key, context=eu_ctx, audit=log,
                                 columns=SAFE))
+
+
+class TestExportDestinationSafety:
+    def test_an_earlier_export_with_other_files_is_not_replaced(self, dataset, policy, signer,
+                                                                eu_ctx, log, out):
+        from pets import InputError
+
+        dest = out / "users"
+        export(dataset, "US", dest, policy=policy, public_key=signer.public_key,
+               context=eu_ctx, audit=log, columns=SAFE)
+        (dest / "notes.txt").write_text("the receiver's own notes")
+        with pytest.raises(InputError, match="not an earlier export"):
+            export(dataset, "US", dest, policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=["user_id"])
+        assert (dest / "notes.txt").read_text() == "the receiver's own notes"
+        assert pq.read_schema(dest / "part.00000.parquet").names == SAFE
+
+    def test_a_fifo_as_the_source_file_is_refused_without_blocking(self, policy, signer,
+                                                                   eu_ctx, log, out, tmp_path):
+        import os
+
+        from pets import InputError
+
+        fifo = tmp_path / "protected.parquet"
+        os.mkfifo(fifo)
+        _refused(log, out, InputError, "protected.parquet: cannot read", lambda: export(
+            fifo, "US", out / "u.parquet", policy=policy, public_key=signer.public_key,
+            context=eu_ctx, audit=log, columns=SAFE))
