@@ -198,6 +198,7 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
                                  f"({exc.strerror or type(exc).__name__})") from None
             if dest.is_dir() and not dataset:
                 raise InputError(f"{dest}: cannot write (is a directory)")
+            _not_over(dest, obj, audit)
             if _is_release(obj):
                 return _export_release(obj, code, dest, policy, context, audit)
             if dataset:
@@ -219,6 +220,22 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
                      target=_describe(obj), destination=code, path=str(dest),
                      reason=f"{type(exc).__name__} (unexpected)")  # no message: may hold values
         raise
+
+
+def _not_over(dest: Path, obj: Any, audit: AuditLog) -> None:
+    """Refuse a destination that is (or holds) the audit log, or is the source file itself.
+
+    The rename would put the export in the log's place (the whole signed trail gone) or in
+    the protected file's.
+    """
+    target = dest.resolve()
+    log = getattr(audit, "path", None)
+    if log is not None:
+        log_real = Path(log).resolve()
+        if target == log_real or target in log_real.parents:
+            raise InputError(f"{dest}: cannot write over the audit log {log}")
+    if isinstance(obj, str | os.PathLike) and Path(obj).resolve() == target:
+        raise InputError(f"{dest}: cannot write an export over its source")
 
 
 def _is_release(obj: Any) -> bool:

@@ -962,3 +962,30 @@ class TestExportDestinationSafety:
         _refused(log, out, InputError, "protected.parquet: cannot read", lambda: export(
             fifo, "US", out / "u.parquet", policy=policy, public_key=signer.public_key,
             context=eu_ctx, audit=log, columns=SAFE))
+
+
+class TestExportDoesNotOverwriteItsWitnesses:
+    def test_the_audit_log_is_not_a_destination(self, pf, policy, signer, eu_ctx, log, out):
+        from pets import InputError
+
+        protect_entries = len(log.entries())
+        log.append("note", text="before")
+        before = log.path.read_bytes()
+        with pytest.raises(InputError, match="cannot write over the audit log"):
+            export(pf, "US", log.path, policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert log.path.read_bytes().startswith(before)
+        assert [e["kind"] for e in log.entries()][protect_entries:] == ["note",
+                                                                       "boundary.refused"]
+        assert verify_log(log.path, signer.public_key).ok
+
+    def test_a_protected_file_is_not_replaced_by_its_export(self, pf, policy, signer, eu_ctx,
+                                                            log, tmp_path):
+        from pets import InputError
+
+        src = pf.write(tmp_path / "p.parquet")
+        before = src.read_bytes()
+        with pytest.raises(InputError, match="over its source"):
+            export(src, "US", src, policy=policy, public_key=signer.public_key,
+                   context=eu_ctx, audit=log, columns=SAFE)
+        assert src.read_bytes() == before
