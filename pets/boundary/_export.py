@@ -235,7 +235,7 @@ def _not_over(dest: Path, obj: Any, audit: AuditLog) -> None:
         if target == log_real or target in log_real.parents:
             raise InputError(f"{dest}: cannot write over the audit log {log}")
     if isinstance(obj, str | os.PathLike) and Path(obj).resolve() == target:
-        raise InputError(f"{dest}: cannot write an export over its source")
+        raise InputError(f"{dest}: cannot write an export into or over its source {obj}")
 
 
 def _is_release(obj: Any) -> bool:
