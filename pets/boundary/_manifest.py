@@ -9,8 +9,9 @@ metadata under ``pets.manifest``.
 
 Digests are over a canonical encoding of the *values* (not the file bytes), so they survive a
 Parquet round trip: strings and binaries as length-prefixed bytes, integers as int64/uint64,
-floats as float64, timestamps as int64 nanoseconds (with their time zone in the type tag),
-dates as int32 days, booleans as bytes, plus the null bitmap. The data digest chains the row
+floats as float64, decimals exactly as their text at the column's scale (the scale in the type
+tag), timestamps as int64 nanoseconds (with their time zone in the type tag), dates as int32
+days, booleans as bytes, plus the null bitmap. The data digest chains the row
 count and every column's name and digest in order.
 
 Examples:
@@ -134,7 +135,14 @@ def column_digest(name: str, series: pd.Series) -> str:
         tag, target, dt = ("uint", pa.uint64(), "<u8") if unsigned else ("int", pa.int64(), "<i8")
         payload.append(pc.fill_null(arr.cast(target), 0).to_numpy(zero_copy_only=False)
                        .astype(dt).tobytes())
-    elif pa.types.is_floating(t) or pa.types.is_decimal(t):
+    elif pa.types.is_decimal(t):  # exact: its text at the column's scale (float64 rounds)
+        text = pc.fill_null(arr.cast(pa.large_string()), "").cast(pa.large_binary())
+        tag = f"decimal[{t.scale}]"
+        offsets = np.frombuffer(text.buffers()[1], dtype="<i8")[text.offset:text.offset + n + 1]
+        payload.append(np.diff(offsets).astype("<i8").tobytes())
+        if text.buffers()[2] is not None and n:
+            payload.append(text.buffers()[2].to_pybytes()[int(offsets[0]):int(offsets[-1])])
+    elif pa.types.is_floating(t):
         tag = "float"
         payload.append(pc.fill_null(arr.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
                        .astype("<f8").tobytes())
@@ -456,6 +464,9 @@ def _read_parquet(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[byte
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, pa.ArrowException):
         # a readable file whose pandas metadata was altered: not what was signed
         raise IntegrityError("data does not match its manifest") from None
+    if [str(c) for c in frame.columns] != table.column_names:
+        # a column the pandas metadata turned into the index is in no digest
+        raise IntegrityError("data does not match its manifest")
     return frame, meta
 
 

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -70,6 +71,26 @@ class TestDigests:
         assert column_digest("c", s) != column_digest("c", changed)
 
 
+class TestDecimalDigests:
+    def test_every_digit_of_a_decimal_counts(self):
+        from decimal import Decimal
+
+        def digest(v: str) -> str:
+            s = pd.Series([Decimal(v)], dtype=pd.ArrowDtype(pa.decimal128(38, 18)))
+            return column_digest("d", s)
+
+        assert digest("1.000000000000000001") != digest("1.000000000000000009")
+        assert digest("1.5") == digest("1.500")  # the same value at the column's scale
+
+    def test_survives_a_parquet_round_trip(self, tmp_path):
+        from decimal import Decimal
+
+        s = pd.Series([Decimal("12.34"), None], dtype=pd.ArrowDtype(pa.decimal128(10, 2)))
+        pd.DataFrame({"d": s}).to_parquet(tmp_path / "d.parquet")
+        back = pd.read_parquet(tmp_path / "d.parquet", dtype_backend="pyarrow")["d"]
+        assert column_digest("d", back) == column_digest("d", s)
+
+
 class TestSignature:
     def test_sign_and_verify(self, signer):
         m = _manifest(_frame()).sign(signer)
@@ -117,6 +138,19 @@ class TestFileTampering:
         path = tmp_path / "x.parquet"
         ProtectedFrame(frame, _manifest(frame).sign(signer)).write(path)
         return path
+
+    def test_a_raw_column_moved_into_the_index_is_refused(self, tmp_path, signer):
+        path = self._write(tmp_path, signer)
+        table = pq.read_table(path)
+        frame = table.to_pandas()
+        frame.index = pd.Index([f"+4930{i:07d}" for i in range(len(frame))], name="phone")
+        smuggled = pa.Table.from_pandas(frame, preserve_index=True)  # pandas metadata: index
+        pq.write_table(smuggled.replace_schema_metadata(
+            {**smuggled.schema.metadata, MANIFEST_KEY: table.schema.metadata[MANIFEST_KEY]}),
+            path)
+        assert "phone" in pq.read_table(path).column_names
+        with pytest.raises(IntegrityError, match=r"^data does not match its manifest$"):
+            read_protected(path, signer.public_key)
 
     @pytest.mark.parametrize("pandas_meta", [b"{broken", b'{"columns": 3}', b"\xff\xfe"])
     def test_altered_pandas_metadata_is_an_integrity_error(self, tmp_path, signer,
