@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pets._errors import InputError, JurisdictionError, PetsError, PolicyError
 from pets._io import atomic_directory
-from pets.boundary._dataset import DATASET_MANIFEST, chain_digest
+from pets.boundary._dataset import DATASET_MANIFEST, chain_digest, part_name
 from pets.engines._keyref import WorkerKeys
 from pets.engines._parquet import ParquetEncryption
 from pets.engines._plan import PartitionFn, Step, ship
@@ -235,17 +235,17 @@ class DaskProtected:
                 names = [str(c) for c in self.data.columns]
                 parts = self.data.to_delayed()  # type: ignore[no-untyped-call]
                 stage = dask.delayed(_stage_part, pure=False)
-                digests = compute(*[stage(p, str(staging / _part_name(i)), names)
+                digests = compute(*[stage(p, str(staging / part_name(i)), names)
                                     for i, p in enumerate(parts)], progress=progress)
-                schema = _unified_schema([staging / _part_name(i) for i in range(len(digests))])
+                schema = _unified_schema([staging / part_name(i) for i in range(len(digests))])
                 manifests, dataset = self._manifests(digests)
                 finish = dask.delayed(_finish_part, pure=False)
-                compute(*[finish(str(staging / _part_name(i)), str(final / _part_name(i)),
+                compute(*[finish(str(staging / part_name(i)), str(final / part_name(i)),
                                  manifests[i].to_json(), schema, row_group_size, compression,
                                  encryption)
                           for i in range(len(manifests))], progress=progress)
                 doc = {"format": "pets.dataset/1", "manifest": dataset.to_dict(),
-                       "parts": [{"file": _part_name(i), "rows": m.rows}
+                       "parts": [{"file": part_name(i), "rows": m.rows}
                                  for i, m in enumerate(manifests)],
                        "encrypted": encryption is not None}
                 (final / DATASET_MANIFEST).write_text(_json(doc))
@@ -285,10 +285,6 @@ def _json(doc: Any) -> str:
     import json
 
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
-
-
-def _part_name(i: int) -> str:
-    return f"part.{i:05d}.parquet"
 
 
 def _unified_schema(files: Sequence[Path]) -> pa.Schema:
