@@ -3,7 +3,8 @@
 Partition functions are pure ``DataFrame -> DataFrame``; secrets reach workers as
 :class:`KeyRef` objects resolved through the key service on the worker (never key bytes in a
 task graph); DP noise is added once, on the driver, to the reduced aggregate. The Dask API is
-in :mod:`pets.engines.dask`; the guide is ``docs/scale-out.md``.
+in :mod:`pets.engines.dask`; the pandas entry points also accept Dask frames and hand them here
+(``pets.engines._dispatch``). The guide is ``docs/scale-out.md``.
 
 Examples:
     >>> import pandas as pd
