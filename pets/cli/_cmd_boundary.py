@@ -6,6 +6,8 @@ A whole ETL step is one command with a YAML policy::
     pets protect raw/ --policy users-policy.yaml --out protected/ --engine dask --workers 4
     pets protect raw/ --policy users-policy.yaml --out protected/ --engine dask \
         --scheduler tcp://scheduler:8786
+    pets protect raw/ --policy users-policy.yaml --out protected/ --engine dask \
+        --parquet-encrypt local://eu/columns:email,phone --footer-key local://eu/columns
     pets export protected/ --to US --out us/users.parquet --columns user_id,email,country
     pets export protected/ --to US --out us/users --columns allowed   # a Dask dataset
     pets audit verify .pets/audit.jsonl --public-key .pets/keyring/boundary/signing-key.pub.pem
@@ -158,6 +160,79 @@ def _protected_file(src: Path) -> Path:
 
 # -- protect ------------------------------------------------------------------------------------
 
+def parse_parquet_encryption(items: tuple[str, ...], footer_key: str | None
+                             ) -> dict[str, list[str]] | None:
+    """``--parquet-encrypt KEK_URI:COL,COL`` (repeatable) and ``--footer-key KEK_URI``.
+
+    Both options go together (a usage error otherwise): pyarrow encrypts at least one column,
+    and the footer key must be chosen, not guessed. The columns follow the URI's last ``:``
+    (pyarrow's column-key syntax reserves ``:`` and ``,`` in column names); a KEK given twice
+    collects its columns; a column under two KEKs is refused.
+
+    Returns:
+        ``{kek_uri: [column, ...]}``, or ``None`` when neither option is given.
+
+    Raises:
+        click.UsageError: One option without the other, or a malformed value.
+
+    Examples:
+        >>> parse_parquet_encryption(("local://eu/pii:email,phone", "local://eu/x:ip"),
+        ...                          "local://eu/pii")
+        {'local://eu/pii': ['email', 'phone'], 'local://eu/x': ['ip']}
+        >>> parse_parquet_encryption((), None) is None
+        True
+        >>> parse_parquet_encryption(("local://eu/pii",), "local://eu/pii")
+        Traceback (most recent call last):
+        ...
+        click.exceptions.UsageError: --parquet-encrypt 'local://eu/pii': expected KEK_URI:COL[,COL...]
+    """
+    from pets.keys import parse_key_uri
+
+    if not items and footer_key is None:
+        return None
+    if not items:
+        raise click.UsageError("--footer-key needs --parquet-encrypt KEK_URI:COL[,COL...] "
+                               "(at least one encrypted column)")
+    if footer_key is None:
+        raise click.UsageError("--parquet-encrypt needs --footer-key KEK_URI (the KEK of the "
+                               "footer: schema, statistics, key metadata)")
+    try:
+        parse_key_uri(footer_key)
+    except InputError:
+        raise click.UsageError(f"--footer-key {footer_key!r}: expected a key URI "
+                               "scheme://authority/name") from None
+    out: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for item in items:
+        uri, sep, cols_text = item.rpartition(":")
+        cols = [c.strip() for c in cols_text.split(",")]
+        try:
+            if not sep or not uri or "://" not in uri or not all(cols):
+                raise InputError(item)
+            parse_key_uri(uri)
+        except InputError:
+            raise click.UsageError(f"--parquet-encrypt {item!r}: expected "
+                                   "KEK_URI:COL[,COL...]") from None
+        for c in cols:
+            if c in owner:
+                raise click.UsageError(f"--parquet-encrypt: column {c!r} is listed twice"
+                                       + (f" (under {owner[c]} and {uri})"
+                                          if owner[c] != uri else ""))
+            owner[c] = uri
+        out.setdefault(uri, []).extend(cols)
+    return out
+
+
+def _check_encrypted_columns(policy: Policy, columns: dict[str, list[str]]) -> None:
+    """Every ``--parquet-encrypt`` column must be one the policy writes (before any work)."""
+    written = [r.name for r in policy.columns if r.output is not None]
+    missing = [c for cols in columns.values() for c in cols if c not in written]
+    if missing:
+        raise InputError(f"--parquet-encrypt names column(s) {', '.join(map(repr, missing))} "
+                         f"that {policy.source} does not write; its output columns: "
+                         f"{', '.join(written)}")
+
+
 @click.command()
 @click.argument("infile", type=click.Path(path_type=Path))
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -172,30 +247,46 @@ def _protected_file(src: Path) -> Path:
     scheduler_help="Run on an existing Dask cluster: its scheduler's address, e.g. "
                    "tcp://host:8786. Its workers need the keyring path and PETS_MASTER_KEY in "
                    "their own environment")
+@click.option("--parquet-encrypt", "parquet_encrypt", multiple=True,
+              metavar="KEK_URI:COL[,COL...]",
+              help="With --engine dask: encrypt these output columns of every part file with "
+                   "Parquet modular encryption, their data keys wrapped by KEK_URI "
+                   "(repeatable; needs --footer-key). Such a dataset stays home: the export "
+                   "gate refuses it.")
+@click.option("--footer-key", default=None, metavar="KEK_URI",
+              help="With --parquet-encrypt: the KEK of each part's (encrypted) footer.")
 @_audit_option
 @_boundary_option
 @keyring_options
 @context_options
 @json_option
 def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: int | None,
-            scheduler: str | None, connect_timeout: float, audit_log: Path,
-            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
-            as_json: bool, key_config: KeyConfig) -> None:
+            scheduler: str | None, connect_timeout: float, parquet_encrypt: tuple[str, ...],
+            footer_key: str | None, audit_log: Path, boundary_keys: Path | None,
+            jurisdiction: str, principal: str | None, as_json: bool,
+            key_config: KeyConfig) -> None:
     """Protect a raw Parquet table under a policy (runs in the policy's home only).
 
     With --engine dask, INFILE may be a Parquet file or a directory of them; the result is
     identical to the pandas engine's on the same rows and keys (same pseudonyms).
+    --parquet-encrypt and --footer-key add Parquet modular encryption to its part files
+    (read them back with pets release --engine dask and the same key services).
     """
     from pets._io import atomic_path
     from pets.boundary import load_policy
     from pets.boundary import protect as do_protect
 
     scheduler = dask_target(engine, workers, scheduler)
+    if (parquet_encrypt or footer_key is not None) and engine != "dask":
+        raise click.UsageError("--parquet-encrypt and --footer-key need --engine dask")
+    encrypt = parse_parquet_encryption(parquet_encrypt, footer_key)
     ctx = make_context(jurisdiction, principal)
     policy = load_policy(policy_path)
     if engine == "dask":
+        if encrypt is not None:
+            _check_encrypted_columns(policy, encrypt)
         _protect_dask(infile, policy_path, policy, out, workers, scheduler, connect_timeout,
-                      audit_log, boundary_keys, ctx, as_json, key_config)
+                      audit_log, boundary_keys, ctx, as_json, key_config, encrypt, footer_key)
         return
     frame = _read_parquet(infile)
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
@@ -240,7 +331,8 @@ def _copy_policy(out: Path, policy_path: Path) -> None:
 def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
                   workers: int | None, scheduler: str | None, connect_timeout: float,
                   audit_log: Path, boundary_keys: Path | None, ctx: Context, as_json: bool,
-                  key_config: KeyConfig) -> None:
+                  key_config: KeyConfig, encrypt: dict[str, list[str]] | None = None,
+                  footer_key: str | None = None) -> None:
     import os
 
     from pets._errors import require
@@ -252,12 +344,18 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
     if not infile.exists():
         raise InputError(f"{infile}: no such file or directory")
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
+    for uri in dict.fromkeys([*(encrypt or {}), *([footer_key] if footer_key else [])]):
+        keys.services.for_uri(uri).describe(uri)  # an unknown KEK fails before any work
     summary = run_protect_dask(
         infile, policy, out, workers=None if scheduler else workers or os.cpu_count() or 1,
         scheduler=scheduler, connect_timeout=connect_timeout, keys=keys, key_source=key_config,
-        context=ctx, audit=log)
+        context=ctx, audit=log, parquet_encryption=encrypt, footer_key=footer_key)
     _copy_policy(out, policy_path)  # run_protect_dask wrote manifest.json and the PEM
     summary["audit_log"] = str(audit_log)
+    # which columns are encrypted at rest, under which KEK (URIs only: no key material)
+    summary["encrypted_columns"] = {c: uri for uri, cols in (encrypt or {}).items()
+                                    for c in cols}
+    summary["footer_key"] = footer_key if encrypt else None
     columns: dict[str, str] = summary["columns"]
 
     def text() -> str:
@@ -272,6 +370,11 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
             lines.append(f"  k-anonymity: k={k['k']} (min {k['min_k']}) over "
                          f"{', '.join(k['quasi_identifiers'])}; "
                          f"{k.get('suppressed_rows', 0)} rows suppressed")
+        if encrypt:
+            lines.append("  Parquet modular encryption: "
+                         + "; ".join(f"{', '.join(cols)} under {uri}"
+                                     for uri, cols in encrypt.items())
+                         + f"; footer under {footer_key} (stays home: export refuses it)")
         lines.append(f"  manifest signed by {summary['signer']}; audit log {audit_log}")
         return "\n".join(lines)
 

@@ -18,6 +18,15 @@ the same step as the pandas engine (:class:`pets.engines.dask.DaskSession`)::
     pets release protected/events/ --engine dask --workers 4 --unit user_id \
         --group-by country --keys DE,FR,IT --agg count,median:watch_seconds[0,7200] \
         --max-rows 20 --epsilon 1 --ledger budget.db --out release.parquet
+
+A dataset written with Parquet modular encryption (``pets protect --engine dask
+--parquet-encrypt ...``; ``"encrypted": true`` in its ``_manifest.json``, or part files whose
+footer is encrypted) is read through the key services of ``--keyring`` / ``--pkcs11-*``, in the
+context of ``--jurisdiction`` / ``--principal``: pyarrow finds each file's footer and column KEK
+URIs in the file itself. The driver decrypts the first part (its schema, and every KEK it
+uses) before anything is registered, spent or started: a foreign jurisdiction exits 4 and a
+destroyed KEK exits 7, with nothing spent and nothing written. The workers unwrap the keys
+themselves (``PETS_MASTER_KEY`` … in their own environment).
 """
 
 from __future__ import annotations
@@ -26,12 +35,23 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from pets._errors import InputError
-from pets.cli._common import dask_options, dask_target, emit, json_option
+from pets.cli._common import (
+    context_options,
+    dask_options,
+    dask_target,
+    emit,
+    json_option,
+    make_context,
+)
+from pets.cli._keyopts import keyring_options
+
+if TYPE_CHECKING:
+    from pets.keys._config import KeyConfig
 
 _AGG = re.compile(r"^(?P<kind>count|sum|mean|variance|median|quantile|histogram)"
                   r"(?::(?P<col>[^\[\]@]+)\[(?P<nums>[^\]]*)\](?:@(?P<alphas>[0-9eE.+\-/]+))?)?$")
@@ -197,7 +217,7 @@ def _check_spend(kind: str, *, epsilon: float | None, rho: float | None, delta: 
 
 
 def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
-          private: bool) -> Any:
+          private: bool, schema: Any = None) -> Any:
     given = (keys is not None) + (keys_file is not None) + bool(private)
     if not by:
         if given:
@@ -221,7 +241,7 @@ def _keys(path: Path, by: list[str], keys: str | None, keys_file: Path | None,
                              "several")
         assert keys is not None
         frame = pd.DataFrame({by[0]: [k.strip() for k in keys.split(",") if k.strip()]})
-    schema = _schema(path)
+    schema = schema if schema is not None else _schema(path)
     for c in by:
         if c in frame.columns and c in schema.names:
             try:
@@ -243,6 +263,52 @@ def _schema(path: Path) -> Any:
         return pds.dataset(str(path), format="parquet").schema
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read the Parquet dataset {str(path)!r}: {exc}") from exc
+
+
+_ENCRYPTED_MAGIC = b"PARE"  # a Parquet file with an encrypted footer ends so (not PAR1)
+
+
+def _part_files(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*.parquet")
+                  if not p.name.startswith((".", "_")) and p.is_file())
+
+
+def is_encrypted(path: Path) -> bool:
+    """Whether ``path`` (a Parquet file or dataset directory) uses Parquet modular encryption.
+
+    A pets dataset says so in its ``_manifest.json`` (``"encrypted": true``); any other file
+    says so by its trailing magic (``PARE``: an encrypted footer).
+
+    Examples:
+        >>> import pathlib, tempfile
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "x.parquet"
+        >>> _ = f.write_bytes(b"PAR1...PARE")
+        >>> is_encrypted(f), is_encrypted(f.parent)
+        (True, True)
+    """
+    import contextlib
+
+    from pets._errors import PetsError
+    from pets.boundary._dataset import is_dataset, read_index
+
+    if path.is_dir() and is_dataset(path):
+        with contextlib.suppress(PetsError):  # a malformed index: the files say it instead
+            if read_index(path).encrypted:
+                return True
+    for f in _part_files(path):
+        try:
+            with f.open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                if fh.tell() < 8:
+                    continue
+                fh.seek(-4, os.SEEK_END)
+                if fh.read(4) == _ENCRYPTED_MAGIC:
+                    return True
+        except OSError:
+            continue  # the read says what is wrong with it
+    return False
 
 
 def _check_parts(path: Path) -> None:
@@ -323,6 +389,8 @@ def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
     scheduler_help="Bound and aggregate on an existing Dask cluster: its scheduler's address, "
                    "e.g. tcp://host:8786. Its workers must be able to read INFILE at the same "
                    "absolute path")
+@keyring_options
+@context_options
 @json_option
 def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | None,
             keys: str | None, keys_file: Path | None, private_keys: bool, aggs: tuple[str, ...],
@@ -331,11 +399,14 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
             budget_rho: float | None, ledger_path: Path, out: Path | None, level: float,
             nonnegative: bool, decimals: int | None, status: bool, engine: str,
             workers: int | None, scheduler: str | None, connect_timeout: float,
-            as_json: bool) -> None:
+            jurisdiction: str, principal: str | None, as_json: bool,
+            key_config: KeyConfig) -> None:
     """Release DP aggregates of INFILE (Parquet), spending budget from a ledger.
 
     With --engine dask, INFILE may also be a directory of Parquet files; the release has the
-    pandas engine's measurements, noise scales and spend.
+    pandas engine's measurements, noise scales and spend. A dataset with Parquet modular
+    encryption (pets protect --engine dask --parquet-encrypt) is read through the key services
+    (--keyring, PETS_MASTER_KEY…) in the --jurisdiction / --principal context.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -369,12 +440,22 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         by=by, keys=keys is not None or keys_file is not None or private_keys,
         budget=(budget_epsilon is not None or budget_rho is not None
                 or ledger.budget_of(dsid, unit) is not None)), dsid, unit, ledger)
+    encrypted = is_encrypted(infile)
+    if encrypted and engine != "dask":
+        raise InputError(f"input {str(infile)!r} uses Parquet modular encryption: read it "
+                         "with --engine dask (and the key services that hold its KEKs)")
     if specs:
         assert out is not None
         _check_out(out)
-        if engine == "dask":
+        if engine == "dask" and not encrypted:
             _check_parts(infile)
-    keys_arg = _keys(infile, by, keys, keys_file, private_keys) if specs else None
+    ddf: Any = None
+    schema: Any = None
+    if encrypted:
+        # decrypt on the driver before anything is registered, spent or started: a foreign
+        # jurisdiction or a destroyed KEK is refused here, with its own exit code
+        ddf, schema = _open_encrypted(infile, key_config, make_context(jurisdiction, principal))
+    keys_arg = _keys(infile, by, keys, keys_file, private_keys, schema) if specs else None
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
     if specs:
         _check_spend(budget.kind, epsilon=epsilon, rho=rho, delta=delta, private=private_keys)
@@ -384,8 +465,9 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         from pets.engines._parquet import read_dataset
 
         # absolute: the workers of a remote cluster resolve paths in their own directory
-        session = DaskSession(read_dataset(infile.resolve()), privacy_unit=unit, budget=budget,
-                              ledger=ledger, dataset_id=dsid)
+        data = ddf if ddf is not None else read_dataset(infile.resolve())
+        session = DaskSession(data, privacy_unit=unit, budget=budget, ledger=ledger,
+                              dataset_id=dsid)
     else:
         session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger,
                           dataset_id=dsid)
@@ -416,6 +498,7 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         if engine == "dask":
             payload["release"]["workers"] = n_workers
             payload["release"]["scheduler"] = scheduler
+            payload["release"]["parquet_encryption"] = encrypted
         lines += [repr(rel), rel.to_frame().to_string(index=False, max_rows=60),
                   f"written to {out}"]
     if status:
@@ -423,6 +506,24 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         payload["status"] = st.as_dict()
         lines.append(str(st))
     emit(payload, as_json, lambda: "\n".join(lines))
+
+
+def _open_encrypted(infile: Path, key_config: KeyConfig, ctx: Any) -> tuple[Any, Any]:
+    """The Dask frame of a modular-encrypted dataset and its Arrow schema, read as ``ctx``.
+
+    The driver decrypts the first part's footer and columns (Dask's meta) through the key
+    services: :class:`~pets.JurisdictionError` (exit 4) or :class:`~pets.KeyDestroyedError`
+    (exit 7) come from here, before the ledger or a cluster is touched.
+    """
+    from pets.engines._parquet import ParquetEncryption, read_dataset
+    from pets.engines._run import _absolute
+
+    files = _part_files(infile)
+    if not files:
+        raise InputError(f"no Parquet files under {str(infile)!r}")
+    enc = ParquetEncryption.reader(_absolute(key_config), ctx)
+    schema = enc.schema(files[0])
+    return read_dataset(infile.resolve(), encryption=enc), schema
 
 
 def _release_dask(q: Any, workers: int | None, scheduler: str | None, connect_timeout: float,

@@ -63,6 +63,20 @@ class ParquetEncryption:
         return cls(source, context, footer_key,
                    tuple((u, tuple(c)) for u, c in column_keys.items()), plaintext_footer)
 
+    @classmethod
+    def reader(cls, source: KeySource, context: Context) -> ParquetEncryption:
+        """For reading only: pyarrow finds each file's footer and column KEK URIs in the file.
+
+        Examples:
+            >>> from pets.engines._keyref import InProcessKeys
+            >>> from pets.keys import KeyServices, MemoryKeyring
+            >>> enc = ParquetEncryption.reader(InProcessKeys(KeyServices([MemoryKeyring()])),
+            ...                                Context("EU"))
+            >>> enc.footer_key, enc.column_keys
+            ('', ())
+        """
+        return cls(source, context, footer_key="")
+
     def _crypto(self) -> Any:
         with _LOCK:
             hit = _CRYPTO.get(self.source)
@@ -79,6 +93,18 @@ class ParquetEncryption:
         self._crypto().write(table, path, context=self.context, footer_key=self.footer_key,
                              column_keys={u: list(c) for u, c in self.column_keys},
                              plaintext_footer=self.plaintext_footer, **write_options)
+
+    def schema(self, path: str | os.PathLike[str]) -> pa.Schema:
+        """The Arrow schema of one encrypted file: decrypts its footer, reads no column data.
+
+        Raises:
+            JurisdictionError: ``context`` may not unwrap the footer key.
+            KeyDestroyedError: The footer KEK version was destroyed or retired.
+            IntegrityError: The footer failed to authenticate.
+        """
+        table: pa.Table = self._crypto().read_table(os.fspath(path), context=self.context,
+                                                    columns=[])
+        return table.schema
 
     def read(self, path: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Read one encrypted file (on the worker)."""

@@ -1,6 +1,7 @@
 """``pets release`` (tests for pets/cli/_cmd_release.py live with the DP tests)."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -416,3 +417,158 @@ class TestReleaseOnAnExistingCluster:
         code, stdout, err = run(capsys, *self._args(events, tmp_path), "--json")
         assert code == 0, err
         assert json.loads(stdout)["release"]["engine"] == "pandas"
+
+
+# -- Parquet modular encryption (pets protect --engine dask --parquet-encrypt) -----------------
+
+PQ_KEK = "local://eu/parquet"
+
+
+@pytest.fixture(scope="module")
+def protected_events(tmp_path_factory):
+    """The same events protected twice by ``pets protect --engine dask --workers 1``: plain,
+    and with country and watch_seconds (and the footer) under Parquet modular encryption."""
+    import secrets
+    from importlib.resources import files
+
+    from tests.conftest import require_service
+    from tests.engines.conftest import DASK, HAVE_DASK
+
+    require_service(HAVE_DASK, DASK)
+    root = tmp_path_factory.mktemp("pme")
+    env = {"PETS_MASTER_KEY": secrets.token_bytes(32).hex(), "PETS_KEYRING": str(root / "ring"),
+           "PETS_AUDIT_LOG": str(root / "audit.jsonl"), "PETS_PRINCIPAL": "etl",
+           "PETS_JURISDICTION": "EU"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for var in ("PETS_BOUNDARY_KEYS", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY",
+                    "PETS_KEYRING_PASSPHRASE", "PETS_DASK_SCHEDULER"):
+            mp.delenv(var, raising=False)
+        assert main(["keys", "init", "--name", "eu"]) == 0
+        for k in ("boundary", "pseudonyms", "parquet"):
+            assert main(["keys", "create", f"local://eu/{k}", "--jurisdiction", "EU"]) == 0
+        (root / "policy.yaml").write_text(
+            (files("pets") / "examples" / "events-policy.yaml").read_text())
+        frame = synthetic_events(3000, n_users=400, seed=2)
+        (root / "raw").mkdir()
+        for i, start in enumerate(range(0, 3000, 1000)):  # 3 parts, users straddle them
+            frame.iloc[start:start + 1000].to_parquet(root / "raw" / f"p{i}.parquet",
+                                                      index=False)
+        common = ["protect", "raw", "--policy", "policy.yaml", "--engine", "dask",
+                  "--workers", "1"]
+        assert main([*common, "--out", "plain"]) == 0
+        assert main([*common, "--out", "enc", "--parquet-encrypt",
+                     f"{PQ_KEK}:country,watch_seconds", "--footer-key", PQ_KEK]) == 0
+    return {"root": root, "env": env, "plain": root / "plain" / "events",
+            "enc": root / "enc" / "events"}
+
+
+@pytest.fixture
+def pme(protected_events, monkeypatch):
+    """The driver's environment for the encrypted dataset (workers inherit it)."""
+    for k, v in protected_events["env"].items():
+        monkeypatch.setenv(k, v)
+    for var in ("PETS_BOUNDARY_KEYS", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY",
+                "PETS_KEYRING_PASSPHRASE", "PETS_DASK_SCHEDULER"):
+        monkeypatch.delenv(var, raising=False)
+    return protected_events
+
+
+PME_AGGS = "count,histogram:watch_seconds[0,60,600,7200],sum:watch_seconds[0,3600]"
+
+
+class TestReleaseOfAModularEncryptedDataset:
+    def _args(self, src, tmp_path, out="r.parquet", *extra):
+        return ["release", src, "--unit", "user_id", "--group-by", "country", "--keys",
+                "DE,FR,IT", "--agg", PME_AGGS, "--max-rows", "3", "--ledger",
+                tmp_path / "l.db", "--out", tmp_path / out, "--engine", "dask", *extra]
+
+    def test_the_dataset_is_encrypted_at_rest(self, pme):
+        from pets.boundary._dataset import read_index
+
+        assert read_index(pme["enc"]).encrypted and not read_index(pme["plain"]).encrypted
+        part = next(pme["enc"].glob("part.*.parquet"))
+        with pytest.raises(OSError):  # footer (schema) and columns: nothing without the keys
+            pq.read_table(part)
+
+    def test_release_equals_the_release_of_the_unencrypted_protect(self, tmp_path, pme,
+                                                                   capsys, no_cluster):
+        code, stdout, err = run(capsys, *self._args(pme["enc"], tmp_path), "--epsilon", "1",
+                                "--budget-epsilon", "2", "--json")
+        assert code == 0, err
+        rel = json.loads(stdout)["release"]
+        assert rel["parquet_encryption"] is True and rel["rows"] == 3 * (1 + 3 + 1)
+        code, stdout, err = run(capsys, *self._args(pme["plain"], tmp_path, "p.parquet"),
+                                "--epsilon", "1", "--budget-epsilon", "2", "--json")
+        assert code == 0, err
+        assert json.loads(stdout)["release"]["parquet_encryption"] is False
+        enc = pq.read_table(tmp_path / "r.parquet").to_pandas()
+        plain = pq.read_table(tmp_path / "p.parquet").to_pandas()
+        assert enc[SAME].equals(plain[SAME])
+
+    def test_exact_aggregates_equal_those_of_the_unencrypted_protect(self, pme):
+        # the bounded sums the noise is added to, with one sampling seed: equal to the unit
+        from pets.engines._dp import BoundingSpec, bounded_aggregates
+        from pets.engines._parquet import ParquetEncryption, read_dataset
+        from pets.jurisdiction import Context
+        from pets.keys import KeyConfig
+
+        enc = ParquetEncryption.reader(KeyConfig(keyring=Path(pme["env"]["PETS_KEYRING"]),
+                                                 keyring_explicit=True), Context("EU", "etl"))
+        spec = BoundingSpec("user_id", ("country",), (("DE",), ("FR",), ("IT",)),
+                            (("count",),), 1, 3, seed=11)
+        got = bounded_aggregates(read_dataset(pme["enc"], encryption=enc), spec,
+                                 progress=False)
+        want = bounded_aggregates(read_dataset(pme["plain"]), spec, progress=False)
+        assert got.vectors[("count",)].tolist() == want.vectors[("count",)].tolist()
+        assert sum(want.vectors[("count",)]) > 0
+
+    def test_on_a_local_cluster_of_worker_processes(self, tmp_path, pme, capsys):
+        # the workers open the keyring themselves (PETS_MASTER_KEY in their environment)
+        code, stdout, err = run(capsys, *self._args(pme["enc"], tmp_path), "--workers", "1",
+                                "--epsilon", "1", "--budget-epsilon", "2", "--json")
+        assert code == 0, err
+        rel = json.loads(stdout)["release"]
+        assert rel["workers"] == 1 and rel["parquet_encryption"] is True
+        assert len(pq.read_table(tmp_path / "r.parquet")) == 3 * (1 + 3 + 1)
+
+    def test_another_jurisdiction_exits_4_spends_and_writes_nothing(self, tmp_path, pme,
+                                                                     capsys, no_cluster):
+        code, _, err = run(capsys, *self._args(pme["enc"], tmp_path), "--epsilon", "1",
+                           "--budget-epsilon", "2", "--jurisdiction", "US")
+        assert code == 4 and "JurisdictionError" in err and "belongs to EU" in err
+        assert no_cluster == [] and not (tmp_path / "r.parquet").exists()
+        assert Ledger(tmp_path / "l.db").budget_of(str(pme["enc"].resolve()), "user_id") is None
+
+    def test_a_destroyed_kek_exits_7_spends_and_writes_nothing(self, tmp_path, pme, capsys,
+                                                               no_cluster, monkeypatch):
+        import shutil
+
+        ring = tmp_path / "ring"  # a copy: the other tests keep their key
+        shutil.copytree(pme["env"]["PETS_KEYRING"], ring)
+        monkeypatch.setenv("PETS_KEYRING", str(ring))
+        monkeypatch.setenv("PETS_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+        assert main(["keys", "destroy", PQ_KEK, "--yes"]) == 0
+        capsys.readouterr()
+        code, _, err = run(capsys, *self._args(pme["enc"], tmp_path), "--epsilon", "1",
+                           "--budget-epsilon", "2")
+        assert code == 7 and "KeyDestroyedError" in err
+        assert pme["env"]["PETS_MASTER_KEY"] not in err
+        assert no_cluster == [] and not (tmp_path / "r.parquet").exists()
+        assert Ledger(tmp_path / "l.db").budget_of(str(pme["enc"].resolve()), "user_id") is None
+
+    def test_the_pandas_engine_names_the_dask_engine(self, tmp_path, pme, capsys):
+        part = next(pme["enc"].glob("part.*.parquet"))
+        code, _, err = run(capsys, "release", part, "--unit", "user_id", "--agg", "count",
+                           "--epsilon", "1", "--budget-epsilon", "2", "--ledger",
+                           tmp_path / "l.db", "--out", tmp_path / "r.parquet")
+        assert code == 1 and "Parquet modular encryption" in err and "--engine dask" in err
+        assert not (tmp_path / "r.parquet").exists()
+
+    def test_the_export_gate_refuses_it(self, tmp_path, pme, capsys):
+        code, _, err = run(capsys, "export", pme["enc"], "--to", "US", "--out",
+                           tmp_path / "us", "--columns", "allowed")
+        assert code == 1 and "Parquet modular encryption" in err
+        assert not (tmp_path / "us").exists()
