@@ -185,8 +185,11 @@ def _read_encrypted(paths: list[str], columns: Sequence[str] | None,
     # when a distributed client is active), not on the driver.
     dask: Any = importlib.import_module("dask")
     meta = dask.delayed(_read_meta)(files[0], cols, encryption).compute()
-    out: dd.DataFrame = ddm.from_map(_read_part, files, meta=meta, enforce_metadata=False,
-                                     cols=cols, encryption=encryption)
+    # each part's pandas types come from its Arrow schema already: Dask's object -> string
+    # conversion would decode binary columns (ciphertext bytes) as UTF-8 and fail
+    with dask.config.set({"dataframe.convert-string": False}):
+        out: dd.DataFrame = ddm.from_map(_read_part, files, meta=meta, enforce_metadata=False,
+                                         cols=cols, encryption=encryption)
     return out
 
 

@@ -233,3 +233,103 @@ class TestSchedulerOption:
         # the pandas engine ignores it
         assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "pd"]) == 0
         assert (cluster_env / "pd" / "users.parquet").exists()
+
+
+class TestProtectWithParquetModularEncryption:
+    def test_encrypted_parts_need_the_keys_and_verify_with_them(self, cluster_env, dask_client,
+                                                                keyring, capsys):
+        from pets import IntegrityError
+        from pets.boundary._dataset import read_index
+        from pets.engines._parquet import ParquetEncryption, read_dataset
+        from pets.engines.dask import verify_dataset
+        from pets.jurisdiction import Context
+
+        env = cluster_env
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "enc",
+                     "--engine", "dask", "--scheduler", dask_client.scheduler.address,
+                     "--parquet-encrypt", "local://eu/columns:email,phone",
+                     "--parquet-encrypt", "local://eu/engine:signup_ts",
+                     "--footer-key", "local://eu/engine", "--json"]) == 0
+        text = capsys.readouterr().out
+        summary = json.loads(text)
+        assert summary["parquet_encryption"] is True
+        assert summary["encrypted_columns"] == {"email": "local://eu/columns",
+                                                "phone": "local://eu/columns",
+                                                "signup_ts": "local://eu/engine"}
+        assert summary["footer_key"] == "local://eu/engine"
+        assert keyring["master"].hex() not in text  # names of keys, never key material
+        dest = env / "enc" / "users"
+        assert read_index(dest).encrypted
+        for part in dest.glob("part.*.parquet"):
+            with pytest.raises(OSError):  # encrypted footer: not even the schema
+                pq.read_table(part)
+        enc = ParquetEncryption.reader(keyring["config"], Context("EU", principal="etl"))
+        pem = env / "enc" / "signing-key.pub.pem"
+        assert verify_dataset(dest, pem, encryption=enc).rows == summary["rows"] > 0
+        with pytest.raises(IntegrityError):  # without the keys it does not verify
+            verify_dataset(dest, pem)
+        back = read_dataset(dest, encryption=enc).compute()
+        assert len(back) == summary["rows"] and back["email"].str.len().gt(0).all()
+
+        # the gate refuses data encrypted at rest (it stays home), and writes nothing
+        assert main(["export", "enc", "--to", "US", "--out", "us/users", "--columns",
+                     "user_id,country"]) == 1
+        assert "Parquet modular encryption" in capsys.readouterr().err
+        assert not (env / "us").exists()
+
+    def test_text_summary_names_the_encrypted_columns(self, cluster_env, dask_client, capsys):
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "enc",
+                     "--engine", "dask", "--scheduler", dask_client.scheduler.address,
+                     "--parquet-encrypt", "local://eu/columns:email",
+                     "--footer-key", "local://eu/columns"]) == 0
+        assert ("Parquet modular encryption: email under local://eu/columns; footer under "
+                "local://eu/columns") in capsys.readouterr().out
+
+    @pytest.mark.parametrize(("args", "message"), [
+        (["--parquet-encrypt", "local://eu/columns:email", "--footer-key",
+          "local://eu/columns"], "need --engine dask"),
+        (["--engine", "dask", "--parquet-encrypt", "local://eu/columns:email"],
+         "--parquet-encrypt needs --footer-key"),
+        (["--engine", "dask", "--footer-key", "local://eu/columns"],
+         "--footer-key needs --parquet-encrypt"),
+        (["--engine", "dask", "--parquet-encrypt", "email,phone", "--footer-key",
+          "local://eu/columns"], "expected KEK_URI:COL[,COL...]"),
+        (["--engine", "dask", "--parquet-encrypt", "local://eu/columns:", "--footer-key",
+          "local://eu/columns"], "expected KEK_URI:COL[,COL...]"),
+        (["--engine", "dask", "--parquet-encrypt", "local://eu/columns:email,,phone",
+          "--footer-key", "local://eu/columns"], "expected KEK_URI:COL[,COL...]"),
+        (["--engine", "dask", "--parquet-encrypt", "columns:email", "--footer-key",
+          "local://eu/columns"], "expected KEK_URI:COL[,COL...]"),
+        (["--engine", "dask", "--parquet-encrypt", "local://eu/columns:email",
+          "--footer-key", "eu/columns"], "--footer-key 'eu/columns'"),
+        (["--engine", "dask", "--parquet-encrypt", "local://eu/columns:email",
+          "--parquet-encrypt", "local://eu/engine:email", "--footer-key",
+          "local://eu/columns"], "column 'email' is listed twice"),
+    ], ids=["pandas-engine", "no-footer-key", "no-columns", "no-uri", "empty-columns",
+            "empty-column", "bad-uri", "bad-footer-uri", "column-twice"])
+    def test_usage_errors_exit_2_and_write_nothing(self, cluster_env, capsys, args, message):
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     *args]) == 2
+        assert message in capsys.readouterr().err
+        assert not (cluster_env / "x").exists()
+        assert not (cluster_env / ".pets" / "audit.jsonl").exists()
+
+    def test_a_column_the_policy_does_not_write_exits_1_before_any_work(self, cluster_env,
+                                                                        capsys):
+        # postcode is dropped by the policy; no cluster is needed to refuse it
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1",
+                     "--parquet-encrypt", "local://eu/columns:email,postcode",
+                     "--footer-key", "local://eu/columns"]) == 1
+        err = capsys.readouterr().err
+        assert "InputError" in err and "'postcode'" in err and "email" not in err.split(
+            "does not write")[0]
+        assert not (cluster_env / "x").exists()
+
+    def test_an_unknown_kek_exits_7_before_any_work(self, cluster_env, capsys):
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1",
+                     "--parquet-encrypt", "local://eu/nope:email",
+                     "--footer-key", "local://eu/columns"]) == 7
+        assert "local://eu/nope" in capsys.readouterr().err
+        assert not (cluster_env / "x").exists()
