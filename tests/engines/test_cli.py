@@ -9,6 +9,8 @@ from importlib.resources import files
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pets.cli import main
 from tests.conftest import require_service
@@ -333,3 +335,28 @@ class TestProtectWithParquetModularEncryption:
                      "--footer-key", "local://eu/columns"]) == 7
         assert "local://eu/nope" in capsys.readouterr().err
         assert not (cluster_env / "x").exists()
+
+
+class TestParseParquetEncryption:
+    @given(st.dictionaries(
+        st.from_regex(r"(local|pkcs11)://[a-z]{1,4}/[a-z][a-z0-9-]{0,8}", fullmatch=True),
+        st.lists(st.from_regex(r"[A-Za-z_][A-Za-z0-9_ ]{0,10}[A-Za-z0-9_]|[A-Za-z_]",
+                               fullmatch=True), min_size=1, max_size=4, unique=True),
+        min_size=1, max_size=3))
+    def test_round_trip_of_the_option_values(self, mapping):
+        from pets.cli._cmd_boundary import parse_parquet_encryption
+
+        seen: set[str] = set()
+        mapping = {u: [c for c in cols if c not in seen and not seen.add(c)]
+                   for u, cols in mapping.items()}
+        mapping = {u: cols for u, cols in mapping.items() if cols}
+        items = tuple(f"{u}:{','.join(cols)}" for u, cols in mapping.items())
+        footer = next(iter(mapping))
+        assert parse_parquet_encryption(items, footer) == mapping
+
+    def test_a_kek_given_twice_collects_its_columns(self):
+        from pets.cli._cmd_boundary import parse_parquet_encryption
+
+        assert parse_parquet_encryption(
+            ("local://eu/a:x", "local://eu/b:y", "local://eu/a:z"), "local://eu/a") == {
+                "local://eu/a": ["x", "z"], "local://eu/b": ["y"]}
