@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from pets._errors import InputError, IntegrityError
+from pets._errors import InputError, IntegrityError, JurisdictionError
 from pets.cli._common import (
     context_options,
     dask_options,
@@ -345,7 +345,13 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
         raise InputError(f"{infile}: no such file or directory")
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
     for uri in dict.fromkeys([*(encrypt or {}), *([footer_key] if footer_key else [])]):
-        keys.services.for_uri(uri).describe(uri)  # an unknown KEK fails before any work
+        # before any work: an unknown KEK (exit 7), or one of another jurisdiction, which
+        # would let the data encrypted at rest be read there (exit 4)
+        home = keys.services.for_uri(uri).describe(uri).jurisdiction
+        if home != ctx.jurisdiction:
+            raise JurisdictionError(f"{uri} belongs to {home}: Parquet modular encryption of "
+                                    f"{policy.dataset} needs a KEK of {ctx.jurisdiction}, "
+                                    "where the data stays")
     summary = run_protect_dask(
         infile, policy, out, workers=None if scheduler else workers or os.cpu_count() or 1,
         scheduler=scheduler, connect_timeout=connect_timeout, keys=keys, key_source=key_config,

@@ -360,3 +360,17 @@ class TestParseParquetEncryption:
         assert parse_parquet_encryption(
             ("local://eu/a:x", "local://eu/b:y", "local://eu/a:z"), "local://eu/a") == {
                 "local://eu/a": ["x", "z"], "local://eu/b": ["y"]}
+
+
+class TestProtectParquetKekJurisdiction:
+    def test_a_kek_of_another_jurisdiction_exits_4_before_any_work(self, cluster_env, capsys):
+        # EU data encrypted at rest under a US KEK could be read in the US
+        assert main(["keys", "create", "local://eu/held-in-us", "--jurisdiction", "US"]) == 0
+        capsys.readouterr()
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "x",
+                     "--engine", "dask", "--scheduler", "tcp://127.0.0.1:1",
+                     "--parquet-encrypt", "local://eu/columns:email",
+                     "--footer-key", "local://eu/held-in-us"]) == 4
+        err = capsys.readouterr().err
+        assert "local://eu/held-in-us belongs to US" in err and "needs a KEK of EU" in err
+        assert not (cluster_env / "x").exists()
