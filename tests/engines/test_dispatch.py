@@ -333,12 +333,16 @@ def _ephemeral_keks(blob: bytes) -> list[bytes]:
     return found
 
 
-def _live_refs() -> tuple[int, int]:
-    """Cached key references and rebuilt keyed transforms in this process."""
+def _live_refs() -> tuple[set[Any], set[Any]]:
+    """Cached key references and rebuilt keyed transforms in this process.
+
+    Compared as sets: entries cached by earlier tests may expire meanwhile (the worker cache
+    has a lifetime), so only entries that *appear* count as a leak.
+    """
     from pets.engines import _keyref, _plan
 
     gc.collect()
-    return len(_keyref._SECRETS), len(_plan._BUILT)
+    return set(_keyref._SECRETS), set(_plan._BUILT)
 
 
 class TestEphemeralKeyLifetime:
@@ -354,7 +358,8 @@ class TestEphemeralKeyLifetime:
             pseudonymize(ddf, {"email": t, "user_id": Tokenizer(ROOT, domain="l")}).compute()
         gc.collect()
         in_process_keys()  # the next call shreds the ephemeral KEKs of collected objects
-        assert _live_refs() == before
+        after = _live_refs()
+        assert after[0] <= before[0] and after[1] <= before[1]  # nothing new stayed
 
     def test_column_encryption_leaves_no_key_registry_behind(self, ddf, sync):
         from pets.engines import _keyref
