@@ -367,7 +367,7 @@ class TestEphemeralKeyLifetime:
         ring = _ring()
         in_process_keys()
         gc.collect()
-        before = len(_keyref._SERVICES), len(_keyref._IN_PROCESS)
+        before = set(_keyref._SERVICES), set(_keyref._IN_PROCESS)  # earlier ones may expire
         for _ in range(3):
             enc, ck = encrypt_columns(ddf, ["email"], keys=ring, key_uris="memory://eu/k",
                                       context=EU)
@@ -376,7 +376,7 @@ class TestEphemeralKeyLifetime:
         gc.collect()
         in_process_keys()
         gc.collect()
-        assert (len(_keyref._SERVICES), len(_keyref._IN_PROCESS)) == before
+        assert set(_keyref._SERVICES) <= before[0] and set(_keyref._IN_PROCESS) <= before[1]
 
     def test_live_lazy_objects_keep_their_keys(self, users, ddf, sync):
         t = KeyedHash(ROOT, domain="alive")
