@@ -370,8 +370,8 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
                          "export from the protected dataset itself")
     if index.encrypted:
         raise InputError(f"{src}: its parts use Parquet modular encryption, which the export "
-                         "gate does not read; write the dataset without encryption= to export "
-                         "it")
+                         "gate does not read (data encrypted at rest stays home); protect it "
+                         "again without --parquet-encrypt (encryption= in Python) to export it")
     src_real, dest_real = src.resolve(), dest.resolve()
     if dest_real == src_real or src_real in dest_real.parents or dest_real in src_real.parents:
         raise InputError(f"{dest}: cannot write an export into or over its source {src}")

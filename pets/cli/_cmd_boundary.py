@@ -365,7 +365,10 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
     columns: dict[str, str] = summary["columns"]
 
     def text() -> str:
-        where = f" at {summary['scheduler']}" if scheduler else ""
+        source = click.get_current_context().get_parameter_source("scheduler")
+        env = " from PETS_DASK_SCHEDULER" if source is click.core.ParameterSource.ENVIRONMENT \
+            else ""
+        where = f" at {summary['scheduler']}{env}" if scheduler else ""
         lines = [f"protected {summary['dataset']} with dask ({summary['workers']} workers"
                  f"{where}): "
                  f"{summary['rows_in']} rows in, {summary['rows']} out, {summary['parts']} "

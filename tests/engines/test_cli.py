@@ -221,6 +221,18 @@ class TestSchedulerOption:
                      "--scheduler", "tcp://127.0.0.1:1"]) == 2
         assert "--scheduler needs --engine dask" in capsys.readouterr().err
 
+    def test_the_summary_says_the_scheduler_came_from_the_environment(
+            self, cluster_env, dask_client, capsys, monkeypatch):
+        address = dask_client.scheduler.address
+        monkeypatch.setenv("PETS_DASK_SCHEDULER", address)
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "envdk",
+                     "--engine", "dask"]) == 0
+        assert f"at {address} from PETS_DASK_SCHEDULER" in capsys.readouterr().out
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out", "clidk",
+                     "--engine", "dask", "--scheduler", address]) == 0
+        out = capsys.readouterr().out
+        assert f"at {address}" in out and "PETS_DASK_SCHEDULER" not in out
+
     def test_environment_default_is_used_and_yields_to_the_command_line(
             self, cluster_env, capsys, monkeypatch):
         import socket
