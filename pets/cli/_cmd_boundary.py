@@ -74,23 +74,35 @@ def _boundary_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "[env: PETS_BOUNDARY_KEYS; default <keyring>/boundary]")(f)
 
 
+class _LateLog:
+    """An audit hook for the key services and boundary keys opened *before* the log they
+    report to (the log needs the signing key those open); events before ``log`` is set are
+    dropped, as there is nothing yet to sign them with."""
+
+    def __init__(self) -> None:
+        self.log: AuditLog | None = None
+
+    def __call__(self, event: AuditEvent) -> None:
+        if self.log is not None:
+            self.log.hook(event)
+
+
+def _boundary_dir(key_config: KeyConfig, boundary_dir: Path | None) -> Path:
+    """The boundary keys' directory: ``--boundary-keys`` or ``<keyring>/boundary``."""
+    return boundary_dir or key_config.keyring / "boundary"
+
+
 def _open(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path, ctx: Context,
           policy: Policy | None) -> tuple[BoundaryKeys, AuditLog]:
     """Open key services, the boundary keys and the audit log, wired together."""
     from pets.boundary import AuditLog, BoundaryKeys
 
-    holder: list[AuditLog] = []
-
-    def hook(event: AuditEvent) -> None:
-        if holder:
-            holder[0].hook(event)
-
+    hook = _LateLog()
     services = services_from_options(key_config, audit=hook)
-    directory = boundary_dir or key_config.keyring / "boundary"
     signing = policy.keys.get("signing") if policy is not None else None
-    keys = BoundaryKeys.open(directory, services, context=ctx, signing_kek=signing, audit=hook)
-    log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
-    holder.append(log)
+    keys = BoundaryKeys.open(_boundary_dir(key_config, boundary_dir), services, context=ctx,
+                             signing_kek=signing, audit=hook)
+    log = hook.log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
     keys.audit = log.hook
     return keys, log
 
@@ -107,19 +119,13 @@ def open_key_audit(key_config: KeyConfig, boundary_dir: Path | None, audit_log: 
     """
     from pets.boundary import AuditLog, BoundaryKeys
 
-    holder: list[AuditLog] = []
-
-    def hook(event: AuditEvent) -> None:
-        if holder:
-            holder[0].hook(event)
-
+    hook = _LateLog()
     services = services_from_options(key_config, audit=hook)
-    directory = boundary_dir or key_config.keyring / "boundary"
+    directory = _boundary_dir(key_config, boundary_dir)
     if not (directory / "signing-key.json").exists():
         return services, None
     keys = BoundaryKeys.open(directory, services, context=ctx)
-    log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
-    holder.append(log)
+    log = hook.log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
     return services, log
 
 
