@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
     import pandas as pd
 
-__all__ = ["ParquetEncryption", "read_dataset", "write_dataset"]
+__all__ = ["ParquetEncryption", "read_dataset", "write_dataset", "write_table"]
 
 
 @dataclass(frozen=True)
@@ -193,16 +193,23 @@ def _read_encrypted(paths: list[str], columns: Sequence[str] | None,
     return out
 
 
-def _write_part(frame: pd.DataFrame, file: str, schema: pa.Schema | None,
-                row_group_size: int | None, compression: str,
+def write_table(table: pa.Table, file: str, *, row_group_size: int | None, compression: str,
                 encryption: ParquetEncryption | None) -> int:
-    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    """Write one part file (with Parquet modular encryption when given); its row count."""
     if encryption is not None:
         encryption.write(table, file, row_group_size=row_group_size, compression=compression)
     else:
         pq.write_table(table, file, row_group_size=row_group_size, compression=compression)
     n: int = table.num_rows
     return n
+
+
+def _write_part(frame: pd.DataFrame, file: str, schema: pa.Schema | None,
+                row_group_size: int | None, compression: str,
+                encryption: ParquetEncryption | None) -> int:
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    return write_table(table, file, row_group_size=row_group_size, compression=compression,
+                       encryption=encryption)
 
 
 def write_dataset(

@@ -40,7 +40,7 @@ from pets._errors import InputError, JurisdictionError, PetsError, PolicyError
 from pets._io import atomic_directory
 from pets.boundary._dataset import DATASET_MANIFEST, chain_digest, part_name
 from pets.engines._keyref import WorkerKeys
-from pets.engines._parquet import ParquetEncryption
+from pets.engines._parquet import ParquetEncryption, write_table
 from pets.engines._plan import PartitionFn, Step, ship
 from pets.engines._ship import keyed_shipper
 from pets.jurisdiction import Context
@@ -319,13 +319,9 @@ def _finish_part(staged: str, path: str, manifest_json: str, schema: pa.Schema,
     table = pq.read_table(staged).cast(schema)
     meta = dict(schema.metadata or {})
     meta[MANIFEST_KEY] = manifest_json.encode()
-    table = table.replace_schema_metadata(meta)
-    if encryption is not None:
-        encryption.write(table, path, row_group_size=row_group_size, compression=compression)
-    else:
-        pq.write_table(table, path, row_group_size=row_group_size, compression=compression)
-    n: int = table.num_rows
-    return n
+    return write_table(table.replace_schema_metadata(meta), path,
+                       row_group_size=row_group_size, compression=compression,
+                       encryption=encryption)
 
 
 def protect(
