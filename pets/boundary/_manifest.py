@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import hashlib
 import html
 import json
 import os
@@ -47,11 +46,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from pets._digest import column_digest, data_digest
 from pets._errors import InputError, IntegrityError
 from pets._io import atomic_path
 from pets.boundary._signing import (
@@ -81,97 +79,6 @@ _SIG_DOMAIN = b"pets.manifest/1\x00"
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False, default=str).encode()
-
-
-def _values(series: pd.Series) -> pa.Array:
-    arr = pa.array(series, from_pandas=True)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.dictionary_decode()
-    return arr
-
-
-def _as_text(series: pd.Series) -> pd.Series:
-    """Types without a canonical encoding (intervals, structs) are digested as their text."""
-    return series.astype(str).where(series.notna(), None).astype("string")
-
-
-def column_digest(name: str, series: pd.Series) -> str:
-    """SHA-256 (hex) of a column's name, canonical type and values (see the module docstring).
-
-    Examples:
-        >>> import pandas as pd
-        >>> a = column_digest("x", pd.Series([1, 2, None], dtype="Int64"))
-        >>> a == column_digest("x", pd.Series([1, 2, None], dtype="Int32"))
-        True
-        >>> a == column_digest("x", pd.Series([1, 2, 3]))
-        False
-    """
-    try:
-        arr = _values(series)
-    except (pa.ArrowException, TypeError, ValueError):
-        return column_digest(name, _as_text(series))
-    t = arr.type
-    n = len(arr)
-    valid = np.ones(n, dtype=bool) if arr.null_count == 0 else arr.is_valid().to_numpy(
-        zero_copy_only=False)
-    payload: list[bytes] = []
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or \
-            pa.types.is_large_binary(t):
-        tag = "bytes"
-        b = pc.fill_null(arr.cast(pa.large_binary()), b"")
-        offsets = np.frombuffer(b.buffers()[1], dtype="<i8")[b.offset:b.offset + n + 1]
-        data = b.buffers()[2]
-        payload.append(np.diff(offsets).astype("<i8").tobytes())
-        if data is not None and n:
-            payload.append(data.to_pybytes()[int(offsets[0]):int(offsets[-1])])
-    elif pa.types.is_boolean(t):
-        tag = "bool"
-        payload.append(pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
-                       .astype("u1").tobytes())
-    elif pa.types.is_integer(t):
-        unsigned = pa.types.is_unsigned_integer(t) and t.bit_width == 64
-        tag, target, dt = ("uint", pa.uint64(), "<u8") if unsigned else ("int", pa.int64(), "<i8")
-        payload.append(pc.fill_null(arr.cast(target), 0).to_numpy(zero_copy_only=False)
-                       .astype(dt).tobytes())
-    elif pa.types.is_decimal(t):  # exact: its text at the column's scale (float64 rounds)
-        text = pc.fill_null(arr.cast(pa.large_string()), "").cast(pa.large_binary())
-        tag = f"decimal[{t.scale}]"
-        offsets = np.frombuffer(text.buffers()[1], dtype="<i8")[text.offset:text.offset + n + 1]
-        payload.append(np.diff(offsets).astype("<i8").tobytes())
-        if text.buffers()[2] is not None and n:
-            payload.append(text.buffers()[2].to_pybytes()[int(offsets[0]):int(offsets[-1])])
-    elif pa.types.is_floating(t):
-        tag = "float"
-        payload.append(pc.fill_null(arr.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-                       .astype("<f8").tobytes())
-    elif pa.types.is_timestamp(t):
-        tag = f"timestamp[{t.tz or ''}]"
-        ns = arr.cast(pa.timestamp("ns", tz=t.tz)).cast(pa.int64())
-        payload.append(pc.fill_null(ns, 0).to_numpy(zero_copy_only=False).astype("<i8")
-                       .tobytes())
-    elif pa.types.is_date(t):
-        tag = "date"
-        days = arr.cast(pa.date32()).cast(pa.int32())
-        payload.append(pc.fill_null(days, 0).to_numpy(zero_copy_only=False).astype("<i4")
-                       .tobytes())
-    else:
-        return column_digest(name, _as_text(series))
-    h = hashlib.sha256(b"pets.column/1\x00")
-    h.update(name.encode() + b"\x00" + tag.encode() + b"\x00" + n.to_bytes(8, "little"))
-    h.update(np.packbits(valid).tobytes())
-    for part in payload:
-        h.update(part)
-    return h.hexdigest()
-
-
-def data_digest(rows: int, digests: Sequence[tuple[str, str]]) -> str:
-    """SHA-256 (hex) chaining the row count and each ``(column, digest)`` in order."""
-    h = hashlib.sha256(b"pets.data/1\x00" + rows.to_bytes(8, "little"))
-    for name, digest in digests:
-        h.update(name.encode() + b"\x00" + digest.encode() + b"\x00")
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
