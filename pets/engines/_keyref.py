@@ -1,8 +1,8 @@
 """Key references: how a secret reaches a worker without travelling in the task graph.
 
 A :class:`KeyRef` is the *ciphertext* of a key (a :class:`~pets.keys.WrappedKey`), the
-:class:`~pets.Context` to unwrap it in, and a :class:`KeySource` saying how a worker process
-opens the key service that can unwrap it. It is picklable and safe to ship: it contains no key
+driver's :class:`~pets.Context`, and a :class:`KeySource` saying how a worker process opens the
+key service that can unwrap it. It is picklable and safe to ship: it contains no key
 bytes. A worker calls :meth:`KeyRef.resolve` the first time a partition needs the key; the
 unwrapped :class:`~pets.keys.Secret` is cached in that process (one unwrap per worker process
 and :data:`CACHE_LIFETIME_SECONDS`, not per task), and :func:`forget_keys` drops the cache.
@@ -17,8 +17,17 @@ Two key sources ship with pets:
   in another process fails with a clear :class:`~pets.KeyServiceError`. Use it with the
   threaded or synchronous schedulers.
 
-The key service still enforces jurisdiction on the worker: a worker whose context is outside
-the key's jurisdiction is refused there, exactly as on the driver.
+**Whose context unwraps.** The process that resolves a reference unwraps in *its own* context.
+In the process that made the reference (the driver, and its threaded or synchronous schedulers)
+that is the reference's context. In any other process (a Dask worker, a ``spawn`` or ``fork``
+child) it is that process's :meth:`Context.from_env <pets.Context.from_env>` — the jurisdiction
+and principal of *its own* environment (``PETS_JURISDICTION``, ``PETS_PRINCIPAL``), never the
+driver's claim. The driver's context travels only as a hint whose jurisdiction must match the
+worker's own: a mismatch is a :class:`~pets.JurisdictionError` naming both and the key URI,
+raised before the key service is opened. The key service then checks the worker's own context
+against the key's jurisdiction, so a worker outside it is refused there, as on the driver.
+Secrets are cached per reference *and* context: one resolved in one context is never served
+to another.
 
 **Destroyed and retired keys.** Every :class:`~pets.keys.KeyServices` this module wraps or
 unwraps through is subscribed to (:meth:`~pets.keys.KeyServices.subscribe`), and kept alive by
@@ -57,7 +66,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol, runtime_checkable
 
-from pets._errors import InputError, KeyServiceError, PetsError
+from pets._errors import InputError, JurisdictionError, KeyServiceError, PetsError
 from pets.jurisdiction import Context
 from pets.keys import KeyServices, Secret, WrappedKey
 
@@ -92,16 +101,28 @@ _SERVICES: dict[object, KeyServices] = {}
 #: one, as for ParquetCrypto's pyarrow cache. Changes made in this process act at once.
 CACHE_LIFETIME_SECONDS = 60.0
 _clock = time.monotonic
-#: Each cached secret with the registry whose subscription invalidates it (key-change hubs
-#: hold subscribers weakly, so the entry keeps that registry alive as long as the secret) and
-#: the time after which it is unwrapped again.
-_SECRETS: dict[KeyRef, tuple[Secret, KeyServices, float]] = {}
+#: Each cached secret, keyed by its reference *and* the context it was unwrapped in (a secret
+#: resolved under one context is never served to another), with the registry whose
+#: subscription invalidates it (key-change hubs hold subscribers weakly, so the entry keeps that
+#: registry alive as long as the secret) and the time after which it is unwrapped again.
+_SECRETS: dict[tuple[KeyRef, Context], tuple[Secret, KeyServices, float]] = {}
 _IN_PROCESS: weakref.WeakValueDictionary[str, _Holder] = weakref.WeakValueDictionary()
 #: Called with the references dropped because their KEK changed (``None``: every reference,
 #: from :func:`forget_keys`).
 _LISTENERS: list[Callable[[frozenset[KeyRef] | None], None]] = []
 #: Raised by every invalidation: a secret unwrapped while a KEK changed is returned, not cached.
 _EPOCH = [0]
+#: This process's identity (random; renewed in a forked child). A reference made here records
+#: it: only here is the reference's own context the process's context.
+_ORIGIN = [secrets.token_hex(16)]
+
+
+def _new_origin() -> None:
+    _ORIGIN[0] = secrets.token_hex(16)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_origin)
 
 
 def on_invalidate(listener: Callable[[frozenset[KeyRef] | None], None]
@@ -163,33 +184,32 @@ def _on_key_change(uri: str, version: int, what: str) -> None:
         return
     with _LOCK:
         _EPOCH[0] += 1
-        gone = frozenset(ref for ref in _SECRETS if ref.wrapped.key_uri == uri)
-        for ref in gone:
-            del _SECRETS[ref]
+        gone = [key for key in _SECRETS if key[0].wrapped.key_uri == uri]
+        for key in gone:
+            del _SECRETS[key]
     if gone:
-        _invalidated(gone)
+        _invalidated(frozenset(ref for ref, _ in gone))
 
 
-def _sweep(keep: KeyRef | None = None) -> None:
+def _sweep(keep: tuple[KeyRef, Context] | None = None) -> None:
     """Drop every expired secret but ``keep``'s (and tell listeners, so what was built from
     them goes too): a long-lived driver caching job keys run after run does not keep them all."""
     now = _clock()
     with _LOCK:
-        gone = frozenset(ref for ref, entry in _SECRETS.items()
-                         if entry[2] <= now and ref != keep)
-        for ref in gone:
-            del _SECRETS[ref]
+        gone = [key for key, entry in _SECRETS.items() if entry[2] <= now and key != keep]
+        for key in gone:
+            del _SECRETS[key]
     if gone:
-        _invalidated(gone)
+        _invalidated(frozenset(ref for ref, _ in gone))
 
 
-def _expire(ref: KeyRef) -> None:
-    """Drop ``ref``'s expired secret that the key service now refuses, and tell listeners."""
+def _expire(key: tuple[KeyRef, Context]) -> None:
+    """Drop the expired secret that the key service now refuses, and tell listeners."""
     with _LOCK:
         _EPOCH[0] += 1
-        gone = _SECRETS.pop(ref, None) is not None
+        gone = _SECRETS.pop(key, None) is not None
     if gone:
-        _invalidated(frozenset({ref}))
+        _invalidated(frozenset({key[0]}))
 
 
 def _watch(services: KeyServices) -> KeyServices:
@@ -263,14 +283,20 @@ class KeyRef:
     Attributes:
         wrapped: The key, wrapped under a KEK (ciphertext; safe to ship).
         source: Opens the key service on the process that resolves the reference.
-        context: Who unwraps, and where (the key service checks the jurisdiction).
+        context: The driver's context. The process that made the reference unwraps in it;
+            any other process unwraps in its *own* context (:meth:`Context.from_env
+            <pets.Context.from_env>`), and this one is only a hint whose jurisdiction must
+            match that.
         enc_context: Encryption context bound into the wrapping (sorted pairs).
+        origin: The identity of the process that made the reference (random, not secret; no
+            part of equality). Empty: made nowhere, so every process uses its own context.
     """
 
     wrapped: WrappedKey
     source: KeySource
     context: Context
     enc_context: tuple[tuple[str, str], ...] = field(default=())
+    origin: str = field(default="", compare=False, repr=False)
 
     @classmethod
     def wrap(
@@ -310,48 +336,110 @@ class KeyRef:
         with _LOCK:
             epoch = _EPOCH[0]
         wrapped = svc.wrap(key_uri, secret.expose(), context=context, enc_context=ec)
-        ref = cls(wrapped, source, context, tuple(sorted(ec.items())))
+        ref = cls(wrapped, source, context, tuple(sorted(ec.items())), origin=_ORIGIN[0])
         with _LOCK:
             if _EPOCH[0] == epoch:  # no KEK changed meanwhile (else resolve() asks again)
-                _SECRETS[ref] = (secret, svc, _clock() + CACHE_LIFETIME_SECONDS)
+                _SECRETS[ref, context] = (secret, svc, _clock() + CACHE_LIFETIME_SECONDS)
         _sweep()
         return ref
 
-    def resolve(self) -> Secret:
-        """The referenced secret, unwrapped through the key service once per process.
+    def unwrap_context(self, environ: Mapping[str, str] | None = None) -> Context:
+        """The context this process unwraps the reference in.
+
+        In the process that made the reference: :attr:`context`. In any other: the process's
+        own :meth:`Context.from_env <pets.Context.from_env>` (``PETS_JURISDICTION``, default
+        ``EU`` as for the command line, and ``PETS_PRINCIPAL``), provided its jurisdiction is
+        the one :attr:`context` names.
+
+        Args:
+            environ: This process's environment (default: ``os.environ``).
 
         Raises:
-            JurisdictionError: This process's context may not unwrap the key.
+            JurisdictionError: This process's own jurisdiction is not the driver's, or its
+                environment names no valid jurisdiction.
+
+        Examples:
+            >>> from dataclasses import replace
+            >>> from pets import Context
+            >>> from pets.keys import KeyServices, MemoryKeyring, Secret
+            >>> ring = MemoryKeyring(); _ = ring.create("memory://eu/kek", jurisdiction="EU")
+            >>> ref = KeyRef.wrap(Secret.generate(), "memory://eu/kek",
+            ...                   source=InProcessKeys(KeyServices([ring])),
+            ...                   context=Context("EU", principal="etl"))
+            >>> ref.unwrap_context()  # made here: the driver's context is this process's
+            Context(jurisdiction='EU', principal='etl')
+            >>> worker = {"PETS_JURISDICTION": "EU", "PETS_PRINCIPAL": "svc-dask"}
+            >>> elsewhere = replace(ref, origin="")  # as another process sees it
+            >>> elsewhere.unwrap_context(worker)  # its own principal, the same jurisdiction
+            Context(jurisdiction='EU', principal='svc-dask')
+            >>> elsewhere.unwrap_context({"PETS_JURISDICTION": "US"})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            pets._errors.JurisdictionError: key reference to memory://eu/kek was made for EU (driver principal etl), but this process's own environment says US ...
+        """
+        if self.origin and self.origin == _ORIGIN[0]:
+            return self.context
+        uri = self.wrapped.key_uri
+        try:
+            own = Context.from_env(os.environ if environ is None else environ)
+        except InputError as exc:
+            raise JurisdictionError(
+                f"key reference to {uri}: this process's environment names no valid "
+                f"jurisdiction ({exc}); set PETS_JURISDICTION where the worker runs"
+            ) from None
+        if own.jurisdiction != self.context.jurisdiction:
+            raise JurisdictionError(
+                f"key reference to {uri} was made for {self.context.jurisdiction} (driver "
+                f"principal {self.context.principal}), but this process's own environment says "
+                f"{own.jurisdiction} (PETS_JURISDICTION; principal {own.principal}): refused "
+                f"before the key service is asked"
+            )
+        return own
+
+    def resolve(self) -> Secret:
+        """The referenced secret, unwrapped through the key service once per process and
+        context (:meth:`unwrap_context`).
+
+        Raises:
+            JurisdictionError: This process's own context is not the driver's, or may not
+                unwrap the key.
             KeyServiceError: The key service cannot be opened or refuses.
             IntegrityError: The wrapped key was tampered with.
         """
+        context = self.unwrap_context()
+        key = (self, context)
         with _LOCK:
-            hit = _SECRETS.get(self)
+            hit = _SECRETS.get(key)
             epoch = _EPOCH[0]
         if hit is not None and _clock() < hit[2]:
             return hit[0]
         services = services_for(self.source) if hit is None else hit[1]
         try:
-            raw = services.unwrap(self.wrapped, context=self.context,
+            raw = services.unwrap(self.wrapped, context=context,
                                   enc_context=dict(self.enc_context))
         except PetsError:
             if hit is not None:  # expired and now refused (a change made elsewhere): drop it
-                _expire(self)
+                _expire(key)
             raise
         secret = Secret(raw)
-        _sweep(keep=self)  # this one is being renewed: what was built from it stays valid
+        _sweep(keep=key)  # this one is being renewed: what was built from it stays valid
         with _LOCK:
             if _EPOCH[0] != epoch:  # a KEK changed while we unwrapped: do not cache
                 return secret
             entry = (secret, services, _clock() + CACHE_LIFETIME_SECONDS)
             if hit is not None:
-                _SECRETS[self] = entry
-            return _SECRETS.setdefault(self, entry)[0]
+                _SECRETS[key] = entry
+            return _SECRETS.setdefault(key, entry)[0]
 
     def cached(self) -> bool:
-        """True while this process serves the secret from its cache (within its lifetime)."""
+        """True while this process serves the secret from its cache (within its lifetime),
+        for the context it would unwrap in now."""
+        try:
+            key = (self, self.unwrap_context())
+        except PetsError:
+            return False
         with _LOCK:
-            hit = _SECRETS.get(self)
+            hit = _SECRETS.get(key)
         return hit is not None and _clock() < hit[2]
 
     def __repr__(self) -> str:
@@ -400,8 +488,9 @@ class WorkerKeys:
     Args:
         source: How worker processes open the key service (a ``KeyConfig`` for real clusters).
         kek_uri: The KEK that wraps the job's secrets (it must belong to ``context``'s
-            jurisdiction, since the workers unwrap under ``context``).
-        context: Who runs the job, and where.
+            jurisdiction: workers unwrap in their own context, which must be in that one).
+        context: Who runs the job, and where (the workers' own environments must say the same
+            jurisdiction; see :meth:`KeyRef.unwrap_context`).
         services: Key services to wrap with on the driver (default: opened from ``source``).
 
     Examples:

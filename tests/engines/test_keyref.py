@@ -458,3 +458,126 @@ class TestAChangeThisProcessDoesNotHear:
         from pets.engines._plan import _BUILT
 
         assert all(rb.ref not in old for rb in _BUILT)
+
+
+class TestWorkerUnwrapsInItsOwnContext:
+    """Another process unwraps in *its own* context (its environment), the driver's is a hint.
+
+    ``replace(ref, origin="")`` is the reference as any other process sees it; the environment
+    is this process's (monkeypatched). Real separate processes: tests/security/
+    test_worker_jurisdiction.py.
+    """
+
+    @pytest.fixture
+    def opened(self, memory_services: KeyServices) -> CountingSource:
+        CountingSource.opened = 0
+        return CountingSource(InProcessKeys(memory_services))
+
+    def test_the_making_process_unwraps_in_the_references_context(self, opened, eu,
+                                                                   monkeypatch):
+        monkeypatch.setenv("PETS_JURISDICTION", "US")  # the driver's own env does not matter
+        ref = KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=opened, context=eu)
+        forget_keys()
+        assert ref.unwrap_context() == eu
+        assert pickle.loads(pickle.dumps(ref)).unwrap_context() == eu  # same process
+        ref.resolve()
+
+    def test_a_worker_whose_environment_is_us_is_refused_a_reference_claiming_eu(
+            self, opened, eu, monkeypatch):
+        ref = replace(KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=opened,
+                                  context=eu), origin="")
+        forget_keys()
+        monkeypatch.setenv("PETS_JURISDICTION", "US")
+        monkeypatch.setenv("PETS_PRINCIPAL", "svc@us")
+        before = CountingSource.opened
+        with pytest.raises(JurisdictionError,
+                           match=r"memory://eu/kek was made for EU \(driver principal "
+                                 r"test@eu\), but this process's own environment says US "
+                                 r"\(PETS_JURISDICTION; principal svc@us\)"):
+            ref.resolve()
+        assert CountingSource.opened == before  # the key service was not even opened
+        assert not ref.cached() and forget_keys() == 0  # nothing unwrapped
+
+    def test_a_worker_in_the_jurisdiction_unwraps_as_its_own_principal(self, eu, monkeypatch):
+        seen: list[Any] = []
+        ring = MemoryKeyring()
+        ring.create("memory://eu/kek", jurisdiction="EU")
+        root = Secret.generate()
+        ref = replace(KeyRef.wrap(root, "memory://eu/kek",
+                                  source=InProcessKeys(KeyServices([ring], audit=seen.append)),
+                                  context=eu),
+                      origin="")
+        forget_keys()
+        monkeypatch.setenv("PETS_JURISDICTION", "eu")
+        monkeypatch.setenv("PETS_PRINCIPAL", "svc-dask")
+        assert ref.resolve() == root
+        unwraps = [e.fields for e in seen if e.kind == "key.unwrap"]
+        assert unwraps[-1]["principal"] == "svc-dask"  # not the driver's test@eu
+
+    def test_a_hint_that_does_not_match_the_worker_is_refused(self, opened, eu, us,
+                                                              monkeypatch):
+        # an EU worker handed a reference whose driver context says US (an EU KEK): refused by
+        # the hint check, before the key service could unwrap it in the worker's EU context
+        ref = replace(KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=opened,
+                                  context=eu), context=us, origin="")
+        forget_keys()
+        monkeypatch.setenv("PETS_JURISDICTION", "EU")
+        with pytest.raises(JurisdictionError, match=r"memory://eu/kek was made for US .* says EU"):
+            ref.resolve()
+        assert forget_keys() == 0
+
+    def test_a_us_worker_matching_a_forged_us_hint_is_refused_by_the_key_service(
+            self, opened, eu, us, monkeypatch):
+        ref = replace(KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=opened,
+                                  context=eu), context=us, origin="")
+        forget_keys()
+        monkeypatch.setenv("PETS_JURISDICTION", "US")
+        with pytest.raises(JurisdictionError, match="belongs to EU; unwrap refused"):
+            ref.resolve()
+        assert forget_keys() == 0
+
+    def test_an_invalid_jurisdiction_in_the_environment_is_refused(self, opened, eu,
+                                                                    monkeypatch):
+        ref = replace(KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=opened,
+                                  context=eu), origin="")
+        monkeypatch.setenv("PETS_JURISDICTION", "not a code!")
+        with pytest.raises(JurisdictionError, match="names no valid jurisdiction"):
+            ref.resolve()
+
+    def test_a_secret_cached_under_one_context_is_not_served_to_another(self, opened, eu,
+                                                                        monkeypatch):
+        ref = replace(KeyRef.wrap(Secret.generate(), "memory://eu/kek", source=opened,
+                                  context=eu), origin="")
+        forget_keys()
+        monkeypatch.setenv("PETS_JURISDICTION", "EU")
+        monkeypatch.setenv("PETS_PRINCIPAL", "a")
+        ref.resolve()
+        assert ref.cached()
+        monkeypatch.setenv("PETS_PRINCIPAL", "b")
+        assert not ref.cached()  # cached for a@EU only: b@EU asks the key service itself
+        monkeypatch.setenv("PETS_JURISDICTION", "US")
+        assert not ref.cached()
+        with pytest.raises(JurisdictionError):  # the EU entry is not served to a US process
+            ref.resolve()
+
+    def test_a_forked_child_is_another_process(self):
+        import multiprocessing
+
+        from pets.engines import _keyref
+
+        if "fork" not in multiprocessing.get_all_start_methods():
+            pytest.skip("no fork on this platform")
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_send_origin, args=(child,))
+        proc.start()
+        theirs = parent.recv()
+        proc.join(10)
+        assert theirs != _keyref._ORIGIN[0]
+
+
+def _send_origin(conn: Any) -> None:
+    from pets.engines import _keyref
+
+    conn.send(_keyref._ORIGIN[0])
+    conn.close()

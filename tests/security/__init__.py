@@ -1,0 +1,1 @@
+"""Security tests: each tries one attack class and asserts the precise refusal."""
