@@ -15,18 +15,29 @@ Exit codes (documented in ``docs/cli.md``):
 5     integrity failure (``IntegrityError``)
 6     privacy budget exhausted (``BudgetExhausted``)
 7     key-service failure (``KeyServiceError``)
+129   interrupted by SIGHUP (128 + signal number)
+130   interrupted by SIGINT (Ctrl-C)
+143   interrupted by SIGTERM
 ====  =========================================================
+
+Every error is one line on stderr, ``error: <Type>: <message>``; an error pets did not expect
+(a bug) prints ``error: internal error: <Type>: <message>`` and exits 1 (set ``PETS_DEBUG=1``
+for the traceback). SIGTERM, SIGINT and SIGHUP raise :class:`pets._io.Interrupted` in the
+command, which unwinds: temporary files and directories (created 0600 / 0700 beside the
+output) are removed, so an interrupted run leaves neither partial output nor plaintext.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 
 import click
 
 from pets._errors import PetsError
+from pets._io import Interrupted, signals_raise
 
 __all__ = ["cli", "main"]
 
@@ -51,10 +62,19 @@ def _register() -> None:
 _register()
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; map :class:`PetsError` subclasses to their exit codes."""
+    """Run the CLI; map :class:`PetsError` subclasses and signals to their exit codes."""
     try:
-        cli.main(args=argv, prog_name="pets", standalone_mode=False)
+        with signals_raise():
+            cli.main(args=argv, prog_name="pets", standalone_mode=False)
+    except Interrupted as exc:
+        click.echo(f"error: {exc}; nothing partial was left behind", err=True)
+        return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
@@ -64,8 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 1
     except PetsError as exc:
-        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"error: {type(exc).__name__}: {_one_line(exc)}", err=True)
         return exc.exit_code
+    except OSError as exc:  # the file system refused (permissions, disk full, a FIFO...)
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {type(exc).__name__}:{where} {exc.strerror or _one_line(exc)}",
+                   err=True)
+        return 1
+    except Exception as exc:
+        if os.environ.get("PETS_DEBUG"):
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                   "(a bug: please report it; PETS_DEBUG=1 shows the traceback)", err=True)
+        return 1
     return 0
 
 

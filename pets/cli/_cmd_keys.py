@@ -24,7 +24,15 @@ import click
 
 from pets._errors import InputError
 from pets.cli._cmd_boundary import _audit_option, _boundary_option, open_key_audit
-from pets.cli._common import context_options, emit, json_option, make_context, parse_pairs
+from pets.cli._common import (
+    check_out,
+    context_options,
+    emit,
+    json_option,
+    make_context,
+    overwrite_option,
+    parse_pairs,
+)
 from pets.cli._keyopts import keyring_options, services_from_options
 from pets.keys._config import KeyConfig, master_key_from_env
 from pets.keys._service import KeyInfo, KeyServices, WrappedKey
@@ -206,13 +214,15 @@ def destroy_cmd(uri: str, version: int | None, yes: bool, audit_log: Path,
               help="Encryption context the data key was wrapped with (repeatable).")
 @click.option("--allow-jurisdiction-change", is_flag=True,
               help="Allow a target key of another jurisdiction (moves where data can be read).")
+@overwrite_option
 @_audit_option
 @_boundary_option
 @context_options
 @keyring_options
 @json_option
 def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, ...],
-                allow_jurisdiction_change: bool, audit_log: Path, boundary_keys: Path | None,
+                allow_jurisdiction_change: bool, overwrite: bool, audit_log: Path,
+                boundary_keys: Path | None,
                 jurisdiction: str, principal: str | None, key_config: KeyConfig,
                 as_json: bool) -> None:
     """Re-wrap a wrapped data key under another key.
@@ -220,11 +230,17 @@ def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, 
     Reads SRC (WrappedKey JSON), re-wraps it under --to's primary version, writes DEST.
 
     The data key is unwrapped and re-wrapped inside pets; the data it protects is untouched.
-    DEST may be SRC (it is replaced atomically).
+    DEST is written atomically (mode 0600). It may not be SRC (nor a symlink, hard link or
+    `..` path to it: check the new file, then move it over SRC), nor lie in the keyring or the
+    boundary directory; an existing DEST is replaced only with --overwrite.
     """
     from pets._io import atomic_path
     from pets.keys._rewrap import rewrap
 
+    target = check_out(dest, option="DEST", inputs=[src], key_config=key_config,
+                       audit_log=audit_log, boundary_keys=boundary_keys, overwrite=overwrite)
+    if not src.is_file():  # a FIFO would block the read forever
+        raise InputError(f"cannot read wrapped key {src}: not a regular file")
     try:
         with open(src, "rb") as fh:
             raw = fh.read(_MAX_WRAPPED_FILE + 1)
@@ -243,7 +259,7 @@ def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, 
                  context=ctx, enc_context=parse_pairs(enc_context),
                  allow_jurisdiction_change=allow_jurisdiction_change,
                  audit=log.hook if log is not None else None)
-    with atomic_path(dest, mode=0o600) as tmp:
+    with atomic_path(target, mode=0o600) as tmp:
         tmp.write_text(new.to_json() + "\n")
     payload: dict[str, Any] = {"from": wrapped.key_uri, "from_version": wrapped.version,
                                "to": new.key_uri, "to_version": new.version, "out": str(dest)}

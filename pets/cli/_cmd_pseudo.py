@@ -5,6 +5,10 @@ stored as a WrappedKey JSON file (``--secret``); ``--create-secret KEY_URI`` mak
 The key service refuses to unwrap outside the KEK's jurisdiction. For EU-only local experiments
 ``--secret-env VAR`` reads 64 hex digits from an environment variable instead (refused unless
 the context jurisdiction is EU).
+
+DEST may not be SRC or the ``--secret`` file (nor a symlink, hard link or ``..`` path to them),
+nor lie in the keyring or the boundary directory (``.pets``); an existing DEST is replaced only
+with ``--overwrite``. A ``--create-secret`` file is never overwritten.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ from typing import Any
 import click
 
 from pets._errors import InputError, JurisdictionError
-from pets.cli._common import context_options, emit, json_option, make_context
+from pets.cli._common import (
+    check_out,
+    context_options,
+    emit,
+    json_option,
+    make_context,
+    overwrite_option,
+)
 from pets.cli._keyopts import keyring_options
 from pets.keys._config import KeyConfig
 
@@ -29,6 +40,8 @@ def _read_table(path: Path) -> Any:
 
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if not path.is_file():  # a directory, or a FIFO that would block the reader forever
+        raise InputError(f"{path}: not a regular file")
     try:
         if path.suffix.lower() == ".csv":
             return pd.read_csv(path, dtype="string")
@@ -77,12 +90,13 @@ def _parse_columns(items: tuple[str, ...]) -> dict[str, str]:
               help="Also report k-anonymity of the output on these quasi-identifiers.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Target k for --quasi.")
+@overwrite_option
 @context_options
 @keyring_options
 @json_option
 def pseudonymize_cmd(src: Path, dest: Path, columns: tuple[str, ...], secret_file: Path | None,
                      create_uri: str | None, secret_env: str | None, quasi: str | None, k: int,
-                     jurisdiction: str, principal: str | None, key_config: KeyConfig,
+                     overwrite: bool, jurisdiction: str, principal: str | None, key_config: KeyConfig,
                      as_json: bool) -> None:
     """Pseudonymize columns of SRC (Parquet or CSV) into DEST, atomically.
 
@@ -103,6 +117,10 @@ def pseudonymize_cmd(src: Path, dest: Path, columns: tuple[str, ...], secret_fil
             raise InputError("--create-secret needs --secret FILE to write the wrapped key to")
         if secret_file.exists():
             raise InputError(f"{secret_file}: already exists; refusing to overwrite a secret")
+        secret_file = check_out(secret_file, option="--secret", inputs=[src, dest],
+                                key_config=key_config)
+    target = check_out(dest, option="DEST", inputs=[src, secret_file], key_config=key_config,
+                       overwrite=overwrite)
     new_secret: str | None = None
     if secret_file is not None:
         from pets.cli._keyopts import services_from_options
@@ -152,7 +170,7 @@ def pseudonymize_cmd(src: Path, dest: Path, columns: tuple[str, ...], secret_fil
             raise InputError(f"{secret_file}: already exists; refusing to overwrite a secret")
         with atomic_path(secret_file, mode=0o600) as tmp:
             tmp.write_text(new_secret)
-    _write_table(out, dest)
+    _write_table(out, target)
 
     def text() -> str:
         lines = [f"wrote {dest} ({len(out)} rows)"]

@@ -1,24 +1,41 @@
-"""Helpers shared by CLI commands: JSON output, progress bars, context options."""
+"""Helpers shared by CLI commands: JSON output, progress bars, context options, output checks."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from pets._errors import InputError
 from pets.jurisdiction import Context
 
-__all__ = ["context_options", "dask_options", "dask_target", "emit", "json_option", "make_context",
-           "parse_pairs", "progress"]
+if TYPE_CHECKING:
+    from pets.keys._config import KeyConfig
+
+__all__ = ["DEFAULT_BOUNDARY_DIR", "check_out", "context_options", "dask_options", "dask_target",
+           "emit", "json_option", "make_context", "overwrite_option", "parse_pairs", "progress",
+           "protected_paths"]
+
+#: pets' own directory (keyring, audit log, boundary keys, ledger by default).
+DEFAULT_BOUNDARY_DIR = Path(".pets")
+_CONFIG_FILE = "boundary.json"
+_CONFIG_MAX = 1 << 20
+# keys of boundary.json whose string values are paths pets keeps (keyring, audit_log, ledger…)
+_CONFIG_PATH_KEYS = ("keyring", "log", "ledger", "keys", "dir", "directory", "path")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace an existing output file (never an input, the keyring, the audit log, the "
+         "ledger or anything in the boundary directory).")
 
 
 def context_options(f: F) -> F:
@@ -112,3 +129,77 @@ def parse_pairs(items: tuple[str, ...], option: str = "--context") -> dict[str, 
             raise InputError(f"{option} key {k!r} given twice")
         out[k] = v
     return out
+
+
+def _configured_paths(directory: Path) -> list[Path]:
+    """Paths named in ``<directory>/boundary.json`` (keyring, audit log, ledger…), tolerant of
+    a missing or malformed file: each relative value counts both from the file's directory
+    and from the working directory (protecting too much is safe, too little is not)."""
+    try:
+        with open(directory / _CONFIG_FILE, "rb") as fh:
+            data = json.loads(fh.read(_CONFIG_MAX))
+    except (OSError, ValueError):
+        return []
+    out: list[Path] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if (isinstance(value, str) and value and "://" not in value and "\0" not in value
+                        and str(key).lower().endswith(_CONFIG_PATH_KEYS)):
+                    p = Path(value)
+                    out.extend([p] if p.is_absolute() else [directory / p, p])
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(data)
+    return out
+
+
+def protected_paths(key_config: KeyConfig | None = None, *, audit_log: Path | None = None,
+                    boundary_keys: Path | None = None, ledger: Path | None = None,
+                    boundary_dir: Path | None = None,
+                    extra: Iterable[Path] = ()) -> list[Path]:
+    """Locations no command output may be, be inside, or contain (see :func:`check_out`).
+
+    The boundary directory (``boundary_dir``, default ``./.pets``, and the paths its
+    ``boundary.json`` names), the keyring (``key_config.keyring``) and its ``boundary`` keys
+    directory, ``--boundary-keys``, the audit log, the ledger, the ``PETS_KEYRING`` /
+    ``PETS_AUDIT_LOG`` / ``PETS_BOUNDARY_KEYS`` / ``PETS_LEDGER`` locations, and ``extra``.
+
+    Examples:
+        >>> [str(p) for p in protected_paths(audit_log=Path("logs/audit.jsonl"))][:2]
+        ['.pets', 'logs/audit.jsonl']
+    """
+    base = boundary_dir or DEFAULT_BOUNDARY_DIR
+    paths: list[Path] = [base]
+    if key_config is not None:
+        paths += [key_config.keyring, key_config.keyring / "boundary"]
+    paths += [p for p in (audit_log, boundary_keys, ledger) if p is not None]
+    paths += [Path(v) for var in ("PETS_KEYRING", "PETS_AUDIT_LOG", "PETS_BOUNDARY_KEYS",
+                                  "PETS_LEDGER")
+              if (v := os.environ.get(var)) and "\0" not in v]
+    paths += _configured_paths(base)
+    paths += list(extra)
+    seen: set[Path] = set()
+    return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
+
+
+def check_out(out: Path, *, option: str = "--out", inputs: Iterable[Path | None] = (),
+              key_config: KeyConfig | None = None, audit_log: Path | None = None,
+              boundary_keys: Path | None = None, ledger: Path | None = None,
+              overwrite: bool = False) -> Path:
+    """:func:`pets._io.check_output` with the protected locations of :func:`protected_paths`.
+
+    Returns the resolved output path to write to; raises :class:`~pets.InputError` (exit 1)
+    naming ``option`` and the path the output would destroy.
+    """
+    from pets._io import check_output
+
+    return check_output(out, option=option, inputs=[p for p in inputs if p is not None],
+                        protected=protected_paths(key_config, audit_log=audit_log,
+                                                  boundary_keys=boundary_keys, ledger=ledger),
+                        overwrite=overwrite)

@@ -118,10 +118,15 @@ class TestKeysCli:
         code, _, err = run(capsys, "keys", "migrate", "bad.json", "w3.json", "--to",
                            "local://eu/b")
         assert code == 1 and "bad.json" in err
-        code, _, _ = run(capsys, "keys", "migrate", "w.json", "w.json", "--to", "local://eu/us",
-                         "--context", "t=users", "--allow-jurisdiction-change")
+        before = (env / "w.json").read_bytes()
+        code, _, err = run(capsys, "keys", "migrate", "w.json", "w.json", "--to",
+                           "local://eu/us", "--context", "t=users", "--allow-jurisdiction-change")
+        assert code == 1 and "is the input" in err  # DEST may not be SRC (tests/security)
+        assert (env / "w.json").read_bytes() == before
+        code, _, _ = run(capsys, "keys", "migrate", "w.json", "w2.json", "--to", "local://eu/us",
+                         "--context", "t=users", "--allow-jurisdiction-change", "--overwrite")
         assert code == 0
-        assert WrappedKey.from_json((env / "w.json").read_text()).jurisdiction == "US"
+        assert WrappedKey.from_json((env / "w2.json").read_text()).jurisdiction == "US"
 
     def test_pkcs11_options(self, env, capsys, monkeypatch, softhsm, hsm_eu):
         from tests.keys.conftest import HSM_LIB, HSM_PIN
