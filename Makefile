@@ -16,7 +16,7 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[dev,hsm,dask,plot,docs,bench]'
+	$(PIP) install -q -e '.[dev,hsm,vault,dask,plot,docs,bench]'
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core

@@ -1,7 +1,9 @@
 """Jurisdiction-scoped key services: KEKs named by URI, wrapping and unwrapping data keys.
 
 Backends: :class:`LocalKeyring` (``local://``, the embedded default), :class:`Pkcs11Keyring`
-(``pkcs11://``, a real HSM through ``python-pkcs11``; ``pip install 'pets[hsm]'``) and
+(``pkcs11://``, a real HSM through ``python-pkcs11``; ``pip install 'pets[hsm]'``),
+:class:`TransitKeyService` (``vault://``, an OpenBao / Vault transit key server that decides
+access from the identity it authenticated; ``pip install 'pets[vault]'``) and
 :class:`MemoryKeyring` (``memory://``, the test double). :func:`key_services` builds the
 registry from settings or the environment; :func:`rewrap` moves a wrapped data key to another
 key (rotation, migration) without the caller seeing the data key.
@@ -34,6 +36,13 @@ from pets.keys._service import (
     check_wrapped_matches,
     parse_key_uri,
 )
+from pets.keys._transit import (
+    TransitAuth,
+    TransitIdentity,
+    TransitKeyService,
+    TransitServer,
+    transit_servers_from_dict,
+)
 
 __all__ = [
     "AuditHookError",
@@ -49,6 +58,10 @@ __all__ = [
     "Pkcs11Keyring",
     "Pkcs11TokenConfig",
     "Secret",
+    "TransitAuth",
+    "TransitIdentity",
+    "TransitKeyService",
+    "TransitServer",
     "WrappedKey",
     "canonical_context",
     "check_dek",
@@ -57,5 +70,6 @@ __all__ = [
     "key_services",
     "parse_key_uri",
     "rewrap",
+    "transit_servers_from_dict",
     "wrapping_aad",
 ]

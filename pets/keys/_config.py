@@ -16,10 +16,28 @@ PKCS#11 token label(s)         ``--pkcs11-token`` /                 —
 token jurisdiction             ``LABEL=JURISDICTION`` in the token  ``PETS_PKCS11_JURISDICTION``
                                setting
 PKCS#11 user PIN               ``PETS_PKCS11_PIN`` (never a flag)   —
+transit key servers            ``KeyConfig(transit_servers=…)`` or  —
+(OpenBao / Vault)              ``from_env(transit_servers={name:
+                               {url, jurisdiction, auth: {…}}})``
+transit token / AppRole        the variables or files each server's —
+secret-id                      ``auth`` names (never a flag)
 =============================  ===================================  =========================
 
-Secrets (master key, passphrase, PIN) are read only from the environment, never from command
-line flags (which other users can see in ``ps``), and are never echoed back.
+Secrets (master key, passphrase, PIN, transit tokens and secret-ids) are read only from the
+environment (or, for AppRole, files the configuration names), never from command line flags
+(which other users can see in ``ps``), and are never echoed back.
+
+**Shipping a KeyConfig to workers.** A :class:`KeyConfig` is the picklable *key source* a Dask
+task graph carries: it holds paths, labels and :class:`~pets.keys.TransitServer` descriptions —
+the names of the environment variables and files that hold secrets, never the secrets. A
+worker calls :meth:`KeyConfig.services` with its own environment; each
+:class:`~pets.keys.TransitKeyService` then logs in to its server with the *worker's* own
+credentials and is answerable to the server's policy as the worker's identity. So no key,
+token or secret-id travels in the task graph (which the scheduler keeps in memory, may spill to
+disk and shows in its dashboard), a worker outside the key's jurisdiction is refused by the
+server itself (whatever ``Context`` the task claims), and one worker is cut off by revoking its
+secret-id alone. The key services themselves (keyrings, tokens, logged-in clients) refuse to
+be pickled.
 
 Examples:
     >>> import tempfile, pathlib
@@ -41,12 +59,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pets._errors import InputError, KeyServiceError
 from pets._events import AuditHook
 from pets.jurisdiction import Jurisdiction
 from pets.keys._secret import Secret
 from pets.keys._service import KeyService, KeyServices
+from pets.keys._transit import TransitServer, transit_servers_from_dict
 
 __all__ = [
     "DEFAULT_KEYRING",
@@ -144,12 +164,37 @@ class KeyConfig:
         keyring_explicit: True when the directory was named by the user (then it must exist).
         pkcs11_library: Path of the PKCS#11 module (e.g. ``/usr/lib/softhsm/libsofthsm2.so``).
         pkcs11_tokens: Tokens to open through that library.
+        transit_servers: OpenBao / Vault transit servers (``vault://<name>/<key>``); each
+            logs in with credentials read, where the services are opened, from the variables
+            or files its ``auth`` names.
+
+    Examples:
+        >>> from pets.keys import TransitAuth, TransitServer
+        >>> import pickle
+        >>> eu = TransitServer("eu-ireland", "http://127.0.0.1:8200", "EU",
+        ...                    TransitAuth("approle", role_id_env="PETS_VAULT_ROLE_ID",
+        ...                                secret_id_env="PETS_VAULT_SECRET_ID"))
+        >>> cfg = KeyConfig(transit_servers=(eu,))
+        >>> pickle.loads(pickle.dumps(cfg)) == cfg  # ships to workers: no secret inside
+        True
     """
 
     keyring: Path = DEFAULT_KEYRING
     keyring_explicit: bool = False
     pkcs11_library: str | None = None
     pkcs11_tokens: tuple[Pkcs11TokenConfig, ...] = field(default_factory=tuple)
+    transit_servers: tuple[TransitServer, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        servers = tuple(self.transit_servers)
+        if not all(isinstance(s, TransitServer) for s in servers):
+            raise InputError("transit_servers must be TransitServer objects (see "
+                             "transit_servers_from_dict for a mapping)")
+        names = [s.name for s in servers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InputError(f"transit server {dupes[0]!r} is configured twice")
+        object.__setattr__(self, "transit_servers", servers)
 
     @classmethod
     def from_env(
@@ -160,8 +205,15 @@ class KeyConfig:
         pkcs11_library: str | None = None,
         pkcs11_tokens: Sequence[str] = (),
         pkcs11_jurisdiction: str | None = None,
+        transit_servers: Mapping[str, Any] | Sequence[TransitServer] | None = None,
     ) -> KeyConfig:
-        """Explicit arguments first, then ``PETS_*`` environment variables, then defaults."""
+        """Explicit arguments first, then ``PETS_*`` environment variables, then defaults.
+
+        ``transit_servers`` is a ``{name: {url, jurisdiction, mount, auth: {...}, ca_cert}}``
+        mapping (as read from a configuration file; see
+        :func:`~pets.keys.transit_servers_from_dict`) or :class:`~pets.keys.TransitServer`
+        objects.
+        """
         env = os.environ if environ is None else environ
         ring = keyring if keyring is not None else env.get(ENV_KEYRING) or None
         lib = pkcs11_library or env.get(ENV_PKCS11_LIBRARY) or None
@@ -175,11 +227,16 @@ class KeyConfig:
                 f"a PKCS#11 token was named but no library: set --pkcs11-library or "
                 f"{ENV_PKCS11_LIBRARY}"
             )
+        if isinstance(transit_servers, Mapping):
+            servers = transit_servers_from_dict(transit_servers)
+        else:
+            servers = tuple(transit_servers or ())
         return cls(
             keyring=Path(ring) if ring is not None else DEFAULT_KEYRING,
             keyring_explicit=ring is not None,
             pkcs11_library=lib,
             pkcs11_tokens=tokens,
+            transit_servers=servers,
         )
 
     def local_keyring(
@@ -197,8 +254,9 @@ class KeyConfig:
         """Open every configured key service.
 
         The local keyring is included when its directory is initialised; a keyring the user
-        named explicitly must exist. With no PKCS#11 token configured, a missing keyring is an
-        error that says how to create one.
+        named explicitly must exist. With no PKCS#11 token or transit server configured, a
+        missing keyring is an error that says how to create one. Transit services send nothing
+        until first used; then each logs in with the credentials of ``environ``.
 
         ``audit`` goes to every backend (``key.create`` … ``key.refused``) and to the
         registry (``key.wrap`` / ``key.unwrap`` / ``key.failed`` for each use of a key).
@@ -213,7 +271,7 @@ class KeyConfig:
         out: list[KeyService] = []
         if LocalKeyring.exists(self.keyring):
             out.append(self.local_keyring(environ=env, audit=audit))
-        elif self.keyring_explicit or not self.pkcs11_tokens:
+        elif self.keyring_explicit or not (self.pkcs11_tokens or self.transit_servers):
             raise KeyServiceError(
                 f"no keyring at {self.keyring}: create one with `pets keys init --name <NAME>` "
                 f"(or set --keyring / {ENV_KEYRING})"
@@ -228,6 +286,11 @@ class KeyConfig:
             for tok in self.pkcs11_tokens:
                 out.append(Pkcs11Keyring(self.pkcs11_library, tok.label, pin,
                                          jurisdiction=tok.jurisdiction, audit=audit))
+        if self.transit_servers:
+            from pets.keys._transit import TransitKeyService
+
+            out.extend(TransitKeyService(server, environ=env, audit=audit)
+                       for server in self.transit_servers)
         return KeyServices(out, audit=audit)
 
 
