@@ -54,6 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ from pets.jurisdiction import Jurisdiction
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from pets.pseudo._base import Transform
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -210,6 +213,33 @@ class ColumnRule:
         return {"name": self.name, "role": self.role, "treatment": self.treatment,
                 "params": dict(self.params), "domain": self.domain, "key": self.key,
                 "mode": self.mode}
+
+
+_NEVER_IDENTITY = frozenset({"suppress", "age-band"})
+
+
+def _treatment_text(rule: ColumnRule, transform: Transform | None = None) -> str:
+    """``ip-prefix (v4=32, v6=48)``: the treatment and its parameters, for messages."""
+    given = transform.params() if transform is not None else rule.params
+    params = ", ".join(f"{k}={v}" for k, v in given.items() if v is not None)
+    return f"{rule.treatment} ({params})" if params else rule.treatment
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` is not a plain file name (``None`` when it is)."""
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        return "holds a control or format character"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if name in (".", "..") or ".." in name:
+        return "holds '..'"
+    if name.startswith("."):
+        return "starts with a dot (hidden file)"
+    if name.startswith("~") or (len(name) > 1 and name[1] == ":"):
+        return "is an absolute path"
+    if len(name) > 200:
+        return "is longer than 200 characters"
+    return None
 
 
 def _where(source: str, line: int | None, column: str | None = None) -> str:
@@ -360,6 +390,11 @@ class Policy:
         lines = self.lines
         if not isinstance(self.dataset, str) or not self.dataset:
             raise self._fail("'dataset' must be a non-empty string", lines.get("dataset"))
+        problem = _name_problem(self.dataset)
+        if problem is not None:
+            raise self._fail(f"'dataset' {self.dataset!r} {problem}: it names output files "
+                             "and directories, so it must be a plain name such as 'users'",
+                             lines.get("dataset"))
         try:
             object.__setattr__(self, "home", Jurisdiction(str(self.home)).code)
         except InputError:
@@ -440,16 +475,53 @@ class Policy:
                              f"{rule.treatment!r}", line, name)
         if rule.treatment in ("keep", "drop", "encrypt") and rule.params:
             raise self._fail(f"treatment {rule.treatment!r} takes no params", line, name)
-        return ColumnRule(name, rule.role, rule.treatment, dict(rule.params), domain, key,
-                          mode, line)
+        checked = ColumnRule(name, rule.role, rule.treatment, dict(rule.params), domain, key,
+                             mode, line)
+        if spec.output == "generalized":
+            from pets.pseudo._generalize import identity_reason
 
-    def check_frame(self, frame: pd.DataFrame) -> None:
+            transform = self.generalizer(checked)
+            reason = identity_reason(transform)
+            if reason is not None:
+                raise self._fail(f"{_treatment_text(checked, transform)} leaves values unchanged "
+                                 f"({reason}): that is no protection", line, name)
+        return checked
+
+    def generalizer(self, rule: ColumnRule) -> Transform:
+        """The :mod:`pets.pseudo` generalizer of ``rule`` (a ``generalized`` treatment).
+
+        Raises:
+            PolicyError: Parameters the treatment does not take or refuses (names line and
+                column).
+        """
+        from pets.pseudo._generalize import generalizer
+
+        try:
+            return generalizer(rule.treatment, dict(rule.params))
+        except (InputError, TypeError, ValueError) as exc:
+            raise self._fail(f"treatment {rule.treatment!r} with params {dict(rule.params)}: "
+                             f"{exc}", rule.line, rule.name) from None
+
+    def check_frame(self, frame: pd.DataFrame, *, values: bool = True) -> None:
         """Check that the policy covers exactly ``frame``'s columns with fitting treatments.
+
+        With ``values`` (the default), also apply each generalizer to its column and refuse
+        one that leaves every value unchanged (:meth:`check_unchanged`); ``protect`` checks
+        the values it computes itself.
 
         Raises:
             PolicyError: A column the policy does not know, a policy column missing from the
-                frame, or a treatment that does not fit a column's dtype (names line and
-                column).
+                frame, a treatment that does not fit a column's dtype, or a generalizer that
+                is the identity on the column's values (names line and column).
+
+        Examples:
+            >>> import pandas as pd
+            >>> p = Policy.from_yaml("dataset: d\\ncolumns:\\n"
+            ...                      "  ip: {role: quasi-identifier, treatment: ip-prefix}\\n")
+            >>> p.check_frame(pd.DataFrame({"ip": ["10.1.2.0", "10.7.8.0"]}))
+            Traceback (most recent call last):
+            ...
+            pets._errors.PolicyError: <policy> line 3, column 'ip': ip-prefix (v4=24, v6=48) leaves every value unchanged (2 non-null values, 2 distinct, shown as they were): that is no protection; choose a coarser parameter, or say 'treatment: keep' if the column may leave as it is (kept columns go where 'kept' may go)
         """
         by_name = {r.name: r for r in self.columns}
         for col in frame.columns:
@@ -466,6 +538,58 @@ class Policy:
                 raise self._fail(f"treatment {rule.treatment!r} does not fit a {kind} column "
                                  f"(dtype {frame[rule.name].dtype}; it takes "
                                  f"{', '.join(sorted(rule.spec.kinds))})", rule.line, rule.name)
+        if not values:
+            return
+        for rule in self.columns:
+            if rule.output != "generalized" or rule.treatment in _NEVER_IDENTITY:
+                continue
+            before = frame[rule.name]
+            try:
+                after = self.generalizer(rule).apply(before)
+            except (InputError, TypeError, ValueError) as exc:
+                if isinstance(exc, PolicyError):
+                    raise
+                raise self._fail(f"{rule.treatment} failed: {exc}", rule.line,
+                                 rule.name) from None
+            self.check_unchanged(rule, before, after)
+
+    def check_unchanged(self, rule: ColumnRule, before: pd.Series, after: pd.Series) -> None:
+        """Refuse a generalizer that left every non-null value of its column unchanged.
+
+        ``after`` is ``rule``'s treatment applied to ``before``. The rule: when every non-null
+        value is shown exactly as it was (:func:`pets.pseudo._generalize.left_unchanged`: equal
+        output, an IP network whose address is the input, a bucket admitting only the value),
+        the treatment is the identity on this data and its ``generalized`` label is a lie. A
+        treatment that changes at least one value is not refused here, even when it stays
+        injective (a prefix shorter than values that are all distinct still links rows; the
+        k-anonymity check covers quasi-identifiers). An all-null column shows nothing.
+
+        Raises:
+            PolicyError: Names the file, line, column, treatment and parameters.
+        """
+        from pets.pseudo._generalize import left_unchanged
+
+        same = left_unchanged(rule.treatment, before, after)
+        present = int(before.notna().sum())
+        distinct = int(before[same].nunique()) if same.any() else 0
+        self.refuse_unchanged(rule, present, int(same.sum()), distinct)
+
+    def refuse_unchanged(self, rule: ColumnRule, present: int, unchanged: int,
+                         distinct: int | None = None) -> None:
+        """Raise when ``unchanged`` (rows shown as they were) covers all ``present`` (non-null)
+        rows of ``rule``'s column (see :meth:`check_unchanged`); engines that count the rows
+        themselves call this."""
+        if present == 0 or unchanged < present:
+            return
+        hint = ("choose a coarser parameter, or say 'treatment: keep' if the column may leave "
+                "as it is (kept columns go where 'kept' may go)"
+                if rule.role in TREATMENTS["keep"].roles
+                else "choose a coarser parameter or a keyed treatment")
+        many = f", {distinct} distinct" if distinct is not None else ""
+        transform = self.generalizer(rule) if rule.output == "generalized" else None
+        raise self._fail(f"{_treatment_text(rule, transform)} leaves every value unchanged ({present} "
+                         f"non-null values{many}, shown as they were): that is no "
+                         f"protection; {hint}", rule.line, rule.name)
 
     # -- queries -----------------------------------------------------------------------------
 

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, cast, overload
 
 import pandas as pd
 
-from pets._errors import InputError, JurisdictionError, PetsError, PolicyError
+from pets._errors import (
+    InputError,
+    JurisdictionError,
+    KeyNotFoundError,
+    PetsError,
+    PolicyError,
+)
 from pets._events import AuditHook
 from pets.boundary._audit import AuditLog
 from pets.boundary._keys import BoundaryKeys
@@ -67,13 +73,34 @@ def _keyed_transform(rule: ColumnRule, policy: Policy, keys: BoundaryKeys, conte
                         **dict(rule.params))
 
 
-def _generalizer(rule: ColumnRule) -> Transform:
-    from pets import pseudo
+def check_key_jurisdictions(policy: Policy, keys: BoundaryKeys) -> None:
+    """Refuse a policy naming a KEK of another jurisdiction than its home (before any work).
 
-    classes: dict[str, type[Transform]] = {c.name: c for c in (
-        pseudo.Bucket, pseudo.TopBottomCode, pseudo.TruncateDate, pseudo.AgeBand,
-        pseudo.PostcodePrefix, pseudo.IPPrefix, pseudo.Mask, pseudo.Suppress)}
-    return classes[rule.treatment](**dict(rule.params))
+    A KEK wraps anywhere but unwraps only in its own jurisdiction: EU pseudonym roots, column
+    keys or the signing key wrapped by a US KEK would be readable in the US. Every URI of the
+    policy's ``keys`` is described by its key service; a key the service does not know is left
+    to fail where it is used, unless a column uses it (then the key service's error stands).
+
+    Raises:
+        JurisdictionError: Names the key, its URI and jurisdiction, and the columns it keys.
+        KeyServiceError: A key a column uses cannot be described.
+    """
+    for name, uri in policy.keys.items():
+        users = [r.name for r in policy.columns if r.key == name]
+        try:
+            where = keys.services.for_uri(uri).describe(uri).jurisdiction
+        except KeyNotFoundError:
+            if users:
+                raise
+            continue
+        if where != policy.home:
+            line = policy.lines.get(f"keys.{name}")
+            what = (f"columns {', '.join(map(repr, users))} would be keyed there" if users
+                    else "what it wraps would be readable there")
+            raise JurisdictionError(
+                f"{policy.source}" + (f" line {line}" if line else "") + f": key {name!r} "
+                f"({uri}) belongs to {where}, not to the policy's home {policy.home}: {what}; "
+                "protect refuses")
 
 
 def _build(rule: ColumnRule, policy: Policy, keys: BoundaryKeys, context: Context,
@@ -81,7 +108,7 @@ def _build(rule: ColumnRule, policy: Policy, keys: BoundaryKeys, context: Contex
     try:
         if rule.spec.keyed:
             return _keyed_transform(rule, policy, keys, context, hook)
-        return _generalizer(rule)
+        return policy.generalizer(rule)
     except (PolicyError, JurisdictionError):
         raise
     except (InputError, TypeError, ValueError) as exc:
@@ -153,9 +180,12 @@ def protect(frame: pd.DataFrame | dd.DataFrame, policy: Policy, keys: BoundaryKe
         progress: Dask frames only: show progress of the k-anonymity pass.
 
     Raises:
-        JurisdictionError: ``context`` is outside the policy's home.
+        JurisdictionError: ``context`` is outside the policy's home, or the policy names a
+            KEK of another jurisdiction (:func:`check_key_jurisdictions`).
         PolicyError: The policy does not fit the frame (names line and column), a treatment's
-            parameters are wrong, or k-anonymity is not reached and ``enforce_k`` is off.
+            parameters are wrong, a generalizer leaves every value of its column unchanged
+            (:meth:`Policy.check_unchanged`), or k-anonymity is not reached and ``enforce_k``
+            is off.
 
     Examples:
         >>> import pandas as pd
@@ -200,13 +230,16 @@ def protect(frame: pd.DataFrame | dd.DataFrame, policy: Policy, keys: BoundaryKe
 
 
 def _protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Context,
-             audit: AuditLog | AuditHook | None) -> ProtectedFrame:
+             audit: AuditLog | AuditHook | None, *, check_values: bool = True) -> ProtectedFrame:
+    """The pandas path. ``check_values=False`` skips the identity check of generalizers (the
+    Dask engine describes its columns on a few sample rows and checks the whole column)."""
     if context.jurisdiction != policy.home:
         raise JurisdictionError(f"protect runs in the policy's home {policy.home}, not for "
                                 f"{context.access_token}")
+    check_key_jurisdictions(policy, keys)
     if not isinstance(frame, pd.DataFrame):
         raise InputError("protect takes a pandas DataFrame")
-    policy.check_frame(frame)
+    policy.check_frame(frame, values=False)
     hook = _hook(audit)
     out: dict[str, pd.Series] = {}
     cols: dict[str, dict[str, Any]] = {}
@@ -246,6 +279,8 @@ def _protect(frame: pd.DataFrame, policy: Policy, keys: BoundaryKeys, context: C
                     raise
                 raise PolicyError(f"{_where(policy, rule)}: {rule.treatment} failed: "
                                   f"{exc}") from None
+            if check_values and rule.output == "generalized":
+                policy.check_unchanged(rule, series, result)
             out[rule.name] = pd.Series(result, name=rule.name).reset_index(drop=True)
             desc = transform.describe()
             entry.update(links=str(desc.get("links", "")),

@@ -106,6 +106,31 @@ class _Suppress:
         return frame.loc[keep]
 
 
+@dataclass(frozen=True)
+class _CountUnchanged:
+    """Per partition: for each generalized column, its non-null rows (``p<i>``) and the rows
+    its generalizer left shown as they were (``u<i>``; see
+    :func:`pets.pseudo._generalize.left_unchanged`). Summed over the whole dataset, they let
+    the driver refuse a generalizer that is the identity on the data before anything is
+    written or signed."""
+
+    checks: tuple[tuple[str, str, Any], ...]  # (column, treatment, shipped transform)
+
+    def columns(self) -> list[str]:
+        return [f"{k}{i}" for i in range(len(self.checks)) for k in ("p", "u")]
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        from pets.pseudo._generalize import left_unchanged
+
+        row: dict[str, int] = {}
+        for i, (column, treatment, transform) in enumerate(self.checks):
+            before = frame[column]
+            after = transform.apply(before)
+            row[f"p{i}"] = int(before.notna().sum())
+            row[f"u{i}"] = int(left_unchanged(treatment, before, after).sum())
+        return pd.DataFrame([row], columns=self.columns(), dtype="int64")
+
+
 def _policy_error(where: str, treatment: str, exc: Exception) -> PolicyError:
     return PolicyError(f"{where}: {treatment} failed: {exc}")
 
@@ -365,7 +390,7 @@ def protect(
 
 def _protect(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Context,
              workers: WorkerKeys, audit: Any, progress: bool | None) -> DaskProtected:
-    from pets.boundary._protect import _build, _hook, _where
+    from pets.boundary._protect import _build, _hook, _where, check_key_jurisdictions
     from pets.engines._dask import _meta_series, encrypt_columns
     from pets.engines._progress import compute
 
@@ -375,7 +400,8 @@ def _protect(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Con
     if workers.context.jurisdiction != policy.home:
         raise JurisdictionError(f"workers run as {workers.context.access_token}, outside the "
                                 f"policy's home {policy.home}")
-    policy.check_frame(ddf._meta)
+    check_key_jurisdictions(policy, keys)
+    policy.check_frame(ddf._meta, values=False)
     hook = _hook(audit)
     entries = _entries(ddf, policy, keys, context)
     shippers = [keyed_shipper(workers)]
@@ -403,17 +429,34 @@ def _protect(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys, context: Con
     fn = PartitionFn(tuple(steps.values()), columns=out_cols)
     data: dd.DataFrame = ddf.map_partitions(fn, meta=meta[list(out_cols)])  # type: ignore[no-untyped-call]
 
-    # -- k-anonymity over the whole dataset (only the quasi-identifier columns are computed)
+    # -- in one pass over the whole dataset: k-anonymity (only the quasi-identifier columns are
+    # computed) and, for each generalized column, how many values it left unchanged
     qis = tuple(policy.quasi_identifiers)
+    checked = tuple(r for r in policy.columns if r.output == "generalized" and r.name in steps
+                    and r.treatment not in ("suppress", "age-band"))
+    counter = _CountUnchanged(tuple((r.name, r.treatment, steps[r.name].transform)
+                                    for r in checked))
+    graphs: list[Any] = []
     if qis:
         qfn = PartitionFn(tuple(steps[c] for c in qis if c in steps), columns=qis)
         qdata = ddf[list(qis)].map_partitions(qfn, meta=meta[list(qis)])  # type: ignore[no-untyped-call]
-        (sizes,) = compute(qdata.groupby(list(qis), dropna=False, observed=True).size(),
-                           progress=progress)
+        graphs.append(qdata.groupby(list(qis), dropna=False, observed=True).size())
+    else:
+        graphs.append(ddf.map_partitions(len).sum())  # type: ignore[no-untyped-call]
+    if checked:
+        cmeta = pd.DataFrame({c: pd.Series(dtype="int64") for c in counter.columns()})
+        graphs.append(ddf[[r.name for r in checked]].map_partitions(  # type: ignore[no-untyped-call]
+            counter, meta=cmeta).sum())
+    results = compute(*graphs, progress=progress if qis else False)
+    if checked:
+        counts = results[-1]
+        for i, rule in enumerate(checked):
+            policy.refuse_unchanged(rule, int(counts[f"p{i}"]), int(counts[f"u{i}"]))
+    if qis:
+        sizes = results[0]
         rows_in = int(sizes.sum())
     else:
-        (n,) = compute(ddf.map_partitions(len).sum(), progress=False)  # type: ignore[no-untyped-call]
-        rows_in, sizes = int(n), None
+        rows_in, sizes = int(results[0]), None
     info, small = _k_anonymity(policy, list(qis), rows_in, sizes)
     if small:
         data = data.map_partitions(_Suppress(qis, small), meta=data._meta)  # type: ignore[no-untyped-call]
@@ -443,13 +486,14 @@ def _entries(ddf: dd.DataFrame, policy: Policy, keys: BoundaryKeys,
     """
     import dataclasses as dc
 
-    from pets.boundary import protect as pd_protect
+    from pets.boundary._protect import _protect as pd_protect
 
     with warnings.catch_warnings():  # a first partition shorter than 16 rows is fine here
         warnings.filterwarnings("ignore", message="Insufficient elements for `head`")
         sample = ddf.head(16, compute=True)  # first partition only
     relaxed = dc.replace(policy, min_k=1, enforce_k=False)
-    manifest = pd_protect(sample, relaxed, keys, context).manifest
+    # values unchanged on 16 rows say nothing of the column: the whole column is checked
+    manifest = pd_protect(sample, relaxed, keys, context, None, check_values=False).manifest
     return {c.name: {k: v for k, v in c.to_dict().items() if k not in ("digest", "header")}
             for c in manifest.columns}
 

@@ -651,3 +651,155 @@ class DateShift(KeyedTransform):
         except (OverflowError, pd.errors.OutOfBoundsDatetime):
             raise InputError(f"column {column_label(series)!r}: a shifted date falls outside "
                              "the datetime range") from None
+
+
+# -- identity: a generalizer that leaves values as they were is no protection --------------------
+
+#: The generalizers a policy names, by treatment name (``pets.boundary`` builds them from
+#: ``params``).
+GENERALIZERS: dict[str, type[Transform]] = {c.name: c for c in (
+    Bucket, TopBottomCode, TruncateDate, AgeBand, PostcodePrefix, IPPrefix, Mask, Suppress)}
+
+
+def generalizer(name: str, params: dict[str, Any]) -> Transform:
+    """Build the generalizer a policy names (``params`` are its constructor's arguments).
+
+    Raises:
+        InputError: Unknown name.
+        TypeError, InputError: Parameters the class does not take or refuses.
+
+    Examples:
+        >>> generalizer("mask", {"keep_last": 2}).params()
+        {'keep_last': 2, 'char': '*'}
+    """
+    if name not in GENERALIZERS:
+        raise InputError(f"{name!r} is not a generalizer (known: {', '.join(sorted(GENERALIZERS))})")
+    return GENERALIZERS[name](**params)
+
+
+def identity_reason(transform: Transform) -> str | None:
+    """Why ``transform`` leaves values unchanged *whatever the data*, or ``None``.
+
+    Parameters that keep every value of some kind whole: an IP prefix of /32 (every IPv4
+    address) or /128 (every IPv6 address), a mask or a postcode prefix keeping at least as many
+    characters as the longest value pets accepts (64 KiB), a top/bottom coding without a finite
+    bound. Data-dependent cases (a prefix longer than the values at hand, a date truncation
+    finer than the data) are :func:`left_unchanged`'s.
+
+    Examples:
+        >>> identity_reason(IPPrefix(v4=32))
+        'v4=32 keeps every bit of an IPv4 address'
+        >>> identity_reason(IPPrefix(v4=31)) is None
+        True
+    """
+    if isinstance(transform, IPPrefix):
+        if transform.v4 >= 32:
+            return "v4=32 keeps every bit of an IPv4 address"
+        if transform.v6 >= 128:
+            return "v6=128 keeps every bit of an IPv6 address"
+    elif isinstance(transform, Mask) and transform.keep_last >= DEFAULT_MAX_BYTES:
+        return (f"keep_last={transform.keep_last} keeps every character of any value pets "
+                f"accepts (at most {DEFAULT_MAX_BYTES} bytes)")
+    elif isinstance(transform, PostcodePrefix) and transform.keep >= DEFAULT_MAX_BYTES:
+        return (f"keep={transform.keep} keeps every character of any value pets accepts (at "
+                f"most {DEFAULT_MAX_BYTES} bytes)")
+    elif isinstance(transform, TopBottomCode):
+        finite = [b for b in (transform.lower, transform.upper)
+                  if b is not None and math.isfinite(float(b))]
+        if not finite:
+            return "no finite lower or upper bound: no value is ever clipped"
+    return None
+
+
+def _same(before: pa.Array, after: pa.Array) -> np.ndarray:
+    eq = pc.fill_null(pc.equal(before, after), False)
+    return np.asarray(eq.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _arrow_text(series: pd.Series) -> pa.Array:
+    return pa.array(series.astype(object).where(series.notna(), None).tolist(),
+                    type=pa.large_string())
+
+
+def _ip_unchanged(before: pd.Series, after: pd.Series) -> np.ndarray:
+    """Rows whose network address is the input address itself (no bit was cleared)."""
+    addr = normalized_text(before, strip=True, max_bytes=64)
+    out = _arrow_text(after)
+    net = pc.replace_substring_regex(out, r"/[0-9]+$", "")
+    same = _same(addr, net)
+    rest = ~same & np.asarray(pc.fill_null(pc.match_substring(addr, ":"), False)
+                              .to_numpy(zero_copy_only=False), dtype=bool)
+    if rest.any():  # IPv6 written another way than ipaddress prints it
+        pairs = pd.DataFrame({"a": np.asarray(addr.to_numpy(zero_copy_only=False),
+                                              dtype=object)[rest],
+                              "n": np.asarray(out.to_numpy(zero_copy_only=False),
+                                              dtype=object)[rest]})
+        codes, uniq = pd.factorize(pd.MultiIndex.from_frame(pairs))
+        hits = []
+        for a, n in uniq:
+            try:
+                ip = ipaddress.ip_address(str(a).split("%", 1)[0])
+                hits.append(ipaddress.ip_network(n, strict=False).network_address == ip)
+            except ValueError:
+                hits.append(False)
+        same[rest] = np.asarray(hits, dtype=bool)[codes]
+    return same
+
+
+def _interval_integer(label: str) -> float | None:
+    """The only integer a bucket label ``"[a, b)"``/``"[a, b]"`` admits, else ``None``."""
+    if not label.startswith("["):
+        return None  # "<a", ">=a": unbounded
+    try:
+        lo, hi = (float(x) for x in label[1:-1].split(", "))
+    except ValueError:
+        return None
+    first = math.ceil(lo)
+    last = math.floor(hi) if label.endswith("]") else math.ceil(hi) - 1
+    return float(first) if first == last else None
+
+
+def _bucket_unchanged(before: pd.Series, after: pd.Series) -> np.ndarray:
+    """Rows whose bucket admits no other integer than the (integral) value itself."""
+    x = before.to_numpy(dtype=np.float64, na_value=np.nan)
+    codes, uniq = pd.factorize(after.astype(object).where(after.notna(), None))
+    decoded = np.array([np.nan if (v := _interval_integer(str(u))) is None else v
+                        for u in uniq] + [np.nan], dtype=np.float64)
+    return np.asarray(decoded[np.asarray(codes)] == x, dtype=bool)
+
+
+def left_unchanged(name: str, before: pd.Series, after: pd.Series) -> np.ndarray:
+    """Which rows the generalizer ``name`` left readable exactly as they were (nulls: False).
+
+    ``after`` is the generalizer's output on ``before``. A row is *unchanged* when its output
+    shows its input exactly: equal to it (``mask``, ``postcode-prefix`` and ``truncate-date``
+    on their normalised input, ``top-bottom-code``), a network whose address is the input
+    address (``ip-prefix``: no bit was cleared), or a bucket that admits no value but the input
+    (``bucket`` on integral values: ``"[31, 32)"``). ``age-band``, ``suppress`` and keyed
+    treatments never leave a value unchanged.
+
+    Examples:
+        >>> s = pd.Series(["1234", "123456789"])
+        >>> left_unchanged("mask", s, Mask(keep_last=4).apply(s)).tolist()
+        [True, False]
+        >>> ips = pd.Series(["10.1.2.0", "10.1.2.3", None])
+        >>> left_unchanged("ip-prefix", ips, IPPrefix(v4=24).apply(ips)).tolist()
+        [True, False, False]
+        >>> n = pd.Series([31, 32.5])
+        >>> left_unchanged("bucket", n, Bucket(width=1).apply(n)).tolist()
+        [True, False]
+    """
+    present = before.notna().to_numpy(dtype=bool) & after.notna().to_numpy(dtype=bool)
+    if name == "mask":
+        same = _same(normalized_text(before), _arrow_text(after))
+    elif name == "postcode-prefix":
+        same = _same(normalized_text(before, strip=True), _arrow_text(after))
+    elif name == "ip-prefix":
+        same = _ip_unchanged(before, after)
+    elif name == "bucket":
+        same = _bucket_unchanged(before, after)
+    elif name in ("truncate-date", "top-bottom-code"):
+        same = np.asarray((before == after).fillna(False), dtype=bool)
+    else:
+        same = np.zeros(len(before), dtype=bool)
+    return np.asarray(same & present, dtype=bool)

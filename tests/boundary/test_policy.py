@@ -223,6 +223,10 @@ _ROLE_TREATMENTS = {
 }
 
 
+# generalizer parameters are bound when the policy loads: those without defaults need some
+_REQUIRED_PARAMS = {"top-bottom-code": {"lower": 0}, "age-band": {"reference": "2026-01-01"}}
+
+
 @st.composite
 def policies(draw):
     n = draw(st.integers(1, 6))
@@ -234,7 +238,8 @@ def policies(draw):
         treatment = draw(st.sampled_from(_ROLE_TREATMENTS[role]))
         mode = draw(st.sampled_from([None, "randomized", "deterministic"])) \
             if treatment == "encrypt" else None
-        params = {"width": draw(st.integers(1, 50))} if treatment == "bucket" else {}
+        params = {"width": draw(st.integers(1, 50))} if treatment == "bucket" else \
+            _REQUIRED_PARAMS.get(treatment, {})
         rules.append(ColumnRule(name, role, treatment, params=params, mode=mode))
     kinds = draw(st.lists(st.sampled_from(["pseudonymized", "generalized", "encrypted", "kept",
                                            "dp_release"]), unique=True))
