@@ -121,8 +121,8 @@ def _deferred() -> Iterator[None]:
 def signals_raise(signals: Iterable[int] = TERMINATING_SIGNALS) -> Iterator[None]:
     """Within the block, ``signals`` raise :class:`Interrupted` in the main thread.
 
-    The previous handlers come back when the block ends. A second signal while the first one
-    unwinds is ignored, so the cleanup in ``finally`` blocks runs to its end. Off the main
+    The previous handlers come back when the block ends; a signal that was ignored (``nohup``
+    ignores SIGHUP) stays ignored. A second signal while the first one unwinds is ignored, so the cleanup in ``finally`` blocks runs to its end. Off the main
     thread (where Python cannot install handlers) this does nothing.
 
     Examples:
@@ -139,7 +139,8 @@ def signals_raise(signals: Iterable[int] = TERMINATING_SIGNALS) -> Iterator[None
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in signals}
+    # a signal the parent set to be ignored stays ignored (``nohup`` ignores SIGHUP)
+    previous = {s: h for s in signals if (h := signal.getsignal(s)) is not signal.SIG_IGN}
     if not _SIG.installed:
         _SIG.raised, _SIG.pending = False, None
     _SIG.installed += 1

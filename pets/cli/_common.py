@@ -165,24 +165,30 @@ def protected_paths(key_config: KeyConfig | None = None, *, audit_log: Path | No
                     extra: Iterable[Path] = ()) -> list[Path]:
     """Locations no command output may be, be inside, or contain (see :func:`check_out`).
 
-    The boundary directory (``boundary_dir``, default ``./.pets``, and the paths its
-    ``boundary.json`` names), the keyring (``key_config.keyring``) and its ``boundary`` keys
-    directory, ``--boundary-keys``, the audit log, the ledger, the ``PETS_KEYRING`` /
-    ``PETS_AUDIT_LOG`` / ``PETS_BOUNDARY_KEYS`` / ``PETS_LEDGER`` locations, and ``extra``.
+    ``./.pets`` (or ``boundary_dir``), the keyring (``key_config.keyring``), the boundary
+    directory (``boundary_keys``, ``PETS_BOUNDARY``/``PETS_BOUNDARY_KEYS``, default
+    ``<keyring>/boundary``) and every path its pinned ``boundary.json`` names (the audit log,
+    the ledger, the keyring), the ``PETS_KEYRING`` / ``PETS_AUDIT_LOG`` locations, the
+    ``audit_log`` and ``ledger`` given, and ``extra``. ``boundary.json`` is read without
+    verifying its signature: it can only add locations to refuse, never remove one.
 
     Examples:
         >>> [str(p) for p in protected_paths(audit_log=Path("logs/audit.jsonl"))][:2]
         ['.pets', 'logs/audit.jsonl']
     """
     base = boundary_dir or DEFAULT_BOUNDARY_DIR
-    paths: list[Path] = [base]
+    env = [Path(v) for var in ("PETS_KEYRING", "PETS_AUDIT_LOG", "PETS_BOUNDARY",
+                               "PETS_BOUNDARY_KEYS")
+           if (v := os.environ.get(var)) and "\0" not in v]
+    dirs = [base]
     if key_config is not None:
-        paths += [key_config.keyring, key_config.keyring / "boundary"]
-    paths += [p for p in (audit_log, boundary_keys, ledger) if p is not None]
-    paths += [Path(v) for var in ("PETS_KEYRING", "PETS_AUDIT_LOG", "PETS_BOUNDARY_KEYS",
-                                  "PETS_LEDGER")
-              if (v := os.environ.get(var)) and "\0" not in v]
-    paths += _configured_paths(base)
+        dirs += [key_config.keyring, key_config.keyring / "boundary"]
+    if boundary_keys is not None:
+        dirs.append(boundary_keys)
+    dirs += env
+    paths: list[Path] = [*dirs, *(p for p in (audit_log, ledger) if p is not None)]
+    for d in dirs:
+        paths += _configured_paths(d)
     paths += list(extra)
     seen: set[Path] = set()
     return [p for p in paths if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
