@@ -403,6 +403,8 @@ class TransitIdentity:
 
 
 def _now_iso(ts: Any) -> str:
+    if ts in ("", None):
+        return ""
     try:
         return _dt.datetime.fromtimestamp(int(ts), _dt.UTC).isoformat(timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):
@@ -576,12 +578,14 @@ class TransitKeyService:
             raise KeyServiceError(f"{self._where()} unreachable after {self.server.retries} "
                                   f"retries: {type(exc).__name__}") from None
 
-    def _call(self, operation: str, uri: str, fn: Callable[[Any], T]) -> T:
+    def _call(self, operation: str, uri: str, fn: Callable[[Any], T], *,
+              context: Context | None = None) -> T:
         """One authenticated request about ``uri``, with the error mapping of this module.
 
         A 403 is checked against ``lookup-self``: a dead token is renewed once by logging in
         again (AppRole) or is a KeyServiceError (static token); a live one means the server's
-        policy refused this identity: JurisdictionError, reported to the audit hook.
+        policy refused this identity: JurisdictionError, reported to the audit hook as
+        ``key.refused`` unless the operation only reads metadata (``describe``, ``list``).
         """
         exc_mod = self._hvac.exceptions
         for attempt in (1, 2):
@@ -605,10 +609,13 @@ class TransitKeyService:
                                       f"(revoked or expired) during {operation} of {uri}"
                                       ) from None
             ident = self._identity
-            emit(self.audit, "key.refused", key=uri, key_jurisdiction=self.jurisdiction,
-                 server=self.server.name, identity=ident.name if ident else None,
-                 identity_jurisdiction=ident.jurisdiction if ident else None,
-                 operation=operation, reason="server permission denied")
+            if operation not in ("describe", "list"):
+                emit(self.audit, "key.refused", key=uri, key_jurisdiction=self.jurisdiction,
+                     jurisdiction=context.jurisdiction if context else None,
+                     principal=context.principal if context else None,
+                     server=self.server.name, identity=ident.name if ident else None,
+                     identity_jurisdiction=ident.jurisdiction if ident else None,
+                     operation=operation, reason="server permission denied")
             raise JurisdictionError(
                 f"{self._where()} denied {operation} of {uri} (a {self.jurisdiction} key) to "
                 f"identity {ident.name if ident else '?'!r}: permission denied by the server's "
@@ -631,11 +638,12 @@ class TransitKeyService:
                                    f"vault://{self.server.name})")
         return name
 
-    def _read(self, uri: str, operation: str) -> dict[str, Any]:
+    def _read(self, uri: str, operation: str, *,
+              context: Context | None = None) -> dict[str, Any]:
         name = self._name(uri)
         try:
             data = self._call(operation, uri, lambda c: c.secrets.transit.read_key(
-                name=name, mount_point=self.server.mount))["data"]
+                name=name, mount_point=self.server.mount), context=context)["data"]
         except self._hvac.exceptions.InvalidPath:
             raise KeyNotFoundError(f"no key {uri} on {self._where()}") from None
         except (KeyError, TypeError):
@@ -653,14 +661,16 @@ class TransitKeyService:
     def _info(self, uri: str, data: Mapping[str, Any]) -> KeyInfo:
         latest = int(data["latest_version"])
         min_dec = int(data.get("min_decryption_version") or 1)
-        keys = {str(k): v for k, v in data["keys"].items()}
+        min_avail = int(data.get("min_available_version") or 1)  # 0: never trimmed
+        keys = {str(k): v for k, v in data["keys"].items()}  # only versions >= min_dec
         versions = []
         for v in range(1, latest + 1):
-            if str(v) not in keys:
+            if v < min_avail:
                 versions.append(KeyVersion(v, "destroyed", ""))
+            elif v < min_dec:
+                versions.append(KeyVersion(v, "retired", _now_iso(keys.get(str(v), ""))))
             else:
-                versions.append(KeyVersion(v, "retired" if v < min_dec else "active",
-                                           _now_iso(keys[str(v)])))
+                versions.append(KeyVersion(v, "active", _now_iso(keys.get(str(v), ""))))
         return KeyInfo(
             uri=uri, jurisdiction=self.jurisdiction, primary_version=latest,
             min_decryption_version=min_dec, versions=versions, backend="vault",
@@ -737,13 +747,13 @@ class TransitKeyService:
         dek = check_dek(dek)
         aad = base64.b64encode(canonical_context(enc_context)).decode()
         name = self._name(uri)
-        info = self._info(uri, self._read(uri, "wrap"))
+        info = self._info(uri, self._read(uri, "wrap", context=context))
         primary = info.primary_version
         if info.versions[primary - 1].state == "destroyed":
             raise KeyDestroyedError(f"{uri} v{primary} is destroyed")
         resp = self._call("wrap", uri, lambda c: c.secrets.transit.encrypt_data(
             name=name, plaintext=base64.b64encode(dek).decode(), associated_data=aad,
-            key_version=primary, mount_point=self.server.mount))
+            key_version=primary, mount_point=self.server.mount), context=context)
         try:
             ciphertext = str(resp["data"]["ciphertext"])
         except (KeyError, TypeError):
@@ -774,7 +784,7 @@ class TransitKeyService:
         check_unwrap_allowed(stub, context, self.audit)  # 1. the claim, before any request
         self._check_identity(uri, context)  # 2. who the server says we are
         try:
-            info = self._info(uri, self._read(uri, "unwrap"))  # 3. the server's policy
+            info = self._info(uri, self._read(uri, "unwrap", context=context))  # 3. the server's policy
         except KeyNotFoundError:
             raise KeyDestroyedError(f"{uri} is not on {self._where()}: the key was destroyed "
                                     "(or never created there)") from None
@@ -791,7 +801,7 @@ class TransitKeyService:
         try:
             resp = self._call("unwrap", uri, lambda c: c.secrets.transit.decrypt_data(
                 name=name, ciphertext=text, associated_data=aad,
-                mount_point=self.server.mount))
+                mount_point=self.server.mount), context=context)
         except self._hvac.exceptions.InvalidRequest as exc:
             if any("disallowed by policy" in str(e) for e in (exc.errors or ())):
                 raise KeyDestroyedError(f"{uri} v{v} is retired or destroyed") from None
