@@ -231,12 +231,14 @@ def _name_problem(name: str) -> str | None:
         return "holds a control or format character"
     if "/" in name or "\\" in name:
         return "holds a path separator"
-    if name in (".", "..") or ".." in name:
+    if name in (".", ".."):
+        return "is a directory name"
+    if ".." in name:
         return "holds '..'"
     if name.startswith("."):
         return "starts with a dot (hidden file)"
     if name.startswith("~") or (len(name) > 1 and name[1] == ":"):
-        return "is an absolute path"
+        return "is an absolute or home-relative path"
     if len(name) > 200:
         return "is longer than 200 characters"
     return None
