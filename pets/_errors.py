@@ -8,6 +8,7 @@ built-in exception a Python user would reach for, so ``except ValueError`` keeps
     ├── PolicyError (ValueError)                 exit code 3   a policy refuses, or is malformed
     ├── JurisdictionError (PermissionError)      exit code 4   wrong jurisdiction for a key or export
     ├── IntegrityError (ValueError)              exit code 5   authentication / signature / chain failed
+    │   └── KeyStoreIntegrityError               a stored key file is corrupt or replaced (not the data)
     ├── KeyServiceError (RuntimeError)           exit code 7   a key service failed or refused
     │   ├── KeyNotFoundError (LookupError)
     │   ├── KeyDestroyedError                    the key version was destroyed or retired
@@ -18,7 +19,9 @@ built-in exception a Python user would reach for, so ``except ValueError`` keeps
     PetsWarning (UserWarning)
 
 Messages name the file, column or key at fault and never contain secret material.
-:class:`IntegrityError` is deliberately opaque: it never says *which* check failed.
+:class:`IntegrityError` is deliberately opaque: it never says *which* check failed. Its subclass
+:class:`KeyStoreIntegrityError` is the exception: it names the key file at fault, because the
+fault is the operator's key store, not the data being decrypted.
 
 Examples:
     >>> from pets import PolicyError, PetsError
@@ -39,6 +42,7 @@ __all__ = [
     "KeyDestroyedError",
     "KeyNotFoundError",
     "KeyServiceError",
+    "KeyStoreIntegrityError",
     "MissingDependencyError",
     "PetsError",
     "PetsWarning",
@@ -78,6 +82,23 @@ class IntegrityError(PetsError, ValueError):
     """
 
     exit_code = 5
+
+
+class KeyStoreIntegrityError(IntegrityError):
+    """A key store's own file failed to authenticate: corrupted, truncated, swapped with another
+    key's file, replaced by another keyring's, or rolled back.
+
+    The data being decrypted is not at fault, and neither is the master key (a wrong master key
+    is a :class:`KeyServiceError` when the key store is opened). Unlike other integrity errors
+    the message names the file and the key, so the operator knows what to restore from backup;
+    it never contains key material. Exit code 5.
+
+    Examples:
+        >>> err = KeyStoreIntegrityError("keyring file /k/keys/x.json for local://eu/x failed "
+        ...                              "to authenticate under the master key")
+        >>> isinstance(err, IntegrityError), err.exit_code
+        (True, 5)
+    """
 
 
 class KeyServiceError(PetsError, RuntimeError):

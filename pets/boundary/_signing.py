@@ -10,6 +10,11 @@ public half is exported as PEM for auditors and receivers: verification needs no
 The key id is the first 16 hex digits of SHA-256 over the raw public key; it names the signer in
 manifests and audit entries (a name, not a secret).
 
+A signing-key file that is corrupted, truncated or replaced (its wrapped key does not
+authenticate under the KEK, or does not match the key id it states) is reported as a
+:class:`~pets.KeyStoreIntegrityError` naming the file — the fault is the key file, never a
+manifest or an audit entry the key was about to sign or verify.
+
 Examples:
     >>> import tempfile, pathlib
     >>> from pets import Context
@@ -44,7 +49,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pets._errors import InputError
+from pets._errors import InputError, IntegrityError, KeyNotFoundError, KeyStoreIntegrityError
 from pets._io import atomic_path
 from pets.jurisdiction import Context
 from pets.keys import KeyServices, WrappedKey
@@ -166,16 +171,44 @@ class SigningKey:
         """Unwrap a key written by :meth:`save` (refused outside the KEK's jurisdiction).
 
         Raises:
-            InputError: The file is missing or malformed.
+            InputError: The file is missing or is not a signing-key file.
             JurisdictionError: ``context`` is not in the KEK's jurisdiction.
-            IntegrityError: The wrapped key does not authenticate.
+            KeyStoreIntegrityError: The file is corrupt or replaced: not JSON, or its wrapped
+                key does not authenticate under the KEK or does not match its key id (the
+                message names the file and the KEK); or the KEK's own key file is.
         """
         doc = read_key_file(path)
-        wrapped = WrappedKey.from_dict(doc["wrapped"])
-        raw = services.unwrap(wrapped, context=context, enc_context=cls._aad(str(doc["key_id"])))
-        key = cls(Ed25519PrivateKey.from_private_bytes(raw))
+        corrupt = f"signing key file {path}"
+        try:
+            wrapped = WrappedKey.from_dict(doc["wrapped"])
+        except (InputError, ValueError, KeyError, TypeError):
+            raise KeyStoreIntegrityError(
+                f"{corrupt} is corrupted or replaced: its wrapped key is malformed") from None
+        try:
+            raw = services.unwrap(wrapped, context=context,
+                                  enc_context=cls._aad(str(doc["key_id"])))
+        except KeyStoreIntegrityError:
+            raise  # the KEK's own key file: it names itself
+        except KeyNotFoundError as exc:
+            raise KeyNotFoundError(f"{corrupt} names a key no key service holds: {exc}"
+                                   ) from None
+        except IntegrityError:
+            raise KeyStoreIntegrityError(
+                f"{corrupt} failed to authenticate under {wrapped.key_uri} "
+                f"v{wrapped.version}: corrupted or replaced (the signing key cannot be used; "
+                f"nothing was signed or verified with it)") from None
+        try:
+            key = cls(Ed25519PrivateKey.from_private_bytes(raw))
+        except ValueError:
+            raise KeyStoreIntegrityError(
+                f"{corrupt} is corrupted or replaced: its wrapped key is no Ed25519 key"
+            ) from None
+        finally:
+            del raw
         if key.key_id != doc["key_id"]:
-            raise InputError(f"{path}: key id does not match the wrapped key")
+            raise KeyStoreIntegrityError(
+                f"{corrupt} is corrupted or replaced: key id {doc['key_id']} does not match the "
+                f"wrapped key ({key.key_id})")
         return key
 
     @staticmethod
@@ -193,11 +226,15 @@ def read_key_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a signing-key file (public parts only are usable without the key service)."""
     p = Path(path)
     try:
-        doc = json.loads(p.read_text())
+        text = p.read_bytes()
     except OSError as exc:
         raise InputError(f"{p}: cannot read signing key ({exc.strerror})") from None
-    except json.JSONDecodeError:
-        raise InputError(f"{p}: signing key file is not JSON") from None
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KeyStoreIntegrityError(
+            f"signing key file {p} is corrupted or replaced: not JSON (truncated or "
+            f"overwritten)") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(
             doc.get("wrapped"), dict) or not isinstance(doc.get("key_id"), str):
         raise InputError(f"{p}: not a pets signing-key file ({_FORMAT})")

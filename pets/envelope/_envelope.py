@@ -26,6 +26,7 @@ from pets._errors import (
     KeyDestroyedError,
     KeyNotFoundError,
     KeyServiceError,
+    KeyStoreIntegrityError,
     PetsError,
 )
 from pets._events import AuditHook, emit
@@ -158,7 +159,8 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
 
     ``accept(dek)`` may reject a candidate (counted as an integrity failure) or raise to stop.
     When nothing unwraps, the error says why in the most useful terms that reveal nothing:
-    all refused for jurisdiction → JurisdictionError; destroyed/retired → KeyDestroyedError;
+    a key service's own key file is corrupt → that KeyStoreIntegrityError (it names the file:
+    the key store is at fault, not the data); all refused for jurisdiction → JurisdictionError; destroyed/retired → KeyDestroyedError;
     no service holds any key → KeyNotFoundError; otherwise an opaque IntegrityError.
     """
     opaque = opaque or f"{what} failed to authenticate"
@@ -184,6 +186,9 @@ def _unwrap_any(wrapped_keys: Sequence[WrappedKey], keys: KeyServices, context: 
     uris = ", ".join(f"{w.key_uri} v{w.version}" for w in wrapped_keys)
     if candidates == 0:
         raise KeyNotFoundError(f"no configured key service holds a key of {what} ({uris})")
+    store = [e for e in errors if isinstance(e, KeyStoreIntegrityError)]
+    if store:  # not the data: the key file that would have unwrapped it
+        raise KeyStoreIntegrityError(f"cannot decrypt {what}: {store[0]}")
     if any(isinstance(e, IntegrityError | InputError) for e in errors):
         # a wrapped key, the header or the expected context did not authenticate: opaque
         raise IntegrityError(opaque)

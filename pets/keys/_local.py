@@ -36,6 +36,13 @@ through any :class:`LocalKeyring` on that keyring (:class:`~pets.IntegrityError`
 generation, so an audit log kept elsewhere (``pets.boundary``) records the high-water mark a
 verifier can compare with. Across restarts, only such external state detects a rollback.
 
+**Errors name the file.** A key file that does not authenticate under the master key (bytes
+flipped, truncated, replaced by another keyring's file), that authenticates but holds another
+key (swapped with a sibling's file), or that was rolled back is reported as
+:class:`~pets.KeyStoreIntegrityError` naming the file and the key URI: the key store is at fault,
+not the data being decrypted (whose failures stay opaque) and not the master key (a wrong one is
+refused when the keyring is opened, by its check value, with :class:`~pets.KeyServiceError`).
+
 Writers hold an exclusive ``fcntl`` lock on ``<dir>/.lock``; every write goes to a temporary
 file (0600 from creation), is ``fsync``-ed, renamed over the old file, and the directory is
 ``fsync``-ed, so a rotation that returned survives a crash. Readers take no lock: a reader that
@@ -72,6 +79,7 @@ from pets._errors import (
     KeyDestroyedError,
     KeyNotFoundError,
     KeyServiceError,
+    KeyStoreIntegrityError,
 )
 from pets._events import AuditHook, emit
 from pets._io import atomic_path
@@ -335,14 +343,41 @@ class LocalKeyring:
                 raise KeyServiceError(f"{where}: unknown key derivation {kdf.get('name')!r}")
             keys = _Keys(_derive(root, "check", self.name), _derive(root, "kek", self.name),
                          _derive(root, "meta", self.name))
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise KeyServiceError(
+                f"cannot open {where}: wrong master key or passphrase"
+            ) from None
+        try:
             check = _unb64(head["check"])
             AESGCM(keys.check.expose()).decrypt(check[:_NONCE], check[_NONCE:],
                                                 self.name.encode())
         except (InvalidTag, ValueError, KeyError, TypeError, binascii.Error):
+            witness = self._authentic_key_file(keys)
+            if witness is not None:  # the master key is right: keyring.json is the fault
+                raise KeyStoreIntegrityError(
+                    f"keyring file {self.path / 'keyring.json'} of {where} failed to "
+                    f"authenticate: its check value is corrupted or replaced (the master key "
+                    f"is right: {witness} authenticates under it)") from None
             raise KeyServiceError(
                 f"cannot open {where}: wrong master key or passphrase"
             ) from None
         return keys
+
+    def _authentic_key_file(self, keys: _Keys, limit: int = 8) -> Path | None:
+        """A key file (of the first ``limit``) whose MAC verifies under ``keys``, if any."""
+        try:
+            files = sorted((self.path / "keys").glob("*.json"))[:limit]
+        except OSError:
+            return None
+        for file in files:
+            try:
+                raw = file.read_bytes()[: _MAX_FILE + 1]
+            except OSError:
+                continue
+            doc, _ = _verify(keys.meta, raw)
+            if doc is not None:
+                return file
+        return None
 
     # ---------------------------------------------------------------- helpers
 
@@ -395,7 +430,9 @@ class LocalKeyring:
             aad = self._kek_aad(uri, body["jurisdiction"], version, v["state"])
             return AESGCM(self._keys.kek.expose()).decrypt(blob[:_NONCE], blob[_NONCE:], aad)
         except (InvalidTag, ValueError, KeyError, TypeError, binascii.Error):
-            raise IntegrityError(f"key file for {uri} failed its integrity check") from None
+            raise KeyStoreIntegrityError(
+                f"keyring file {self._file(uri)} for {uri}: the KEK of version {version} failed "
+                f"to authenticate under the master key: corrupted or replaced") from None
 
     def _load(self, uri: str) -> dict[str, Any]:
         """Read and authenticate the key file (no KEK is decrypted).
@@ -406,6 +443,7 @@ class LocalKeyring:
         """
         file = self._file(uri)
         doc: dict[str, Any] | None = None
+        why = ""
         gen = seen = -1
         for attempt in range(_LOAD_ATTEMPTS):
             try:
@@ -424,7 +462,7 @@ class LocalKeyring:
                 except OSError as exc:
                     raise KeyServiceError(
                         f"cannot read key file for {uri}: {exc.strerror}") from None
-                doc = self._authenticate(uri, raw)
+                doc, why = self._authenticate(uri, raw)
                 if doc is not None:
                     gen = int(doc.get("generation", 0))
                     with _SEEN_LOCK:
@@ -438,31 +476,29 @@ class LocalKeyring:
             if attempt + 1 == _LOAD_ATTEMPTS or not replaced:
                 break
         if doc is None:
-            raise IntegrityError(f"key file for {uri} failed its integrity check")
-        raise IntegrityError(
-            f"key file for {uri} is older (generation {gen}) than one already read "
+            raise KeyStoreIntegrityError(f"keyring file {file} for {uri} {why}")
+        raise KeyStoreIntegrityError(
+            f"keyring file {file} for {uri} is older (generation {gen}) than one already read "
             f"(generation {seen}): it was rolled back"
         )
 
-    def _authenticate(self, uri: str, raw: bytes) -> dict[str, Any] | None:
-        """The key file's body if ``raw`` is authentic, well-formed and names ``uri``."""
-        if len(raw) > _MAX_FILE:
-            return None
+    def _authenticate(self, uri: str, raw: bytes) -> tuple[dict[str, Any] | None, str]:
+        """The key file's body if ``raw`` is authentic, well-formed and names ``uri``; else
+        ``None`` and what is wrong with it (for the error message)."""
+        doc, why = _verify(self._keys.meta, raw)
+        if doc is None:
+            return None, why
+        if doc.get("uri") != uri:
+            # authentic (the MAC verified), so the URI it states is this keyring's own word
+            return None, (f"holds the key {doc.get('uri')!r}, not {uri}: swapped with another "
+                          f"key's file")
         try:
-            doc = json.loads(raw)
-            mac = bytes.fromhex(doc.pop("mac"))
-            h = _hmac.HMAC(self._keys.meta.expose(), hashes.SHA256())
-            h.update(b"pets-local-key-file-v1\x00" + _canonical(doc))
-            h.verify(mac)
-            if doc.get("uri") != uri:
-                return None
             self._info(doc)  # structural check
             if not isinstance(doc.get("generation", 0), int):
-                return None
-        except (InvalidSignature, json.JSONDecodeError, UnicodeDecodeError, AttributeError,
-                KeyError, TypeError, ValueError):
-            return None
-        return dict(doc)
+                raise ValueError("generation")
+        except (AttributeError, KeyError, TypeError, ValueError, InputError):
+            return None, "authenticates but is malformed (written by an incompatible version?)"
+        return doc, ""
 
     def _store(self, uri: str, body: dict[str, Any], *, shred_previous: bool = False) -> None:
         """Write ``body`` (generation raised by one, MAC added) atomically; call under the lock."""
@@ -661,6 +697,29 @@ class LocalKeyring:
             with contextlib.suppress(KeyNotFoundError):  # deleted meanwhile
                 out.append(self.describe(f"{self.scheme}://{self.name}/{name}"))
         return out
+
+
+_UNAUTHENTIC = "failed to authenticate under the master key: corrupted or replaced"
+
+
+def _verify(meta: Secret, raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The body of a key file whose MAC verifies under ``meta``; else ``None`` and why."""
+    if len(raw) > _MAX_FILE:
+        return None, f"is larger than {_MAX_FILE} bytes: {_UNAUTHENTIC}"
+    try:
+        doc = json.loads(raw)
+        mac = bytes.fromhex(doc.pop("mac"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, f"is not JSON (truncated or overwritten): {_UNAUTHENTIC}"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None, f"has no valid MAC: {_UNAUTHENTIC}"
+    h = _hmac.HMAC(meta.expose(), hashes.SHA256())
+    try:
+        h.update(b"pets-local-key-file-v1\x00" + _canonical(doc))
+        h.verify(mac)
+    except (InvalidSignature, TypeError, ValueError):
+        return None, _UNAUTHENTIC
+    return dict(doc), ""
 
 
 def _canonical(body: Mapping[str, Any]) -> bytes:

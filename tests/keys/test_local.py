@@ -19,12 +19,16 @@ from pets import (
     KeyDestroyedError,
     KeyNotFoundError,
     KeyServiceError,
+    KeyStoreIntegrityError,
 )
 from pets.keys import KeyService, LocalKeyring, Secret, WrappedKey
 
 URI = "local://eu/customers"
 EU = Context("EU", principal="etl@eu")
 US = Context("US", principal="analyst@us")
+#: How a key file that does not authenticate is reported (with its path and URI before it).
+AUTH = "failed to authenticate under the master key: corrupted or replaced"
+SWAPPED = "holds the key 'local://eu/other', not local://eu/customers: swapped"
 
 
 def key_file(ring: LocalKeyring, name: str = "customers") -> Path:
@@ -334,9 +338,8 @@ class TestAtRest:
         for call in (lambda: ring.unwrap(w, context=US), lambda: ring.unwrap(w, context=EU),
                      lambda: ring.describe(URI), lambda: ring.wrap(URI, b"x", context=US),
                      lambda: ring.list()):
-            with pytest.raises(IntegrityError,
-                               match=r"^key file for local://eu/customers failed its integrity "
-                                     r"check$"):
+            with pytest.raises(KeyStoreIntegrityError,
+                               match=rf"^keyring file {key_file(ring)} for {URI} {AUTH}$"):
                 call()
 
     @pytest.mark.parametrize("edit", [
@@ -389,16 +392,17 @@ class TestAtRest:
         body["versions"][0]["state"] = "active"
         body["min_decryption_version"] = 1
         ring._store(URI, body)
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError,
+                           match=r"customers\.json for [^ ]+: the KEK of version 1 failed"):
             ring.unwrap(w1, context=EU)
         body["versions"][0]["state"] = "retired"
         body["min_decryption_version"] = 2
         body["jurisdiction"] = "US"
         ring._store(URI, body)
         forged = WrappedKey(w2.key_uri, w2.version, "US", w2.blob)  # the header edited too
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError, match="KEK of version 2 failed"):
             ring.unwrap(forged, context=US)  # passes the (forged) jurisdiction check, then fails
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError, match="KEK of version 2 failed"):
             ring.wrap(URI, b"x", context=US)
 
 
@@ -562,9 +566,9 @@ class TestRollbackAndSwaps:
         ring.create("local://eu/other", jurisdiction="US")
         w = ring.wrap(URI, b"d" * 32, context=EU)
         key_file(ring).write_bytes(key_file(ring, "other").read_bytes())
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError, match=SWAPPED):
             ring.unwrap(WrappedKey(URI, 1, "US", w.blob), context=US)
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError, match=SWAPPED):
             ring.describe(URI)
 
     def test_key_file_moved_to_another_keyring_with_the_same_master_key_is_refused(
@@ -573,7 +577,7 @@ class TestRollbackAndSwaps:
         other.create("local://us/customers", jurisdiction="US")
         ring.create(URI, jurisdiction="EU")
         key_file(ring).write_bytes(key_file(other).read_bytes())
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError, match=AUTH):
             ring.describe(URI)
 
     def test_keyring_header_swapped_from_another_keyring_does_not_open(self, ring, master,
@@ -790,10 +794,10 @@ class TestMoreAttacks:
         original = key_file(ring).read_bytes()
         for cut in range(0, len(original) - 1, 7):
             key_file(ring).write_bytes(original[:cut])
-            with pytest.raises(IntegrityError, match="failed its integrity check"):
+            with pytest.raises(KeyStoreIntegrityError, match=AUTH):
                 ring.unwrap(w, context=EU)
         key_file(ring).write_bytes(original + b"{}")
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError, match=AUTH):
             ring.unwrap(w, context=EU)
 
     def test_same_uri_in_another_keyring_with_another_master_key_does_not_unwrap(
@@ -806,7 +810,7 @@ class TestMoreAttacks:
         with pytest.raises(IntegrityError, match=r"^wrapped key failed to authenticate$"):
             ring.unwrap(w, context=EU)
         key_file(ring).write_bytes(key_file(twin).read_bytes())  # and its key file is useless
-        with pytest.raises(IntegrityError, match="failed its integrity check"):
+        with pytest.raises(KeyStoreIntegrityError, match=AUTH):
             ring.describe(URI)
 
 
@@ -822,3 +826,61 @@ class TestMoreAttacks:
         again = LocalKeyring.init(tmp_path / "r", name="eu", master_key=master)
         again.create(URI, jurisdiction="EU")  # generation 1 again, but another keyring
         assert again.describe(URI).attributes["generation"] == 1
+
+
+class TestKeyFileFaultsNameTheFile:
+    """A corrupt or replaced key file is the key store's fault: KeyStoreIntegrityError naming the
+    file and the key — not the opaque error of tampered data, not a wrong master key."""
+
+    def test_flipped_byte_names_the_file_and_the_key(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        raw = bytearray(key_file(ring).read_bytes())
+        raw[raw.index(b'"kek"') + 12] ^= 0x01  # inside the sealed KEK's base64
+        key_file(ring).write_bytes(bytes(raw))
+        with pytest.raises(KeyStoreIntegrityError) as err:
+            ring.unwrap(w, context=EU)
+        assert str(err.value) == f"keyring file {key_file(ring)} for {URI} {AUTH}"
+        assert err.value.exit_code == 5
+
+    def test_tampered_wrapped_key_stays_opaque_and_is_not_blamed_on_the_key_file(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        w = ring.wrap(URI, b"d" * 32, context=EU)
+        blob = w.blob[:-1] + bytes([w.blob[-1] ^ 1])
+        bad = WrappedKey(w.key_uri, w.version, w.jurisdiction, blob)
+        with pytest.raises(IntegrityError) as err:
+            ring.unwrap(bad, context=EU)
+        assert not isinstance(err.value, KeyStoreIntegrityError)
+        assert str(err.value) == "wrapped key failed to authenticate"
+
+    def test_wrong_master_key_says_so_and_names_no_key_file(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        with pytest.raises(KeyServiceError, match="wrong master key or passphrase") as err:
+            LocalKeyring(ring.path, master_key=Secret(os.urandom(32)))
+        assert not isinstance(err.value, IntegrityError)
+
+    def test_corrupted_check_value_with_the_right_master_key_blames_keyring_json(self, ring,
+                                                                                 master):
+        ring.create(URI, jurisdiction="EU")
+        head = json.loads((ring.path / "keyring.json").read_text())
+        check = bytearray(base64.b64decode(head["check"]))
+        check[-1] ^= 0x01
+        head["check"] = base64.b64encode(bytes(check)).decode()
+        (ring.path / "keyring.json").write_text(json.dumps(head))
+        with pytest.raises(KeyStoreIntegrityError,
+                           match=rf"keyring file {ring.path / 'keyring.json'} of keyring 'eu' "
+                                 r".*check value is corrupted or replaced \(the master key is "
+                                 rf"right: {key_file(ring)} authenticates under it\)"):
+            LocalKeyring(ring.path, master_key=master)
+        with pytest.raises(KeyServiceError, match="wrong master key"):  # and a wrong key still
+            LocalKeyring(ring.path, master_key=Secret(os.urandom(32)))  # says wrong key
+
+    def test_rollback_names_the_file(self, ring):
+        ring.create(URI, jurisdiction="EU")
+        old = key_file(ring).read_bytes()
+        ring.rotate(URI)
+        key_file(ring).write_bytes(old)
+        with pytest.raises(KeyStoreIntegrityError,
+                           match=rf"^keyring file {key_file(ring)} for {URI} is older "
+                                 r"\(generation 1\)"):
+            ring.describe(URI)
