@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -44,9 +46,12 @@ class TestProtect:
             assert name not in text
 
     def test_pseudonyms_are_stable_across_runs(self, tmp_path, raw, policy, services, eu_ctx):
+        BoundaryKeys.create(tmp_path / "b", services, context=eu_ctx,
+                            signing_kek="memory://eu/kek", audit_log=tmp_path / "audit.jsonl",
+                            ledger=tmp_path / "ledger.sqlite")
+
         def run():
-            keys = BoundaryKeys.open(tmp_path / "b", services, context=eu_ctx,
-                                     signing_kek="memory://eu/kek")
+            keys = BoundaryKeys.open(tmp_path / "b", services, context=eu_ctx)
             return protect(raw, policy, keys, eu_ctx).data
 
         a, b = run(), run()
@@ -202,3 +207,70 @@ class TestExamplePolicies:
         expected = events["user_id"].map(pseudonym)
         assert pe.data["user_id"].tolist() == expected.tolist()
         assert not set(pe.data["user_id"]) & set(events["user_id"])
+
+
+class TestForeignKeks:
+    """A KEK wraps anywhere but unwraps only in its jurisdiction: a policy at home in the EU
+    whose keys belong to the US would make its pseudonym roots and column keys readable
+    there. protect refuses before any work, on every engine (issue #12)."""
+
+    @pytest.fixture
+    def us_services(self, services):
+        for svc in services:
+            for name in ("pseudonyms", "columns"):
+                svc.create(f"memory://us/{name}", jurisdiction="US")
+        return services
+
+    @pytest.mark.parametrize("key, column", [("pseudonyms", "'user_id', 'email'"),
+                                             ("columns", "'phone'")])
+    def test_refused_naming_key_and_columns(self, raw, us_services, signer, eu_ctx, log, key,
+                                            column):
+        from tests.boundary.conftest import POLICY
+
+        text = POLICY.replace(f"memory://eu/{key}", f"memory://us/{key}")
+        p = Policy.from_yaml(text, source="p.yaml")
+        for svc in us_services:
+            svc.audit = log.hook  # a wrap under any KEK would be recorded as key.wrap
+        keys = BoundaryKeys(us_services, signer)
+        line = 3 if key == "pseudonyms" else 4
+        with pytest.raises(JurisdictionError, match=(
+                rf"p\.yaml line {line}: key '{key}' \(memory://us/{key}\) belongs to US, not "
+                rf"to the policy's home EU: columns {column} would be keyed there")):
+            protect(raw, p, keys, eu_ctx, audit=log)
+        (entry,) = log.entries()  # no key.wrap: no root secret or data key was made
+        assert entry["kind"] == "boundary.refused"
+        assert "JurisdictionError" in entry["fields"]["reason"]
+
+    def test_an_unused_foreign_key_is_refused_too(self, raw, policy, us_services, signer,
+                                                  eu_ctx):
+        p = dataclasses.replace(policy, keys={**policy.keys, "spare": "memory://us/columns"})
+        with pytest.raises(JurisdictionError, match=r"key 'spare' .* what it wraps would be "
+                                                    r"readable there"):
+            protect(raw, p, BoundaryKeys(us_services, signer), eu_ctx)
+
+    def test_dask_frames_are_refused_before_any_work(self, raw, us_services, signer, eu_ctx,
+                                                     log):
+        dd = pytest.importorskip("dask.dataframe")
+        from tests.boundary.conftest import POLICY
+
+        p = Policy.from_yaml(POLICY.replace("memory://eu/columns", "memory://us/columns"))
+        with pytest.raises(JurisdictionError, match="key 'columns'"):
+            protect(dd.from_pandas(raw, npartitions=2), p, BoundaryKeys(us_services, signer),
+                    eu_ctx, audit=log)
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
+
+
+class TestIdentityTreatments:
+    def test_identity_generalizer_is_refused_before_the_manifest(self, raw, policy, keys,
+                                                                 eu_ctx, log):
+        p = Policy.from_yaml(policy.to_yaml().replace(
+            "ip:\n    role: drop\n    treatment: drop",
+            "ip:\n    role: quasi-identifier\n    treatment: ip-prefix\n"
+            "    params: {v4: 31}"), source="p.yaml")
+        ok = raw.assign(ip=[f"10.0.0.{2 * i + 1}" for i in range(len(raw))])
+        protect(ok, p, keys, eu_ctx)  # /31 clears the last bit of odd addresses
+        even = raw.assign(ip=[f"10.0.0.{2 * i}" for i in range(len(raw))])
+        with pytest.raises(PolicyError, match=r"p\.yaml line \d+, column 'ip': ip-prefix "
+                                              r"\(v4=31, v6=48\) leaves every value unchanged"):
+            protect(even, p, keys, eu_ctx, audit=log)
+        assert [e["kind"] for e in log.entries()] == ["boundary.refused"]
