@@ -556,3 +556,26 @@ class TestConfig:
         bad = worker(us_env)
         assert bad.returncode != 0 and b"JurisdictionError" in bad.stderr
         assert b"permission denied" in bad.stderr
+
+    def test_the_docs_example_runs(self, openbao, tmp_path, monkeypatch):
+        """docs/keys.md's transit YAML and Python blocks, against a real server."""
+        import re
+        from pathlib import Path
+
+        import yaml
+
+        text = (Path(__file__).resolve().parents[2] / "docs" / "keys.md").read_text()
+        section = text[text.index("## Transit (OpenBao / Vault)"):]
+        doc = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S)[1])
+        code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+        spec = doc["transit_servers"]["eu-ireland"]
+        spec["url"] = openbao["eu-ireland"].url  # the example's https host is not here
+        del spec["ca_cert"]
+        (tmp_path / "role-id").write_text(openbao["eu-ireland"].role_ids["pets-eu"])
+        spec["auth"]["role_id_file"] = str(tmp_path / "role-id")
+        (tmp_path / "transit.yaml").write_text(yaml.safe_dump(doc))
+        monkeypatch.chdir(tmp_path)
+        for var in ("PETS_KEYRING", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("PETS_VAULT_SECRET_ID", openbao.secret_id("eu-ireland", "pets-eu"))
+        exec(compile(code, "docs/keys.md", "exec"), {"dek": os.urandom(32)})
