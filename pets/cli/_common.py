@@ -173,16 +173,19 @@ def protected_paths(key_config: KeyConfig | None = None, *, audit_log: Path | No
     verifying its signature: it can only add locations to refuse, never remove one.
 
     Examples:
-        >>> [str(p) for p in protected_paths(audit_log=Path("logs/audit.jsonl"))][:2]
-        ['.pets', 'logs/audit.jsonl']
+        >>> [str(p) for p in protected_paths(audit_log=Path("logs/audit.jsonl"))][:4]
+        ['.pets', '.pets/keyring', '.pets/keyring/boundary', 'logs/audit.jsonl']
     """
     base = boundary_dir or DEFAULT_BOUNDARY_DIR
     env = [Path(v) for var in ("PETS_KEYRING", "PETS_AUDIT_LOG", "PETS_BOUNDARY",
                                "PETS_BOUNDARY_KEYS")
            if (v := os.environ.get(var)) and "\0" not in v]
-    dirs = [base]
+    rings = [Path(".pets") / "keyring"]  # the default keyring, also for commands without one
     if key_config is not None:
-        dirs += [key_config.keyring, key_config.keyring / "boundary"]
+        rings.append(key_config.keyring)
+    if v := os.environ.get("PETS_KEYRING"):
+        rings.append(Path(v))
+    dirs = [base, *(d for ring in rings for d in (ring, ring / "boundary"))]
     if boundary_keys is not None:
         dirs.append(boundary_keys)
     dirs += env
