@@ -258,3 +258,54 @@ class TestRoundTrip:
     def test_yaml_roundtrip_gives_an_equal_policy_and_digest(self, policy):
         back = Policy.from_yaml(policy.to_yaml())
         assert back == policy and back.digest() == policy.digest()
+
+
+class TestBoundAtLoad:
+    """Generalizer parameters are bound when the policy loads (``pets policy check``)."""
+
+    def test_bad_params_name_line_and_column(self):
+        err = _bad(GOOD.replace("params: {width: 10}", "params: {widht: 10}"))
+        assert str(err).startswith("p.yaml line 18, column 'age': treatment 'bucket' with "
+                                   "params {'widht': 10}: ")
+
+    @pytest.mark.parametrize("params, reason", [
+        ("{width: 10, edges: [1, 2]}", "exactly one of"),
+        ("{width: -1}", "width must be > 0"),
+    ])
+    def test_refused_values(self, params, reason):
+        assert reason in str(_bad(GOOD.replace("{width: 10}", params)))
+
+    def test_identity_for_any_data_is_refused(self):
+        text = GOOD.replace("age: {role: quasi-identifier, treatment: bucket, params: "
+                            "{width: 10}}", "age: {role: quasi-identifier, treatment: "
+                            "ip-prefix, params: {v6: 128}}")
+        assert "line 18, column 'age': ip-prefix (v4=24, v6=128) leaves values unchanged " \
+               "(v6=128 keeps every bit of an IPv6 address)" in str(_bad(text))
+
+
+class TestCheckFrameValues:
+    def test_identity_on_the_data_is_refused(self):
+        frame = _frame().assign(age=[31, 45])
+        policy = Policy.from_yaml(GOOD.replace("width: 10", "width: 1"), source="p.yaml")
+        with pytest.raises(PolicyError, match=r"p\.yaml line 18, column 'age': bucket "
+                                              r"\(width=1, origin=0.0\) leaves every value "
+                                              r"unchanged \(2 non-null values, 2 distinct"):
+            policy.check_frame(frame)
+        policy.check_frame(frame, values=False)  # structure only (protect checks values)
+        policy.check_frame(frame.assign(age=[31.5, 45.0]))  # 31.5 is not shown as it was
+
+    def test_a_failing_generalizer_names_line_and_column(self):
+        text = GOOD.replace("age: {role: quasi-identifier, treatment: bucket, params: "
+                            "{width: 10}}", "age: {role: quasi-identifier, treatment: "
+                            "ip-prefix}")
+        with pytest.raises(PolicyError, match=r"line 18, column 'age': ip-prefix failed: .*not "
+                                              r"an IP address"):
+            Policy.from_yaml(text).check_frame(_frame().assign(
+                age=pd.array(["1.2.3.4", "nope"], dtype="string")))
+
+
+class TestDatasetName:
+    @pytest.mark.parametrize("name", ["../users", "users/x", ".users", "/abs", "..", "u\\x00"])
+    def test_path_like_names_are_refused_with_the_line(self, name):
+        err = _bad(GOOD.replace("dataset: users", f"dataset: \"{name}\""))
+        assert str(err).startswith(f"p.yaml line 1: 'dataset' {name!r}".replace("\\\\", "\\"))
