@@ -17,7 +17,13 @@ table it checks, in order, and refuses on the first failure:
 6. every exported column's kind of output (``pseudonymized``, ``generalized``, ``encrypted``,
    ``kept``) may go to the destination under the policy (:class:`~pets.PolicyError`).
 
-DP releases may go wherever the policy's ``dp_release`` destinations allow.
+DP releases (a :class:`pets.dp.Release`, or a release file ``pets release --out`` wrote) may go
+wherever the policy's ``dp_release`` destinations allow, and only as recorded: the gate
+recomputes the release's digest (:func:`pets.dp.release_digest`: table values and metadata) and
+requires the ledger given as ``ledger=`` to hold the release's id with that digest
+(:meth:`pets.dp.Ledger.check_release`). A release edited after it was made (frame replaced,
+estimates overwritten, metadata changed on a copy), made with another ledger, or given without
+a ledger is refused (:class:`~pets.IntegrityError`) and recorded as an incident.
 
 Only signed values leave: each output is written anew from the verified values, without the
 input's ``DataFrame.attrs`` or unused categories (a reader restores both, no digest covers
@@ -57,7 +63,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
@@ -72,6 +78,9 @@ from pets.jurisdiction import Context, Jurisdiction
 __all__ = ["ExportReceipt", "export"]
 
 RELEASE_KEY = b"pets.release"
+
+if TYPE_CHECKING:
+    from pets.dp import Ledger
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,8 @@ def _describe(obj: Any) -> str:
 def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
            public_key: PublicKeyLike | Sequence[PublicKeyLike], context: Context,
            audit: AuditLog,
-           columns: Sequence[str] | Literal["allowed"] | None = None) -> ExportReceipt:
+           columns: Sequence[str] | Literal["allowed"] | None = None,
+           ledger: Ledger | str | os.PathLike[str] | None = None) -> ExportReceipt:
     """Check ``obj`` against ``policy`` and, if it may go ``to`` the destination, write it.
 
     Args:
@@ -135,6 +145,10 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
             not leave (e.g. encrypted ones) must be left out this way, or by asking for
             ``"allowed"``: exactly the columns the policy lets go to ``to`` (the receipt and the
             audit entry list them).
+        ledger: For a DP release (object or release file): the :class:`pets.dp.Ledger` (or its
+            path) the release was made with. The release leaves only if the ledger holds its
+            id with the digest recomputed now from the table and metadata being exported;
+            without a ledger every release is refused.
 
     Returns:
         An :class:`ExportReceipt`.
@@ -200,7 +214,7 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
                 raise InputError(f"{dest}: cannot write (is a directory)")
             _not_over(dest, obj, audit)
             if _is_release(obj):
-                return _export_release(obj, code, dest, policy, context, audit)
+                return _export_release(obj, code, dest, policy, context, audit, ledger)
             if dataset:
                 return _export_dataset(Path(obj), code, dest, policy, public_key, context,
                                        audit, columns)
@@ -239,11 +253,28 @@ def _not_over(dest: Path, obj: Any, audit: AuditLog) -> None:
 
 
 def _is_release(obj: Any) -> bool:
+    """A :class:`pets.dp.Release`, or the path of a regular Parquet file holding a release
+    (``pets.release`` metadata and no manifest). Never opens anything but a regular file (a
+    FIFO would block)."""
     try:
         from pets.dp import Release
     except ImportError:  # pragma: no cover - pets.dp is part of the package
         return False
-    return isinstance(obj, Release)
+    if isinstance(obj, Release):
+        return True
+    if not isinstance(obj, str | os.PathLike):
+        return False
+    import pyarrow.parquet as pq
+
+    from pets.boundary._manifest import MANIFEST_KEY
+
+    try:
+        if not Path(obj).is_file():
+            return False
+        meta = pq.read_schema(obj).metadata or {}
+    except Exception:  # not Parquet (or unreadable): the table branch refuses it
+        return False
+    return RELEASE_KEY in meta and MANIFEST_KEY not in meta
 
 
 def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
@@ -484,15 +515,67 @@ def _is_export(path: Path) -> bool:
         return False
 
 
+def _open_ledger(ledger: Any) -> Any:
+    from pets.dp import Ledger
+
+    if ledger is None or isinstance(ledger, Ledger):
+        return ledger
+    if isinstance(ledger, str | os.PathLike):
+        if not Path(ledger).is_file():
+            raise InputError(f"ledger {os.fspath(ledger)!r} does not exist")
+        return Ledger(ledger)
+    raise InputError(f"ledger must be a pets.dp.Ledger or its path, got "
+                     f"{type(ledger).__name__}")
+
+
+def _release_evidence(release: Any, dest: Path,
+                      ledger: Any) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    """The release's table and metadata as they will be written, if its ledger record matches.
+
+    The table is copied once; that copy is digested and that copy is written.
+    """
+    from pets.dp import Release, release_digest
+
+    if isinstance(release, Release):
+        frame = release.frame.copy(deep=True)
+        meta = json.loads(json.dumps(release.metadata(), default=str))
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(release)
+            raw = (table.schema.metadata or {})[RELEASE_KEY]
+            meta = json.loads(raw)
+            frame = table.to_pandas()
+        except PetsError:
+            raise
+        except Exception:  # unparseable metadata or pandas metadata: not as it was made
+            raise IntegrityError(f"release file {os.fspath(release)} does not match its ledger "
+                                 "record (edited after it was made?): it cannot be read back"
+                                 ) from None
+        if not isinstance(meta, dict):
+            raise IntegrityError(f"release file {os.fspath(release)} does not match its ledger "
+                                 "record (edited after it was made?): no release metadata")
+    rid = meta.get("release_id")
+    led = _open_ledger(ledger)
+    if led is None:
+        raise IntegrityError(f"release {rid!r} does not match its ledger record (edited after "
+                             "it was made?): no ledger was given to the gate (ledger=)")
+    if led.path is not None and dest.resolve() == Path(led.path).resolve():
+        raise InputError(f"{dest}: cannot write an export over the ledger {led.path}")
+    digest = release_digest(frame, meta)
+    led.check_release(rid, digest)
+    return frame, meta, digest
+
+
 def _export_release(release: Any, to: str, dest: Path, policy: Policy, context: Context,
-                    audit: AuditLog) -> ExportReceipt:
+                    audit: AuditLog, ledger: Any) -> ExportReceipt:
     if not policy.allows("dp_release", to):
         raise PolicyError(f"policy {policy.source} does not let DP releases go to {to}")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame: pd.DataFrame = release.to_frame()
-    meta = json.loads(json.dumps(release.metadata(), default=str))
+    frame, meta, release_digest = _release_evidence(release, dest, ledger)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     record = {"destination": to, "exported_by": context.access_token,
               "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
@@ -514,7 +597,8 @@ def _export_release(release: Any, to: str, dest: Path, policy: Policy, context: 
             "boundary.export", actor=context, destination=to, output="dp_release", name=name,
             columns=[str(c) for c in frame.columns], treatments={}, rows=len(frame),
             digest=digest, path=str(dest), budget=dict(meta.get("loss") or {}),
-            privacy_unit=meta.get("privacy_unit"), query=meta.get("query")))
+            privacy_unit=meta.get("privacy_unit"), query=meta.get("query"),
+            release_id=meta.get("release_id"), release_digest=release_digest))
     finally:
         _remove(tmp)
     return ExportReceipt(to, str(dest), "dp_release", name,

@@ -187,6 +187,33 @@ def _check_out(out: Path) -> None:
         raise InputError(f"cannot write --out {str(out)!r}: {exc.strerror or exc}") from None
 
 
+def _check_paths(infile: Path, out: Path | None, ledger: Path, keys_file: Path | None) -> None:
+    """Refuse, before the ledger is opened, an ``--out`` that would replace (or land inside)
+    the input, the ledger or the keys file, and a ``--ledger`` that is the input.
+
+    Examples:
+        >>> _check_paths(Path("e.parquet"), Path("e.parquet"), Path("b.db"), None)
+        Traceback (most recent call last):
+        ...
+        pets._errors.InputError: --out 'e.parquet' is the input: the release would replace the data it was made from
+    """
+    src = infile.resolve()
+    led = ledger.resolve()
+    if led == src or src in led.parents:
+        raise InputError(f"--ledger {str(ledger)!r} is the input {str(infile)!r}")
+    if out is None:
+        return
+    dst = out.resolve()
+    if dst == src or src in dst.parents:
+        raise InputError(f"--out {str(out)!r} is the input: the release would replace the "
+                         "data it was made from")
+    if dst == led:
+        raise InputError(f"--out {str(out)!r} is the ledger {str(ledger)!r}: the release "
+                         "would replace the budget record")
+    if keys_file is not None and dst == keys_file.resolve():
+        raise InputError(f"--out {str(out)!r} is the --keys-file")
+
+
 def _require(need: list[str], dataset_id: str, unit: str, ledger: Any) -> None:
     if need:
         where = (f" (no budget is registered yet for dataset {dataset_id!r}, unit {unit!r} in "
@@ -380,7 +407,8 @@ def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
 @click.option("--level", type=float, default=0.95, show_default=True,
               help="Confidence level of the intervals.")
 @click.option("--nonnegative", is_flag=True, help="Clamp counts (and non-negative sums) at 0.")
-@click.option("--decimals", type=int, default=None, help="Round estimates and intervals.")
+@click.option("--decimals", type=click.IntRange(-15, 15), default=None,
+              help="Round estimates and intervals (-15 to 15 decimals).")
 @click.option("--status", is_flag=True, help="Show the budget (alone, or after the release).")
 @dask_options(
     engine_help="pandas: in memory. dask: bound and aggregate on a local cluster of worker "
@@ -432,6 +460,7 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     if not specs and not status:
         raise InputError("nothing to do: give --agg (and --out), or --status")
     by = [c.strip() for c in group_by.split(",") if c.strip()] if group_by else []
+    _check_paths(infile, out if specs else None, ledger_path, keys_file)
     ledger = Ledger(ledger_path)
     dsid = dataset_id or str(infile.resolve())
     # every missing option at once, before anything is registered in the ledger

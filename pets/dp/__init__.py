@@ -17,8 +17,8 @@ Examples:
 """
 
 from pets.dp._budget import Budget, PrivacyLoss
-from pets.dp._ledger import BudgetStatus, Ledger, SpendRecord
-from pets.dp._release import Release
+from pets.dp._ledger import BudgetStatus, Ledger, ReleaseRecord, SpendRecord
+from pets.dp._release import Release, release_digest
 from pets.dp._session import Query, Session
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "PrivacyLoss",
     "Query",
     "Release",
+    "ReleaseRecord",
     "Session",
     "SpendRecord",
+    "release_digest",
 ]

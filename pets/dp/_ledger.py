@@ -1,12 +1,18 @@
 """A durable privacy-budget ledger on SQLite, shared safely by concurrent processes.
 
 One table holds the total :class:`~pets.dp.Budget` of each (dataset id, privacy unit); another
-holds one row per release with the ε, δ and ρ it spent. Every spend runs in a ``BEGIN
+holds one row per release with the ε, δ and ρ it spent; a third (``releases``) holds the
+*evidence* of each :class:`~pets.dp.Release`: its id and the digest of its table and metadata,
+written in the same transaction as the spend (and, for a post-processed release, the id of the
+release it was derived from). The export gate lets a release leave only if its digest,
+recomputed from what is being exported, equals the one recorded here
+(:meth:`Ledger.check_release`). A ledger made before the ``releases`` table existed gains it,
+empty, the first time it is opened (one transaction; nothing else changes). Every spend runs in a ``BEGIN
 IMMEDIATE`` transaction (SQLite's write lock, taken *before* reading the total), so two
 processes can never both read "enough left" and jointly overspend. The database runs in WAL
 mode with ``synchronous=FULL``: a committed spend survives a crash or power loss. Triggers make
 the tables append-only (a recorded budget cannot be updated, replaced or deleted, nor a spend
-updated or deleted), which stops mistakes through SQL tools — not someone with write access to
+updated or deleted, nor a release record), which stops mistakes through SQL tools — not someone with write access to
 the file, who can drop triggers or the file itself: protect the ledger like the data.
 
 :meth:`Ledger.spend` takes the function that draws the noise and runs it *inside* the
@@ -44,14 +50,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pets._errors import BudgetExhausted, InputError
+from pets._errors import BudgetExhausted, InputError, IntegrityError
 from pets.dp._budget import Budget, PrivacyLoss
 
-__all__ = ["BudgetStatus", "Ledger", "SpendRecord"]
+__all__ = ["BudgetStatus", "Ledger", "ReleaseRecord", "SpendRecord"]
 
 T = TypeVar("T")
 
+#: ``PRAGMA user_version`` of the schema below (0: a ledger from before the releases table).
+SCHEMA_VERSION = 2
+
 _SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS budgets (
     dataset_id TEXT NOT NULL,
     unit TEXT NOT NULL,
@@ -84,7 +94,28 @@ CREATE TRIGGER IF NOT EXISTS spends_no_update BEFORE UPDATE ON spends
 BEGIN SELECT RAISE(ABORT, 'pets ledger: spends are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS spends_no_delete BEFORE DELETE ON spends
 BEGIN SELECT RAISE(ABORT, 'pets ledger: spends are append-only'); END;
+CREATE TABLE IF NOT EXISTS releases (
+    release_id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    dataset_id TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    rho REAL NOT NULL,
+    created TEXT NOT NULL,
+    metadata_json TEXT NOT NULL,
+    spend_id INTEGER REFERENCES spends (id),
+    parent_id TEXT REFERENCES releases (release_id)
+);
+CREATE TRIGGER IF NOT EXISTS releases_no_update BEFORE UPDATE ON releases
+BEGIN SELECT RAISE(ABORT, 'pets ledger: release records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS releases_no_delete BEFORE DELETE ON releases
+BEGIN SELECT RAISE(ABORT, 'pets ledger: release records are append-only'); END;
+PRAGMA user_version = 2;
+COMMIT;
 """
+
+_MISMATCH = "release {rid!r} does not match its ledger record (edited after it was made?)"
 
 
 @dataclass(frozen=True)
@@ -96,6 +127,24 @@ class SpendRecord:
     rho: float
     query: str
     at: str
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """The evidence of one release: its id, the digest of its table and metadata
+    (:meth:`pets.dp.Release.digest`), what it cost, when it was made, its metadata as JSON, and
+    the release it was post-processed from (``None`` for a release that spent budget)."""
+
+    release_id: str
+    digest: str
+    dataset_id: str
+    unit: str
+    epsilon: float
+    delta: float
+    rho: float
+    created: str
+    metadata_json: str
+    parent_id: str | None
 
 
 @dataclass(frozen=True)
@@ -158,15 +207,35 @@ class Ledger:
         if self.path is None:
             self._memory = sqlite3.connect(":memory:", isolation_level=None,
                                            check_same_thread=False)
-            self._memory.executescript(_SCHEMA)
+            self._migrate(self._memory)
         else:
             if self.path.exists() and self.path.is_dir():
                 raise InputError(f"ledger path {str(self.path)!r} is a directory")
             with self._connect() as con:
-                con.executescript(_SCHEMA)
+                self._migrate(con)
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        """Create the tables, or add the ones an older ledger lacks, in one transaction."""
+        try:
+            version = con.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise InputError(f"ledger {str(self.path)!r} has schema version {version}, "
+                                 f"newer than this pets ({SCHEMA_VERSION}): upgrade pets")
+            con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise InputError(f"cannot open ledger {str(self.path)!r}: {exc} (not a pets "
+                             "ledger?)") from None
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path) if self.path else None!r})"
+
+    def __copy__(self) -> Ledger:
+        return self  # a handle on one store: a copy would be a second, diverging budget
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Ledger:
+        return self
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -180,8 +249,12 @@ class Ledger:
         except sqlite3.Error as exc:
             raise InputError(f"cannot open ledger {str(self.path)!r}: {exc}") from exc
         try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=FULL")
+            except sqlite3.DatabaseError as exc:
+                raise InputError(f"cannot open ledger {str(self.path)!r}: {exc} (not a pets "
+                                 "ledger?)") from None
             yield con
         finally:
             con.close()
@@ -266,13 +339,18 @@ class Ledger:
         return [SpendRecord(*r) for r in rows]
 
     def spend(self, dataset_id: str, unit: str, loss: PrivacyLoss, run: Callable[[], T], *,
-              query: str = "") -> T:
+              query: str = "",
+              record: Callable[[T], tuple[str, str, str]] | None = None) -> T:
         """Atomically check the budget, record ``loss``, run ``run()`` and commit.
 
         ``run`` (the noise draw) executes inside the write transaction: its result is returned
         only after the spend is committed durably. If ``run`` raises, the spend is committed
         anyway and the exception re-raised (the noise may have been drawn, and the failure could
         depend on it); do every data-dependent check *before* calling ``spend``.
+
+        ``record``, if given, maps ``run``'s result to ``(release_id, digest, metadata_json)``:
+        that release record is written in the same transaction, tied to this spend (a
+        failure there is handled as one of ``run``).
 
         Raises:
             BudgetExhausted: ``loss`` would exceed the remaining budget; nothing is spent and
@@ -297,11 +375,17 @@ class Ledger:
                 raise BudgetExhausted(
                     f"release needs {need} but only {left} of {budget.describe()} remains for "
                     f"dataset {dataset_id!r}, unit {unit!r}; nothing was spent")
-            con.execute("INSERT INTO spends (dataset_id, unit, epsilon, delta, rho, query, at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (dataset_id, unit, loss.epsilon, loss.delta, loss.rho, query, _now()))
+            cur = con.execute(
+                "INSERT INTO spends (dataset_id, unit, epsilon, delta, rho, query, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (dataset_id, unit, loss.epsilon, loss.delta, loss.rho, query, _now()))
+            spend_id = cur.lastrowid
             try:
                 result = run()
+                if record is not None:
+                    rid, digest, meta = record(result)
+                    self._insert_release(con, rid, digest, dataset_id, unit, loss, meta,
+                                         spend_id=spend_id, parent_id=None)
             except BaseException as exc:
                 # ``run`` may have drawn noise before failing, and whether (or how) it fails
                 # could depend on that noise: a rolled-back spend would let a caller retry
@@ -312,3 +396,79 @@ class Ledger:
         if failure is not None:
             raise failure
         return result
+
+    @staticmethod
+    def _insert_release(con: sqlite3.Connection, release_id: str, digest: str, dataset_id: str,
+                        unit: str, loss: PrivacyLoss, metadata_json: str, *,
+                        spend_id: int | None, parent_id: str | None) -> None:
+        if not release_id or not digest:
+            raise InputError("a release record needs a release id and a digest")
+        con.execute("INSERT INTO releases (release_id, digest, dataset_id, unit, epsilon, "
+                    "delta, rho, created, metadata_json, spend_id, parent_id) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (release_id, digest, dataset_id, unit, loss.epsilon, loss.delta, loss.rho,
+                     _now(), metadata_json, spend_id, parent_id))
+
+    @staticmethod
+    def _release_row(con: sqlite3.Connection, release_id: str) -> ReleaseRecord | None:
+        row = con.execute("SELECT release_id, digest, dataset_id, unit, epsilon, delta, rho, "
+                          "created, metadata_json, parent_id FROM releases WHERE "
+                          "release_id = ?", (release_id,)).fetchone()
+        return None if row is None else ReleaseRecord(*row)
+
+    def release_record(self, release_id: str) -> ReleaseRecord | None:
+        """The record of release ``release_id``, or ``None``."""
+        if not isinstance(release_id, str):
+            return None
+        with self._connect() as con:
+            return self._release_row(con, release_id)
+
+    def releases(self, dataset_id: str, unit: str) -> list[ReleaseRecord]:
+        """Every release record of (dataset, unit), oldest first."""
+        with self._connect() as con:
+            ids = [r[0] for r in con.execute(
+                "SELECT release_id FROM releases WHERE dataset_id = ? AND unit = ? "
+                "ORDER BY rowid", (dataset_id, unit)).fetchall()]
+            out = [self._release_row(con, i) for i in ids]
+        return [r for r in out if r is not None]
+
+    def check_release(self, release_id: object, digest: str) -> ReleaseRecord:
+        """The record of ``release_id`` if its digest equals ``digest`` (recomputed by the
+        caller from the release as it is *now*).
+
+        Raises:
+            IntegrityError: No such record, or another digest: the release was edited after
+                it was made, or made with another ledger (or not made by pets at all).
+
+        Examples:
+            >>> Ledger().check_release("r1", "0" * 64)
+            Traceback (most recent call last):
+            ...
+            pets._errors.IntegrityError: release 'r1' does not match its ledger record (edited after it was made?): Ledger(None) holds no release with this id
+        """
+        rid = release_id if isinstance(release_id, str) and release_id else None
+        rec = None if rid is None else self.release_record(rid)
+        if rec is None:
+            why = ("it carries no release id" if rid is None
+                   else f"{self!r} holds no release with this id")
+            raise IntegrityError(_MISMATCH.format(rid=release_id) + f": {why}")
+        if rec.digest != digest:
+            raise IntegrityError(_MISMATCH.format(rid=rid) + f": its digest {digest[:16]}… "
+                                 f"is not the recorded {rec.digest[:16]}…")
+        return rec
+
+    def _derive(self, parent_id: str, parent_digest: str, child_id: str, child_digest: str,
+                metadata_json: str) -> ReleaseRecord:
+        """Record a release post-processed from ``parent_id`` (no spend), in one transaction,
+        if the parent as it is now (``parent_digest``) matches its record."""
+        with self._transaction() as con:
+            parent = self._release_row(con, parent_id)
+            if parent is None or parent.digest != parent_digest:
+                raise IntegrityError(_MISMATCH.format(rid=parent_id) + ": it cannot be "
+                                     "post-processed")
+            self._insert_release(con, child_id, child_digest, parent.dataset_id, parent.unit,
+                                 PrivacyLoss(parent.epsilon, parent.delta, parent.rho),
+                                 metadata_json, spend_id=None, parent_id=parent_id)
+            child = self._release_row(con, child_id)
+        assert child is not None
+        return child

@@ -17,21 +17,124 @@ these columns do not add up; :attr:`Release.loss` is the total).
 
 The intervals cover the statistic of the *bounded* data (after contribution bounding and
 clipping), not of the raw data: bias from clipping is not included.
+
+**Releases are evidence, not objects.** Each release made by a :class:`~pets.dp.Session` has a
+random :attr:`Release.release_id`, and its :meth:`Release.digest` (SHA-256 over the table's
+values, columns sorted by name, and the canonical JSON of :meth:`Release.metadata`; see
+:func:`release_digest`) is recorded in the session's :class:`~pets.dp.Ledger` in the same
+transaction as the spend. The export gate recomputes the digest of what it is about to write and
+lets the release go only if the ledger it is given holds that id with that digest: a frame
+swapped for raw rows, an estimate overwritten, metadata edited on a copy, a ``Release`` built by
+hand or made with another ledger are refused. :meth:`Release.postprocess` records its result
+as a release derived from a verified parent (no spend); any other change makes a release that
+cannot leave.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
+import json
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from pets._errors import InputError, IntegrityError
+from pets._events import AuditHook, emit
 from pets.dp._budget import PrivacyLoss
 
-__all__ = ["Release"]
+if TYPE_CHECKING:
+    from pets.dp._ledger import Ledger
+
+__all__ = ["Release", "release_digest"]
+
+#: Largest ``|decimals|`` of :meth:`Release.postprocess` (``10.0**decimals`` stays finite and
+#: rounding a float64 beyond 15 decimals changes nothing).
+MAX_DECIMALS = 15
+
+
+def new_release_id() -> str:
+    """A fresh random release id (128 bits from ``secrets``)."""
+    return secrets.token_hex(16)
+
+
+def _canonical_metadata(metadata: Mapping[str, Any]) -> str:
+    """Canonical JSON of release metadata, identical before and after a JSON round trip (the
+    Parquet file keeps the metadata as JSON)."""
+    plain = json.loads(json.dumps(dict(metadata), default=str))
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def release_digest(frame: pd.DataFrame, metadata: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a release table and its metadata, independent of the file format.
+
+    The table is digested by value (:func:`pets._digest.column_digest`, the boundary's
+    manifest digest), its columns sorted by name, with the row count
+    (:func:`pets._digest.data_digest`); the metadata as canonical JSON (sorted keys). The same
+    release read back from its Parquet file (the ``pets.release`` metadata key) has the same
+    digest; any changed value, row, column or metadata field changes it.
+
+    Raises:
+        IntegrityError: The table has duplicate column names (no release has).
+
+    Examples:
+        >>> import pandas as pd
+        >>> f = pd.DataFrame({"estimate": [3.0], "statistic": ["count"]})
+        >>> d = release_digest(f, {"release_id": "r1", "loss": {"epsilon": 0.5}})
+        >>> d == release_digest(f[["statistic", "estimate"]], {"loss": {"epsilon": 0.5},
+        ...                                                     "release_id": "r1"})
+        True
+        >>> d == release_digest(f.assign(estimate=[4.0]), {"release_id": "r1",
+        ...                                                "loss": {"epsilon": 0.5}})
+        False
+    """
+    from pets._digest import column_digest, data_digest
+
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) != len(names):
+        raise IntegrityError("the release table has duplicate column names")
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    digests = [(names[i], column_digest(names[i], frame.iloc[:, i])) for i in order]
+    h = hashlib.sha256(b"pets.release/1\x00")
+    h.update(_canonical_metadata(metadata).encode())
+    h.update(b"\x00" + data_digest(len(frame), digests).encode())
+    return h.hexdigest()
+
+
+class _Origin:
+    """Where a release was made: its session's ledger and audit hook (for post-processing).
+
+    Shared, never copied: a deep copy of a release keeps the same origin (and ledger).
+    """
+
+    __slots__ = ("audit", "ledger")
+
+    def __init__(self, ledger: Ledger, audit: AuditHook | None) -> None:
+        self.ledger = ledger
+        self.audit = audit
+
+    def __copy__(self) -> _Origin:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _Origin:
+        return self
+
+    def derive(self, parent: Release, child: Release) -> None:
+        """Record ``child`` (post-processed from ``parent``) if ``parent`` is as recorded."""
+        digest = child.digest()
+        rec = self.ledger._derive(parent.release_id, parent.digest(), child.release_id,
+                                  digest, _canonical_metadata(child.metadata()))
+        emit(self.audit, "dp.release", release_id=child.release_id, digest=digest,
+             derived_from=parent.release_id, postprocessing=list(child.postprocessing),
+             dataset_id=child.dataset_id, privacy_unit=child.privacy_unit,
+             epsilon=rec.epsilon, delta=rec.delta, rho=rec.rho,
+             columns=[str(c) for c in child.frame.columns], rows=len(child.frame))
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +165,20 @@ class Release:
     budget_kind: str
     created_at: str
     postprocessing: tuple[str, ...] = field(default=())
+    #: Random id of this release, recorded with its digest in the ledger ("" if not made by
+    #: a session: such a release cannot be exported).
+    release_id: str = ""
+    #: The release this one was post-processed from.
+    derived_from: str | None = None
+    _origin: _Origin | None = field(default=None, repr=False, compare=False)
+
+    def digest(self) -> str:
+        """SHA-256 of the table and metadata as they are *now* (:func:`release_digest`).
+
+        Equal to the digest recorded in the ledger when the release was made unless something
+        was changed since.
+        """
+        return release_digest(self.frame, self.metadata())
 
     def to_frame(self) -> pd.DataFrame:
         """A copy of the release table."""
@@ -101,7 +218,8 @@ class Release:
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the table: what was asked, of which dataset, at what privacy cost."""
-        return {"dataset_id": self.dataset_id, "privacy_unit": self.privacy_unit,
+        return {"release_id": self.release_id, "derived_from": self.derived_from,
+                "dataset_id": self.dataset_id, "privacy_unit": self.privacy_unit,
                 "budget_kind": self.budget_kind, "loss": self.loss.as_dict(),
                 "level": self.level, "query": self.query, "created_at": self.created_at,
                 "postprocessing": list(self.postprocessing)}
@@ -114,12 +232,21 @@ class Release:
     def postprocess(self, *, nonnegative: bool = False, decimals: int | None = None) -> Release:
         """A new release with post-processing applied; privacy is unaffected.
 
+        The new release gets its own id and is recorded in the ledger of the session that made
+        this one, as derived from it (no budget is spent) — only if this release still matches
+        its own record. A release without a session (built by hand) gives an unrecorded result,
+        which the export gate refuses.
+
         Args:
             nonnegative: Clamp estimates and interval ends of counts and histogram cells (and of
                 sums whose lower bound is ≥ 0) at 0. The true value is ≥ 0, so the
                 intervals stay valid.
             decimals: Round estimates and interval ends to this many decimals (intervals are
-                rounded outwards, so they only widen).
+                rounded outwards, so they only widen); an integer in ``[-15, 15]``.
+
+        Raises:
+            InputError: ``decimals`` is not an integer in ``[-15, 15]``.
+            IntegrityError: This release no longer matches its ledger record.
 
         Examples:
             >>> import pandas as pd
@@ -130,6 +257,10 @@ class Release:
             >>> bool((r.to_frame()["ci_low"] >= 0).all()), r.postprocessing
             (True, ('nonnegative',))
         """
+        if decimals is not None and (isinstance(decimals, bool) or not isinstance(
+                decimals, int | np.integer) or abs(int(decimals)) > MAX_DECIMALS):
+            raise InputError(f"decimals must be an integer in [-{MAX_DECIMALS}, "
+                             f"{MAX_DECIMALS}], got {decimals!r}")
         f = self.frame.copy()
         steps = list(self.postprocessing)
         if nonnegative:
@@ -148,12 +279,18 @@ class Release:
                 f.loc[mask, c] = f.loc[mask, c].clip(lower=0)
             steps.append("nonnegative")
         if decimals is not None:
+            decimals = int(decimals)
             scale = 10.0**decimals
             f["estimate"] = f["estimate"].round(decimals)
             f["ci_low"] = np.floor(f["ci_low"] * scale) / scale
             f["ci_high"] = np.ceil(f["ci_high"] * scale) / scale
             steps.append(f"round({decimals})")
-        return dataclasses.replace(self, frame=f, postprocessing=tuple(steps))
+        child = dataclasses.replace(self, frame=f, postprocessing=tuple(steps),
+                                    release_id=new_release_id(),
+                                    derived_from=self.release_id or None)
+        if self._origin is not None:
+            self._origin.derive(self, child)
+        return child
 
     def _summary(self) -> str:
         parts = []

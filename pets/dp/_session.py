@@ -63,7 +63,7 @@ from pets.dp._opendp import (
     quantile_mechanism,
     threshold_mechanism,
 )
-from pets.dp._release import Release
+from pets.dp._release import Release, _canonical_metadata, _Origin, new_release_id
 
 __all__ = ["DEFAULT_MAX_KEYS", "Query", "Session"]
 
@@ -85,6 +85,14 @@ PlanKey = tuple[Any, ...]
 #: counts (quantiles, see :func:`quantile_cells`).
 VECTOR_AGGREGATES = ("count", "sum", "mean", "variance", "histogram", "quantile")
 _LUT_LIMIT = 50_000_000
+
+#: Largest ``max_groups`` and ``max_rows`` of a query (``G·C·D`` stays far inside int64).
+MAX_CONTRIBUTIONS = 2**31 - 1
+
+#: Largest noise scale (in integer units: counts, or grid steps of a sum) a release may use.
+#: Beyond it the noisy integers approach int64 and the interval search slows down without
+#: bound (1e24 took a minute): both would happen inside the ledger lock, after the spend.
+MAX_NOISE_SCALE = 2.0**52
 
 #: Most rows of one key :meth:`Session.release_aggregates` takes in a quantile count matrix:
 #: the driver rebuilds one float64 per row of a key (32 GiB at this limit) to measure it.
@@ -138,9 +146,11 @@ def _bounds(column: str, bounds: object) -> tuple[float, float]:
     return lo, hi
 
 
-def _positive_int(name: str, v: object) -> int:
+def _positive_int(name: str, v: object, limit: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
         raise InputError(f"{name} must be an integer >= 1, got {v!r}")
+    if limit is not None and v > limit:
+        raise InputError(f"{name} must be at most {limit}, got {v!r}")
     return int(v)
 
 
@@ -421,8 +431,8 @@ class Session:
                              "rename them first")
         if self.privacy_unit in cols:
             raise InputError(f"cannot group by the privacy unit {self.privacy_unit!r}")
-        g = _positive_int("max_groups", max_groups)
-        c = _positive_int("max_rows", max_rows)
+        g = _positive_int("max_groups", max_groups, MAX_CONTRIBUTIONS)
+        c = _positive_int("max_rows", max_rows, MAX_CONTRIBUTIONS)
         key_frame: pd.DataFrame | Literal["private"] | None
         if not cols:
             if keys is not None:
@@ -549,6 +559,7 @@ class Session:
         # -- group codes and keys ---------------------------------------------------------
         gcode, keys = _group_codes(frame, q.by, q.keys)
         nkeys = len(keys)
+        self._check_private_cells(q, nkeys)
         sel = gcode >= 0
         ucode = all_units[sel]
         gsel = gcode[sel]
@@ -608,6 +619,17 @@ class Session:
                 raise InputError(f"{nkeys} keys × {bins} bins exceed the limit of "
                                  f"{self.max_keys}")
         return self._spend_params(q, epsilon, delta, rho)
+
+    def _check_private_cells(self, q: Query, nkeys: int) -> None:
+        """Under ``keys="private"``, the candidate keys (every key in the data) × bins within
+        ``max_keys``: the threshold runs over all of them inside the ledger lock."""
+        if not isinstance(q.keys, str):
+            return
+        bins = max((len(a.edges) - 1 for a in q.aggs if a.kind == "histogram"), default=1)
+        if nkeys * bins > self.max_keys:
+            raise InputError(f"keys='private': {nkeys} candidate keys in the data × {bins} "
+                             f"bins exceed max_keys={self.max_keys}; group more coarsely or "
+                             "raise max_keys")
 
     def release_aggregates(self, query: Query, aggregates: Mapping[PlanKey, np.ndarray], *,
                            keys: pd.DataFrame | None = None, epsilon: float | None = None,
@@ -686,6 +708,7 @@ class Session:
             if missing:
                 raise InputError(f"key frame lacks group column(s) {missing!r}")
             key_frame = keys[list(query.by)].reset_index(drop=True)
+            self._check_private_cells(query, len(key_frame))
             if key_frame.duplicated().any():
                 raise InputError("the key set has duplicate keys")
         elif keys is not None:
@@ -762,23 +785,62 @@ class Session:
         empty = np.zeros(0, dtype=np.int64)
         values, bounded, g = rows if rows is not None else ({}, empty, empty)
 
-        def run() -> pd.DataFrame:
-            # the one place noise is drawn: OpenDP, once per release, inside the ledger lock
-            return _execute(q, keys, mechs, data, fps, values, bounded, g, level)
+        _check_noise(mechs, level, q.aggs)  # before the lock: nothing in run() may hang or fail
+        release_id = new_release_id()
+        origin = _Origin(self.ledger, self.audit)
 
-        table = self.ledger.spend(self._ledger_key, self.privacy_unit, loss, run,
-                                  query=json.dumps(description, sort_keys=True, default=str))
-        emit(self.audit, "dp.release", dataset_id=self.dataset_id, privacy_unit=self.privacy_unit,
-             epsilon=loss.epsilon, delta=loss.delta, rho=loss.rho, budget_kind=self.total.kind,
+        def run() -> Release:
+            # the one place noise is drawn: OpenDP, once per release, inside the ledger lock
+            table = _execute(q, keys, mechs, data, fps, values, bounded, g, level)
+            return Release(table, q.by, loss, self.dataset_id, self.privacy_unit, float(level),
+                           description, self.total.kind,
+                           _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                           release_id=release_id, _origin=origin)
+
+        def evidence(rel: Release) -> tuple[str, str, str]:
+            # recorded in the spend's transaction: no release without its digest on record
+            digests[rel.release_id] = rel.digest()
+            return rel.release_id, digests[rel.release_id], _canonical_metadata(rel.metadata())
+
+        digests: dict[str, str] = {}
+        rel = self.ledger.spend(self._ledger_key, self.privacy_unit, loss, run,
+                                query=json.dumps(description, sort_keys=True, default=str),
+                                record=evidence)
+        table = rel.frame
+        emit(self.audit, "dp.release", release_id=rel.release_id,
+             digest=digests[rel.release_id], dataset_id=self.dataset_id,
+             privacy_unit=self.privacy_unit, epsilon=loss.epsilon, delta=loss.delta,
+             rho=loss.rho, budget_kind=self.total.kind,
              statistics=[a.label for a in q.aggs], by=list(q.by),
              keys="private" if private else "public", groups=int(
-                 table[list(q.by)].drop_duplicates().shape[0]) if q.by else 1, **tags)
-        return Release(table, q.by, loss, self.dataset_id, self.privacy_unit, float(level),
-                       description, self.total.kind,
-                       _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+                 table[list(q.by)].drop_duplicates().shape[0]) if q.by else 1,
+             columns=[str(c) for c in table.columns], rows=len(table), **tags)
+        return rel
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _check_noise(mechs: Mapping[PlanKey, Mechanism], level: float,
+                 aggs: Sequence[_Agg]) -> None:
+    """Refuse, before the spend, a noise scale beyond :data:`MAX_NOISE_SCALE`, and compute
+    every interval half-width the release will need (data-independent), so that nothing that
+    depends on a user's number runs long or fails inside the ledger lock."""
+    levels = {level}
+    if any(a.kind == "mean" for a in aggs):
+        levels.add(1 - (1 - level) / 2)
+    if any(a.kind == "variance" for a in aggs):
+        levels.add(1 - (1 - level) / 3)
+    for key, m in mechs.items():
+        if m.distribution == "exponential":
+            continue
+        if not m.scale <= MAX_NOISE_SCALE:
+            raise InputError(f"the noise scale of {key[0]!r} would be {m.scale:.4g} units, "
+                             f"beyond {MAX_NOISE_SCALE:.4g}: epsilon (or rho) is too small "
+                             "for max_groups × max_rows × the bounds; spend more or bound "
+                             "contributions more tightly")
+        for lvl in levels:
+            halfwidth(m.distribution, m.scale, lvl)
 
 
 def _plan(aggs: Sequence[_Agg], private: bool) -> list[tuple[tuple[Any, ...], float]]:
