@@ -51,6 +51,7 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
     import pyarrow.parquet as pq
 
     from pets import Context, PetsError
+    from pets._events import AuditEvent
     from pets._io import write_parquet
     from pets.boundary import (
         AuditLog,
@@ -95,16 +96,26 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
     echo("== 2. EU keys (local keyring, KEKs encrypted at rest under a master key)")
     ring_dir = eu_dir / "keyring"
     ring = LocalKeyring.init(ring_dir, name="eu", master_key=Secret.generate())
-    for name in _KEKS:
-        ring.create(f"local://eu/{name}", jurisdiction="EU")
-    services = KeyServices([ring])
-    keys = BoundaryKeys.open(ring_dir / "boundary", services, context=eu,
-                             signing_kek="local://eu/boundary")
+    held: list[AuditEvent] = []  # events before the log exists, written once it does
+    ring.audit = held.append
+    services = KeyServices([ring], audit=held.append)
+    ring.create("local://eu/boundary", jurisdiction="EU")
+    keys = BoundaryKeys.create(ring_dir / "boundary", services, context=eu,
+                               signing_kek="local://eu/boundary",
+                               audit_log=eu_dir / "audit.jsonl",
+                               ledger=eu_dir / "ledger.sqlite", audit=held.append)
     log = AuditLog(eu_dir / "audit.jsonl", signer=keys.signer, actor=eu)
+    for event in held:
+        log.append(event)
+    log.append("boundary.init", home="EU", signing_kek="local://eu/boundary",
+               pinned=[keys.signer.key_id], audit_log=str(log.path),
+               ledger=str(eu_dir / "ledger.sqlite"))
     ring.audit = log.hook
     keys.audit = log.hook
+    keys.services = KeyServices([ring], audit=log.hook)
     for name in _KEKS:
-        log.append("key.create", key=f"local://eu/{name}", jurisdiction="EU", version=1)
+        if name != "boundary":
+            ring.create(f"local://eu/{name}", jurisdiction="EU")
     public_pem = auditor_dir / "eu-signing-key.pem"
     public_pem.write_bytes(keys.signer.public_pem())
     echo("   KEKs: " + ", ".join(f"local://eu/{n}" for n in _KEKS) + " (jurisdiction EU)")
@@ -147,13 +158,13 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
     # -- 5. exports ----------------------------------------------------------------------------
     echo("== 5. Export to US through the gate")
     receipts = []
-    r1 = export(pf, "US", us_dir / "users.parquet", policy=policy, public_key=public_pem,
+    r1 = export(pf, "US", us_dir / "users.parquet", policy=policy, keys=keys,
                 context=eu, audit=log, columns=US_COLUMNS)
     receipts.append(r1)
     echo(f"   table   -> us/users.parquet: {r1.rows} rows, {', '.join(r1.columns)}")
     echo(f"              sha256 {r1.sha256[:16]}…, audit entry {r1.audit_seq}")
     r2 = export(release, "US", us_dir / "watch_by_country.parquet", policy=policy,
-                public_key=public_pem, context=eu, audit=log)
+                keys=keys, context=eu, audit=log)
     receipts.append(r2)
     echo(f"   release -> us/watch_by_country.parquet: {r2.rows} rows, ε {release.loss.epsilon}, "
          f"audit entry {r2.audit_seq}")
@@ -173,17 +184,17 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
             raise RuntimeError(f"the boundary let through: {label}")
 
     attempt("export the raw users table to US", lambda: export(
-        u, "US", us_dir / "raw-users.parquet", policy=policy, public_key=public_pem,
+        u, "US", us_dir / "raw-users.parquet", policy=policy, keys=keys,
         context=eu, audit=log))
     attempt("export the raw users file to US", lambda: export(
         eu_dir / "users.parquet", "US", us_dir / "raw-users.parquet", policy=policy,
-        public_key=public_pem, context=eu, audit=log))
+        keys=keys, context=eu, audit=log))
     attempt("export the whole protected table (EU-encrypted phone) to US", lambda: export(
-        pf, "US", us_dir / "all-columns.parquet", policy=policy, public_key=public_pem,
+        pf, "US", us_dir / "all-columns.parquet", policy=policy, keys=keys,
         context=eu, audit=log))
     tampered = _tampered_copy(protected_path, workdir / "tampered.parquet", pq, MANIFEST_KEY)
     attempt("export a copy whose manifest was edited to let phone out", lambda: export(
-        tampered, "US", us_dir / "tampered.parquet", policy=policy, public_key=public_pem,
+        tampered, "US", us_dir / "tampered.parquet", policy=policy, keys=keys,
         context=eu, audit=log))
     leaked = ProtectedFrame.read(protected_path)  # as if the EU file were copied to the US
     attempt("US context reads the EU-encrypted phone column", lambda: reidentify(

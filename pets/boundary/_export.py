@@ -66,13 +66,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pets._errors import InputError, IntegrityError, JurisdictionError, PetsError, PolicyError
 from pets._io import atomic_path
 from pets.boundary._audit import AuditLog
+from pets.boundary._keys import BoundaryKeys
 from pets.boundary._manifest import EXPORT_KEY, Manifest, ProtectedFrame
 from pets.boundary._policy import Policy
-from pets.boundary._signing import PublicKeyLike
 from pets.jurisdiction import Context, Jurisdiction
 
 __all__ = ["ExportReceipt", "export"]
@@ -122,7 +123,7 @@ def _describe(obj: Any) -> str:
 
 
 def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
-           public_key: PublicKeyLike | Sequence[PublicKeyLike], context: Context,
+           keys: BoundaryKeys, context: Context,
            audit: AuditLog,
            columns: Sequence[str] | Literal["allowed"] | None = None,
            ledger: Ledger | str | os.PathLike[str] | None = None) -> ExportReceipt:
@@ -137,8 +138,9 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         path: Where to write (atomically; nothing is written on refusal). For a dataset, a
             directory that does not exist yet, or an earlier export to be replaced.
         policy: The policy the data was protected under.
-        public_key: The home jurisdiction's Ed25519 public key (or its PEM / PEM file), or a
-            list of them after a rotation of the signing key.
+        keys: The boundary's keys: manifests verify only under its *pinned* public keys
+            (:attr:`BoundaryKeys.pinned_public_keys`, fixed when the boundary was set up and
+            extended only by an audited rotation) — never under a key the caller hands in.
         context: Who exports: must run in the policy's home jurisdiction.
         audit: The audit log: receives ``boundary.export`` or ``boundary.refused``.
         columns: Export only these columns of a table (default: all). Columns whose output may
@@ -182,10 +184,10 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         >>> raw = pd.DataFrame({"user_id": ["u1", "u2"], "minutes": [3.0, 4.5]})
         >>> pf = protect(raw, policy, keys, eu, audit=log)
         >>> export(pf, "US", d / "us.parquet", policy=policy,
-        ...        public_key=keys.signer.public_key, context=eu, audit=log).rows
+        ...        keys=keys, context=eu, audit=log).rows
         2
         >>> export(raw, "US", d / "raw.parquet", policy=policy,
-        ...        public_key=keys.signer.public_key, context=eu, audit=log)
+        ...        keys=keys, context=eu, audit=log)
         Traceback (most recent call last):
         ...
         pets._errors.PolicyError: raw data cannot be exported: it has no manifest (run protect under the dataset's policy first)
@@ -216,9 +218,10 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
             if _is_release(obj):
                 return _export_release(obj, code, dest, policy, context, audit, ledger)
             if dataset:
-                return _export_dataset(Path(obj), code, dest, policy, public_key, context,
+                return _export_dataset(Path(obj), code, dest, policy, keys.pinned_public_keys, context,
                                        audit, columns)
-            return _export_table(obj, code, dest, policy, public_key, context, audit, columns)
+            return _export_table(obj, code, dest, policy, keys.pinned_public_keys, context, audit,
+                                 columns)
         except PetsError:
             raise
         except OSError as exc:
@@ -278,7 +281,7 @@ def _is_release(obj: Any) -> bool:
 
 
 def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
-                  public_key: PublicKeyLike | Sequence[PublicKeyLike],
+                  public_key: Sequence[Ed25519PublicKey],
                   context: Context, audit: AuditLog,
                   columns: Sequence[str] | Literal["allowed"] | None) -> ExportReceipt:
     if isinstance(obj, pd.DataFrame):
@@ -378,7 +381,7 @@ def _select(manifest: Manifest, policy: Policy, to: str,
 
 
 def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
-                    public_key: PublicKeyLike | Sequence[PublicKeyLike], context: Context,
+                    public_key: Sequence[Ed25519PublicKey], context: Context,
                     audit: AuditLog,
                     columns: Sequence[str] | Literal["allowed"] | None) -> ExportReceipt:
     """The gate for a protected dataset directory: same checks, one part at a time."""

@@ -84,7 +84,7 @@ class Boundary:
     def export(self, obj: Any, to: str, path: str | os.PathLike[str], *,
                columns: Sequence[str] | Literal["allowed"] | None = None) -> ExportReceipt:
         """:func:`~pets.boundary.export` through this boundary's gate."""
-        return export(obj, to, path, policy=self.policy, public_key=self.keys.signer.public_key,
+        return export(obj, to, path, policy=self.policy, keys=self.keys,
                       context=self.context, audit=self.audit, columns=columns)
 
     def reidentify(self, protected: ProtectedFrame, column: str,
@@ -95,4 +95,4 @@ class Boundary:
 
     def verify(self) -> VerifyReport:
         """:func:`~pets.boundary.verify_log` of this boundary's audit log with its own key."""
-        return verify_log(self.audit.path, self.keys.signer.public_key)
+        return verify_log(self.audit.path, self.keys.pinned_public_keys)

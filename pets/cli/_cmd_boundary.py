@@ -58,75 +58,144 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS"]
 
 DEFAULT_AUDIT_LOG = Path(".pets") / "audit.jsonl"
+DEFAULT_LEDGER = Path(".pets") / "ledger.sqlite"
 _POLICY_COPY = "policy.yaml"
 
 
 def _audit_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--audit-log``, kept only to refuse it: the audit log is pinned in ``boundary.json``
+    by ``pets boundary init`` and no command lets its caller choose another one."""
     return click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path),
-                        envvar="PETS_AUDIT_LOG", default=DEFAULT_AUDIT_LOG, show_default=True,
-                        help="The audit log to append to. [env: PETS_AUDIT_LOG]")(f)
+                        default=None, hidden=True, expose_value=True)(f)
 
 
 def _boundary_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--boundary-keys", type=click.Path(file_okay=False, path_type=Path),
-                        envvar="PETS_BOUNDARY_KEYS", default=None,
-                        help="Directory of the signing key and wrapped root secrets. "
-                             "[env: PETS_BOUNDARY_KEYS; default <keyring>/boundary]")(f)
+    return click.option("--boundary", "--boundary-keys", "boundary_keys",
+                        type=click.Path(file_okay=False, path_type=Path),
+                        envvar=["PETS_BOUNDARY", "PETS_BOUNDARY_KEYS"], default=None,
+                        help="The boundary directory set up by `pets boundary init` (signing "
+                             "key, pinned anchors, wrapped root secrets). "
+                             "[env: PETS_BOUNDARY; default <keyring>/boundary]")(f)
+
+
+def refuse_caller_audit_log(audit_log: Path | None) -> None:
+    """A caller-chosen audit log is refused: the boundary pins where its log lives.
+
+    Raises:
+        click.UsageError: ``--audit-log`` was given, or ``PETS_AUDIT_LOG`` is set.
+    """
+    import os
+
+    if audit_log is not None or os.environ.get("PETS_AUDIT_LOG"):
+        raise click.UsageError(
+            "the audit log is pinned when the boundary is set up (pets boundary init "
+            "--audit-log); --audit-log / PETS_AUDIT_LOG cannot choose another one per command")
 
 
 class _LateLog:
     """An audit hook for the key services and boundary keys opened *before* the log they
-    report to (the log needs the signing key those open); events before ``log`` is set are
-    dropped, as there is nothing yet to sign them with."""
+    report to (the log needs the signing key those open). Events before ``log`` is set are
+    held and written, in order, as soon as it is: the signing key's own unwrap is on the
+    record too. Events of a command that fails before the log opens are lost with it; that
+    command did nothing (it could not even open the signing key)."""
 
     def __init__(self) -> None:
-        self.log: AuditLog | None = None
+        self._log: AuditLog | None = None
+        self._held: list[AuditEvent] = []
+
+    @property
+    def log(self) -> AuditLog | None:
+        return self._log
+
+    @log.setter
+    def log(self, log: AuditLog) -> None:
+        from pets._errors import AuditHookError
+
+        self._log = log
+        held, self._held = self._held, []
+        for event in held:
+            try:
+                log.hook(event)
+            except Exception as exc:  # fail closed, as a key use the log cannot record does
+                key = event.fields.get("key") or event.fields.get("kek") or ""
+                raise AuditHookError(f"key use refused: the audit hook could not record "
+                                     f"{event.kind}{' of ' + str(key) if key else ''} "
+                                     f"({type(exc).__name__})") from None
 
     def __call__(self, event: AuditEvent) -> None:
-        if self.log is not None:
-            self.log.hook(event)
+        if self._log is None:
+            self._held.append(event)
+        else:
+            self._log.hook(event)
 
 
 def _boundary_dir(key_config: KeyConfig, boundary_dir: Path | None) -> Path:
-    """The boundary keys' directory: ``--boundary-keys`` or ``<keyring>/boundary``."""
+    """The boundary directory: ``--boundary`` or ``<keyring>/boundary``."""
     return boundary_dir or key_config.keyring / "boundary"
 
 
-def _open(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path, ctx: Context,
-          policy: Policy | None) -> tuple[BoundaryKeys, AuditLog]:
-    """Open key services, the boundary keys and the audit log, wired together."""
+def open_boundary(key_config: KeyConfig, boundary_dir: Path | None, ctx: Context,
+                  audit_log: Path | None = None) -> tuple[BoundaryKeys, AuditLog]:
+    """Open the boundary set up by ``pets boundary init``: key services, the signing key, the
+    pinned anchors and the audit log they name, wired so every key event is signed into it.
+
+    Every command that acts at the boundary (protect, export, reidentify, release, the key
+    and envelope commands) goes through here: there is no way to run them unlogged.
+
+    Raises:
+        click.UsageError: A caller-chosen audit log (``--audit-log``, ``PETS_AUDIT_LOG``).
+        InputError: No boundary was set up there; an explicit keyring other than the pinned.
+        JurisdictionError: ``ctx`` is outside the home (the signing key does not unwrap).
+        IntegrityError: The anchors do not verify under the signing key.
+    """
     from pets.boundary import AuditLog, BoundaryKeys
 
+    refuse_caller_audit_log(audit_log)
+    directory = _boundary_dir(key_config, boundary_dir)
+    if not BoundaryKeys.exists(directory):
+        from pets.keys import KeyServices as _Services
+
+        BoundaryKeys.open(directory, _Services([]), context=ctx)  # raises, naming the fix
     hook = _LateLog()
     services = services_from_options(key_config, audit=hook)
-    signing = policy.keys.get("signing") if policy is not None else None
-    keys = BoundaryKeys.open(_boundary_dir(key_config, boundary_dir), services, context=ctx,
-                             signing_kek=signing, audit=hook)
-    log = hook.log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
+    keys = BoundaryKeys.open(directory, services, context=ctx, audit=hook)
+    assert keys.anchors is not None
+    pinned_ring = keys.anchors.key_services.get("keyring")
+    if key_config.keyring_explicit and pinned_ring is not None and \
+            key_config.keyring.resolve() != Path(pinned_ring):
+        raise InputError(f"--keyring/PETS_KEYRING {key_config.keyring} is not the keyring "
+                         f"pinned for the boundary at {directory} ({pinned_ring})")
+    log = AuditLog(keys.anchors.audit_log, signer=keys.signer, actor=ctx)
+    hook.log = log
     keys.audit = log.hook
     return keys, log
 
 
-def open_key_audit(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path,
-                   ctx: Context) -> tuple[KeyServices, AuditLog | None]:
-    """Key services whose events (``key.create``, ``key.rotate``…) land in the signed log.
+def _open(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path | None,
+          ctx: Context, policy: Policy | None) -> tuple[BoundaryKeys, AuditLog]:
+    """:func:`open_boundary`, and the policy must agree with the boundary's anchors."""
+    from pets._errors import PolicyError
 
-    Used by ``pets keys``. Bootstrapping: before the boundary signing key exists (``pets keys
-    init`` and the first ``create`` run before any ``pets protect``) there is nothing to sign
-    with, so the services come without a log (``None``). Once the signing key exists, failing
-    to open it (wrong master key, wrong jurisdiction) is an error: key operations are not run
-    unlogged.
+    keys, log = open_boundary(key_config, boundary_dir, ctx, audit_log)
+    assert keys.anchors is not None
+    if policy is not None:
+        signing = policy.keys.get("signing")
+        if signing is not None and signing != keys.anchors.signing_kek:
+            raise PolicyError(f"{policy.source}: keys.signing {signing} is not the KEK of the "
+                              f"boundary's pinned signing key ({keys.anchors.signing_kek})")
+    return keys, log
+
+
+def open_key_audit(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path | None,
+                   ctx: Context) -> tuple[KeyServices, AuditLog]:
+    """Key services whose events (``key.create``, ``key.wrap``…) land in the signed log.
+
+    Used by ``pets keys`` and ``pets encrypt``/``decrypt``. There is no bootstrap state: a key
+    operation or key use needs the boundary (``pets boundary init`` first), and failing to
+    open it (wrong master key, wrong jurisdiction) is an error, never an unlogged run.
     """
-    from pets.boundary import AuditLog, BoundaryKeys
-
-    hook = _LateLog()
-    services = services_from_options(key_config, audit=hook)
-    directory = _boundary_dir(key_config, boundary_dir)
-    if not (directory / "signing-key.json").exists():
-        return services, None
-    keys = BoundaryKeys.open(directory, services, context=ctx)
-    log = hook.log = AuditLog(audit_log, signer=keys.signer, actor=ctx)
-    return services, log
+    keys, log = open_boundary(key_config, boundary_dir, ctx, audit_log)
+    return keys.services, log
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -268,7 +337,7 @@ def _check_encrypted_columns(policy: Policy, columns: dict[str, list[str]]) -> N
 @json_option
 def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: int | None,
             scheduler: str | None, connect_timeout: float, parquet_encrypt: tuple[str, ...],
-            footer_key: str | None, audit_log: Path, boundary_keys: Path | None,
+            footer_key: str | None, audit_log: Path | None, boundary_keys: Path | None,
             jurisdiction: str, principal: str | None, as_json: bool,
             key_config: KeyConfig) -> None:
     """Protect a raw Parquet table under a policy (runs in the policy's home only).
@@ -309,7 +378,7 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
     result = {"out": str(target), "dataset": m.dataset, "rows_in": len(frame), "rows": m.rows,
               "columns": m.treatments(), "k_anonymity": dict(m.k_anonymity),
               "signer": m.signer, "policy_digest": m.policy_digest, "engine": "pandas",
-              "audit_log": str(audit_log)}
+              "audit_log": str(log.path)}
 
     def text() -> str:
         lines = [f"protected {m.dataset}: {len(frame)} rows in, {m.rows} out -> {target}"]
@@ -320,7 +389,7 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
             lines.append(f"  k-anonymity: k={k['k']} (min {k['min_k']}) over "
                          f"{', '.join(k['quasi_identifiers'])}; "
                          f"{k.get('suppressed_rows', 0)} rows suppressed")
-        lines.append(f"  manifest signed by {m.signer}; audit log {audit_log}")
+        lines.append(f"  manifest signed by {m.signer}; audit log {log.path}")
         return "\n".join(lines)
 
     emit(result, as_json, text)
@@ -336,7 +405,8 @@ def _copy_policy(out: Path, policy_path: Path) -> None:
 
 def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
                   workers: int | None, scheduler: str | None, connect_timeout: float,
-                  audit_log: Path, boundary_keys: Path | None, ctx: Context, as_json: bool,
+                  audit_log: Path | None, boundary_keys: Path | None, ctx: Context,
+                  as_json: bool,
                   key_config: KeyConfig, encrypt: dict[str, list[str]] | None = None,
                   footer_key: str | None = None) -> None:
     import os
@@ -363,7 +433,7 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
         scheduler=scheduler, connect_timeout=connect_timeout, keys=keys, key_source=key_config,
         context=ctx, audit=log, parquet_encryption=encrypt, footer_key=footer_key)
     _copy_policy(out, policy_path)  # run_protect_dask wrote manifest.json and the PEM
-    summary["audit_log"] = str(audit_log)
+    summary["audit_log"] = str(log.path)
     # which columns are encrypted at rest, under which KEK (URIs only: no key material)
     summary["encrypted_columns"] = {c: uri for uri, cols in (encrypt or {}).items()
                                     for c in cols}
@@ -390,7 +460,7 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
                          + "; ".join(f"{', '.join(cols)} under {uri}"
                                      for uri, cols in encrypt.items())
                          + f"; footer under {footer_key} (stays home: export refuses it)")
-        lines.append(f"  manifest signed by {summary['signer']}; audit log {audit_log}")
+        lines.append(f"  manifest signed by {summary['signer']}; audit log {log.path}")
         return "\n".join(lines)
 
     emit(summary, as_json, text)
@@ -412,14 +482,14 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
                    "policy lets go to the destination (default: all; columns the policy keeps "
                    "home must be left out).")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PEM of the signing key (default: the boundary keys' own).")
+              hidden=True)
 @_audit_option
 @_boundary_option
 @keyring_options
 @context_options
 @json_option
 def export(src: Path, destination: str, out: Path, policy_path: Path | None,
-           columns: str | None, public_key: Path | None, audit_log: Path,
+           columns: str | None, public_key: Path | None, audit_log: Path | None,
            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
            as_json: bool, key_config: KeyConfig) -> None:
     """Export a protected table through the gate (verifies signature, data and policy).
@@ -431,6 +501,12 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
     from pets.boundary import export as do_export
     from pets.boundary import load_policy
 
+    if public_key is not None:
+        raise click.UsageError(
+            "--public-key: the gate verifies manifests only against the boundary's pinned "
+            "signing keys (pets boundary show); a public key is for a receiver verifying "
+            "what arrived (pets.boundary.verify_dataset)")
+    refuse_caller_audit_log(audit_log)
     ctx = make_context(jurisdiction, principal)
     file = _protected_file(src)
     policy = load_policy(policy_path or file.parent / _POLICY_COPY)
@@ -441,7 +517,7 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
     elif columns:
         cols = [c.strip() for c in columns.split(",") if c.strip()]
     receipt = do_export(file, destination, out, policy=policy,
-                        public_key=public_key or keys.signer.public_key, context=ctx,
+                        keys=keys, context=ctx,
                         audit=log, columns=cols)
     parts = "" if receipt.parts is None else f" in {receipt.parts} parts"
     emit(receipt.to_dict(), as_json,
@@ -467,7 +543,8 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
 @context_options
 @json_option
 def reidentify(src: Path, column: str, values: tuple[str, ...], values_file: Path | None,
-               reason: str, audit_log: Path, boundary_keys: Path | None, jurisdiction: str,
+               reason: str, audit_log: Path | None, boundary_keys: Path | None,
+               jurisdiction: str,
                principal: str | None, as_json: bool, key_config: KeyConfig) -> None:
     """Reverse tokens, FF1 or encrypted values of a protected table (home jurisdiction only).
 
@@ -483,7 +560,7 @@ def reidentify(src: Path, column: str, values: tuple[str, ...], values_file: Pat
     file = _protected_file(src)
     pf = ProtectedFrame.read(file)
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, None)
-    pf.manifest.verify(keys.signer.public_key)
+    pf.manifest.verify(keys.pinned_public_keys)
     items = list(values)
     if values_file is not None:
         try:
@@ -660,4 +737,148 @@ def incidents(log: Path, as_json: bool) -> None:
     _table(table, as_json, "no incidents")
 
 
-COMMANDS = [protect, export, reidentify, audit, policy_group]
+# -- boundary init / show / rotate-signing-key --------------------------------------------------
+
+@click.group("boundary")
+def boundary_group() -> None:
+    """Set up the boundary once and inspect its pinned trust anchors."""
+
+
+@boundary_group.command("init")
+@click.option("--signing-kek", required=True, metavar="KEK_URI",
+              help="The home KEK that wraps the boundary's Ed25519 signing key (created in "
+                   "its key service, in the home jurisdiction, if it does not exist).")
+@click.option("--home", default=None, metavar="CODE",
+              help="The home jurisdiction. [default: the context's, PETS_JURISDICTION]")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULT_AUDIT_LOG, show_default=True,
+              help="The signed audit log to pin (created if missing).")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULT_LEDGER, show_default=True,
+              help="The privacy-budget ledger to pin.")
+@_boundary_option
+@keyring_options
+@context_options
+@json_option
+def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Path,
+             boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+             as_json: bool, key_config: KeyConfig) -> None:
+    """Set up the boundary: signing key, pinned anchors, audit log (once; never implicit).
+
+    Writes boundary.json (home, pinned signing public keys, audit log, ledger, key-service
+    settings; signed by the signing key, which only the home KEK unwraps) and the first
+    audit entries: the KEK's creation if it was made here, the signing key's creation and
+    boundary.init. Every later command reads these anchors; none creates a key or chooses
+    a log of its own. Run it after `pets keys init` (local keyring) and before any other
+    key operation.
+    """
+    from pets._errors import KeyNotFoundError
+    from pets.boundary import AuditLog, BoundaryKeys
+    from pets.jurisdiction import Jurisdiction
+
+    ctx = make_context(jurisdiction, principal)
+    code = Jurisdiction(home).code if home else ctx.jurisdiction
+    if ctx.jurisdiction != code:
+        raise JurisdictionError(f"a boundary at home in {code} is set up from {code}; "
+                                f"{ctx.access_token} is outside it")
+    directory = _boundary_dir(key_config, boundary_keys)
+    if BoundaryKeys.exists(directory):
+        raise InputError(f"{directory}: a boundary is already set up here (boundary.json); "
+                         "nothing changed")
+    for path, what in ((log_path, "--log"), (ledger_path, "--ledger")):
+        if path.exists() and path.is_dir():
+            raise InputError(f"{what} {path}: is a directory")
+    hook = _LateLog()
+    services = services_from_options(key_config, audit=hook)
+    service = services.for_uri(signing_kek)
+    try:
+        kek_home = service.describe(signing_kek).jurisdiction
+    except KeyNotFoundError:
+        kek_home = service.create(signing_kek, jurisdiction=code).jurisdiction
+    if kek_home != code:
+        raise JurisdictionError(f"{signing_kek} belongs to {kek_home}: the signing key of a "
+                                f"boundary at home in {code} needs a KEK of {code}")
+    settings: dict[str, Any] = {"keyring": str(key_config.keyring.resolve())}
+    if key_config.pkcs11_library:
+        settings["pkcs11_library"] = key_config.pkcs11_library
+        settings["pkcs11_tokens"] = {t.label: t.jurisdiction for t in key_config.pkcs11_tokens}
+    keys = BoundaryKeys.create(directory, services, context=ctx, signing_kek=signing_kek,
+                               audit_log=log_path, ledger=ledger_path, key_services=settings,
+                               audit=hook)
+    anchors = keys.anchors
+    assert anchors is not None
+    log = AuditLog(anchors.audit_log, signer=keys.signer, actor=ctx)
+    hook.log = log
+    keys.audit = log.hook
+    entry = log.append("boundary.init", directory=str(directory.resolve()), home=anchors.home,
+                       signing_kek=anchors.signing_kek, pinned=list(anchors.pinned),
+                       audit_log=str(anchors.audit_log), ledger=str(anchors.ledger),
+                       key_services=settings)
+    out = {**_anchors_dict(keys), "audit_seq": entry["seq"]}
+    emit(out, as_json, lambda: _anchors_text(keys)
+         + f"\n  recorded as audit entry {entry['seq']}")
+
+
+def _anchors_dict(keys: BoundaryKeys) -> dict[str, Any]:
+    from pets.boundary import BoundaryKeys
+
+    a = keys.anchors
+    assert a is not None and keys.directory is not None
+    return {"boundary": str(keys.directory), "home": a.home, "signing_kek": a.signing_kek,
+            "signer": keys.signer.key_id, "pinned": list(a.pinned),
+            "public_key": str(BoundaryKeys.public_key_path(keys.directory)),
+            "audit_log": str(a.audit_log), "ledger": str(a.ledger),
+            "key_services": dict(a.key_services), "created": a.created}
+
+
+def _anchors_text(keys: BoundaryKeys) -> str:
+    d = _anchors_dict(keys)
+    return "\n".join([
+        f"boundary {d['boundary']}: home {d['home']}, set up {d['created']}",
+        f"  signing key {d['signer']} (Ed25519, wrapped under {d['signing_kek']}); "
+        f"public key {d['public_key']}",
+        f"  pinned signing keys: {', '.join(d['pinned'])}",
+        f"  audit log {d['audit_log']}",
+        f"  ledger    {d['ledger']}",
+    ])
+
+
+@boundary_group.command("show")
+@_boundary_option
+@keyring_options
+@context_options
+@json_option
+def show_cmd(boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+             as_json: bool, key_config: KeyConfig) -> None:
+    """Print the boundary's pinned anchors (verified under its signing key)."""
+    ctx = make_context(jurisdiction, principal)
+    keys, _ = open_boundary(key_config, boundary_keys, ctx)
+    emit(_anchors_dict(keys), as_json, lambda: _anchors_text(keys))
+
+
+@boundary_group.command("rotate-signing-key")
+@click.option("--kek", default=None, metavar="KEK_URI",
+              help="Wrap the new signing key under this home KEK [default: the current one].")
+@_boundary_option
+@keyring_options
+@context_options
+@json_option
+def rotate_signing_cmd(kek: str | None, boundary_keys: Path | None, jurisdiction: str,
+                       principal: str | None, as_json: bool, key_config: KeyConfig) -> None:
+    """Make a new signing key current and pin it beside the old ones (audited).
+
+    Manifests and audit entries signed before stay valid (their keys stay pinned); give the
+    new public key to auditors and receivers.
+    """
+    ctx = make_context(jurisdiction, principal)
+    keys, _ = open_boundary(key_config, boundary_keys, ctx)
+    if kek is not None:
+        home = keys.services.for_uri(kek).describe(kek).jurisdiction
+        if keys.anchors is not None and home != keys.anchors.home:
+            raise JurisdictionError(f"{kek} belongs to {home}: the boundary's signing key "
+                                    f"needs a KEK of {keys.anchors.home}")
+    keys.rotate_signing_key(context=ctx, kek=kek)
+    emit(_anchors_dict(keys), as_json, lambda: _anchors_text(keys))
+
+
+COMMANDS = [boundary_group, protect, export, reidentify, audit, policy_group]

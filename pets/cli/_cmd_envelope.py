@@ -49,13 +49,12 @@ _context_opt = click.option(
     help="Encryption context entry (repeatable); bound to the ciphertext, stored in clear.")
 
 
-def _logged(key_config: KeyConfig, audit_log: Path, boundary_keys: Path | None,
-            ctx: Context) -> tuple[KeyServices, AuditHook | None]:
-    """Key services (and the hook for ``envelope.*`` events) wired to the signed audit log."""
+def _logged(key_config: KeyConfig, audit_log: Path | None, boundary_keys: Path | None,
+            ctx: Context) -> tuple[KeyServices, AuditHook]:
+    """Key services (and the hook for ``envelope.*`` events) wired to the boundary's signed
+    audit log: no key use without the boundary (``pets boundary init``)."""
     services, log = open_key_audit(key_config, boundary_keys, audit_log, ctx)
-    if log is None and audit_log.exists():
-        click.echo(f"note: no boundary signing key yet; {audit_log} not written", err=True)
-    return services, log.hook if log is not None else None
+    return services, log.hook
 
 
 def _keys_text(payload: dict[str, Any]) -> str:

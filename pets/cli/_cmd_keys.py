@@ -3,11 +3,12 @@
 Every sub-command takes the key-service options of :mod:`pets.cli._keyopts` (``--keyring``,
 ``--pkcs11-*``; secrets from ``PETS_MASTER_KEY`` / ``PETS_KEYRING_PASSPHRASE`` /
 ``PETS_PKCS11_PIN``) and ``--json``. ``create``, ``rotate``, ``retire``, ``destroy`` and
-``migrate`` also take ``--audit-log`` / ``--boundary-keys`` (as ``pets protect`` does): once the
-boundary signing key exists, their ``key.*`` events are appended to the signed audit log, with
-``PETS_PRINCIPAL@PETS_JURISDICTION`` as the actor (``migrate`` also records the ``key.unwrap``
-and ``key.wrap`` it makes). Before it exists (``pets keys init`` and the first ``create`` of a new
-keyring) there is no log to write to yet. ``rotate``, ``retire`` and ``destroy`` go through
+``migrate`` also take ``--boundary`` (as ``pets protect`` does) and need the boundary set up by
+``pets boundary init``: their ``key.*`` events are appended to the boundary's pinned, signed
+audit log, with ``PETS_PRINCIPAL@PETS_JURISDICTION`` as the actor (``migrate`` also records the
+``key.unwrap`` and ``key.wrap`` it makes). There is no bootstrap state in which they run
+unlogged: ``pets keys init`` makes an empty keyring, ``pets boundary init`` creates the signing
+KEK in it and opens the log, and every key operation after that is on the record. ``rotate``, ``retire`` and ``destroy`` go through
 :class:`~pets.keys.KeyServices`, so caches of unwrapped keys in this process (a
 ``ParquetCrypto``, worker key references) drop the key before the command returns. Failures
 raise :class:`~pets.PetsError` subclasses that the CLI maps to exit codes (4 jurisdiction,
@@ -61,16 +62,13 @@ def _services(key_config: KeyConfig) -> KeyServices:
     return services_from_options(key_config)
 
 
-def _logged(key_config: KeyConfig, audit_log: Path, boundary_keys: Path | None,
-            ctx: Context | None = None) -> tuple[KeyServices, AuditLog | None]:
-    """Key services wired to the signed audit log (``None`` before the signing key exists)."""
+def _logged(key_config: KeyConfig, audit_log: Path | None, boundary_keys: Path | None,
+            ctx: Context | None = None) -> tuple[KeyServices, AuditLog]:
+    """Key services wired to the boundary's signed audit log (``pets boundary init`` first:
+    no key operation runs unlogged)."""
     from pets.jurisdiction import Context
 
-    services, log = open_key_audit(key_config, boundary_keys, audit_log,
-                                   ctx or Context.from_env())
-    if log is None and audit_log.exists():
-        click.echo(f"note: no boundary signing key yet; {audit_log} not written", err=True)
-    return services, log
+    return open_key_audit(key_config, boundary_keys, audit_log, ctx or Context.from_env())
 
 
 @click.group()
@@ -258,7 +256,7 @@ def migrate_cmd(src: Path, dest: Path, target_uri: str, enc_context: tuple[str, 
     new = rewrap(wrapped, source=services, target_uri=target_uri, target=services,
                  context=ctx, enc_context=parse_pairs(enc_context),
                  allow_jurisdiction_change=allow_jurisdiction_change,
-                 audit=log.hook if log is not None else None)
+                 audit=log.hook)
     with atomic_path(target, mode=0o600) as tmp:
         tmp.write_text(new.to_json() + "\n")
     payload: dict[str, Any] = {"from": wrapped.key_uri, "from_version": wrapped.version,

@@ -20,7 +20,8 @@ def env(tmp_path, monkeypatch, capsys):
                 "PETS_PKCS11_LIBRARY"):
         monkeypatch.delenv(var, raising=False)
     assert main(["keys", "init", "--name", "eu"]) == 0
-    for k in ("boundary", "pseudonyms", "columns"):
+    assert main(["boundary", "init", "--signing-kek", "local://eu/boundary"]) == 0
+    for k in ("pseudonyms", "columns"):
         assert main(["keys", "create", f"local://eu/{k}", "--jurisdiction", "EU"]) == 0
     assert main(["datasets", "generate", "--users", "3000", "--out", "users.parquet"]) == 0
     from importlib.resources import files

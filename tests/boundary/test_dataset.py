@@ -32,9 +32,9 @@ def dataset(raw, policy, keys, tmp_path):
 
 
 @pytest.fixture
-def exported(dataset, policy, signer, log, tmp_path):
+def exported(dataset, policy, signer, log, tmp_path, keys):
     dest = tmp_path / "us" / "users"
-    export(dataset, "US", dest, policy=policy, public_key=signer.public_key,
+    export(dataset, "US", dest, policy=policy, keys=keys,
            context=Context("EU", principal="etl"), audit=log, columns=SAFE)
     return dest
 

@@ -437,17 +437,20 @@ def protected_events(tmp_path_factory):
     require_service(HAVE_DASK, DASK)
     root = tmp_path_factory.mktemp("pme")
     env = {"PETS_MASTER_KEY": secrets.token_bytes(32).hex(), "PETS_KEYRING": str(root / "ring"),
-           "PETS_AUDIT_LOG": str(root / "audit.jsonl"), "PETS_PRINCIPAL": "etl",
+           "PETS_PRINCIPAL": "etl",
            "PETS_JURISDICTION": "EU"}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         for k, v in env.items():
             mp.setenv(k, v)
-        for var in ("PETS_BOUNDARY_KEYS", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY",
+        for var in ("PETS_AUDIT_LOG", "PETS_BOUNDARY_KEYS", "PETS_PKCS11_TOKEN",
+                    "PETS_PKCS11_LIBRARY",
                     "PETS_KEYRING_PASSPHRASE", "PETS_DASK_SCHEDULER"):
             mp.delenv(var, raising=False)
         assert main(["keys", "init", "--name", "eu"]) == 0
-        for k in ("boundary", "pseudonyms", "parquet"):
+        assert main(["boundary", "init", "--signing-kek", "local://eu/boundary", "--log",
+                     str(root / "audit.jsonl")]) == 0
+        for k in ("pseudonyms", "parquet"):
             assert main(["keys", "create", f"local://eu/{k}", "--jurisdiction", "EU"]) == 0
         (root / "policy.yaml").write_text(
             (files("pets") / "examples" / "events-policy.yaml").read_text())
@@ -549,7 +552,6 @@ class TestReleaseOfAModularEncryptedDataset:
         ring = tmp_path / "ring"  # a copy: the other tests keep their key
         shutil.copytree(pme["env"]["PETS_KEYRING"], ring)
         monkeypatch.setenv("PETS_KEYRING", str(ring))
-        monkeypatch.setenv("PETS_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
         assert main(["keys", "destroy", PQ_KEK, "--yes"]) == 0
         capsys.readouterr()
         code, _, err = run(capsys, *self._args(pme["enc"], tmp_path), "--epsilon", "1",

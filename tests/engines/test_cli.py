@@ -30,7 +30,8 @@ def env(tmp_path, monkeypatch, capsys):
                 "PETS_PKCS11_LIBRARY", "PETS_KEYRING_PASSPHRASE"):
         monkeypatch.delenv(var, raising=False)
     assert main(["keys", "init", "--name", "eu"]) == 0
-    for k in ("boundary", "pseudonyms", "columns"):
+    assert main(["boundary", "init", "--signing-kek", "local://eu/boundary"]) == 0
+    for k in ("pseudonyms", "columns"):
         assert main(["keys", "create", f"local://eu/{k}", "--jurisdiction", "EU"]) == 0
     assert main(["datasets", "generate", "--users", "2000", "--out", "users.parquet"]) == 0
     (tmp_path / "policy.yaml").write_text(
@@ -119,6 +120,7 @@ def cluster_env(tmp_path, monkeypatch, capsys, keyring):
     for var in ("PETS_AUDIT_LOG", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY",
                 "PETS_KEYRING_PASSPHRASE", "PETS_DASK_SCHEDULER"):
         monkeypatch.delenv(var, raising=False)
+    assert main(["boundary", "init", "--signing-kek", "local://eu/boundary"]) == 0
     assert main(["datasets", "generate", "--users", "2000", "--out", "users.parquet"]) == 0
     (tmp_path / "policy.yaml").write_text(
         (files("pets") / "examples" / "users-policy.yaml").read_text())
@@ -326,7 +328,7 @@ class TestProtectWithParquetModularEncryption:
                      *args]) == 2
         assert message in capsys.readouterr().err
         assert not (cluster_env / "x").exists()
-        assert not (cluster_env / ".pets" / "audit.jsonl").exists()
+        assert [e["kind"] for e in _entries(cluster_env)][-1] == "boundary.init"
 
     def test_a_column_the_policy_does_not_write_exits_1_before_any_work(self, cluster_env,
                                                                         capsys):

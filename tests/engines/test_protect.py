@@ -228,7 +228,7 @@ class TestExportGateOnDatasets:
 
         log = AuditLog(tmp_path / "audit.jsonl", signer=bkeys.signer, actor=EU)
         return log, lambda: export(src, "US", tmp_path / "us", policy=Policy.from_yaml(EXPORTABLE),
-                                   public_key=bkeys.public_key, context=EU, audit=log,
+                                   keys=bkeys, context=EU, audit=log,
                                    columns=["user_id", "email", "country"])
 
     def test_modular_encryption_is_refused_clearly(self, encrypted, bkeys, tmp_path):

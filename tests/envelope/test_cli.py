@@ -28,6 +28,8 @@ def env(tmp_path, monkeypatch):
     ring = LocalKeyring.init(tmp_path / ".pets" / "keyring", name="eu", master_key=Secret(KEY))
     ring.create(URI, jurisdiction="EU")
     ring.create("local://eu/backup", jurisdiction="EU")
+    # key use is always on the signed record: the boundary first
+    assert main(["boundary", "init", "--signing-kek", "local://eu/boundary"]) == 0
     (tmp_path / "plain.csv").write_bytes(b"id,email\n" + b"1,a@x.eu\n" * 5000)
     return tmp_path
 
@@ -123,15 +125,7 @@ PEM = ".pets/keyring/boundary/signing-key.pub.pem"
 @pytest.fixture
 def signed(env):
     """The boundary signing key exists (as after the first `pets protect`)."""
-    from pets import Context
-    from pets.boundary import BoundaryKeys
-    from pets.keys import KeyServices
 
-    ring = LocalKeyring(env / ".pets" / "keyring", master_key=Secret(KEY))
-    ring.create("local://eu/boundary", jurisdiction="EU")
-    BoundaryKeys.open(env / ".pets" / "keyring" / "boundary", KeyServices([ring]),
-                      context=Context("EU", principal="ops@eu"),
-                      signing_kek="local://eu/boundary")
     return env
 
 
@@ -142,10 +136,14 @@ class TestKeyUseInTheSignedLog:
         assert verify_log(env / LOG, env / PEM).ok
         return read_entries(env / LOG)
 
-    def test_without_a_signing_key_the_commands_run_unlogged(self, env, capsys):
-        assert run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI)[0] == 0
-        assert run(capsys, "decrypt", "c.pets", "back.csv")[0] == 0
-        assert not (env / LOG).exists()
+    def test_without_a_boundary_no_key_is_used(self, env, capsys):
+        """No bootstrap state runs unlogged: a boundary directory that was never set up is
+        an error before any key is touched (it used to encrypt and decrypt with no record)."""
+        code, _, err = run(capsys, "encrypt", "plain.csv", "c.pets", "--key", URI,
+                           "--boundary", "elsewhere")
+        assert code == 1 and "no boundary at elsewhere: set it up once with `pets boundary " \
+            "init`" in err
+        assert not (env / "c.pets").exists() and not (env / "elsewhere").exists()
 
     def test_every_wrap_and_unwrap_is_one_signed_entry_never_per_segment(self, signed,
                                                                           capsys):
@@ -156,13 +154,15 @@ class TestKeyUseInTheSignedLog:
         assert run(capsys, "decrypt", "c.pets", "back.csv", "--principal", "analyst")[0] == 0
         entries = self._entries(env)
         uses = [(e["kind"], e["fields"]["key"], e["fields"]["purpose"], e["actor"])
-                for e in entries if e["kind"].startswith("key.")]
+                for e in entries if e["kind"].startswith("key.")
+                and e["fields"]["key"] != "local://eu/boundary"]  # each command's signer
         assert uses == [("key.wrap", URI, "envelope", "ops@eu@EU"),
                         ("key.wrap", "local://eu/backup", "envelope", "ops@eu@EU"),
                         ("key.unwrap", URI, "envelope", "analyst@EU")]  # 44 segments, 1 unwrap
         assert [e["kind"] for e in entries if e["kind"].startswith("envelope.")] == [
             "envelope.encrypt", "envelope.unwrap"]
-        unwrap = next(e for e in entries if e["kind"] == "key.unwrap")["fields"]
+        unwrap = next(e for e in entries if e["kind"] == "key.unwrap"
+                      and e["fields"]["key"] == URI)["fields"]
         assert (unwrap["principal"], unwrap["jurisdiction"], unwrap["version"]) == (
             "analyst", "EU", 1)
 
@@ -190,7 +190,8 @@ class TestKeyUseInTheSignedLog:
         assert run(capsys, "keys", "destroy", URI, "--yes")[0] == 0
         assert run(capsys, "decrypt", "c.pets", "back.csv")[0] == 0  # the backup key
         entries = self._entries(env)
-        tail = [(e["kind"], e["fields"].get("key")) for e in entries][-4:]
+        tail = [(e["kind"], e["fields"].get("key")) for e in entries
+                if e["fields"].get("key") != "local://eu/boundary"][-4:]
         assert tail == [("key.destroy", URI), ("key.failed", URI),
                         ("key.unwrap", "local://eu/backup"), ("envelope.unwrap",
                                                               "local://eu/backup")]
@@ -210,6 +211,7 @@ class TestKeyUseInTheSignedLog:
         log.write_bytes(before[:-2] + b"X\n")  # the last entry no longer hashes
         code, _, err = run(capsys, "decrypt", "c.pets", "back.csv")
         assert code == 7, err
-        assert (f"key use refused: the audit hook could not record key.unwrap of {URI} v1 "
-                "(IntegrityError)") in err
+        # the first key use of the command (opening the signing key) already fails closed
+        assert ("key use refused: the audit hook could not record key.unwrap of "
+                "local://eu/boundary (IntegrityError)") in err
         assert not (env / "back.csv").exists()

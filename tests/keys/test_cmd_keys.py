@@ -7,7 +7,7 @@ import pytest
 
 from pets import Context
 from pets.cli import main
-from pets.keys import KeyServices, LocalKeyring, Secret, WrappedKey
+from pets.keys import LocalKeyring, Secret, WrappedKey
 
 KEY = os.urandom(32)
 
@@ -34,6 +34,13 @@ def ring() -> LocalKeyring:
     return LocalKeyring(".pets/keyring", master_key=Secret(KEY))
 
 
+def boundary(capsys, *extra):
+    """`pets boundary init`: no key operation runs before the boundary (and its log) exist."""
+    code, _, err = run(capsys, "boundary", "init", "--signing-kek", "local://eu/boundary",
+                       *extra)
+    assert code == 0, err
+
+
 class TestKeysCli:
     @pytest.mark.parametrize("sub", ["init", "create", "list", "describe", "rotate", "retire",
                                      "destroy", "migrate"])
@@ -43,6 +50,7 @@ class TestKeysCli:
 
     def test_lifecycle_with_json(self, env, capsys):
         assert run(capsys, "keys", "init", "--name", "eu")[0] == 0
+        boundary(capsys)
         code, out, _ = run(capsys, "keys", "create", "local://eu/users", "--json")
         assert code == 0 and json.loads(out)["jurisdiction"] == "EU"
         code, out, _ = run(capsys, "keys", "rotate", "local://eu/users", "--json")
@@ -54,7 +62,7 @@ class TestKeysCli:
                            "--yes", "--json")
         assert [v["state"] for v in json.loads(out)["versions"]] == ["destroyed", "active"]
         code, out, _ = run(capsys, "keys", "list", "--json")
-        assert [k["uri"] for k in json.loads(out)] == ["local://eu/users"]
+        assert [k["uri"] for k in json.loads(out)] == ["local://eu/boundary", "local://eu/users"]
         code, out, _ = run(capsys, "keys", "describe", "local://eu/users")
         assert code == 0 and "v1 destroyed, v2 active" in out
         assert KEY.hex() not in out
@@ -63,6 +71,7 @@ class TestKeysCli:
         monkeypatch.delenv("PETS_MASTER_KEY")
         monkeypatch.setenv("PETS_KEYRING_PASSPHRASE", "a long passphrase")
         assert run(capsys, "keys", "init", "--name", "eu", "--keyring", "pp")[0] == 0
+        boundary(capsys, "--keyring", "pp")
         assert run(capsys, "keys", "create", "local://eu/k", "--keyring", "pp")[0] == 0
         monkeypatch.setenv("PETS_KEYRING_PASSPHRASE", "wrong")
         code, _, err = run(capsys, "keys", "list", "--keyring", "pp")
@@ -76,6 +85,7 @@ class TestKeysCli:
         assert code == 1 and "set PETS_MASTER_KEY" in err
         monkeypatch.setenv("PETS_MASTER_KEY", KEY.hex())
         run(capsys, "keys", "init", "--name", "eu")
+        boundary(capsys)
         assert run(capsys, "keys", "describe", "local://eu/nope")[0] == 7
         assert run(capsys, "keys", "describe", "not-a-uri")[0] == 1
         run(capsys, "keys", "create", "local://eu/k")
@@ -94,6 +104,7 @@ class TestKeysCli:
 
     def test_migrate(self, env, capsys):
         run(capsys, "keys", "init", "--name", "eu")
+        boundary(capsys)
         r = ring()
         r.create("local://eu/a", jurisdiction="EU")
         r.create("local://eu/b", jurisdiction="EU")
@@ -132,6 +143,10 @@ class TestKeysCli:
         from tests.keys.conftest import HSM_LIB, HSM_PIN
 
         monkeypatch.setenv("PETS_PKCS11_PIN", HSM_PIN)
+        code, _, err = run(capsys, "boundary", "init", "--signing-kek",
+                           "pkcs11://EU/cli-boundary-" + os.urandom(4).hex(),
+                           "--pkcs11-library", HSM_LIB, "--pkcs11-token", "EU=EU")
+        assert code == 0, err
         code, out, err = run(capsys, "keys", "create", "pkcs11://EU/cli-kek-" + os.urandom(4).hex(),
                              "--pkcs11-library", HSM_LIB, "--pkcs11-token", "EU=EU", "--json")
         assert code == 0, err
@@ -196,6 +211,7 @@ class TestNoSecretInCliOutput:
 
         assert go("keys", "init", "--name", "eu") == 0
         assert go("keys", "init", "--name", "eu", "--json") == 7  # already exists
+        assert go("boundary", "init", "--signing-kek", "local://eu/boundary") == 0
         for fmt in ((), ("--json",)):
             uri = f"local://eu/k{len(fmt)}"
             assert go("keys", "create", uri, *fmt) == 0
@@ -244,6 +260,7 @@ class TestNoSecretInCliOutput:
 
     def test_migrate_from_another_jurisdiction_decrypts_no_kek(self, env, capsys, monkeypatch):
         run(capsys, "keys", "init", "--name", "eu")
+        boundary(capsys)
         r = ring()
         r.create("local://eu/a", jurisdiction="EU")
         r.create("local://eu/b", jurisdiction="EU")
@@ -261,6 +278,7 @@ class TestNoSecretInCliOutput:
 
     def test_migrate_refuses_a_huge_input_without_reading_it_all(self, env, capsys):
         run(capsys, "keys", "init", "--name", "eu")
+        boundary(capsys)
         ring().create("local://eu/b", jurisdiction="EU")
         (env / "huge.json").write_bytes(b" " * (1 << 20))
         code, _, err = run(capsys, "keys", "migrate", "huge.json", "out.json", "--to",
@@ -273,28 +291,38 @@ LOG = ".pets/audit.jsonl"
 PEM = ".pets/keyring/boundary/signing-key.pub.pem"
 
 
-def _bootstrap_signing_key() -> None:
-    """What the first `pets protect` does: create the boundary signing key under its KEK."""
-    from pets.boundary import BoundaryKeys
-
-    BoundaryKeys.open(".pets/keyring/boundary", KeyServices([ring()]),
-                      context=Context("EU", principal="ops@eu"), signing_kek="local://eu/boundary")
+def _ops(entries):
+    """Entries about keys other than the boundary's own set-up and signing key."""
+    return [e for e in entries if not e["kind"].startswith("boundary.")
+            and e["fields"].get("key") != "local://eu/boundary"]
 
 
 class TestKeyEventsInAuditLog:
-    def test_before_a_signing_key_exists_commands_run_without_a_log(self, env, capsys):
+    def test_no_key_operation_runs_before_the_boundary_exists(self, env, capsys):
+        """There is no bootstrap state: `keys create` used to run unlogged until the first
+        `pets protect` made the signing key."""
         assert run(capsys, "keys", "init", "--name", "eu")[0] == 0
-        code, _, err = run(capsys, "keys", "create", "local://eu/boundary")
-        assert code == 0 and err == ""
-        assert run(capsys, "keys", "rotate", "local://eu/boundary")[0] == 0
-        assert not (env / LOG).exists()
+        code, _, err = run(capsys, "keys", "create", "local://eu/users")
+        assert code == 1 and "no boundary at .pets/keyring/boundary: set it up once with " \
+            "`pets boundary init`" in err
+        assert ring().list() == [] and not (env / LOG).exists()
+
+    def test_boundary_init_records_the_signing_kek_and_key(self, env, capsys):
+        from pets.boundary import read_entries, verify_log
+
+        assert run(capsys, "keys", "init", "--name", "eu")[0] == 0
+        boundary(capsys)
+        assert verify_log(env / LOG, env / PEM).ok
+        kinds = [(e["kind"], e["fields"].get("key")) for e in read_entries(env / LOG)]
+        assert kinds == [("key.create", "local://eu/boundary"),
+                         ("key.wrap", "local://eu/boundary"),
+                         ("boundary.signing_key.create", None), ("boundary.init", None)]
 
     def test_create_rotate_retire_destroy_migrate_land_in_the_signed_log(self, env, capsys):
         from pets.boundary import read_entries, verify_log
 
         run(capsys, "keys", "init", "--name", "eu")
-        run(capsys, "keys", "create", "local://eu/boundary")
-        _bootstrap_signing_key()
+        boundary(capsys)
         steps = [("create", "local://eu/users"), ("create", "local://eu/target"),
                  ("rotate", "local://eu/users"),
                  ("retire", "local://eu/users", "--min-version", "2"),
@@ -311,7 +339,7 @@ class TestKeyEventsInAuditLog:
 
         report = verify_log(env / LOG, env / PEM)
         assert report.ok and report.entries >= 6
-        every = read_entries(env / LOG)
+        every = _ops(read_entries(env / LOG))
         uses = [(e["kind"], e["fields"]["key"], e["fields"]["version"], e["fields"]["purpose"])
                 for e in every if e["kind"] in ("key.unwrap", "key.wrap")]
         assert uses == [("key.unwrap", "local://eu/users", 2, "rewrap"),
@@ -338,8 +366,7 @@ class TestKeyEventsInAuditLog:
         from pets.boundary import read_entries, verify_log
 
         run(capsys, "keys", "init", "--name", "eu")
-        run(capsys, "keys", "create", "local://eu/boundary")
-        _bootstrap_signing_key()
+        boundary(capsys)
         r = ring()
         r.create("local://eu/a", jurisdiction="EU")
         r.create("local://eu/us", jurisdiction="US")
@@ -348,13 +375,12 @@ class TestKeyEventsInAuditLog:
         assert run(capsys, "keys", "migrate", "w.json", "x.json", "--to", "local://eu/us")[0] == 4
         assert not (env / "x.json").exists()
         assert verify_log(env / LOG, env / PEM).ok
-        assert [e["kind"] for e in read_entries(env / LOG)] == ["key.rewrap_refused"]
+        assert [e["kind"] for e in _ops(read_entries(env / LOG))] == ["key.rewrap_refused"]
 
     def test_a_log_whose_signing_key_cannot_be_opened_stops_the_operation(self, env, capsys,
                                                                           monkeypatch):
         run(capsys, "keys", "init", "--name", "eu")
-        run(capsys, "keys", "create", "local://eu/boundary")
-        _bootstrap_signing_key()
+        boundary(capsys)
         monkeypatch.setenv("PETS_JURISDICTION", "US")  # cannot unwrap the EU signing key
         assert run(capsys, "keys", "create", "local://eu/x", "--jurisdiction", "EU")[0] == 4
         assert "local://eu/x" not in [i.uri for i in ring().list()]
@@ -369,6 +395,7 @@ class TestDestroyReachesCachesInThisProcess:
         from pets.envelope import ParquetCrypto
 
         run(capsys, "keys", "init", "--name", "eu")
+        boundary(capsys)
         for uri in ("local://eu/footer", "local://eu/pii"):
             assert run(capsys, "keys", "create", uri)[0] == 0
         pc = ParquetCrypto(ring())

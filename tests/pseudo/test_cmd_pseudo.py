@@ -17,6 +17,8 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("PETS_JURISDICTION", "EU")
     monkeypatch.chdir(tmp_path)
     assert main(["keys", "init", "--name", "eu", "--keyring", "ring"]) == 0
+    assert main(["boundary", "init", "--signing-kek", "local://eu/boundary", "--keyring",
+                 "ring"]) == 0
     assert main(["keys", "create", "local://eu/pseudo", "--jurisdiction", "EU",
                  "--keyring", "ring"]) == 0
     synthetic_users(500, seed=3).to_parquet("users.parquet")
