@@ -343,6 +343,9 @@ class KeyRef:
         _sweep()
         return ref
 
+    def _made_here(self) -> bool:
+        return bool(self.origin) and self.origin == _ORIGIN[0]
+
     def unwrap_context(self, environ: Mapping[str, str] | None = None) -> Context:
         """The context this process unwraps the reference in.
 
@@ -377,7 +380,7 @@ class KeyRef:
             ...
             pets._errors.JurisdictionError: key reference to memory://eu/kek was made for EU (driver principal etl), but this process's own environment says US ...
         """
-        if self.origin and self.origin == _ORIGIN[0]:
+        if self._made_here():
             return self.context
         uri = self.wrapped.key_uri
         try:
@@ -406,6 +409,10 @@ class KeyRef:
             KeyServiceError: The key service cannot be opened or refuses.
             IntegrityError: The wrapped key was tampered with.
         """
+        if isinstance(self.source, InProcessKeys) and not self._made_here():
+            # key services of the driver's memory: say that first (a registry lookup, nothing
+            # is unwrapped), it is the real reason another process cannot resolve this
+            self.source.services()
         context = self.unwrap_context()
         key = (self, context)
         with _LOCK:
