@@ -421,6 +421,22 @@ def _hub(server: TransitServer) -> KeyChanges:
         return _HUBS.setdefault((server.url, server.mount), KeyChanges())
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """A requests failure caused by a timeout (urllib3 wraps exhausted retries of a read
+    timeout in ``MaxRetryError``, which requests raises as ``ConnectionError``)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    if type(exc).__name__ in ("Timeout", "ReadTimeout", "ConnectTimeout"):
+        return True
+    for arg in getattr(exc, "args", ()):
+        reason = arg.reason if isinstance(arg, MaxRetryError) else arg
+        # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError in urllib3
+        if isinstance(reason, Urllib3Timeout) and not isinstance(reason, NewConnectionError):
+            return True
+    return False
+
+
 class _DeadToken(Exception):
     """The server refused the token itself (revoked or expired)."""
 
@@ -571,10 +587,10 @@ class TransitKeyService:
         except self._requests.exceptions.SSLError:
             raise KeyServiceError(f"{self._where()}: TLS verification failed (check ca_cert)"
                                   ) from None
-        except self._requests.exceptions.Timeout:
-            raise KeyServiceError(f"{self._where()} timed out ({self.server.timeout:g} s per "
-                                  f"request, {self.server.retries} retries)") from None
         except self._requests.exceptions.RequestException as exc:
+            if _timed_out(exc):
+                raise KeyServiceError(f"{self._where()} timed out ({self.server.timeout:g} s "
+                                      f"per request, {self.server.retries} retries)") from None
             raise KeyServiceError(f"{self._where()} unreachable after {self.server.retries} "
                                   f"retries: {type(exc).__name__}") from None
 

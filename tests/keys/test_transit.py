@@ -579,3 +579,23 @@ class TestConfig:
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("PETS_VAULT_SECRET_ID", openbao.secret_id("eu-ireland", "pets-eu"))
         exec(compile(code, "docs/keys.md", "exec"), {"dek": os.urandom(32)})
+
+
+class TestHungServer:
+    def test_a_hung_server_times_out_within_the_retry_bound(self, lone_bao):
+        import signal
+
+        server, env = lone_bao.approle("eu-lone", "pets-eu", timeout=1.0, retries=1)
+        svc = TransitKeyService(server, environ=env)
+        uri = "vault://eu-lone/hung"
+        svc.create(uri, jurisdiction="EU")
+        w = svc.wrap(uri, b"d" * 32, context=EU)
+        proc = lone_bao["eu-lone"].proc
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(KeyServiceError, match=r"^transit server 'eu-lone' .* timed out"):
+                svc.unwrap(w, context=EU)
+            assert time.monotonic() - start < 8  # 1 s x (1 + 1 retry) + backoff
+        finally:
+            proc.send_signal(signal.SIGCONT)
