@@ -48,3 +48,12 @@ def policy_text() -> str:
     from importlib.resources import files
 
     return (files("pets") / "examples" / "users-policy.yaml").read_text()
+
+
+def enter(root: Path, mp) -> None:
+    """Work in ``root`` with the scratch boundary's environment (after :func:`setup_boundary`)."""
+    mp.chdir(root)
+    for k, v in ENV.items():
+        mp.setenv(k, v)
+    for var in UNSET:
+        mp.delenv(var, raising=False)
