@@ -560,7 +560,7 @@ class Policy:
 
         ``after`` is ``rule``'s treatment applied to ``before``. The rule: when every non-null
         value is shown exactly as it was (:func:`pets.pseudo._generalize.left_unchanged`: equal
-        output, an IP network whose address is the input, a bucket admitting only the value),
+        output, an IP network whose address is the input, a bucket whose lower bound is it),
         the treatment is the identity on this data and its ``generalized`` label is a lie. A
         treatment that changes at least one value is not refused here, even when it stays
         injective (a prefix shorter than values that are all distinct still links rows; the

@@ -746,26 +746,25 @@ def _ip_unchanged(before: pd.Series, after: pd.Series) -> np.ndarray:
     return same
 
 
-def _interval_integer(label: str) -> float | None:
-    """The only integer a bucket label ``"[a, b)"``/``"[a, b]"`` admits, else ``None``."""
+def _interval_low(label: str) -> float | None:
+    """The lower bound of a bucket label ``"[a, b)"``/``"[a, b]"`` (``None`` for ``"<a"``,
+    ``">=a"``)."""
     if not label.startswith("["):
-        return None  # "<a", ">=a": unbounded
+        return None
     try:
-        lo, hi = (float(x) for x in label[1:-1].split(", "))
+        return float(label[1:].split(", ", 1)[0])
     except ValueError:
         return None
-    first = math.ceil(lo)
-    last = math.floor(hi) if label.endswith("]") else math.ceil(hi) - 1
-    return float(first) if first == last else None
 
 
 def _bucket_unchanged(before: pd.Series, after: pd.Series) -> np.ndarray:
-    """Rows whose bucket admits no other integer than the (integral) value itself."""
+    """Rows whose value is its bucket's lower bound: the value sits on the bucket grid, so
+    the label shows it (width 1 on integers, width 10 on multiples of ten)."""
     x = before.to_numpy(dtype=np.float64, na_value=np.nan)
     codes, uniq = pd.factorize(after.astype(object).where(after.notna(), None))
-    decoded = np.array([np.nan if (v := _interval_integer(str(u))) is None else v
-                        for u in uniq] + [np.nan], dtype=np.float64)
-    return np.asarray(decoded[np.asarray(codes)] == x, dtype=bool)
+    low = np.array([np.nan if (v := _interval_low(str(u))) is None else v
+                    for u in uniq] + [np.nan], dtype=np.float64)
+    return np.asarray(low[np.asarray(codes)] == x, dtype=bool)
 
 
 def left_unchanged(name: str, before: pd.Series, after: pd.Series) -> np.ndarray:
@@ -774,9 +773,10 @@ def left_unchanged(name: str, before: pd.Series, after: pd.Series) -> np.ndarray
     ``after`` is the generalizer's output on ``before``. A row is *unchanged* when its output
     shows its input exactly: equal to it (``mask``, ``postcode-prefix`` and ``truncate-date``
     on their normalised input, ``top-bottom-code``), a network whose address is the input
-    address (``ip-prefix``: no bit was cleared), or a bucket that admits no value but the input
-    (``bucket`` on integral values: ``"[31, 32)"``). ``age-band``, ``suppress`` and keyed
-    treatments never leave a value unchanged.
+    address (``ip-prefix``: no bit was cleared), or a bucket whose lower bound is the input
+    (``bucket``: the value sits on the bucket grid, as 31 in ``"[31, 32)"``). When *every*
+    value is unchanged, the data already were that coarse and the treatment did nothing.
+    ``age-band``, ``suppress`` and keyed treatments never leave a value unchanged.
 
     Examples:
         >>> s = pd.Series(["1234", "123456789"])
@@ -785,9 +785,9 @@ def left_unchanged(name: str, before: pd.Series, after: pd.Series) -> np.ndarray
         >>> ips = pd.Series(["10.1.2.0", "10.1.2.3", None])
         >>> left_unchanged("ip-prefix", ips, IPPrefix(v4=24).apply(ips)).tolist()
         [True, False, False]
-        >>> n = pd.Series([31, 32.5])
+        >>> n = pd.Series([31, 32.5, 40])
         >>> left_unchanged("bucket", n, Bucket(width=1).apply(n)).tolist()
-        [True, False]
+        [True, False, True]
     """
     present = before.notna().to_numpy(dtype=bool) & after.notna().to_numpy(dtype=bool)
     if name == "mask":

@@ -179,6 +179,8 @@ DATA_CASES = [
      pd.array([31, 45, None], dtype="Int64")),
     ("age: {role: sensitive, treatment: bucket, params: {edges: [30, 31, 45, 46]}}",
      pd.array([30, 45, 30], dtype="Int64")),
+    ("age: {role: metric, treatment: bucket, params: {width: 0.01}}",
+     [12.34, 0.5, 99.99]),  # prices in cents: the grid is the data's own
     ("age: {role: quasi-identifier, treatment: top-bottom-code, "
      "params: {lower: 0, upper: 1000}}", pd.array([31, 45, 7], dtype="Int64")),
 ]
