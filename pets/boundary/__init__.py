@@ -17,7 +17,7 @@ from pets.boundary._audit import (
 from pets.boundary._dataset import files_digest, read_index, verify_dataset
 from pets.boundary._export import ExportReceipt, export
 from pets.boundary._facade import Boundary
-from pets.boundary._keys import BoundaryKeys
+from pets.boundary._keys import Anchors, BoundaryKeys
 from pets.boundary._manifest import (
     ColumnManifest,
     Manifest,
@@ -29,6 +29,7 @@ from pets.boundary._protect import protect, reidentify
 from pets.boundary._signing import SigningKey, load_public_key
 
 __all__ = [
+    "Anchors",
     "AuditLog",
     "BadEntry",
     "Boundary",

@@ -216,7 +216,8 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
                 raise InputError(f"{dest}: cannot write (is a directory)")
             _not_over(dest, obj, audit)
             if _is_release(obj):
-                return _export_release(obj, code, dest, policy, context, audit, ledger)
+                return _export_release(obj, code, dest, policy, context, audit,
+                                       _pinned_ledger(keys, ledger))
             if dataset:
                 return _export_dataset(Path(obj), code, dest, policy, keys.pinned_public_keys, context,
                                        audit, columns)
@@ -516,6 +517,22 @@ def _is_export(path: Path) -> bool:
         return index.export is not None
     except PetsError:
         return False
+
+
+def _pinned_ledger(keys: BoundaryKeys, ledger: Any) -> Any:
+    """The ledger a release is checked against: the boundary's pinned one when it has anchors
+    (a caller's ledger must be that one), else the caller's (a boundary built in memory)."""
+    if keys.anchors is None:
+        return ledger
+    pinned = keys.anchors.ledger
+    if ledger is None:
+        return pinned
+    path = getattr(ledger, "path", ledger)
+    if path is None or Path(os.fspath(path)).resolve() != pinned:
+        raise IntegrityError(f"release ledger {os.fspath(path) if path else '(in memory)'} is "
+                             f"not the boundary's pinned ledger {pinned}: a release leaves only "
+                             "on the record of the ledger it was spent from")
+    return ledger
 
 
 def _open_ledger(ledger: Any) -> Any:

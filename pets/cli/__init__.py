@@ -63,8 +63,10 @@ _register()
 
 
 def _one_line(exc: BaseException) -> str:
+    """The message on one line; cut only when absurdly long (a message that lists every
+    missing option must keep them all)."""
     text = " ".join(str(exc).split())
-    return text if len(text) <= 500 else text[:497] + "..."
+    return text if len(text) <= 4000 else text[:3997] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,6 +76,18 @@ def keys() -> None:
     """Key-encryption keys: local keyring or PKCS#11 HSM, scoped to one jurisdiction."""
 
 
+@keys.command("new-master-key")
+def new_master_key_cmd() -> None:
+    """Print a fresh 32-byte master key (64 hex digits, from the OS CSPRNG) for a keyring.
+
+    Use it as `export PETS_MASTER_KEY=$(pets keys new-master-key)` and keep it in your
+    secret store: without it the keyring cannot be opened. Nothing is written or logged.
+    """
+    import secrets
+
+    click.echo(secrets.token_hex(32))
+
+
 @keys.command("init")
 @click.option("--name", required=True,
               help="Keyring name: the authority of its URIs, local://NAME/<key>.")
@@ -85,14 +97,15 @@ def init_cmd(name: str, key_config: KeyConfig, as_json: bool) -> None:
     """Create an empty local keyring.
 
     The master key comes from PETS_MASTER_KEY (or a passphrase from PETS_KEYRING_PASSPHRASE).
-    Generate a master key with e.g. `python -c "import secrets; print(secrets.token_hex(32))"`
-    and keep it in your secret store; without it the keyring cannot be opened.
+    Generate a master key with `export PETS_MASTER_KEY=$(pets keys new-master-key)` and keep
+    it in your secret store; without it the keyring cannot be opened.
     """
     from pets.keys._local import LocalKeyring
 
     master_key, passphrase = master_key_from_env()
     if master_key is None and passphrase is None:
-        raise InputError("set PETS_MASTER_KEY (32 bytes, hex or base64) or "
+        raise InputError("set PETS_MASTER_KEY (e.g. export PETS_MASTER_KEY=$(pets keys "
+                         "new-master-key)) or "
                          "PETS_KEYRING_PASSPHRASE before `pets keys init`")
     ring = LocalKeyring.init(key_config.keyring, name=name, master_key=master_key,
                              passphrase=None if master_key is not None else passphrase)

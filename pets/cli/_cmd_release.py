@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pets._errors import InputError
+from pets.cli._cmd_boundary import _boundary_option, open_boundary
 from pets.cli._common import (
     context_options,
     dask_options,
@@ -401,7 +402,9 @@ def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
 @click.option("--budget-delta", type=float, default=None, help="Total δ of a new budget.")
 @click.option("--budget-rho", type=float, default=None, help="Total ρ of a new zCDP budget.")
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
-              required=True, help="SQLite budget ledger (created if missing).")
+              default=None,
+              help="The budget ledger: only the one pinned by `pets boundary init --ledger` "
+                   "(the default); another is refused.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Parquet file for the release (written atomically).")
 @click.option("--level", type=float, default=0.95, show_default=True,
@@ -417,6 +420,7 @@ def _build(q: Any, specs: list[dict[str, Any]]) -> Any:
     scheduler_help="Bound and aggregate on an existing Dask cluster: its scheduler's address, "
                    "e.g. tcp://host:8786. Its workers must be able to read INFILE at the same "
                    "absolute path")
+@_boundary_option
 @keyring_options
 @context_options
 @json_option
@@ -424,12 +428,17 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
             keys: str | None, keys_file: Path | None, private_keys: bool, aggs: tuple[str, ...],
             max_groups: int, max_rows: int, epsilon: float | None, delta: float | None,
             rho: float | None, budget_epsilon: float | None, budget_delta: float | None,
-            budget_rho: float | None, ledger_path: Path, out: Path | None, level: float,
+            budget_rho: float | None, ledger_path: Path | None, out: Path | None,
+            level: float,
             nonnegative: bool, decimals: int | None, status: bool, engine: str,
             workers: int | None, scheduler: str | None, connect_timeout: float,
-            jurisdiction: str, principal: str | None, as_json: bool,
-            key_config: KeyConfig) -> None:
-    """Release DP aggregates of INFILE (Parquet), spending budget from a ledger.
+            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+            as_json: bool, key_config: KeyConfig) -> None:
+    """Release DP aggregates of INFILE (Parquet), spending budget from the boundary's ledger.
+
+    The ledger is the one pinned by `pets boundary init`, and each release is recorded there
+    (its digest, with the spend) and in the boundary's signed audit log (dp.release): the
+    export gate lets a release leave only if it still matches that record.
 
     With --engine dask, INFILE may also be a directory of Parquet files; the release has the
     pandas engine's measurements, noise scales and spend. A dataset with Parquet modular
@@ -460,6 +469,15 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     if not specs and not status:
         raise InputError("nothing to do: give --agg (and --out), or --status")
     by = [c.strip() for c in group_by.split(",") if c.strip()] if group_by else []
+    ctx = make_context(jurisdiction, principal)
+    bkeys, log = open_boundary(key_config, boundary_keys, ctx)
+    assert bkeys.anchors is not None
+    pinned = bkeys.anchors.ledger
+    if ledger_path is not None and ledger_path.resolve() != pinned:
+        raise click.UsageError(f"--ledger {ledger_path}: the boundary's ledger is pinned at "
+                               f"{pinned} (pets boundary init --ledger); releases spend from "
+                               "it alone")
+    ledger_path = pinned
     _check_paths(infile, out if specs else None, ledger_path, keys_file)
     ledger = Ledger(ledger_path)
     dsid = dataset_id or str(infile.resolve())
@@ -483,7 +501,7 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     if encrypted:
         # decrypt on the driver before anything is registered, spent or started: a foreign
         # jurisdiction or a destroyed KEK is refused here, with its own exit code
-        ddf, schema = _open_encrypted(infile, key_config, make_context(jurisdiction, principal))
+        ddf, schema = _open_encrypted(infile, key_config, ctx)
     keys_arg = _keys(infile, by, keys, keys_file, private_keys, schema) if specs else None
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
     if specs:
@@ -496,10 +514,10 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         # absolute: the workers of a remote cluster resolve paths in their own directory
         data = ddf if ddf is not None else read_dataset(infile.resolve())
         session = DaskSession(data, privacy_unit=unit, budget=budget, ledger=ledger,
-                              dataset_id=dsid)
+                              dataset_id=dsid, audit=log.hook)
     else:
         session = Session(infile, privacy_unit=unit, budget=budget, ledger=ledger,
-                          dataset_id=dsid)
+                          dataset_id=dsid, audit=log.hook)
     payload: dict[str, Any] = {}
     lines: list[str] = []
     n_workers = 0

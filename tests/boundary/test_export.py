@@ -192,11 +192,12 @@ class TestExportRelease:
     def test_dp_release_leaves_with_its_budget(self, raw, policy, signer, eu_ctx, log, out, keys):
         dp = pytest.importorskip("pets.dp")
         session = dp.Session(raw.assign(user_id=raw["user_id"].astype(str)),
-                             privacy_unit="user_id", budget=dp.Budget.pure(1.0))
+                             privacy_unit="user_id", budget=dp.Budget.pure(1.0),
+                             ledger=dp.Ledger(out.parent / "ledger.sqlite"), dataset_id="users")
         release = session.query(by="country", keys=["DE", "FR", "IT"]).count().release(
             epsilon=0.5)
         receipt = export(release, "BR", out / "r.parquet", policy=policy,
-                         keys=keys, context=eu_ctx, audit=log)
+                         keys=keys, context=eu_ctx, audit=log, ledger=session.ledger)
         assert receipt.output == "dp_release"
         back = pd.read_parquet(out / "r.parquet")
         assert len(back) == 3 and "estimate" in back.columns

@@ -13,6 +13,31 @@ from pets.datasets import synthetic_events
 from pets.dp import Ledger
 
 
+@pytest.fixture(autouse=True)
+def boundary(tmp_path, monkeypatch):
+    """A boundary whose pinned ledger is ``tmp_path / "l.db"`` (every release spends from the
+    boundary's ledger and is signed into its log)."""
+    import os
+
+    monkeypatch.setenv("PETS_MASTER_KEY", os.urandom(32).hex())
+    monkeypatch.setenv("PETS_JURISDICTION", "EU")
+    for var in ("PETS_AUDIT_LOG", "PETS_BOUNDARY_KEYS", "PETS_BOUNDARY", "PETS_PKCS11_TOKEN",
+                "PETS_PKCS11_LIBRARY", "PETS_KEYRING_PASSPHRASE"):
+        monkeypatch.delenv(var, raising=False)
+    ring = tmp_path / "boundary-ring"
+    monkeypatch.setenv("PETS_KEYRING", str(ring))
+    assert main(["keys", "init", "--name", "eu"]) == 0
+    _boundary_at(tmp_path / "boundary", tmp_path / "audit.jsonl", tmp_path / "l.db",
+                 monkeypatch)
+    return tmp_path / "boundary"
+
+
+def _boundary_at(directory, log, ledger, monkeypatch):
+    assert main(["boundary", "init", "--signing-kek", "local://eu/boundary", "--boundary",
+                 str(directory), "--log", str(log), "--ledger", str(ledger)]) == 0
+    monkeypatch.setenv("PETS_BOUNDARY", str(directory))
+
+
 @pytest.fixture
 def events(tmp_path):
     p = tmp_path / "events.parquet"
@@ -112,7 +137,7 @@ class TestReleaseCommand:
 
     def test_the_issue_example_names_every_missing_option_and_registers_nothing(
             self, tmp_path, events, capsys):
-        led = tmp_path / "L"
+        led = tmp_path / "l.db"
         code, _, err = run(capsys, "release", events, "--unit", "user_id", "--group-by",
                            "country", "--agg", "count,mean:watch_seconds[0,7200]", "--epsilon",
                            "1", "--ledger", led, "--out", tmp_path / "release.parquet")
@@ -469,13 +494,16 @@ def protected_events(tmp_path_factory):
 
 
 @pytest.fixture
-def pme(protected_events, monkeypatch):
-    """The driver's environment for the encrypted dataset (workers inherit it)."""
+def pme(protected_events, monkeypatch, tmp_path):
+    """The driver's environment for the encrypted dataset (workers inherit it), and a
+    boundary on its keyring whose pinned ledger is ``tmp_path / "l.db"``."""
     for k, v in protected_events["env"].items():
         monkeypatch.setenv(k, v)
     for var in ("PETS_BOUNDARY_KEYS", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY",
                 "PETS_KEYRING_PASSPHRASE", "PETS_DASK_SCHEDULER"):
         monkeypatch.delenv(var, raising=False)
+    _boundary_at(tmp_path / "pme-boundary", tmp_path / "pme-audit.jsonl", tmp_path / "l.db",
+                 monkeypatch)
     return protected_events
 
 
@@ -552,6 +580,9 @@ class TestReleaseOfAModularEncryptedDataset:
         ring = tmp_path / "ring"  # a copy: the other tests keep their key
         shutil.copytree(pme["env"]["PETS_KEYRING"], ring)
         monkeypatch.setenv("PETS_KEYRING", str(ring))
+        # the copy is another keyring: its own boundary (the pinned keyring is the original)
+        _boundary_at(tmp_path / "copy-boundary", tmp_path / "copy-audit.jsonl",
+                     tmp_path / "l.db", monkeypatch)
         assert main(["keys", "destroy", PQ_KEK, "--yes"]) == 0
         capsys.readouterr()
         code, _, err = run(capsys, *self._args(pme["enc"], tmp_path), "--epsilon", "1",

@@ -129,7 +129,10 @@ class TestNothingSpentOnBadInput:
 
 class TestCommandRefusesBeforeSpending:
     @pytest.fixture
-    def src(self, frame, tmp_path):
+    def src(self, frame, tmp_path, monkeypatch):
+        from tests.security.test_release_evidence import _cli_boundary
+
+        _cli_boundary(tmp_path, monkeypatch, tmp_path / "l.db")
         p = tmp_path / "e.parquet"
         frame.to_parquet(p, index=False)
         return p
@@ -160,7 +163,7 @@ class TestCommandRefusesBeforeSpending:
 
     def test_ledger_is_the_input(self, src, tmp_path, capsys):
         data = src.read_bytes()
-        assert self._run(src, tmp_path, ledger=src) == 1
+        assert self._run(src, tmp_path, ledger=src) == 2  # only the pinned ledger
         assert "--ledger" in capsys.readouterr().err and src.read_bytes() == data
 
     def test_decimals_out_of_range_is_a_usage_error(self, src, tmp_path):

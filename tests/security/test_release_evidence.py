@@ -187,9 +187,10 @@ class TestEditedReleases:
 
 class TestReleaseFiles:
     @pytest.fixture
-    def release_file(self, tmp_path, events, ledger):
+    def release_file(self, tmp_path, events, ledger, monkeypatch):
         from pets.cli import main
 
+        _cli_boundary(tmp_path, monkeypatch, ledger.path)
         src = tmp_path / "events.parquet"
         events.to_parquet(src, index=False)
         dest = tmp_path / "release.parquet"
@@ -224,9 +225,27 @@ class TestReleaseFiles:
         _refused(log, out, MISMATCH, lambda: gate(forged, out / "r.parquet", ledger=ledger))
 
 
-@pytest.mark.xfail(strict=True, reason="CLI wiring pending")
-def test_cli_export_of_a_release_file_checks_the_ledger(tmp_path, monkeypatch, events):
-    """``pets export RELEASE --ledger L``: the honest file leaves (0), an edited one exits 5."""
+def _cli_boundary(tmp_path, monkeypatch, ledger):
+    """A keyring and a boundary whose pinned ledger is ``ledger`` (`pets release` spends
+    from the boundary's ledger only)."""
+    import os
+
+    from pets.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETS_MASTER_KEY", os.urandom(32).hex())
+    monkeypatch.setenv("PETS_JURISDICTION", "EU")
+    for var in ("PETS_KEYRING", "PETS_AUDIT_LOG", "PETS_BOUNDARY", "PETS_BOUNDARY_KEYS",
+                "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["keys", "init", "--name", "eu"]) == 0
+    assert main(["boundary", "init", "--signing-kek", "local://eu/boundary", "--ledger",
+                 str(ledger), "--log", str(tmp_path / "cli-audit.jsonl")]) == 0
+
+
+def test_cli_export_of_a_release_file_checks_the_pinned_ledger(tmp_path, monkeypatch, events):
+    """``pets export RELEASE``: checked against the boundary's pinned ledger; the honest file
+    leaves (0), an edited one exits 5."""
     from pets.cli import main
     from tests.security._cli_env import LEDGER, policy_text, setup_boundary
 
@@ -237,7 +256,7 @@ def test_cli_export_of_a_release_file_checks_the_ledger(tmp_path, monkeypatch, e
     assert main(["release", "events.parquet", "--unit", "user_id", "--agg", "count",
                  "--epsilon", "0.5", "--budget-epsilon", "2", "--ledger", LEDGER,
                  "--out", "release.parquet"]) == 0
-    args = ["--to", "US", "--policy", "policy.yaml", "--ledger", LEDGER]
+    args = ["--to", "US", "--policy", "policy.yaml"]
     assert main(["export", "release.parquet", "--out", "us/r.parquet", *args]) == 0
     table = pq.read_table(tmp_path / "release.parquet")
     edited = table.set_column(table.schema.get_field_index("estimate"), "estimate",
