@@ -9,10 +9,10 @@ Usage in a command module::
     def encrypt(..., key_config: KeyConfig) -> None:
         services = services_from_options(key_config, audit=hook)
 
-:func:`keyring_options` adds ``--keyring``, ``--pkcs11-library``, ``--pkcs11-token`` and
-``--pkcs11-jurisdiction`` (each with its ``PETS_*`` environment variable) and passes the command
+:func:`keyring_options` adds ``--keyring``, ``--pkcs11-library``, ``--pkcs11-token``,
+``--pkcs11-jurisdiction`` and ``--key-servers`` (transit servers; each with its ``PETS_*`` environment variable) and passes the command
 one keyword argument, ``key_config`` (a :class:`~pets.keys.KeyConfig`), so new options never
-change a command's signature. Secrets (master key, passphrase, PIN) are read from the environment
+change a command's signature. Secrets (master key, passphrase, PIN, transit tokens and secret-ids) are read from the environment
 only, never from flags.
 """
 
@@ -25,11 +25,17 @@ from typing import Any, TypeVar
 
 import click
 
+from pets._errors import InputError
 from pets._events import AuditHook
 from pets.keys._config import KeyConfig
 from pets.keys._service import KeyServices
 
-__all__ = ["keyring_options", "services_from_options"]
+__all__ = [
+    "check_pinned_servers",
+    "keyring_options",
+    "pinned_key_config",
+    "services_from_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,14 +46,21 @@ def keyring_options(f: F) -> F:
     @functools.wraps(f)
     def wrapper(*args: Any, keyring: Path | None, pkcs11_library: str | None,
                 pkcs11_token: tuple[str, ...], pkcs11_jurisdiction: str | None,
-                **kwargs: Any) -> Any:
+                key_servers: Path | None, **kwargs: Any) -> Any:
         kwargs["key_config"] = KeyConfig.from_env(
             keyring=keyring, pkcs11_library=pkcs11_library,
             pkcs11_tokens=pkcs11_token, pkcs11_jurisdiction=pkcs11_jurisdiction,
+            key_servers=key_servers,
         )
         return f(*args, **kwargs)
 
     opts = [
+        click.option("--key-servers", "key_servers", default=None, metavar="FILE",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="OpenBao/Vault transit servers (vault://NAME/KEY): a YAML or JSON "
+                          "file {NAME: {url, jurisdiction, mount, auth, ca_cert}} naming the "
+                          "variables/files that hold credentials, never a secret. A boundary "
+                          "pins the servers it was set up with. [env: PETS_KEY_SERVERS]"),
         click.option("--pkcs11-jurisdiction", default=None, metavar="CODE",
                      help="Jurisdiction of tokens named without one. "
                           "[env: PETS_PKCS11_JURISDICTION]"),
@@ -79,3 +92,51 @@ def services_from_options(
     ``key.failed`` event per use of a key made through the returned registry.
     """
     return key_config.services(environ=environ, audit=audit)
+
+
+def pinned_key_config(key_config: KeyConfig, directory: Path) -> KeyConfig:
+    """``key_config`` with the transit servers pinned in ``directory``'s ``boundary.json``
+    when the caller names none (checked again, verified, by :func:`check_pinned_servers`).
+
+    Raises:
+        InputError: A server the caller names differs from the pinned one of that name, or
+            is not pinned at all (the message names the server).
+    """
+    import dataclasses
+    import json
+
+    from pets.boundary import Anchors
+    from pets.keys import transit_servers_from_dict
+
+    path = directory / "boundary.json"
+    try:
+        anchors = Anchors.from_dict(json.loads(path.read_text()), str(path))
+    except (OSError, ValueError):
+        return key_config  # BoundaryKeys.open says what is wrong
+    pinned = anchors.key_services.get("transit_servers") or {}
+    if not key_config.transit_servers:
+        if not pinned:
+            return key_config
+        return dataclasses.replace(key_config,
+                                   transit_servers=transit_servers_from_dict(pinned))
+    check_pinned_servers(key_config, anchors.key_services, directory)
+    return key_config
+
+
+def check_pinned_servers(key_config: KeyConfig, key_services: Any, directory: Path) -> None:
+    """Every transit server of ``key_config`` must be pinned, with the same settings, in the
+    boundary's (verified) ``key_services``: a caller cannot send data keys, or its
+    credentials, to a server the boundary was not set up with.
+
+    Raises:
+        InputError: A server differs from the pinned one of its name, or is not pinned.
+    """
+    pinned = dict(key_services.get("transit_servers") or {})
+    for server in key_config.transit_servers:
+        if server.name not in pinned:
+            raise InputError(f"transit server {server.name!r} is not pinned for the boundary "
+                             f"at {directory} (pinned: {', '.join(sorted(pinned)) or 'none'})")
+        if pinned[server.name] != server.to_dict():
+            raise InputError(f"transit server {server.name!r} differs from the one pinned for "
+                             f"the boundary at {directory} (url, jurisdiction, mount, auth or "
+                             "ca_cert changed)")

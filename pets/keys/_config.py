@@ -16,9 +16,10 @@ PKCS#11 token label(s)         ``--pkcs11-token`` /                 —
 token jurisdiction             ``LABEL=JURISDICTION`` in the token  ``PETS_PKCS11_JURISDICTION``
                                setting
 PKCS#11 user PIN               ``PETS_PKCS11_PIN`` (never a flag)   —
-transit key servers            ``KeyConfig(transit_servers=…)`` or  —
-(OpenBao / Vault)              ``from_env(transit_servers={name:
-                               {url, jurisdiction, auth: {…}}})``
+transit key servers            ``--key-servers FILE`` /             —
+(OpenBao / Vault)              ``PETS_KEY_SERVERS`` (YAML or JSON
+                               ``{name: {url, jurisdiction, mount,
+                               auth: {…}, ca_cert}}``)
 transit token / AppRole        the variables or files each server's —
 secret-id                      ``auth`` names (never a flag)
 =============================  ===================================  =========================
@@ -73,6 +74,7 @@ __all__ = [
     "KeyConfig",
     "Pkcs11TokenConfig",
     "key_services",
+    "load_key_servers",
     "master_key_from_env",
 ]
 
@@ -85,6 +87,71 @@ ENV_PKCS11_LIBRARY = "PETS_PKCS11_LIBRARY"
 ENV_PKCS11_TOKEN = "PETS_PKCS11_TOKEN"  # noqa: S105
 ENV_PKCS11_JURISDICTION = "PETS_PKCS11_JURISDICTION"
 ENV_PKCS11_PIN = "PETS_PKCS11_PIN"
+ENV_KEY_SERVERS = "PETS_KEY_SERVERS"
+_MAX_SERVERS_FILE = 1 << 20
+
+
+def load_key_servers(path: str | os.PathLike[str]) -> tuple[TransitServer, ...]:
+    """Read a key-servers file: YAML (or JSON, a subset) ``{name: {url, jurisdiction, mount,
+    auth: {...}, ca_cert}}``, the mapping :func:`~pets.keys.transit_servers_from_dict` parses.
+
+    The file names where secrets are (``secret_id_env``, ``role_id_file``...), never a secret
+    (a literal ``token`` or ``secret_id`` is refused). Relative ``*_file`` and ``ca_cert``
+    paths are taken from the file's own directory, so the same file works from any working
+    directory. An optional top level ``servers:`` key holds the mapping.
+
+    Raises:
+        InputError: The file cannot be read, is not YAML/JSON, or a server's settings are
+            invalid (the message names the file and the server).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "servers.yaml").write_text(
+        ...     "eu-ireland:\\n  url: http://127.0.0.1:8200\\n  jurisdiction: EU\\n"
+        ...     "  auth: {method: approle, role_id_file: role-id, secret_id_env: SID}\\n")
+        >>> [s] = load_key_servers(d / "servers.yaml")
+        >>> s.name, s.auth.role_id_file == str(d / "role-id")
+        ('eu-ireland', True)
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        if not p.is_file():
+            raise InputError(f"key-servers file {p}: no such file")
+        with open(p, "rb") as fh:
+            raw = fh.read(_MAX_SERVERS_FILE + 1)
+        if len(raw) > _MAX_SERVERS_FILE:
+            raise InputError(f"key-servers file {p}: over {_MAX_SERVERS_FILE} bytes")
+        doc = yaml.safe_load(raw.decode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"key-servers file {p}: cannot read ({exc.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise InputError(f"key-servers file {p}: not YAML or JSON") from None
+    if isinstance(doc, Mapping) and set(doc) == {"servers"}:
+        doc = doc["servers"]
+    if not isinstance(doc, Mapping) or not doc:
+        raise InputError(f"key-servers file {p}: expected a mapping of server name to "
+                         "settings {url, jurisdiction, mount, auth, ca_cert}")
+    base = p.resolve().parent
+    fixed: dict[str, Any] = {}
+    for name, spec in doc.items():
+        if isinstance(spec, Mapping):
+            spec = dict(spec)
+            if isinstance(spec.get("ca_cert"), str):
+                spec["ca_cert"] = str(base / spec["ca_cert"])
+            if isinstance(spec.get("auth"), Mapping):
+                auth = dict(spec["auth"])
+                for key in ("role_id_file", "secret_id_file"):
+                    if isinstance(auth.get(key), str) and auth[key].strip():
+                        auth[key] = str(base / auth[key].strip())
+                spec["auth"] = auth
+        fixed[name] = spec
+    try:
+        return transit_servers_from_dict(fixed)
+    except InputError as exc:
+        raise InputError(f"key-servers file {p}: {exc}") from None
 
 
 def master_key_from_env(environ: Mapping[str, str] | None = None) -> tuple[Secret | None, str | None]:
@@ -206,13 +273,15 @@ class KeyConfig:
         pkcs11_tokens: Sequence[str] = (),
         pkcs11_jurisdiction: str | None = None,
         transit_servers: Mapping[str, Any] | Sequence[TransitServer] | None = None,
+        key_servers: str | os.PathLike[str] | None = None,
     ) -> KeyConfig:
         """Explicit arguments first, then ``PETS_*`` environment variables, then defaults.
 
         ``transit_servers`` is a ``{name: {url, jurisdiction, mount, auth: {...}, ca_cert}}``
         mapping (as read from a configuration file; see
         :func:`~pets.keys.transit_servers_from_dict`) or :class:`~pets.keys.TransitServer`
-        objects.
+        objects. Without it, ``key_servers`` (else ``PETS_KEY_SERVERS``) names a YAML/JSON
+        file holding that mapping (:func:`load_key_servers`).
         """
         env = os.environ if environ is None else environ
         ring = keyring if keyring is not None else env.get(ENV_KEYRING) or None
@@ -229,8 +298,11 @@ class KeyConfig:
             )
         if isinstance(transit_servers, Mapping):
             servers = transit_servers_from_dict(transit_servers)
+        elif transit_servers:
+            servers = tuple(transit_servers)
         else:
-            servers = tuple(transit_servers or ())
+            servers_file = key_servers or env.get(ENV_KEY_SERVERS) or None
+            servers = load_key_servers(servers_file) if servers_file else ()
         return cls(
             keyring=Path(ring) if ring is not None else DEFAULT_KEYRING,
             keyring_explicit=ring is not None,

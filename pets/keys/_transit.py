@@ -349,6 +349,30 @@ class TransitServer:
         auth = TransitAuth.from_dict(spec["auth"], where=f"{where} auth")
         return cls(name, url, jurisdiction, auth, **extra)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as :meth:`from_dict` reads them (names of variables and files only:
+        no secret), e.g. to pin them in a boundary's ``boundary.json``.
+
+        Examples:
+            >>> s = TransitServer("eu", "http://127.0.0.1:8200", "EU",
+            ...                   TransitAuth("token", token_env="T"))
+            >>> TransitServer.from_dict("eu", s.to_dict()) == s
+            True
+            >>> s.to_dict()["auth"]
+            {'method': 'token', 'token_env': 'T'}
+        """
+        auth: dict[str, Any] = {"method": self.auth.method}
+        for key in _AUTH_KEYS[self.auth.method][1:]:
+            value = getattr(self.auth, key)
+            if value is not None and not (key == "mount" and value == "approle"):
+                auth[key] = value
+        out: dict[str, Any] = {"url": self.url, "jurisdiction": self.jurisdiction,
+                               "mount": self.mount, "auth": auth,
+                               "timeout": self.timeout, "retries": self.retries}
+        if self.ca_cert is not None:
+            out["ca_cert"] = self.ca_cert
+        return out
+
 
 def transit_servers_from_dict(mapping: Mapping[str, Any] | None) -> tuple[TransitServer, ...]:
     """Every server of a ``{name: {url, jurisdiction, mount, auth: {...}, ca_cert}}`` mapping.
