@@ -156,10 +156,14 @@ def open_boundary(key_config: KeyConfig, boundary_dir: Path | None, ctx: Context
         from pets.keys import KeyServices as _Services
 
         BoundaryKeys.open(directory, _Services([]), context=ctx)  # raises, naming the fix
+    from pets.cli._keyopts import check_pinned_servers, pinned_key_config
+
     hook = _LateLog()
+    key_config = pinned_key_config(key_config, directory)
     services = services_from_options(key_config, audit=hook)
     keys = BoundaryKeys.open(directory, services, context=ctx, audit=hook)
     assert keys.anchors is not None
+    check_pinned_servers(key_config, keys.anchors.key_services, directory)
     pinned_ring = keys.anchors.key_services.get("keyring")
     if key_config.keyring_explicit and pinned_ring is not None and \
             key_config.keyring.resolve() != Path(pinned_ring):
@@ -802,6 +806,8 @@ def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Pa
     if key_config.pkcs11_library:
         settings["pkcs11_library"] = key_config.pkcs11_library
         settings["pkcs11_tokens"] = {t.label: t.jurisdiction for t in key_config.pkcs11_tokens}
+    if key_config.transit_servers:  # pinned: later commands may not point elsewhere
+        settings["transit_servers"] = {s.name: s.to_dict() for s in key_config.transit_servers}
     keys = BoundaryKeys.create(directory, services, context=ctx, signing_kek=signing_kek,
                                audit_log=log_path, ledger=ledger_path, key_services=settings,
                                audit=hook)
