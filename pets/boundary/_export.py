@@ -195,6 +195,7 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
         (['boundary.protect', 'boundary.export', 'boundary.refused'], False)
     """
     dest = Path(path)
+    audit = keys.pinned_audit(audit, context)
     try:
         code = Jurisdiction(to).code
     except InputError:

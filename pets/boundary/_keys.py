@@ -305,6 +305,45 @@ class BoundaryKeys:
         self.signer, self.anchors = new, anchors
         return new
 
+    def audit_log(self, context: Context) -> Any:
+        """The boundary's pinned :class:`~pets.boundary.AuditLog`, signing as ``context``.
+
+        Raises:
+            InputError: This boundary has no anchors (built in memory, not set up).
+        """
+        from pets.boundary._audit import AuditLog
+
+        if self.anchors is None:
+            raise InputError("this boundary has no pinned audit log (set it up with "
+                             "BoundaryKeys.create / pets boundary init)")
+        return AuditLog(self.anchors.audit_log, signer=self.signer, actor=context)
+
+    def pinned_audit(self, audit: Any, context: Context) -> Any:
+        """The audit log an action at this boundary records to: its pinned one.
+
+        With anchors, ``None`` means the pinned log, an :class:`~pets.boundary.AuditLog` must
+        *be* the pinned log, and a bare hook (which could drop every event) is refused. Without
+        anchors (a boundary built in memory) ``audit`` is returned as given.
+
+        Raises:
+            InputError: A log other than the pinned one, or a bare hook, for a set-up boundary.
+        """
+        from pets.boundary._audit import AuditLog
+
+        if self.anchors is None:
+            return audit
+        if audit is None:
+            return self.audit_log(context)
+        if not isinstance(audit, AuditLog):
+            raise InputError("this boundary records to its pinned audit log "
+                             f"{self.anchors.audit_log}: pass that AuditLog (or nothing), not "
+                             "a hook")
+        if audit.path.resolve() != self.anchors.audit_log:
+            raise InputError(f"audit log {audit.path} is not the boundary's pinned log "
+                             f"{self.anchors.audit_log}: actions at the boundary are recorded "
+                             "there")
+        return audit
+
     @staticmethod
     def public_key_path(directory: str | os.PathLike[str]) -> Path:
         """Where :meth:`create` wrote the current public key PEM."""

@@ -212,6 +212,7 @@ def protect(frame: pd.DataFrame | dd.DataFrame, policy: Policy, keys: BoundaryKe
         ...
         pets._errors.JurisdictionError: protect runs in the policy's home EU, not for bob@US
     """
+    audit = keys.pinned_audit(audit, context)
     if "dask.dataframe" in sys.modules:
         from pets.engines._dask import is_dask
 
@@ -366,6 +367,7 @@ def reidentify(protected: ProtectedFrame, column: str, values: pd.Series | Seque
         ...
         pets._errors.JurisdictionError: key memory://eu/p belongs to EU; unwrap refused for bob@US
     """
+    audit = keys.pinned_audit(audit, context)
     series = pd.Series(list(values) if not isinstance(values, pd.Series) else values,
                        name=column)
     try:

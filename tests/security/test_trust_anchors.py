@@ -162,3 +162,42 @@ class TestRotationIsExplicitAndAudited:
         assert main(["export", "prot", "--to", "US", "--out", "us/u.parquet", "--columns",
                      SAFE]) == 0
         assert "boundary.signing_key.rotate" in _kinds(env)
+
+
+class TestThePythonApiRecordsToThePinnedLog:
+    """The same rule from Python: a set-up boundary records to its pinned log, whatever log
+    (or no-op hook) the caller passes."""
+
+    @pytest.fixture
+    def opened(self, env):
+        from pets import Context
+        from pets.boundary import BoundaryKeys, load_policy
+        from pets.keys import key_services
+
+        eu = Context("EU", principal="nb")
+        keys = BoundaryKeys.open(env / BOUNDARY, key_services(), context=eu)
+        return keys, load_policy(env / "policy.yaml"), eu
+
+    def test_protect_without_a_log_records_to_the_pinned_one(self, env, opened):
+        from pets.boundary import protect
+
+        keys, policy, eu = opened
+        n = len(_kinds(env))
+        protect(pd.read_parquet(env / "users.parquet"), policy, keys, eu)
+        assert _kinds(env)[n:][-1] == "boundary.protect"
+
+    @pytest.mark.parametrize("other", ["log", "hook"])
+    def test_another_log_or_a_silent_hook_is_refused(self, env, opened, other):
+        from pets.boundary import AuditLog, export, protect, read_protected
+
+        keys, policy, eu = opened
+        quiet = (AuditLog(env / "quiet.jsonl", signer=keys.signer, actor=eu) if other == "log"
+                 else (lambda event: None))
+        with pytest.raises(Exception, match="pinned") as info:
+            protect(pd.read_parquet(env / "users.parquet"), policy, keys, eu, audit=quiet)
+        assert type(info.value).__name__ == "InputError"
+        pf = read_protected(env / "prot" / "users.parquet", keys.pinned_public_keys)
+        with pytest.raises(Exception, match="pinned"):
+            export(pf, "US", env / "us.parquet", policy=policy, keys=keys, context=eu,
+                   audit=quiet, columns=SAFE.split(","))
+        assert not (env / "us.parquet").exists() and not (env / "quiet.jsonl").exists()
