@@ -40,6 +40,7 @@ their chained dataset manifest is not re-written here (re-protect them).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -626,7 +627,6 @@ def run_migration(plan: MigrationPlan, keys: BoundaryKeys, log: AuditLog, *,
             re-wrap, or a resumed item's differs from its ``begin``): the run stops there.
         JurisdictionError: A target of another jurisdiction, not allowed by the plan.
     """
-    import sys
     import time
 
     t0 = time.perf_counter()
@@ -639,6 +639,41 @@ def run_migration(plan: MigrationPlan, keys: BoundaryKeys, log: AuditLog, *,
     jpath = Path(journal) if journal is not None else plan.journal_path()
     jpath.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     j = MigrationJournal(jpath)
+    lock_fd = os.open(jpath.with_name(jpath.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        import fcntl
+
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock_fd)
+        raise InputError(f"another `pets migrate run` holds {jpath}: wait for it") from None
+    try:
+        return _run(plan, keys, log, context, j, progress, on_item, t0)
+    finally:
+        os.close(lock_fd)
+
+
+def _drop_stale_temp(item: MigrationItem) -> None:
+    """A run killed mid-write leaves ``.<name>.*.tmp`` beside the item (never the item
+    half-written): remove it before the item is done again."""
+    p = Path(item.path)
+    names = [p.name]
+    if item.kind == "parquet":
+        from pets.envelope._parquet import key_material_path
+
+        names.append(key_material_path(p).name)
+    for name in names:
+        for tmp in p.parent.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _run(plan: MigrationPlan, keys: BoundaryKeys, log: AuditLog, context: Context,
+         j: MigrationJournal, progress: bool | None,
+         on_item: Callable[[MigrationItem], None] | None, t0: float) -> MigrationReport:
+    import sys
+    import time
+
     steps = j.steps()
     done_in_log = _audited(log, plan.id)
     report = MigrationReport(plan.id)
@@ -660,6 +695,8 @@ def run_migration(plan: MigrationPlan, keys: BoundaryKeys, log: AuditLog, *,
                 report.skipped.append(item.path)
             else:
                 if "done" not in st:
+                    if "begin" in st:
+                        _drop_stale_temp(item)
                     if "begin" in st and not uses(item, plan.sources):
                         begin = j.last(item.path, "begin") or {}
                         after = _digest(item, keys, context)
