@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Interrupted", "atomic_directory", "atomic_path", "check_output", "signals_raise",
+__all__ = ["Interrupted", "atomic_directory", "atomic_path", "check_output", "require_regular_file",
+           "signals_raise", "staged_files",
            "write_parquet"]
 
 #: The signals :func:`signals_raise` turns into :class:`Interrupted` by default.
@@ -235,6 +236,82 @@ def atomic_directory(dest: str | os.PathLike[str], *, overwrite: bool = False,
             else:
                 os.replace(tmp, dest)
                 tmp = None
+    except BaseException:
+        with _deferred():
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def require_regular_file(path: str | os.PathLike[str], what: str) -> Path:
+    """Refuse a FIFO, socket, device or directory before it is opened for reading (reading a
+    FIFO blocks for ever). A missing file is left to the reader, which names it.
+
+    Examples:
+        >>> import os, tempfile, pathlib
+        >>> fifo = pathlib.Path(tempfile.mkdtemp()) / "fifo"
+        >>> os.mkfifo(fifo)
+        >>> require_regular_file(fifo, "policy")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        pets._errors.InputError: .../fifo: cannot read policy (not a regular file)
+    """
+    import stat
+
+    from pets._errors import InputError
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return p
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{p}: cannot read {what} (not a regular file)")
+    return p
+
+
+@contextlib.contextmanager
+def staged_files(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden staging directory; on success move everything in it into ``out_dir``.
+
+    All of a command's outputs land together or not at all: a new ``out_dir`` is renamed into
+    place whole (:func:`atomic_directory`); in an existing one the staged entries are renamed
+    in with signals deferred, an existing entry of the same name replaced (callers check
+    beforehand which names may be replaced). On any exception, a signal included, the staging
+    directory is removed and ``out_dir`` is untouched.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> with staged_files(d / "out") as tmp:
+        ...     _ = (tmp / "a.txt").write_text("a")
+        >>> with staged_files(d / "out") as tmp:
+        ...     _ = (tmp / "b.txt").write_text("b")
+        >>> sorted(p.name for p in (d / "out").iterdir())
+        ['a.txt', 'b.txt']
+    """
+    dest = Path(out_dir)
+    if not dest.exists():
+        with atomic_directory(dest) as whole:
+            yield whole
+        return
+    tmp: Path | None = None
+    try:
+        with _deferred():
+            tmp = Path(tempfile.mkdtemp(prefix=".pets-staging.", dir=dest))
+        yield tmp
+        with _deferred():
+            for entry in sorted(tmp.iterdir()):
+                target = dest / entry.name
+                if entry.is_dir() and target.is_dir():
+                    trash = dest / f".{entry.name}.old-{os.urandom(4).hex()}"
+                    os.replace(target, trash)
+                    os.replace(entry, target)
+                    shutil.rmtree(trash, ignore_errors=True)
+                else:
+                    os.replace(entry, target)
+            tmp.rmdir()
+            tmp = None
     except BaseException:
         with _deferred():
             if tmp is not None:

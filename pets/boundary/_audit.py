@@ -403,6 +403,9 @@ class _Lines:
         self.torn: TornTail | None = None
 
     def __iter__(self) -> Iterator[bytes]:
+        from pets._io import require_regular_file
+
+        require_regular_file(self.path, "audit log")
         try:
             fh = open(self.path, "rb")
         except OSError as exc:

@@ -672,7 +672,9 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         InputError: The file cannot be read.
         PolicyError: The policy is malformed (names the file, line and column).
     """
-    p = Path(path)
+    from pets._io import require_regular_file
+
+    p = require_regular_file(path, "policy")
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:

@@ -88,7 +88,9 @@ def load_public_key(key: PublicKeyLike) -> Ed25519PublicKey:
     elif isinstance(key, str) and key.lstrip().startswith("-----BEGIN"):
         pem, where = key.encode(), "public key"
     else:
-        path = Path(key)
+        from pets._io import require_regular_file
+
+        path = require_regular_file(key, "public key")
         try:
             pem = path.read_bytes()
         except OSError as exc:

@@ -176,13 +176,16 @@ def open_boundary(key_config: KeyConfig, boundary_dir: Path | None, ctx: Context
 
 
 def _open(key_config: KeyConfig, boundary_dir: Path | None, audit_log: Path | None,
-          ctx: Context, policy: Policy | None) -> tuple[BoundaryKeys, AuditLog]:
-    """:func:`open_boundary`, and the policy must agree with the boundary's anchors."""
+          ctx: Context, policy: Policy | None, *, protecting: bool = False
+          ) -> tuple[BoundaryKeys, AuditLog]:
+    """:func:`open_boundary`; to protect, a policy's ``keys.signing`` must be the KEK of the
+    boundary's signing key (exports of tables protected before a migration of that key keep
+    their policy, and are checked against the pinned signing keys instead)."""
     from pets._errors import PolicyError
 
     keys, log = open_boundary(key_config, boundary_dir, ctx, audit_log)
     assert keys.anchors is not None
-    if policy is not None:
+    if policy is not None and protecting:
         signing = policy.keys.get("signing")
         if signing is not None and signing != keys.anchors.signing_kek:
             raise PolicyError(f"{policy.source}: keys.signing {signing} is not the KEK of the "
@@ -334,6 +337,9 @@ def _check_encrypted_columns(policy: Policy, columns: dict[str, list[str]]) -> N
                    "gate refuses it.")
 @click.option("--footer-key", default=None, metavar="KEK_URI",
               help="With --parquet-encrypt: the KEK of each part's (encrypted) footer.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the outputs of an earlier run in --out (never an input, the "
+                   "keyring, the boundary, the audit log or the ledger).")
 @_audit_option
 @_boundary_option
 @keyring_options
@@ -341,9 +347,9 @@ def _check_encrypted_columns(policy: Policy, columns: dict[str, list[str]]) -> N
 @json_option
 def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: int | None,
             scheduler: str | None, connect_timeout: float, parquet_encrypt: tuple[str, ...],
-            footer_key: str | None, audit_log: Path | None, boundary_keys: Path | None,
-            jurisdiction: str, principal: str | None, as_json: bool,
-            key_config: KeyConfig) -> None:
+            footer_key: str | None, overwrite: bool, audit_log: Path | None,
+            boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+            as_json: bool, key_config: KeyConfig) -> None:
     """Protect a raw Parquet table under a policy (runs in the policy's home only).
 
     With --engine dask, INFILE may be a Parquet file or a directory of them; the result is
@@ -351,7 +357,7 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
     --parquet-encrypt and --footer-key add Parquet modular encryption to its part files
     (read them back with pets release --engine dask and the same key services).
     """
-    from pets._io import atomic_path
+    from pets._io import staged_files
     from pets.boundary import load_policy
     from pets.boundary import protect as do_protect
 
@@ -361,6 +367,8 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
     encrypt = parse_parquet_encryption(parquet_encrypt, footer_key)
     ctx = make_context(jurisdiction, principal)
     policy = load_policy(policy_path)
+    out = _check_protect_out(out, infile, policy_path, policy, engine, key_config,
+                             boundary_keys, overwrite)
     if engine == "dask":
         if encrypt is not None:
             _check_encrypted_columns(policy, encrypt)
@@ -368,17 +376,16 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
                       audit_log, boundary_keys, ctx, as_json, key_config, encrypt, footer_key)
         return
     frame = _read_parquet(infile)
-    keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
+    keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy, protecting=True)
     pf = do_protect(frame, policy, keys, ctx, audit=log)
-    out.mkdir(parents=True, exist_ok=True)
     target = out / f"{policy.dataset}.parquet"
-    pf.write(target)
     m = pf.manifest
-    with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(json.dumps(m.to_dict(), indent=2, sort_keys=True) + "\n")
-    _copy_policy(out, policy_path)
-    with atomic_path(out / "signing-key.pub.pem") as tmp:
-        tmp.write_bytes(keys.signer.public_pem())
+    with staged_files(out) as stage:  # the four files land together, or none does
+        pf.write(stage / target.name)
+        (stage / "manifest.json").write_text(json.dumps(m.to_dict(), indent=2,
+                                                        sort_keys=True) + "\n")
+        shutil.copyfile(policy_path, stage / _POLICY_COPY)
+        (stage / "signing-key.pub.pem").write_bytes(keys.signer.public_pem())
     result = {"out": str(target), "dataset": m.dataset, "rows_in": len(frame), "rows": m.rows,
               "columns": m.treatments(), "k_anonymity": dict(m.k_anonymity),
               "signer": m.signer, "policy_digest": m.policy_digest, "engine": "pandas",
@@ -397,6 +404,24 @@ def protect(infile: Path, policy_path: Path, out: Path, engine: str, workers: in
         return "\n".join(lines)
 
     emit(result, as_json, text)
+
+
+def _check_protect_out(out: Path, infile: Path, policy_path: Path, policy: Policy, engine: str,
+                       key_config: KeyConfig, boundary_keys: Path | None,
+                       overwrite: bool) -> Path:
+    """Before any work: ``--out`` may not be, hold or lie in an input or a protected location
+    (keyring, boundary, audit log, ledger), and the files protect writes there may replace an
+    earlier run's only with ``--overwrite``. Returns the resolved directory."""
+    from pets.cli._common import check_out
+
+    inputs = [infile, policy_path]
+    target = check_out(out, option="--out", inputs=inputs, key_config=key_config,
+                       boundary_keys=boundary_keys, overwrite=True)
+    data = policy.dataset if engine == "dask" else f"{policy.dataset}.parquet"
+    for name in (data, "manifest.json", _POLICY_COPY, "signing-key.pub.pem"):
+        check_out(target / name, option="--out", inputs=inputs, key_config=key_config,
+                  boundary_keys=boundary_keys, overwrite=overwrite)
+    return target
 
 
 def _copy_policy(out: Path, policy_path: Path) -> None:
@@ -423,7 +448,7 @@ def _protect_dask(infile: Path, policy_path: Path, policy: Policy, out: Path,
 
     if not infile.exists():
         raise InputError(f"{infile}: no such file or directory")
-    keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
+    keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy, protecting=True)
     for uri in dict.fromkeys([*(encrypt or {}), *([footer_key] if footer_key else [])]):
         # before any work: an unknown KEK (exit 7), or one of another jurisdiction, which
         # would let the data encrypted at rest be read there (exit 4)
@@ -515,6 +540,14 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
     file = _protected_file(src)
     policy = load_policy(policy_path or file.parent / _POLICY_COPY)
     keys, log = _open(key_config, boundary_keys, audit_log, ctx, policy)
+    from pets.cli._common import check_out
+
+    assert keys.anchors is not None
+    # the gate decides whether an earlier export may be replaced; never an input or a file
+    # of the boundary (keyring, boundary directory, audit log, ledger)
+    out = check_out(out, option="--out", inputs=[file, policy_path or file.parent / _POLICY_COPY],
+                    key_config=key_config, boundary_keys=keys.directory,
+                    audit_log=keys.anchors.audit_log, ledger=keys.anchors.ledger, overwrite=True)
     cols: list[str] | Literal["allowed"] | None = None
     if columns == "allowed":
         cols = "allowed"
@@ -618,8 +651,9 @@ def example(name: str, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
-    if out.exists():
-        raise InputError(f"{out}: already exists (not overwritten)")
+    from pets.cli._common import check_out
+
+    out = check_out(out, option="--out")
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     click.echo(f"wrote the {name} example policy to {out}")
@@ -790,8 +824,9 @@ def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Pa
         raise InputError(f"{directory}: a boundary is already set up here (boundary.json); "
                          "nothing changed")
     for path, what in ((log_path, "--log"), (ledger_path, "--ledger")):
-        if path.exists() and path.is_dir():
-            raise InputError(f"{what} {path}: is a directory")
+        if path.exists() and not path.is_file():
+            raise InputError(f"{what} {path}: not a regular file")
+        path.parent.mkdir(parents=True, exist_ok=True)
     hook = _LateLog()
     services = services_from_options(key_config, audit=hook)
     service = services.for_uri(signing_kek)

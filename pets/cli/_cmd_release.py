@@ -479,6 +479,14 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
                                "it alone")
     ledger_path = pinned
     _check_paths(infile, out if specs else None, ledger_path, keys_file)
+    if specs and out is not None:
+        from pets.cli._common import check_out
+
+        # never over an input or a file of the boundary (keyring, log, ledger); an earlier
+        # release file may be replaced, as before
+        out = check_out(out, option="--out", inputs=[infile, keys_file],
+                        key_config=key_config, boundary_keys=bkeys.directory,
+                        audit_log=bkeys.anchors.audit_log, ledger=ledger_path, overwrite=True)
     ledger = Ledger(ledger_path)
     dsid = dataset_id or str(infile.resolve())
     # every missing option at once, before anything is registered in the ledger

@@ -102,11 +102,9 @@ def pinned_key_config(key_config: KeyConfig, directory: Path) -> KeyConfig:
         InputError: A server the caller names differs from the pinned one of that name, or
             is not pinned at all (the message names the server).
     """
-    import dataclasses
     import json
 
     from pets.boundary import Anchors
-    from pets.keys import transit_servers_from_dict
 
     path = directory / "boundary.json"
     try:
@@ -117,8 +115,13 @@ def pinned_key_config(key_config: KeyConfig, directory: Path) -> KeyConfig:
     if not key_config.transit_servers:
         if not pinned:
             return key_config
-        return dataclasses.replace(key_config,
-                                   transit_servers=transit_servers_from_dict(pinned))
+        # boundary.json is verified only by a key those servers unwrap: taking their
+        # addresses from it first would let an edited file send the credentials (and later
+        # data keys) to a server of the editor's choosing. The operator names them.
+        raise InputError(f"the boundary at {directory} uses transit server(s) "
+                         f"{', '.join(sorted(pinned))}: name them with --key-servers FILE or "
+                         "PETS_KEY_SERVERS (their addresses are never read from boundary.json "
+                         "before it is verified)")
     check_pinned_servers(key_config, anchors.key_services, directory)
     return key_config
 

@@ -48,6 +48,9 @@ def transit(tmp_path, monkeypatch, openbao):
     assert main(["boundary", "init", "--signing-kek", f"vault://eu-ireland/boundary-{tag}",
                  "--key-servers", "servers.yaml", "--log", "logs/audit.jsonl",
                  "--ledger", "ledger.sqlite"]) == 0
+    # the operator's configuration names the servers from now on (as PETS_MASTER_KEY does
+    # for a keyring): their addresses are never taken from the unverified boundary.json
+    monkeypatch.setenv("PETS_KEY_SERVERS", str(tmp_path / "servers.yaml"))
     return tag
 
 
@@ -70,7 +73,13 @@ class TestTransitCli:
         pinned = Path(".pets/keyring/boundary/boundary.json").read_text()
         for var in ("EU_IRELAND_SECRET_ID", "EU_NORWAY_SECRET_ID", "EU_IRELAND_ROLE_ID"):
             assert os.environ[var] not in pinned  # names of variables only, no secret
-        # no --key-servers: the pinned servers are used
+        # without the operator's server list, nothing is read from the pinned file
+        with pytest.MonkeyPatch.context() as mp:
+            mp.delenv("PETS_KEY_SERVERS")
+            assert main(["keys", "create", f"vault://eu-ireland/nope-{tag}"]) == 1
+            assert "name them with --key-servers FILE or PETS_KEY_SERVERS" in \
+                capsys.readouterr().err
+        # PETS_KEY_SERVERS (the operator's file): checked against the pinned servers
         uri = f"vault://eu-ireland/customers-{tag}"
         assert main(["keys", "create", uri, "--jurisdiction", "EU"]) == 0
         Path("plain.txt").write_bytes(b"row,data\n" * 1000)
