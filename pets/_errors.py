@@ -33,6 +33,8 @@ Examples:
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "AuditHookError",
     "BudgetExhausted",
@@ -51,9 +53,46 @@ __all__ = [
 
 
 class PetsError(Exception):
-    """Root of every error pets raises on purpose."""
+    """Root of every error pets raises on purpose.
+
+    Besides the message, an error may carry what it is about, when the code raising it knows:
+    ``path`` (the file), ``column`` and ``key`` (a key URI). They are ``None`` otherwise. The
+    CLI reports them with ``--json`` so a pipeline can tell which input failed without
+    parsing the message; they never hold secret material.
+
+    Examples:
+        >>> err = InputError("data/users.parquet: no column 'email'", path="data/users.parquet",
+        ...                  column="email")
+        >>> err.path, err.column, err.key
+        ('data/users.parquet', 'email', None)
+        >>> err.details()
+        {'path': 'data/users.parquet', 'column': 'email'}
+        >>> str(err)
+        "data/users.parquet: no column 'email'"
+    """
 
     exit_code: int = 1
+    #: The file at fault, when known.
+    path: str | None = None
+    #: The column at fault, when known.
+    column: str | None = None
+    #: The key (its URI) at fault, when known.
+    key: str | None = None
+
+    def __init__(self, *args: object, path: str | os.PathLike[str] | None = None,
+                 column: str | None = None, key: str | None = None) -> None:
+        super().__init__(*args)
+        if path is not None:
+            self.path = os.fspath(path)
+        if column is not None:
+            self.column = str(column)
+        if key is not None:
+            self.key = str(key)
+
+    def details(self) -> dict[str, str]:
+        """``path`` / ``column`` / ``key``, those that are known."""
+        return {name: value for name in ("path", "column", "key")
+                if (value := getattr(self, name)) is not None}
 
 
 class InputError(PetsError, ValueError):

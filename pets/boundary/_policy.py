@@ -386,7 +386,7 @@ class Policy:
     # -- validation --------------------------------------------------------------------------
 
     def _fail(self, what: str, line: int | None = None, column: str | None = None) -> PolicyError:
-        return PolicyError(f"{_where(self.source, line, column)}: {what}")
+        return PolicyError(f"{_where(self.source, line, column)}: {what}", column=column)
 
     def _validate(self) -> None:
         lines = self.lines

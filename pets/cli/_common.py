@@ -31,7 +31,10 @@ _CONFIG_PATH_KEYS = ("keyring", "log", "ledger", "keys", "dir", "directory", "pa
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Machine-readable JSON output on stdout; on failure one JSON object on stderr "
+         '({"error", "type", "exit_code", ...}) and nothing on stdout.')
 overwrite_option = click.option(
     "--overwrite", is_flag=True,
     help="Replace an existing output file (never an input, the keyring, the audit log, the "
@@ -204,11 +207,17 @@ def check_out(out: Path, *, option: str = "--out", inputs: Iterable[Path | None]
     """:func:`pets._io.check_output` with the protected locations of :func:`protected_paths`.
 
     Returns the resolved output path to write to; raises :class:`~pets.InputError` (exit 1)
-    naming ``option`` and the path the output would destroy.
+    naming ``option`` and the path the output would destroy, with ``path`` set to ``out``.
     """
     from pets._io import check_output
 
-    return check_output(out, option=option, inputs=[p for p in inputs if p is not None],
-                        protected=protected_paths(key_config, audit_log=audit_log,
-                                                  boundary_keys=boundary_keys, ledger=ledger),
-                        overwrite=overwrite)
+    try:
+        return check_output(out, option=option, inputs=[p for p in inputs if p is not None],
+                            protected=protected_paths(key_config, audit_log=audit_log,
+                                                      boundary_keys=boundary_keys,
+                                                      ledger=ledger),
+                            overwrite=overwrite)
+    except InputError as exc:
+        if exc.path is None and "\0" not in str(out):
+            exc.path = str(out)  # the output refused: --json reports it as "path"
+        raise

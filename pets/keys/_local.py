@@ -398,7 +398,7 @@ class LocalKeyring:
     def _file(self, uri: str) -> Path:
         scheme, authority, name = parse_key_uri(uri)
         if scheme != self.scheme or authority != self.name:
-            raise KeyNotFoundError(f"no key {uri} (this is keyring local://{self.name})")
+            raise KeyNotFoundError(f"no key {uri} (this is keyring local://{self.name})", key=uri)
         if not _NAME.match(name):
             raise InputError(f"invalid key name in {uri!r}: use 1-64 letters, digits, _ . -")
         return self.path / "keys" / f"{name}.json"
@@ -449,7 +449,7 @@ class LocalKeyring:
             try:
                 fh = open(file, "rb")
             except FileNotFoundError:
-                raise KeyNotFoundError(f"no key {uri}") from None
+                raise KeyNotFoundError(f"no key {uri}", key=uri) from None
             except OSError as exc:
                 raise KeyServiceError(f"cannot read key file for {uri}: {exc.strerror}") from None
             # The file stays open until the replaced-check below: closed, its inode number could

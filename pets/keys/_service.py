@@ -333,7 +333,7 @@ def check_unwrap_allowed(
              jurisdiction=context.jurisdiction, principal=context.principal, operation=operation)
         raise JurisdictionError(
             f"key {info.uri} belongs to {info.jurisdiction}; {operation} refused for "
-            f"{context.access_token}"
+            f"{context.access_token}", key=info.uri
         )
 
 
