@@ -11,9 +11,11 @@ import json
 import subprocess
 import sys
 
+import click
 import pandas as pd
 import pytest
 
+import pets
 from pets.cli import main
 from tests.security._cli_env import URI, child_env, policy_text, setup_boundary
 
@@ -108,6 +110,53 @@ class TestJsonErrors:
         out, err = capsys.readouterr()
         assert out == "" and "Usage:" in err and "unexpected extra argument" in err
         assert not (scratch / "--json").exists()
+
+
+class TestJsonErrorsOfOtherKinds:
+    @pytest.fixture
+    def failing(self):
+        """A throw-away command ``raise-test`` raising what the test puts in ``box``."""
+        from pets.cli import cli
+
+        box: list[BaseException] = []
+
+        @cli.command("raise-test")
+        @click.option("--json", "as_json", is_flag=True)
+        def raise_test(as_json: bool) -> None:
+            raise box[0]
+
+        try:
+            yield box
+        finally:
+            cli.commands.pop("raise-test")
+
+    def test_a_bug_is_reported_as_internal(self, failing, capsys):
+        failing.append(RuntimeError("boom\nsecond line"))
+        obj = _failure(capsys, ["raise-test", "--json"], 1)
+        assert obj["type"] == "RuntimeError" and obj["internal"] is True
+        assert obj["error"].startswith("internal error: boom second line")
+
+    def test_a_refused_file_system_call_names_the_path(self, failing, capsys):
+        failing.append(PermissionError(13, "Permission denied", "/data/out.csv"))
+        obj = _failure(capsys, ["raise-test", "--json"], 1)
+        assert obj == {"error": "/data/out.csv: Permission denied", "type": "PermissionError",
+                       "exit_code": 1, "path": "/data/out.csv"}
+
+    def test_an_interruption_reports_the_signal(self, failing, capsys):
+        import signal
+
+        from pets._io import Interrupted
+
+        failing.append(Interrupted(signal.SIGTERM))
+        obj = _failure(capsys, ["raise-test", "--json"], 143)
+        assert obj["type"] == "Interrupted" and obj["signal"] == signal.SIGTERM
+        assert obj["error"].startswith("interrupted by SIGTERM")
+
+    def test_pets_error_attributes_are_reported(self, failing, capsys):
+        failing.append(pets.InputError("users.parquet: no column 'email'",
+                                       path="users.parquet", column="email"))
+        obj = _failure(capsys, ["raise-test", "--json"], 1)
+        assert (obj["path"], obj["column"]) == ("users.parquet", "email") and "key" not in obj
 
 
 class TestWithoutJson:
