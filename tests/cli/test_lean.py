@@ -148,7 +148,9 @@ class TestCommandIndex:
                 for cmd in module.COMMANDS:
                     first = (cmd.short_help or cmd.help or "").split("\n\n")[0]
                     real[cmd.name] = (mod.name, " ".join(first.split()))
-        assert pets.cli._INDEX == real
+        assert pets.cli._INDEX == real, (
+            "update _INDEX in pets/cli/__init__.py to: "
+            + repr({k: v for k, v in real.items() if pets.cli._INDEX.get(k) != v}))
 
     def test_commands_attribute_lists_every_command(self):
         from pets.cli import _INDEX, cli
