@@ -32,6 +32,13 @@ _KEKS = ("boundary", "pseudonyms", "columns")
 US_COLUMNS = ["user_id", "email", "birth_date", "country", "signup_ts"]
 
 
+def _example(directory: Path, name: str) -> Path:
+    """A copy of a shipped example policy in ``directory``."""
+    copy = directory / name
+    copy.write_text((files("pets") / "examples" / name).read_text())
+    return copy
+
+
 def _table(frame: Any, echo: Callable[[str], None], indent: str = "   ") -> None:
     import pandas as pd
 
@@ -124,10 +131,7 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
     echo(f"   public key for the auditor and receivers: {public_pem.relative_to(workdir)}")
 
     # -- 3. protect ----------------------------------------------------------------------------
-    policy_file = files("pets") / "examples" / "users-policy.yaml"
-    policy_copy = eu_dir / "users-policy.yaml"
-    policy_copy.write_text(policy_file.read_text())
-    policy = load_policy(policy_copy)
+    policy = load_policy(_example(eu_dir, "users-policy.yaml"))
     echo(f"== 3. Protect users with the shipped policy (digest {policy.digest()[:12]}…)")
     pf = protect(u, policy, keys, eu, audit=log)
     protected_path = pf.write(eu_dir / "protected" / "users.parquet")
@@ -163,7 +167,8 @@ def run_demo(workdir: Path, *, users: int = 5_000, events: int = 50_000, seed: i
     receipts.append(r1)
     echo(f"   table   -> us/users.parquet: {r1.rows} rows, {', '.join(r1.columns)}")
     echo(f"              sha256 {r1.sha256[:16]}…, audit entry {r1.audit_seq}")
-    r2 = export(release, "US", us_dir / "watch_by_country.parquet", policy=policy,
+    events_policy = load_policy(_example(eu_dir, "events-policy.yaml"))
+    r2 = export(release, "US", us_dir / "watch_by_country.parquet", policy=events_policy,
                 keys=keys, context=eu, audit=log)
     receipts.append(r2)
     echo(f"   release -> us/watch_by_country.parquet: {r2.rows} rows, ε {release.loss.epsilon}, "

@@ -589,6 +589,66 @@ def _release_evidence(release: Any, dest: Path,
     return frame, meta, digest
 
 
+_RELEASE_COLUMNS = frozenset({"statistic", "column", "param", "estimate", "ci_low", "ci_high",
+                               "mechanism", "scale", "epsilon", "delta", "rho"})
+
+
+def _check_release_names(frame: pd.DataFrame, meta: dict[str, Any], policy: Policy) -> None:
+    """Every caller-chosen name or value in a release is one the policy vouches for.
+
+    A release is the caller's query over raw data: its group keys, column names and unit are
+    whatever the caller asked for. It leaves only if (1) each of them is a column of this
+    policy's dataset, (2) no group column is an identifier, and (3) group keys given by the
+    caller (public keys) are among the column's ``public_values`` in the policy — keys chosen
+    privately (DP key selection with a threshold) need no list. Otherwise the table could carry
+    raw values (e.g. grouped by e-mail with every address given as a "public" key).
+
+    Raises:
+        PolicyError: Naming the column and the rule, never the values.
+    """
+    query = meta.get("query") if isinstance(meta.get("query"), dict) else {}
+    assert isinstance(query, dict)
+    by = [str(c) for c in (query.get("by") or [])]
+    aggregated = [str(a.get("column")) for a in (query.get("aggregates") or [])
+                  if isinstance(a, dict) and a.get("column") is not None]
+    rules = {r.name: r for r in policy.columns}
+    unit = meta.get("privacy_unit")
+    for name in [*by, *aggregated, *([str(unit)] if unit is not None else [])]:
+        if name not in rules:
+            raise PolicyError(f"the release names column {name!r}, which policy "
+                              f"{policy.source} ({policy.dataset}) does not have: a release "
+                              "leaves under the policy of the data it was made from")
+    extra = [str(c) for c in frame.columns if c not in _RELEASE_COLUMNS and c not in by]
+    if extra:
+        raise PolicyError(f"the release has column(s) {', '.join(map(repr, extra))} that are "
+                          "neither its group columns nor release fields")
+    if "column" in frame.columns:
+        named = {str(v) for v in frame["column"].dropna().unique()} - {""}
+        unknown = sorted(named - set(rules))
+        if unknown:
+            raise PolicyError(f"the release's 'column' field names {len(unknown)} column(s) "
+                              f"that policy {policy.source} does not have")
+    public = str(query.get("keys", "")).startswith("public")
+    for name in by:
+        rule = rules[name]
+        if rule.role == "identifier":
+            raise PolicyError(f"the release is grouped by {name!r}, an identifier in policy "
+                              f"{policy.source}: its group keys would be raw identifiers")
+        if not public:
+            continue
+        if rule.public_values is None:
+            raise PolicyError(f"the release is grouped by {name!r} with keys given by its "
+                              f"caller, and policy {policy.source} declares no public_values "
+                              f"for {name!r}: caller-given group keys leave only if the policy "
+                              "declares them public (or select the keys privately)")
+        values = {str(v) for v in frame[name].dropna().unique()} if name in frame.columns \
+            else set()
+        outside = values - set(rule.public_values)
+        if outside:
+            raise PolicyError(f"{len(outside)} group key(s) of {name!r} are not among its "
+                              f"public_values in policy {policy.source}")
+
+
 def _export_release(release: Any, to: str, dest: Path, policy: Policy, context: Context,
                     audit: AuditLog, ledger: Any) -> ExportReceipt:
     if not policy.allows("dp_release", to):
@@ -597,6 +657,10 @@ def _export_release(release: Any, to: str, dest: Path, policy: Policy, context: 
     import pyarrow.parquet as pq
 
     frame, meta, release_digest = _release_evidence(release, dest, ledger)
+    _check_release_names(frame, meta, policy)
+    # what leaves names the dataset by its policy, not by a caller-chosen id (a path, or any
+    # text given as --dataset-id); the ledger record keeps the original
+    meta = {**meta, "dataset_id": policy.dataset}
     table = pa.Table.from_pandas(frame, preserve_index=False)
     record = {"destination": to, "exported_by": context.access_token,
               "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}

@@ -136,7 +136,8 @@ TREATMENTS: Mapping[str, TreatmentSpec] = dict([
 _DEFAULT_KEY = {"encrypt": "columns"}
 _TOP_KEYS = {"version", "dataset", "home", "keys", "min_k", "enforce_k", "max_suppression",
              "destinations", "columns", "description"}
-_COLUMN_KEYS = {"role", "treatment", "params", "domain", "key", "mode", "description"}
+_COLUMN_KEYS = {"role", "treatment", "params", "domain", "key", "mode", "description",
+                "public_values"}
 _MODES = ("randomized", "deterministic")
 MAX_POLICY_CHARS = 1 << 20
 
@@ -188,6 +189,10 @@ class ColumnRule:
         key: Which entry of the policy's ``keys`` keys this column (default ``pseudonyms``
             for keyed treatments, ``columns`` for ``encrypt``).
         mode: ``randomized`` (default) or ``deterministic`` for ``encrypt``.
+        public_values: The values of this column that are public (e.g. the country codes):
+            a DP release grouped by this column with keys given by its caller (``--keys``)
+            leaves through the gate only if every group key is one of these. Not allowed on
+            an identifier.
         line: The YAML line (for messages; not part of equality or the digest).
     """
 
@@ -198,6 +203,7 @@ class ColumnRule:
     domain: str | None = None
     key: str | None = None
     mode: Literal["randomized", "deterministic"] | None = None
+    public_values: tuple[str, ...] | None = None
     line: int | None = field(default=None, compare=False)
 
     @property
@@ -210,9 +216,12 @@ class ColumnRule:
         return self.spec.output
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "treatment": self.treatment,
-                "params": dict(self.params), "domain": self.domain, "key": self.key,
-                "mode": self.mode}
+        out: dict[str, Any] = {"name": self.name, "role": self.role, "treatment": self.treatment,
+               "params": dict(self.params), "domain": self.domain, "key": self.key,
+               "mode": self.mode}
+        if self.public_values is not None:  # absent: digests of earlier policies unchanged
+            out["public_values"] = list(self.public_values)
+        return out
 
 
 _NEVER_IDENTITY = frozenset({"suppress", "age-band"})
@@ -357,10 +366,20 @@ class Policy:
             params = body.get("params", {})
             if not isinstance(params, dict):
                 raise PolicyError(f"{_where(source, line, name)}: 'params' must be a mapping")
+            public: Any = body.get("public_values")
+            if public is not None:
+                at = _where(source, lines.get(f"columns.{name}.public_values", line), name)
+                if role == "identifier":
+                    raise PolicyError(f"{at}: an identifier has no public values")
+                if not isinstance(public, list) or not public or not all(
+                        isinstance(v, str | int) and not isinstance(v, bool) for v in public):
+                    raise PolicyError(f"{at}: 'public_values' must be a non-empty list of "
+                                      "strings or integers")
+                public = tuple(str(v) for v in public)
             rules.append(ColumnRule(
                 name=str(name), role=role, treatment=treatment, params=params,
                 domain=body.get("domain"), key=body.get("key"), mode=body.get("mode"),
-                line=line,
+                public_values=public, line=line,
             ))
         destinations = doc.get("destinations", {})
         if not isinstance(destinations, dict):
@@ -478,7 +497,7 @@ class Policy:
         if rule.treatment in ("keep", "drop", "encrypt") and rule.params:
             raise self._fail(f"treatment {rule.treatment!r} takes no params", line, name)
         checked = ColumnRule(name, rule.role, rule.treatment, dict(rule.params), domain, key,
-                             mode, line)
+                             mode, rule.public_values, line)
         if spec.output == "generalized":
             from pets.pseudo._generalize import identity_reason
 
@@ -650,6 +669,8 @@ class Policy:
                 body["key"] = r.key
             if r.mode is not None:
                 body["mode"] = r.mode
+            if r.public_values is not None:
+                body["public_values"] = list(r.public_values)
             columns[r.name] = body
         doc = {"version": _FORMAT_VERSION, "dataset": self.dataset, "home": self.home,
                "keys": dict(self.keys), "min_k": self.min_k, "enforce_k": self.enforce_k,

@@ -545,9 +545,9 @@ def export(src: Path, destination: str, out: Path, policy_path: Path | None,
     assert keys.anchors is not None
     # the gate decides whether an earlier export may be replaced; never an input or a file
     # of the boundary (keyring, boundary directory, audit log, ledger)
-    out = check_out(out, option="--out", inputs=[file, policy_path or file.parent / _POLICY_COPY],
-                    key_config=key_config, boundary_keys=keys.directory,
-                    audit_log=keys.anchors.audit_log, ledger=keys.anchors.ledger, overwrite=True)
+    check_out(out, option="--out", inputs=[file, policy_path or file.parent / _POLICY_COPY],
+              key_config=key_config, boundary_keys=keys.directory,
+              audit_log=keys.anchors.audit_log, ledger=keys.anchors.ledger, overwrite=True)
     cols: list[str] | Literal["allowed"] | None = None
     if columns == "allowed":
         cols = "allowed"

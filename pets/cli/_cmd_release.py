@@ -452,6 +452,16 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
     from pets.dp import Ledger, Session
 
     scheduler = dask_target(engine, workers, scheduler)
+    import math
+
+    for name, value in (("--epsilon", epsilon), ("--delta", delta), ("--rho", rho),
+                        ("--budget-epsilon", budget_epsilon), ("--budget-delta", budget_delta),
+                        ("--budget-rho", budget_rho), ("--level", level)):
+        # before the boundary, the ledger or a cluster is touched
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be a finite number > 0, got {value}")
+    if not level < 1:
+        raise InputError(f"--level must be below 1, got {level}")
     if engine == "dask":
         from pets._errors import require
 

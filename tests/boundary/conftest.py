@@ -58,7 +58,7 @@ columns:
   user_id: {role: identifier, treatment: keyed-hash}
   email: {role: identifier, treatment: token}
   phone: {role: identifier, treatment: encrypt}
-  country: {role: quasi-identifier, treatment: keep}
+  country: {role: quasi-identifier, treatment: keep, public_values: [DE, FR, IT]}
   minutes: {role: metric, treatment: keep}
   ip: {role: drop}
 """

@@ -30,6 +30,8 @@ keys: {pseudonyms: "memory://eu/p"}
 destinations: {dp_release: ["*"]}
 columns:
   user_id: {role: identifier, treatment: keyed-hash}
+  country: {role: metric, treatment: keep, public_values: [DE, FR, IT]}
+  minutes: {role: metric, treatment: keep}
 """
 
 

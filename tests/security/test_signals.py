@@ -133,11 +133,13 @@ def table(scratch):
 @pytest.mark.parametrize("signo", [signal.SIGTERM], ids=lambda s: signal.Signals(s).name)
 def test_protect_interrupted_leaves_nothing(table, signo):
     out_dir = table / f"prot-{int(signo)}"
+    # a new --out directory is staged whole beside it (.prot-N.*.tmp) and renamed at the end
     code, err, _ = interrupt(table, ["protect", "users.parquet", "--policy", "policy.yaml",
-                                     "--out", out_dir.name], out_dir, signo)
+                                     "--out", out_dir.name], table, signo)
     assert code == 128 + signo, err
     assert "Traceback" not in err
     assert not out_dir.exists() or [p.name for p in out_dir.iterdir()] == []
+    assert [p.name for p in table.iterdir() if p.name.startswith(f".{out_dir.name}")] == []
 
 
 def test_export_interrupted_leaves_nothing(table):
