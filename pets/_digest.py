@@ -39,8 +39,21 @@ def _values(series: pd.Series) -> pa.Array:
     return arr
 
 
-def _as_text(series: pd.Series) -> pd.Series:
-    """Types without a canonical encoding (intervals, structs) are digested as their text."""
+def _as_text(name: str, series: pd.Series) -> pd.Series:
+    """Scalar types without a canonical encoding (intervals, mixed objects) are digested as
+    their text. Containers are refused: their text is not exact (numpy prints 8 digits of a
+    float and elides long arrays), so values could change under an unchanged digest.
+
+    Raises:
+        InputError: A value is a list, array, mapping, set or tuple.
+    """
+    from pets._errors import InputError
+
+    for v in series.array:
+        if isinstance(v, np.ndarray | list | tuple | dict | set | frozenset):
+            raise InputError(f"column {name!r} holds {type(v).__name__} values: pets digests "
+                             "(and so protects and exports) only scalar columns; flatten or "
+                             "drop it", column=name)
     return series.astype(str).where(series.notna(), None).astype("string")
 
 
@@ -58,7 +71,7 @@ def column_digest(name: str, series: pd.Series) -> str:
     try:
         arr = _values(series)
     except (pa.ArrowException, TypeError, ValueError):
-        return column_digest(name, _as_text(series))
+        return column_digest(name, _as_text(name, series))
     t = arr.type
     n = len(arr)
     valid = np.ones(n, dtype=bool) if arr.null_count == 0 else arr.is_valid().to_numpy(
@@ -104,7 +117,13 @@ def column_digest(name: str, series: pd.Series) -> str:
         payload.append(pc.fill_null(days, 0).to_numpy(zero_copy_only=False).astype("<i4")
                        .tobytes())
     else:
-        return column_digest(name, _as_text(series))
+        if pa.types.is_nested(t):
+            from pets._errors import InputError
+
+            raise InputError(f"column {name!r} has the nested type {t}: pets digests (and so "
+                             "protects and exports) only scalar columns; flatten or drop it",
+                             column=name)
+        return column_digest(name, _as_text(name, series))
     h = hashlib.sha256(b"pets.column/1\x00")
     h.update(name.encode() + b"\x00" + tag.encode() + b"\x00" + n.to_bytes(8, "little"))
     h.update(np.packbits(valid).tobytes())
