@@ -794,12 +794,20 @@ def boundary_group() -> None:
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_LEDGER, show_default=True,
               help="The privacy-budget ledger to pin.")
+@click.option("--max-epsilon", type=float, default=10.0, show_default=True,
+              help="Cap on the ε spent by every release from the ledger, over all datasets "
+                   "and units together (a copy of the data or another unit column opens no "
+                   "fresh budget).")
+@click.option("--max-delta", type=float, default=1e-4, show_default=True,
+              help="Cap on the total δ over all releases.")
+@click.option("--max-rho", type=float, default=5.0, show_default=True,
+              help="Cap on the total ρ (zCDP) over all releases.")
 @_boundary_option
 @keyring_options
 @context_options
 @json_option
 def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Path,
-             boundary_keys: Path | None, jurisdiction: str, principal: str | None,
+             max_epsilon: float, max_delta: float, max_rho: float, boundary_keys: Path | None, jurisdiction: str, principal: str | None,
              as_json: bool, key_config: KeyConfig) -> None:
     """Set up the boundary: signing key, pinned anchors, audit log (once; never implicit).
 
@@ -823,6 +831,12 @@ def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Pa
     if BoundaryKeys.exists(directory):
         raise InputError(f"{directory}: a boundary is already set up here (boundary.json); "
                          "nothing changed")
+    import math
+
+    for value, what in ((max_epsilon, "--max-epsilon"), (max_delta, "--max-delta"),
+                        (max_rho, "--max-rho")):
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{what} must be a finite number >= 0, got {value}")
     for path, what in ((log_path, "--log"), (ledger_path, "--ledger")):
         if path.exists() and not path.is_file():
             raise InputError(f"{what} {path}: not a regular file")
@@ -851,7 +865,11 @@ def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Pa
     log = AuditLog(anchors.audit_log, signer=keys.signer, actor=ctx)
     hook.log = log
     keys.audit = log.hook
-    entry = log.append("boundary.init", directory=str(directory.resolve()), home=anchors.home,
+    from pets.dp import Ledger
+
+    Ledger(anchors.ledger).set_cap(max_epsilon, max_delta, max_rho)
+    entry = log.append("boundary.init", ledger_cap={"epsilon": max_epsilon,
+                                                    "delta": max_delta, "rho": max_rho}, directory=str(directory.resolve()), home=anchors.home,
                        signing_kek=anchors.signing_kek, pinned=list(anchors.pinned),
                        audit_log=str(anchors.audit_log), ledger=str(anchors.ledger),
                        key_services=settings)

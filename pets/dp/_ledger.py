@@ -58,7 +58,7 @@ __all__ = ["BudgetStatus", "Ledger", "ReleaseRecord", "SpendRecord"]
 T = TypeVar("T")
 
 #: ``PRAGMA user_version`` of the schema below (0: a ledger from before the releases table).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 BEGIN IMMEDIATE;
@@ -111,7 +111,18 @@ CREATE TRIGGER IF NOT EXISTS releases_no_update BEFORE UPDATE ON releases
 BEGIN SELECT RAISE(ABORT, 'pets ledger: release records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS releases_no_delete BEFORE DELETE ON releases
 BEGIN SELECT RAISE(ABORT, 'pets ledger: release records are append-only'); END;
-PRAGMA user_version = 2;
+CREATE TABLE IF NOT EXISTS caps (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    rho REAL NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS caps_no_update BEFORE UPDATE ON caps
+BEGIN SELECT RAISE(ABORT, 'pets ledger: the cap cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS caps_no_delete BEFORE DELETE ON caps
+BEGIN SELECT RAISE(ABORT, 'pets ledger: the cap cannot be deleted'); END;
+PRAGMA user_version = 3;
 COMMIT;
 """
 
@@ -311,6 +322,55 @@ class Ledger:
                 f"{budget.describe()}")
         return stored
 
+    def set_cap(self, epsilon: float, delta: float = 0.0, rho: float = 0.0) -> None:
+        """Cap what the whole ledger may spend, summed over *every* dataset and unit.
+
+        Per-(dataset, unit) budgets are chosen by whoever releases: a copy of the data under
+        another dataset id, or another column of the same people as the unit, would open a
+        fresh budget. The cap (set once, by ``pets boundary init``) bounds the sum of every
+        spend's ε, δ and ρ (basic composition: a conservative bound for the people in any
+        of them). Setting it again to the same values is a no-op.
+
+        Raises:
+            InputError: A negative or non-finite value, or a different cap already set.
+        """
+        import math
+
+        for name, v in (("epsilon", epsilon), ("delta", delta), ("rho", rho)):
+            if not (math.isfinite(v) and v >= 0):
+                raise InputError(f"ledger cap {name} must be a finite number >= 0, got {v}")
+        with self._transaction() as con:
+            row = con.execute("SELECT epsilon, delta, rho FROM caps").fetchone()
+            if row is None:
+                con.execute("INSERT INTO caps VALUES (1, ?, ?, ?, ?)",
+                            (epsilon, delta, rho, _now()))
+                return
+        if tuple(row) != (epsilon, delta, rho):
+            raise InputError(f"ledger {self!r} already has the cap ε={_num(row[0])}, "
+                             f"δ={_num(row[1])}, ρ={_num(row[2])}; it cannot be changed")
+
+    def cap(self) -> PrivacyLoss | None:
+        """The ledger-wide cap (:meth:`set_cap`), or ``None``."""
+        with self._connect() as con:
+            row = con.execute("SELECT epsilon, delta, rho FROM caps").fetchone()
+        return None if row is None else PrivacyLoss(*row)
+
+    @staticmethod
+    def _check_cap(con: sqlite3.Connection, loss: PrivacyLoss) -> None:
+        import math
+
+        row = con.execute("SELECT epsilon, delta, rho FROM caps").fetchone()
+        if row is None:
+            return
+        spent = con.execute("SELECT epsilon, delta, rho FROM spends").fetchall()
+        for i, (name, sym) in enumerate((("epsilon", "ε"), ("delta", "δ"), ("rho", "ρ"))):
+            total = math.fsum([*(r[i] for r in spent), getattr(loss, name)])
+            if getattr(loss, name) > 0 and total > row[i]:
+                raise BudgetExhausted(
+                    f"release needs {sym}={_num(getattr(loss, name))} but the ledger's cap "
+                    f"over every dataset and unit is {sym}={_num(row[i])}, of which "
+                    f"{_num(math.fsum(r[i] for r in spent))} is spent; nothing was spent")
+
     def budget_of(self, dataset_id: str, unit: str) -> Budget | None:
         """The registered total budget, or ``None``."""
         with self._connect() as con:
@@ -375,6 +435,7 @@ class Ledger:
                 raise BudgetExhausted(
                     f"release needs {need} but only {left} of {budget.describe()} remains for "
                     f"dataset {dataset_id!r}, unit {unit!r}; nothing was spent")
+            self._check_cap(con, loss)
             cur = con.execute(
                 "INSERT INTO spends (dataset_id, unit, epsilon, delta, rho, query, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

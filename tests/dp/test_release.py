@@ -11,6 +11,7 @@ import pytest
 from pets import InputError, IntegrityError
 from pets.cli import main
 from pets.dp import Budget, Ledger, Session, release_digest
+from pets.dp._ledger import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ class TestReleaseRecord:
         led = Ledger(path)
         assert led.status("d", "u").spent.epsilon == 0.25
         assert led.releases("d", "u") == []
-        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+        assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
     def test_a_newer_ledger_is_refused(self, tmp_path):
         path = tmp_path / "new.db"
