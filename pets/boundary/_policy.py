@@ -593,6 +593,19 @@ class Policy:
         present = int(before.notna().sum())
         distinct = int(before[same].nunique()) if same.any() else 0
         self.refuse_unchanged(rule, present, int(same.sum()), distinct)
+        if rule.role in ("identifier", "sensitive") and present:
+            # no k-anonymity check covers these: a generalizer must hide, not relabel
+            text = _treatment_text(rule, self.generalizer(rule))
+            if same.any():
+                raise self._fail(f"{text} leaves {int(same.sum())} of {present} values of this "
+                                 f"{rule.role} unchanged: a generalized {rule.role} must "
+                                 "change every value (choose a coarser parameter or a keyed "
+                                 "treatment)", rule.line, rule.name)
+            n_in, n_out = int(before.nunique()), int(after.nunique())
+            if n_in > 1 and n_out >= n_in:
+                raise self._fail(f"{text} keeps this {rule.role} one-to-one ({n_in} distinct "
+                                 f"values in, {n_out} out): it still identifies; choose a "
+                                 "coarser parameter or a keyed treatment", rule.line, rule.name)
 
     def refuse_unchanged(self, rule: ColumnRule, present: int, unchanged: int,
                          distinct: int | None = None) -> None:

@@ -213,9 +213,7 @@ class TestIdentityOnTheData:
         assert "leaves every value unchanged" in entry["fields"]["reason"]
 
     @pytest.mark.parametrize("rule, values", [
-        # changes at least one value: not the identity, even if it still links rows
-        ("email: {role: identifier, treatment: mask, params: {keep_last: 11}}",
-         pd.array(["ann@mail.eu", "bobby@mail.eu"], dtype="string")),
+        # quasi-identifiers: changes at least one value (k-anonymity covers the linking)
         ("zip: {role: quasi-identifier, treatment: postcode-prefix, params: {keep: 4}}",
          pd.array(["75011", "13001"], dtype="string")),
         ("ip: {role: quasi-identifier, treatment: ip-prefix, params: {v4: 31}}",
@@ -228,11 +226,31 @@ class TestIdentityOnTheData:
          [31.5, 45.0]),
         ("email: {role: identifier, treatment: mask, params: {keep_last: 64}}",
          pd.array([None, None], dtype="string")),  # nothing shown at all
+        # identifiers: every value changed, and values merged (no longer one-to-one)
+        ("phone: {role: identifier, treatment: mask, params: {keep_last: 2}}",
+         pd.array(["+491701234512", "+491709999912", "+33612345612"], dtype="string")),
     ])
     def test_a_treatment_that_changes_a_value_passes(self, rule, values, keys, eu):
         policy = _policy(rule)
         policy.check_frame(_frame(rule, values))
         protect(_frame(rule, values), policy, keys, eu)
+
+    @pytest.mark.parametrize("rule, values, message", [
+        # the review's policy: most values left raw, labelled "generalized"
+        ("email: {role: identifier, treatment: mask, params: {keep_last: 11}}",
+         pd.array(["ann@mail.eu", "bobby@mail.eu"], dtype="string"),
+         "leaves 1 of 2 values of this identifier unchanged"),
+        ("account: {role: identifier, treatment: mask, params: {keep_last: 8}}",
+         pd.array(["u00000001", "u00000002", "u00000003"], dtype="string"),
+         r"keeps this identifier one-to-one \(3 distinct values in, 3 out\)"),
+        ("note: {role: sensitive, treatment: mask, params: {keep_last: 3}}",
+         pd.array(["diagnosis-a12", "diagnosis-b34"], dtype="string"),
+         "keeps this sensitive one-to-one"),
+    ])
+    def test_an_identifier_must_be_hidden_not_relabelled(self, rule, values, message, keys,
+                                                          eu):
+        with pytest.raises(PolicyError, match=message):
+            protect(_frame(rule, values), _policy(rule), keys, eu)
 
     def test_the_example_policies_pass_on_their_tables(self):
         from importlib.resources import files
@@ -258,8 +276,8 @@ class TestProperty:
                    f"params: {{keep: {keep}}}}}"
             out = PostcodePrefix(keep).apply(pd.Series(values, dtype="string"))
             before = [v.strip() for v in values]
-        else:
-            rule = f"zip: {{role: identifier, treatment: mask, params: {{keep_last: {keep}}}}}"
+        else:  # a quasi-identifier: the identity rule alone (identifiers: stricter, above)
+            rule = f"zip: {{role: quasi-identifier, treatment: mask, params: {{keep_last: {keep}}}}}"
             out = Mask(keep_last=keep).apply(pd.Series(values, dtype="string"))
             before = values
         unchanged = out.tolist() == before
