@@ -255,6 +255,22 @@ def _not_over(dest: Path, obj: Any, audit: AuditLog) -> None:
             raise InputError(f"{dest}: cannot write over the audit log {log}")
     if isinstance(obj, str | os.PathLike) and Path(obj).resolve() == target:
         raise InputError(f"{dest}: cannot write an export into or over its source {obj}")
+    if dest.is_file() and not _is_export_file(dest):
+        # an export replaces only an earlier export: never the raw table next to it, a
+        # policy, or any other file that happens to be at that path
+        raise InputError(f"{dest}: exists and is not an earlier export of the gate; not "
+                         "replaced (choose another --out or remove it)", path=dest)
+
+
+def _is_export_file(path: Path) -> bool:
+    """A Parquet file whose footer carries the gate's export record."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # unreadable: not an earlier export
+        return False
+    return EXPORT_KEY in meta
 
 
 def _is_release(obj: Any) -> bool:

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pets import Context, IntegrityError, JurisdictionError, PolicyError
+from pets import Context, InputError, IntegrityError, JurisdictionError, PolicyError
 from pets.boundary import (
     BoundaryKeys,
     Policy,
@@ -182,7 +182,7 @@ class TestExportRefused:
                                                           log, out, keys):
         dest = out / "x.parquet"
         dest.write_bytes(b"previous")
-        with pytest.raises(PolicyError):
+        with pytest.raises(InputError, match="exists and is not an earlier export"):
             export(raw, "US", dest, policy=policy, keys=keys,
                    context=eu_ctx, audit=log)
         assert dest.read_bytes() == b"previous" and sorted(out.iterdir()) == [dest]

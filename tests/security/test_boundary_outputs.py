@@ -123,3 +123,20 @@ class TestFifosAreRefusedNotRead:
         assert main(args) == 1
         assert "not a regular file" in capsys.readouterr().err
         assert not (env / "p").exists()
+
+
+class TestExportReplacesOnlyAnEarlierExport:
+    def test_the_raw_table_beside_it_is_not_replaced(self, env, capsys):
+        """The review overwrote the raw users.parquet with `pets export --out users.parquet`
+        (it is no input of export, so the input check let it through)."""
+        assert main(["protect", "users.parquet", "--policy", "policy.yaml", "--out",
+                     "prot"]) == 0
+        before = (env / "users.parquet").read_bytes()
+        code = main(["export", "prot", "--to", "US", "--out", "users.parquet", "--columns",
+                     "allowed"])
+        assert code == 1
+        assert "exists and is not an earlier export" in capsys.readouterr().err
+        assert (env / "users.parquet").read_bytes() == before
+        # an earlier export is replaced, as before
+        args = ["export", "prot", "--to", "US", "--out", "us.parquet", "--columns", "allowed"]
+        assert main(args) == 0 and main(args) == 0
