@@ -129,6 +129,54 @@ class _LateLog:
             self._log.hook(event)
 
 
+_PIN = "boundary.pin.json"
+_PIN_FORMAT = "pets.boundary-pin/1"
+
+
+def _keyring_pin(key_config: KeyConfig) -> Path | None:
+    """Where a local keyring records the one boundary it serves (``None``: no keyring)."""
+    from pets.keys import LocalKeyring
+
+    ring = key_config.keyring
+    return ring / _PIN if LocalKeyring.exists(ring) else None
+
+
+def _check_keyring_pin(key_config: KeyConfig, directory: Path, *, creating: bool) -> None:
+    """One local keyring serves one boundary: a second boundary on it would keep key
+    operations, re-identifications and spends in a log nobody watches.
+
+    Raises:
+        InputError: The keyring serves another boundary (or, when ``creating``, any).
+    """
+    pin = _keyring_pin(key_config)
+    if pin is None or not pin.exists():
+        return
+    try:
+        doc = json.loads(pin.read_text())
+        pinned = Path(doc["boundary"])
+        if doc.get("format") != _PIN_FORMAT:
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{pin}: not a pets boundary pin ({_PIN_FORMAT}); the keyring's "
+                         "boundary cannot be established") from None
+    if creating or pinned != directory.resolve():
+        raise InputError(f"keyring {key_config.keyring} serves the boundary at {pinned}: "
+                         f"{'a second boundary' if creating else 'the boundary at ' + str(directory)} "
+                         "on it would record key use and spends in another log (one keyring, "
+                         "one boundary)")
+
+
+def _write_keyring_pin(key_config: KeyConfig, directory: Path, signer: str) -> None:
+    from pets._io import atomic_path
+
+    pin = _keyring_pin(key_config)
+    if pin is None:
+        return
+    doc = {"format": _PIN_FORMAT, "boundary": str(directory.resolve()), "signer": signer}
+    with atomic_path(pin, mode=0o600) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
 def _boundary_dir(key_config: KeyConfig, boundary_dir: Path | None) -> Path:
     """The boundary directory: ``--boundary`` or ``<keyring>/boundary``."""
     return boundary_dir or key_config.keyring / "boundary"
@@ -158,6 +206,7 @@ def open_boundary(key_config: KeyConfig, boundary_dir: Path | None, ctx: Context
         BoundaryKeys.open(directory, _Services([]), context=ctx)  # raises, naming the fix
     from pets.cli._keyopts import check_pinned_servers, pinned_key_config
 
+    _check_keyring_pin(key_config, directory, creating=False)
     hook = _LateLog()
     key_config = pinned_key_config(key_config, directory)
     services = services_from_options(key_config, audit=hook)
@@ -831,6 +880,7 @@ def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Pa
     if BoundaryKeys.exists(directory):
         raise InputError(f"{directory}: a boundary is already set up here (boundary.json); "
                          "nothing changed")
+    _check_keyring_pin(key_config, directory, creating=True)
     import math
 
     for value, what in ((max_epsilon, "--max-epsilon"), (max_delta, "--max-delta"),
@@ -868,6 +918,7 @@ def init_cmd(signing_kek: str, home: str | None, log_path: Path, ledger_path: Pa
     from pets.dp import Ledger
 
     Ledger(anchors.ledger).set_cap(max_epsilon, max_delta, max_rho)
+    _write_keyring_pin(key_config, directory, keys.signer.key_id)
     entry = log.append("boundary.init", ledger_cap={"epsilon": max_epsilon,
                                                     "delta": max_delta, "rho": max_rho}, directory=str(directory.resolve()), home=anchors.home,
                        signing_kek=anchors.signing_kek, pinned=list(anchors.pinned),

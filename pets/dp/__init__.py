@@ -16,10 +16,36 @@ Examples:
     0.5
 """
 
+import typing
+
+# Budgets and the ledger need neither pandas nor OpenDP (``pets boundary init`` sets the
+# ledger's cap and stays light); sessions and releases load on first use.
 from pets.dp._budget import Budget, PrivacyLoss
 from pets.dp._ledger import BudgetStatus, Ledger, ReleaseRecord, SpendRecord
-from pets.dp._release import Release, release_digest
-from pets.dp._session import Query, Session
+
+if typing.TYPE_CHECKING:
+    from pets.dp._release import Release, release_digest
+    from pets.dp._session import Query, Session
+
+_LAZY = {
+    **dict.fromkeys(["Release", "release_digest"], "pets.dp._release"),
+    **dict.fromkeys(["Query", "Session"], "pets.dp._session"),
+}
+
+
+def __getattr__(name: str) -> typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pets.dp' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "Budget",

@@ -33,6 +33,11 @@ def boundary(tmp_path, monkeypatch):
 
 
 def _boundary_at(directory, log, ledger, monkeypatch):
+    import os
+
+    # module keyrings serve one boundary per test: a fresh pin each time
+    ring = Path(os.environ.get("PETS_KEYRING", ".pets/keyring"))
+    (ring / "boundary.pin.json").unlink(missing_ok=True)
     assert main(["boundary", "init", "--signing-kek", "local://eu/boundary", "--boundary",
                  str(directory), "--log", str(log), "--ledger", str(ledger)]) == 0
     monkeypatch.setenv("PETS_BOUNDARY", str(directory))

@@ -120,6 +120,8 @@ def cluster_env(tmp_path, monkeypatch, capsys, keyring):
     for var in ("PETS_AUDIT_LOG", "PETS_PKCS11_TOKEN", "PETS_PKCS11_LIBRARY",
                 "PETS_KEYRING_PASSPHRASE", "PETS_DASK_SCHEDULER"):
         monkeypatch.delenv(var, raising=False)
+    # the module's keyring (its workers hold the master key) serves one boundary per test
+    (keyring["path"] / "boundary.pin.json").unlink(missing_ok=True)
     assert main(["boundary", "init", "--signing-kek", "local://eu/boundary"]) == 0
     assert main(["datasets", "generate", "--users", "2000", "--out", "users.parquet"]) == 0
     (tmp_path / "policy.yaml").write_text(

@@ -84,7 +84,8 @@ class TestTheGateTrustsOnlyPinnedKeys:
         code = main(["export", str(forged), "--to", "US", "--out", "us/u.parquet",
                      "--policy", "policy.yaml", "--columns", SAFE, "--boundary",
                      "evil-boundary"])
-        assert code in (5, 7)  # the home keyring has its own local://eu/boundary: wrong key
+        assert code == 1  # the home keyring serves its own boundary only
+        assert "serves the boundary at" in capsys.readouterr().err
         assert not (env / "us").exists()
 
     def test_the_honest_export_still_works(self, env, capsys):
@@ -201,3 +202,25 @@ class TestThePythonApiRecordsToThePinnedLog:
             export(pf, "US", env / "us.parquet", policy=policy, keys=keys, context=eu,
                    audit=quiet, columns=SAFE.split(","))
         assert not (env / "us.parquet").exists() and not (env / "quiet.jsonl").exists()
+
+
+class TestOneKeyringOneBoundary:
+    """The review set up a second boundary on the same keyring and ran key rotation and
+    destruction, re-identification and spends there: all signed, into a log nobody watches."""
+
+    def test_a_second_boundary_on_the_keyring_is_refused(self, env, capsys):
+        code = main(["boundary", "init", "--boundary", "b2", "--signing-kek",
+                     "local://eu/boundary", "--log", "b2/audit.jsonl", "--ledger",
+                     "b2/ledger.sqlite"])
+        assert code == 1
+        assert "serves the boundary at" in capsys.readouterr().err
+        assert not (env / "b2" / "boundary.json").exists()
+
+    def test_a_copied_boundary_directory_is_not_served(self, env, capsys):
+        import shutil
+
+        shutil.copytree(env / BOUNDARY, env / "b3")
+        before = (env / AUDIT).read_bytes()
+        assert main(["keys", "rotate", "local://eu/users", "--boundary", "b3"]) == 1
+        assert "serves the boundary at" in capsys.readouterr().err
+        assert (env / AUDIT).read_bytes() == before
