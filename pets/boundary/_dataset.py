@@ -278,6 +278,11 @@ def verify_structure(index: DatasetIndex,
         IntegrityError: Any check fails (opaque on purpose).
     """
     dataset = index.manifest.verify(public_key)
+    if index.export is not None:
+        from pets.boundary._manifest import verify_export_record
+
+        verify_export_record(index.export, public_key, dataset, index.columns or [],
+                             dataset=True)
     _check_directory(index)
     parts: list[VerifiedPart] = []
     for name, rows in index.parts:

@@ -72,8 +72,9 @@ from pets._errors import InputError, IntegrityError, JurisdictionError, PetsErro
 from pets._io import atomic_path
 from pets.boundary._audit import AuditLog
 from pets.boundary._keys import BoundaryKeys
-from pets.boundary._manifest import EXPORT_KEY, Manifest, ProtectedFrame
+from pets.boundary._manifest import EXPORT_KEY, Manifest, ProtectedFrame, sign_export_record
 from pets.boundary._policy import Policy
+from pets.boundary._signing import SigningKey
 from pets.jurisdiction import Context, Jurisdiction
 
 __all__ = ["ExportReceipt", "export"]
@@ -220,10 +221,10 @@ def export(obj: Any, to: str, path: str | os.PathLike[str], *, policy: Policy,
                 return _export_release(obj, code, dest, policy, context, audit,
                                        _pinned_ledger(keys, ledger))
             if dataset:
-                return _export_dataset(Path(obj), code, dest, policy, keys.pinned_public_keys, context,
-                                       audit, columns)
+                return _export_dataset(Path(obj), code, dest, policy, keys.pinned_public_keys,
+                                       context, audit, columns, keys.signer)
             return _export_table(obj, code, dest, policy, keys.pinned_public_keys, context, audit,
-                                 columns)
+                                 columns, keys.signer)
         except PetsError:
             raise
         except OSError as exc:
@@ -301,7 +302,8 @@ def _is_release(obj: Any) -> bool:
 def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
                   public_key: Sequence[Ed25519PublicKey],
                   context: Context, audit: AuditLog,
-                  columns: Sequence[str] | Literal["allowed"] | None) -> ExportReceipt:
+                  columns: Sequence[str] | Literal["allowed"] | None,
+                  signer: SigningKey) -> ExportReceipt:
     if isinstance(obj, pd.DataFrame):
         raise PolicyError("raw data cannot be exported: it has no manifest (run protect "
                           "under the dataset's policy first)")
@@ -318,8 +320,10 @@ def _export_table(obj: Any, to: str, dest: Path, policy: Policy,
     manifest = obj.manifest.verify(public_key)
     manifest.verify_data(obj.data)
     ordered = _select(manifest, policy, to, columns)
-    record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
-              "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    record = sign_export_record(
+        {"destination": to, "columns": ordered, "exported_by": context.access_token,
+         "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
+        signer, manifest)
     subset = ProtectedFrame(_signed_only(obj.data, ordered), manifest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -401,7 +405,8 @@ def _select(manifest: Manifest, policy: Policy, to: str,
 def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
                     public_key: Sequence[Ed25519PublicKey], context: Context,
                     audit: AuditLog,
-                    columns: Sequence[str] | Literal["allowed"] | None) -> ExportReceipt:
+                    columns: Sequence[str] | Literal["allowed"] | None,
+                    signer: SigningKey) -> ExportReceipt:
     """The gate for a protected dataset directory: same checks, one part at a time."""
     from pets.boundary._dataset import (
         DATASET_MANIFEST,
@@ -439,8 +444,10 @@ def _export_dataset(src: Path, to: str, dest: Path, policy: Policy,
         for checked in iter_parts(index, parts):              # 4: values first, as for a file
             del checked
         raise refusal from None
-    record = {"destination": to, "columns": ordered, "exported_by": context.access_token,
-              "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    record = sign_export_record(
+        {"destination": to, "columns": ordered, "exported_by": context.access_token,
+         "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")},
+        signer, index.manifest, dataset=True)
     meta = {EXPORT_KEY: json.dumps(record).encode()}
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))

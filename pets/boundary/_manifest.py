@@ -400,5 +400,56 @@ def read_protected(path: str | os.PathLike[str],
             export = json.loads(meta[EXPORT_KEY])
         except json.JSONDecodeError:
             raise IntegrityError("malformed export record") from None
+        verify_export_record(export, public_key, manifest, list(frame.columns))
     manifest.verify_data(frame, subset=export is not None)
     return ProtectedFrame(frame, manifest), export
+
+
+def sign_export_record(record: Mapping[str, Any], signer: SigningKey, manifest: Manifest, *,
+                       dataset: bool = False) -> dict[str, Any]:
+    """The gate's export record (destination, columns, who, when), bound to the manifest it
+    exports (a dataset's: its dataset manifest, shared by every part) and signed: a receiver
+    can tell a real export from a record pasted into a file that never left
+    (:func:`verify_export_record`)."""
+    binding = "dataset_manifest" if dataset else "manifest"
+    body = {**record, binding: manifest.signature, "signer": signer.key_id}
+    body.pop("signature", None)
+    body["signature"] = base64.b64encode(signer.sign(_record_payload(body))).decode()
+    return body
+
+
+def _record_payload(record: Mapping[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in record.items() if k != "signature"}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def verify_export_record(record: Any, public_key: PublicKeyLike | Sequence[PublicKeyLike],
+                         manifest: Manifest, columns: Sequence[str], *,
+                         dataset: bool = False) -> None:
+    """Check an export record's signature, its manifest binding and its columns.
+
+    ``manifest`` is the file's own manifest, or with ``dataset`` the dataset manifest of an
+    exported dataset (a part read alone checks the signature and columns: its record is bound
+    to the dataset manifest, checked by :func:`pets.boundary.verify_dataset`).
+
+    Raises:
+        IntegrityError: Unsigned, signed by a key not given, bound to another manifest, or
+            listing other columns than the data holds.
+    """
+    if not isinstance(record, dict) or not isinstance(record.get("signature"), str):
+        raise IntegrityError("export record is not signed")
+    many: list[Any] = (list(public_key) if isinstance(public_key, list | tuple)
+                       else [public_key])
+    keys = {key_id_of(k): k for k in (load_public_key(x) for x in many)}
+    pub = keys.get(str(record.get("signer")))
+    try:
+        sig = base64.b64decode(record["signature"], validate=True)
+    except (binascii.Error, ValueError):
+        raise IntegrityError("export record signature is not valid") from None
+    if pub is None or not verify_signature(pub, _record_payload(record), sig):
+        raise IntegrityError("export record signature is not valid")
+    bound = record.get("manifest", record.get("dataset_manifest"))
+    if ("manifest" in record or dataset) and bound != manifest.signature:
+        raise IntegrityError("export record belongs to another manifest")
+    if [str(c) for c in record.get("columns") or []] != [str(c) for c in columns]:
+        raise IntegrityError("export record lists other columns than the data holds")

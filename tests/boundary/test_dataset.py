@@ -86,7 +86,7 @@ class TestReceiverDetectsTampering:
         doc = json.loads((exported / "_manifest.json").read_text())
         doc["export"]["columns"] = ["user_id", "email", "phone", "country", "minutes"]
         (exported / "_manifest.json").write_text(json.dumps(doc))
-        with pytest.raises(IntegrityError, match="dataset does not match its manifest"):
+        with pytest.raises(IntegrityError, match="export record signature is not valid"):
             verify_dataset(exported, signer.public_key)
 
     def test_an_edited_value(self, exported, signer):
@@ -335,12 +335,13 @@ class TestDirectoryHoldsOnlyTheListedParts:
         assert len(pd.read_parquet(exported)) == 60
 
 
-class TestExportRecordIsNotSigned:
-    """The export record (destination, columns, who, when) is the gate's, not the home's
-    signature: edited consistently it still verifies. The signed audit log is the proof of
-    what the gate let out: the directory's files digest no longer matches its entry."""
+class TestExportRecordIsSigned:
+    """The export record (destination, columns, who, when) is signed by the gate with the
+    boundary's key and bound to the dataset manifest: edited consistently (in
+    ``_manifest.json`` and every part) it no longer verifies, and the signed audit log's
+    files digest does not match either."""
 
-    def test_a_consistently_edited_destination_verifies_but_not_against_the_log(
+    def test_a_consistently_edited_destination_is_refused(
             self, exported, signer, log):
         entry = [e for e in log.entries() if e["kind"] == "boundary.export"][-1]
 
@@ -359,6 +360,6 @@ class TestExportRecordIsNotSigned:
             pq.write_table(table.replace_schema_metadata(
                 {**table.schema.metadata, EXPORT_KEY: json.dumps(doc["export"]).encode()}),
                 part)
-        verify_dataset(exported, signer.public_key)  # values and signatures: all as signed
-        assert read_index(exported).export["destination"] == "SG"
+        with pytest.raises(IntegrityError, match="export record signature is not valid"):
+            verify_dataset(exported, signer.public_key)
         assert digest() != entry["fields"]["digest"]  # not what the gate let out

@@ -224,3 +224,34 @@ class TestOneKeyringOneBoundary:
         assert main(["keys", "rotate", "local://eu/users", "--boundary", "b3"]) == 1
         assert "serves the boundary at" in capsys.readouterr().err
         assert (env / AUDIT).read_bytes() == before
+
+
+class TestTheExportRecordIsSigned:
+    """The review pasted an export record ('to US, columns: country') into the EU-only
+    protected file (encrypted phone column inside): read_protected returned it as an export."""
+
+    def test_a_pasted_export_record_is_refused_by_the_receiver(self, env):
+        import pyarrow.parquet as pq
+
+        from pets import IntegrityError
+        from pets.boundary import read_protected
+        from pets.boundary._manifest import EXPORT_KEY
+
+        src = env / "prot" / "users.parquet"
+        table = pq.read_table(src)
+        fake = {"destination": "US", "columns": ["country"]}
+        pq.write_table(table.replace_schema_metadata(
+            {**table.schema.metadata, EXPORT_KEY: json.dumps(fake).encode()}),
+            env / "pasted.parquet")
+        pem = env / BOUNDARY / "signing-key.pub.pem"
+        with pytest.raises(IntegrityError, match="export record is not signed"):
+            read_protected(env / "pasted.parquet", pem)
+
+    def test_a_real_export_verifies_at_the_receiver(self, env):
+        from pets.boundary import read_protected
+
+        assert main(["export", "prot", "--to", "US", "--out", "us/u.parquet", "--columns",
+                     SAFE]) == 0
+        pf, record = read_protected(env / "us" / "u.parquet",
+                                    env / BOUNDARY / "signing-key.pub.pem")
+        assert record["destination"] == "US" and record["columns"] == SAFE.split(",")
