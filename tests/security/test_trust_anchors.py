@@ -252,6 +252,6 @@ class TestTheExportRecordIsSigned:
 
         assert main(["export", "prot", "--to", "US", "--out", "us/u.parquet", "--columns",
                      SAFE]) == 0
-        pf, record = read_protected(env / "us" / "u.parquet",
-                                    env / BOUNDARY / "signing-key.pub.pem")
+        _pf, record = read_protected(env / "us" / "u.parquet",
+                                     env / BOUNDARY / "signing-key.pub.pem")
         assert record["destination"] == "US" and record["columns"] == SAFE.split(",")
