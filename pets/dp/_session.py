@@ -379,6 +379,12 @@ class Session:
         self.privacy_unit = privacy_unit
         self.dataset_id = dataset_id
         self._ledger_key = dataset_id if dataset_id is not None else "(session)"
+        if ledger is not None and audit is None and ledger.cap() is not None:
+            # a boundary's ledger (``pets boundary init`` set its cap): its releases are on
+            # the signed record, so a session spending from it must report to the log
+            raise InputError(f"ledger {ledger!r} belongs to a boundary: pass "
+                             "audit=<the boundary's AuditLog>.hook (keys.audit_log(context)"
+                             ".hook) so every release is in its signed log")
         self.ledger = ledger if ledger is not None else Ledger()
         self.total = self.ledger.register(self._ledger_key, privacy_unit, budget)
         self.audit = audit

@@ -62,3 +62,21 @@ def test_the_cap_cannot_be_changed(env):
     with pytest.raises(Exception, match="cannot be changed"):
         Ledger(env / LEDGER).set_cap(100.0)
     assert Ledger(env / LEDGER).cap().epsilon == 1.5
+
+
+def test_a_python_session_on_the_boundary_ledger_must_report_to_the_log(env):
+    """The review's lower finding: Session(ledger=pinned, audit=None) released unlogged."""
+    import pandas as pd
+
+    from pets import InputError
+    from pets.dp import Budget, Session
+
+    frame = pd.read_parquet(env / "users.parquet")
+    with pytest.raises(InputError, match="belongs to a boundary: pass audit="):
+        Session(frame, privacy_unit="user_id", budget=Budget.pure(1.0),
+                ledger=Ledger(env / LEDGER), dataset_id="users")
+    seen = []
+    s = Session(frame, privacy_unit="user_id", budget=Budget.pure(1.0),
+                ledger=Ledger(env / LEDGER), dataset_id="users", audit=seen.append)
+    s.query().count().release(epsilon=0.1)
+    assert [e.kind for e in seen] == ["dp.release"]
