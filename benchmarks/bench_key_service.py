@@ -269,18 +269,36 @@ def _bench_migration(work: Path, homes: Mapping[str, tuple[Path, dict[str, str]]
         raise RuntimeError(f"migration failed: {done.stderr[-3000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
+    out["run"].update(_migrate_rates(home / "logs" / "audit.jsonl"))
     for step in ("plan", "run", "verify"):
         o = out[step]
         res.add(case=f"migrate {step}: {files:,} envelope files, {src} -> {target}",
                 section="migration", files=files, wall_s=o["wall_s"],
                 files_per_s=files / o["wall_s"], transit_requests=o["transit_requests"],
                 transit_s=o["transit_s"], transit_share=o["transit_s"] / o["wall_s"],
-                local_unwraps=o["local_unwraps"], local_unwrap_s=o["local_s"])
+                local_unwraps=o["local_unwraps"], local_unwrap_s=o["local_s"],
+                **{k: o[k] for k in ("first_files_per_s", "last_files_per_s", "window")
+                   if k in o})
     res.notes.append(f"migration: {files:,} envelope files of 1 KiB made in {made:.1f} s "
                      "(not timed); each step is one `pets migrate` command run in one child "
                      "process; transit_s sums the wall time of every HTTP request to the "
                      "server (TransitKeyService._transport), local_unwrap_s every "
                      "LocalKeyring.unwrap.")
+
+
+def _migrate_rates(log: Path) -> dict[str, Any]:
+    """files/s over the first and the last tenth (at most 1,000 files) of the run, from the
+    ``at`` of its signed ``key.migrate`` audit entries: a rate that falls as the run goes on
+    is a cost that grows with the plan's size."""
+    import datetime as dt
+
+    ats = [dt.datetime.fromisoformat(e["at"]).timestamp()
+           for e in map(json.loads, log.read_text().splitlines()) if e["kind"] == "key.migrate"]
+    w = min(1000, len(ats) // 10)
+    if w < 2:
+        return {}
+    return {"window": w, "first_files_per_s": (w - 1) / max(ats[w - 1] - ats[0], 1e-9),
+            "last_files_per_s": (w - 1) / max(ats[-1] - ats[-w], 1e-9)}
 
 
 # ------------------------------------------------------------------ (c) latency
@@ -387,14 +405,19 @@ def docs_section(payload: Mapping[str, Any]) -> str:
                 f"{r['server_requests_at_warmup_rows']} |")
         out.append("")
     if by["migration"]:
+        phased = any("first_files_per_s" in r for r in by["migration"])
         out += ["### Migrating envelope files to the key server", "",
-                "| step | files | wall (s) | files/s | requests to the server | time in "
-                "them (s) | share of the step | local unwraps |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| step | files | wall (s) | files/s | "
+                + ("files/s, first / last tenth | " if phased else "")
+                + "requests to the server | time in them (s) | share of the step | "
+                "local unwraps |",
+                "|---|---|---|---|" + ("---|" if phased else "") + "---|---|---|---|"]
         for r in by["migration"]:
             step = r["case"].split(":")[0].replace("migrate ", "`pets migrate ") + "`"
+            phases = (f"{_f(r['first_files_per_s'])} / {_f(r['last_files_per_s'])} | "
+                      if "first_files_per_s" in r else ("| " if phased else ""))
             out.append(f"| {step} | {r['files']:,} | {r['wall_s']:.1f} | "
-                       f"{_f(r['files_per_s'])} | {r['transit_requests']:,} | "
+                       f"{_f(r['files_per_s'])} | {phases}{r['transit_requests']:,} | "
                        f"{r['transit_s']:.1f} | {100 * r['transit_share']:.0f} % | "
                        f"{r['local_unwraps']:,} |")
         out.append("")

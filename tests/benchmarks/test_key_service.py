@@ -45,6 +45,8 @@ class TestKeyServiceBenchmark:
         assert run["local_unwraps"] == 30  # one unwrap under the old KEK per file
         assert run["transit_requests"] >= 2 * 30  # at least metadata + encrypt per file
         assert 0 < run["transit_share"] < 1
+        # the rate at the start and at the end of the run, from the signed audit entries
+        assert run["window"] == 3 and run["first_files_per_s"] > 0 < run["last_files_per_s"]
         assert verify["local_unwraps"] == 0  # verify opens every file without the old KEK
         assert verify["transit_requests"] >= 30
 
