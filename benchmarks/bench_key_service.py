@@ -365,8 +365,9 @@ def _f(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def docs_section(payload: Mapping[str, Any]) -> str:
-    """The ``docs/benchmarks.md`` section for a ``key_service.json`` payload (Markdown)."""
+def docs_section(payload: Mapping[str, Any], confirm: Mapping[str, Any] | None = None) -> str:
+    """The ``docs/benchmarks.md`` section for a ``key_service.json`` payload (Markdown), with
+    a protect-only confirmation run (``key_service_protect.json``) when given."""
     m = payload["machine"]
     rows = payload["rows"]
     by = {s: [r for r in rows if r.get("section") == s]
@@ -404,6 +405,17 @@ def docs_section(payload: Mapping[str, Any]) -> str:
                 f"{r['warmup_rows']:,} rows: {r['key_calls_at_warmup_rows']} / "
                 f"{r['server_requests_at_warmup_rows']} |")
         out.append("")
+        crows = [r for r in (confirm or {}).get("rows", []) if r.get("section") == "protect"]
+        if len(crows) == 2:
+            cl, ct = (next(r for r in crows if k in r["case"]) for k in ("local", "transit"))
+            cm = (confirm or {})["machine"]
+            out += [f"Confirmation run, protect only (`key_service_protect.json`, "
+                    f"{cm['when']}, load {cm['load_avg_1m']:.1f}): median of {cl['rounds']} "
+                    f"rounds, local {cl['median_s']:.2f} s "
+                    f"({' / '.join(f'{x:.2f}' for x in cl['times_s'])}), transit "
+                    f"{ct['median_s']:.2f} s ({' / '.join(f'{x:.2f}' for x in ct['times_s'])})"
+                    f": ratio **{ct['median_s'] / cl['median_s']:.3f}×**; "
+                    f"{ct['server_requests_total']} server requests per round.", ""]
     if by["migration"]:
         phased = any("first_files_per_s" in r for r in by["migration"])
         out += ["### Migrating envelope files to the key server", "",
@@ -432,10 +444,14 @@ def docs_section(payload: Mapping[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def update_docs(payload: Mapping[str, Any], path: Path = DOCS) -> None:
-    """Replace (or append) the generated section in ``docs/benchmarks.md``."""
+def update_docs(payload: Mapping[str, Any], path: Path = DOCS,
+                confirm: Mapping[str, Any] | None = None) -> None:
+    """Replace (or append) the generated section in ``docs/benchmarks.md``; ``confirm`` (by
+    default ``key_service_protect.json`` when it exists) is a protect-only confirmation run."""
+    if confirm is None and path == DOCS and (RESULTS / f"{NAME}_protect.json").exists():
+        confirm = json.loads((RESULTS / f"{NAME}_protect.json").read_text())
     text = path.read_text(encoding="utf-8")
-    section = docs_section(payload)
+    section = docs_section(payload, confirm)
     pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _m: section, text)
@@ -448,8 +464,12 @@ def update_docs(payload: Mapping[str, Any], path: Path = DOCS) -> None:
 
 
 def run(quick: bool, *, rows: int | None = None, rounds: int | None = None,
-        files: int | None = None, latency_n: int | None = None) -> Result:
-    res = KeyServiceResult(NAME)
+        files: int | None = None, latency_n: int | None = None,
+        parts: tuple[str, ...] = ("protect", "migration", "latency"),
+        name: str = NAME) -> Result:
+    """All three cases (or ``parts`` of them; ``name`` then names the result files, e.g.
+    ``key_service_protect`` for a protect-only confirmation run, shown in the docs section)."""
+    res = KeyServiceResult(name)
     rows = rows or (20_000 if quick else 1_000_000)
     rounds = rounds or (1 if quick else 3)
     files = files or (100 if quick else 10_000)
@@ -459,19 +479,24 @@ def run(quick: bool, *, rows: int | None = None, rounds: int | None = None,
     try:
         with _bao(work) as cluster:
             homes = {kind: _boundary(work, kind, cluster) for kind in ("local", "transit")}
-            a = _bench_protect(work, cluster, homes, rows, rounds, res)
-            _bench_migration(work, homes, files, res)
-            _bench_latency(work, cluster, latency_n, res)
+            a = (_bench_protect(work, cluster, homes, rows, rounds, res)
+                 if "protect" in parts else None)
+            if "migration" in parts:
+                _bench_migration(work, homes, files, res)
+            if "latency" in parts:
+                _bench_latency(work, cluster, latency_n, res)
         res.notes += [
             f"protect: ratio transit/local of the medians = {a['ratio']:.3f} "
             f"(goal <= {GOAL_RATIO}). Each round is one `pets protect` process (interpreter "
-            "start, boundary open, signing-key unwrap, protect, manifest, audit entries).",
+            "start, boundary open, signing-key unwrap, protect, manifest, audit entries)."
+            if a else "protect: not run.",
             "key_calls: key.wrap + key.unwrap entries the round appended to the boundary's "
             "signed audit log (one per call, never per row); server_requests: the requests the "
             "OpenBao audit device logged in the round (each wrap/unwrap is a key-metadata "
             "read plus encrypt/decrypt; login and lookup-self once per process).",
-            "latency: p50/p99 over n calls after 20 warm-up calls, loopback, one client "
-            "connection (benchmarks/transit_latency.py's _time/_percentiles).",
+            *(["latency: p50/p99 over n calls after 20 warm-up calls, loopback, one client "
+               "connection (benchmarks/transit_latency.py's _time/_percentiles)."]
+              if "latency" in parts else []),
             f"quick={quick}; total wall time {time.perf_counter() - t0:.0f} s.",
         ]
     finally:

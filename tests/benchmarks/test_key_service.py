@@ -77,3 +77,5 @@ class TestKeyServiceBenchmark:
         assert text.startswith("# Benchmarks\n\nhand-written\n")
         assert text.count(ks.BEGIN) == 1 and text.count(ks.END) == 1
         assert "Ratio transit / local" in text and "requests seen by the server" in text
+        assert "Confirmation run" not in text
+        assert "Confirmation run, protect only" in ks.docs_section(payload, confirm=payload)
