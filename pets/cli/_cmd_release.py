@@ -521,6 +521,10 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         # jurisdiction or a destroyed KEK is refused here, with its own exit code
         ddf, schema = _open_encrypted(infile, key_config, ctx)
     keys_arg = _keys(infile, by, keys, keys_file, private_keys, schema) if specs else None
+    if specs:  # the boundary-wide cap, before a new budget is registered (a write)
+        from pets.dp import PrivacyLoss
+
+        ledger.check_cap(PrivacyLoss(epsilon or 0.0, delta or 0.0, rho or 0.0))
     budget = _budget(ledger, dsid, unit, budget_epsilon, budget_delta, budget_rho)
     if specs:
         _check_spend(budget.kind, epsilon=epsilon, rho=rho, delta=delta, private=private_keys)

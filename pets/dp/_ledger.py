@@ -232,6 +232,8 @@ class Ledger:
             if version > SCHEMA_VERSION:
                 raise InputError(f"ledger {str(self.path)!r} has schema version {version}, "
                                  f"newer than this pets ({SCHEMA_VERSION}): upgrade pets")
+            if version == SCHEMA_VERSION:
+                return  # up to date: opening a ledger writes nothing
             con.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             if con.in_transaction:
@@ -354,6 +356,16 @@ class Ledger:
         with self._connect() as con:
             row = con.execute("SELECT epsilon, delta, rho FROM caps").fetchone()
         return None if row is None else PrivacyLoss(*row)
+
+    def check_cap(self, loss: PrivacyLoss) -> None:
+        """Refuse, without writing anything, a loss that the ledger-wide cap no longer admits
+        (callers check before registering a new budget; :meth:`spend` checks again).
+
+        Raises:
+            BudgetExhausted: The cap does not admit ``loss``.
+        """
+        with self._connect() as con:
+            self._check_cap(con, loss)
 
     @staticmethod
     def _check_cap(con: sqlite3.Connection, loss: PrivacyLoss) -> None:

@@ -524,6 +524,13 @@ class Session:
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
                     or v <= 0:
                 raise InputError(f"{name} must be a finite number > 0, got {v!r}")
+            if name in ("epsilon", "rho") and v < 1.0 / MAX_NOISE_SCALE ** (1 if
+                                                                         name == "epsilon"
+                                                                         else 2):
+                # the noise scale of even a count would exceed MAX_NOISE_SCALE (or overflow
+                # to infinity, which OpenDP refuses after the fact)
+                raise InputError(f"{name} {v!r} is too small: the noise would exceed "
+                                 f"{MAX_NOISE_SCALE:.4g} units; nothing was spent")
             return float(v)
 
         if kind == "zcdp":

@@ -92,7 +92,7 @@ class TestNothingSpentOnBadInput:
     """Each bad parameter is refused with an InputError naming it; the ledger is unchanged."""
 
     @pytest.mark.parametrize(("build", "match"), [
-        (lambda s: s.query().count().release(epsilon=1e-30), "noise scale"),
+        (lambda s: s.query().count().release(epsilon=1e-30), "too small: the noise would exceed"),
         (lambda s: s.query(max_rows=10**6).sum("x", bounds=(0, 1)).release(epsilon=1e-6),
          "noise scale"),
         (lambda s: s.query(max_rows=2**40).count().release(epsilon=1.0), "max_rows"),
