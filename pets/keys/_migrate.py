@@ -121,9 +121,21 @@ class MigrationJournal:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        # (item, step) -> last entry, read once and kept up to date by record(): last() was
+        # a re-read of the whole journal, twice per item (quadratic in the plan's size)
+        self._index: dict[tuple[str, str | None], dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"MigrationJournal({str(self.path)!r})"
+
+    def _indexed(self) -> dict[tuple[str, str | None], dict[str, Any]]:
+        if self._index is None:
+            index: dict[tuple[str, str | None], dict[str, Any]] = {}
+            for e in self.entries():
+                index[(str(e["item"]), str(e["step"]))] = e
+                index[(str(e["item"]), None)] = e
+            self._index = index
+        return self._index
 
     def entries(self) -> Iterator[dict[str, Any]]:
         """Every complete entry, in order."""
@@ -153,11 +165,7 @@ class MigrationJournal:
 
     def last(self, item: str, step: str | None = None) -> dict[str, Any] | None:
         """The last entry of ``item`` (of ``step`` when given)."""
-        found = None
-        for e in self.entries():
-            if e["item"] == item and (step is None or e["step"] == step):
-                found = e
-        return found
+        return self._indexed().get((item, step))
 
     def record(self, item: str, step: str, **fields: Any) -> None:
         """Append one entry and make it durable before returning."""
@@ -177,6 +185,10 @@ class MigrationJournal:
             os.close(fd)
         if new:
             _fsync_dir(self.path.parent)
+        if self._index is not None:
+            entry = {"item": item, "step": step, **fields}
+            self._index[(item, step)] = entry
+            self._index[(item, None)] = entry
 
 
 class _Without:
