@@ -15,11 +15,17 @@ Each line is one entry, written as canonical JSON (sorted keys, compact, UTF-8):
 was edited, dropped, reordered or inserted. What it cannot see is a clean cut of the *newest*
 entries: compare the reported head (``seq`` and ``head_hash``) with one you noted earlier.
 
-**Writers.** :meth:`AuditLog.append` takes an exclusive ``fcntl.flock`` on the file, reads the
-last entry under the lock, appends one line with a single ``write`` and ``fsync``\\ s before
-unlocking, so several processes can append to one log. A crash mid-append leaves a *torn tail*
-(a last line without its newline): the log still verifies up to the last whole entry and
-:func:`verify_log` reports the tail separately. The next append cuts the torn bytes off and
+**Writers.** :meth:`AuditLog.append` takes an exclusive lock, reads the last entry under the
+lock, appends one line with a single ``write`` and ``fsync``\\ s before unlocking, so several
+processes can append to one log. The lock is a separate file beside the log, ``.<log
+name>.lock`` (0600, :func:`pets._lock.exclusive`, portable to macOS and Windows), not a lock on
+the log's own descriptor: every appender takes it before opening the log, so it excludes other
+appenders exactly as a ``flock`` on the log did, and on Windows, where locks are mandatory
+byte-range locks, readers of the log are not blocked. Only pets' appenders honour it (the lock
+is advisory, as ``flock`` was); appending needs write access to the log's directory, where the
+lock file lives. A crash mid-append leaves a *torn tail* (a last line without its newline): the
+log still verifies up to the last whole entry and :func:`verify_log` reports the tail
+separately. The next append cuts the torn bytes off and
 records that repair (``audit.repaired``, with the digest of what was cut) before its own entry.
 
 Lower layers report events through :attr:`AuditLog.hook` (an :data:`~pets._events.AuditHook`).
@@ -48,7 +54,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import math
@@ -63,6 +68,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pets._errors import InputError, IntegrityError
 from pets._events import AuditEvent, AuditHook
+from pets._lock import exclusive
 from pets.boundary._signing import (
     PublicKeyLike,
     SigningKey,
@@ -228,9 +234,18 @@ class AuditLog:
     def _append_locked(self, kind: str, fields: dict[str, Any], at: str,
                        actor: str) -> dict[str, Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(self._lock_path):
+            return self._append_exclusive(kind, fields, at, actor)
+
+    @property
+    def _lock_path(self) -> Path:
+        """The lock file every appender holds (``.<log name>.lock`` beside the log)."""
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    def _append_exclusive(self, kind: str, fields: dict[str, Any], at: str,
+                          actor: str) -> dict[str, Any]:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             last, complete_end = _read_tail(fd, size)
             out: list[dict[str, Any]] = []
@@ -263,7 +278,7 @@ class AuditLog:
             if size == 0:
                 _fsync_dir(self.path.parent)
         finally:
-            os.close(fd)  # closing releases the flock
+            os.close(fd)
         return out[-1]
 
     def _entry(self, seq: int, prev: str, at: str, kind: str, actor: str,

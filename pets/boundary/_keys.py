@@ -25,7 +25,8 @@ is an error, not a second signing key that would poison the audit log.
 
 Every file holds ciphertext and public facts only; using any of it needs the key service and
 a context of the KEK's jurisdiction. Files are written atomically (mode 0600) under an
-``fcntl`` lock, so concurrent first runs agree on one root.
+exclusive lock on ``.lock`` in the directory (:func:`pets._lock.exclusive`, portable to macOS
+and Windows), so concurrent first runs agree on one root.
 
 Examples:
     >>> import tempfile, pathlib
@@ -58,7 +59,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -71,6 +71,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pets._errors import InputError, IntegrityError, JurisdictionError
 from pets._events import AuditHook, emit
 from pets._io import atomic_path
+from pets._lock import exclusive
 from pets.boundary._signing import SigningKey, load_public_key, read_key_file, verify_signature
 from pets.jurisdiction import Context, Jurisdiction
 from pets.keys import KeyServices, WrappedKey
@@ -89,12 +90,8 @@ ROOT_BYTES = 32
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive(directory / ".lock"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:

@@ -11,7 +11,7 @@ Layout of a keyring directory (every file 0600, the directory 0700, every write 
                                            "kek": b64(nonce ‖ AES-256-GCM(kek-key, KEK, AAD))
                                                   | null once destroyed}],
                              "mac": hex HMAC-SHA256(meta-key, canonical JSON of the rest)}
-    <dir>/.lock             fcntl lock serialising writers across processes
+    <dir>/.lock             lock file serialising writers across processes
 
 The *root key* is the 32-byte master key (``PETS_MASTER_KEY``) or scrypt of a passphrase with the
 stored salt. Three keys are derived from it with HKDF-SHA256 (info names the purpose and the
@@ -43,7 +43,8 @@ key (swapped with a sibling's file), or that was rolled back is reported as
 not the data being decrypted (whose failures stay opaque) and not the master key (a wrong one is
 refused when the keyring is opened, by its check value, with :class:`~pets.KeyServiceError`).
 
-Writers hold an exclusive ``fcntl`` lock on ``<dir>/.lock``; every write goes to a temporary
+Writers hold an exclusive lock on ``<dir>/.lock`` (:func:`pets._lock.exclusive`, portable to
+macOS and Windows); every write goes to a temporary
 file (0600 from creation), is ``fsync``-ed, renamed over the old file, and the directory is
 ``fsync``-ed, so a rotation that returned survives a crash. Readers take no lock: a reader that
 raced a rename and read the replaced file's shredded bytes reads the new file again instead of
@@ -56,7 +57,6 @@ import base64
 import binascii
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import re
@@ -83,6 +83,7 @@ from pets._errors import (
 )
 from pets._events import AuditHook, emit
 from pets._io import atomic_path
+from pets._lock import exclusive
 from pets.jurisdiction import Context, Jurisdiction
 from pets.keys._memory import wrapping_aad
 from pets.keys._secret import Secret
@@ -770,13 +771,11 @@ def _replaced(file: Path, opened: os.stat_result) -> bool:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``<path>/.lock`` (across processes and threads)."""
+    lock = contextlib.ExitStack()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock.enter_context(exclusive(path / ".lock"))
     except OSError as exc:
-        raise KeyServiceError(f"cannot lock keyring {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        raise KeyServiceError(f"cannot lock keyring {path}: {exc.strerror or exc}") from None
+    with lock:
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
