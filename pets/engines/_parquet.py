@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pets._errors import InputError
 from pets._io import atomic_directory
-from pets.engines._keyref import KeySource, services_for
+from pets.engines._keyref import KeyRef, KeySource, on_invalidate, services_for
 from pets.jurisdiction import Context
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ class ParquetEncryption:
     Each worker opens the key services from ``source`` once and keeps one
     :class:`pets.envelope.ParquetCrypto` per process (pyarrow's key cache, partitioned by
     ``context.access_token``); every file gets fresh data keys wrapped under the KEKs named here.
+    :func:`~pets.engines._keyref.forget_keys` (``client.run(forget_keys)``) drops that object,
+    its cached keys and its key services (e.g. a transit login) on the worker.
 
     Attributes:
         source: How workers open the key services (a ``KeyConfig`` on real clusters).
@@ -114,6 +116,25 @@ class ParquetEncryption:
 
 _LOCK = threading.Lock()
 _CRYPTO: dict[object, Any] = {}
+
+
+def _forget_crypto(refs: frozenset[KeyRef] | None) -> None:
+    """:func:`~pets.engines._keyref.forget_keys` in this process: drop every
+    :class:`~pets.envelope.ParquetCrypto` (pyarrow's cached data keys) and the key services
+    it holds (a transit login), so the next file opens them again from this process's
+    environment. A KEK destroyed or retired here reaches each one through its own
+    subscription instead (``refs`` is then not ``None``).
+    """
+    if refs is not None:
+        return
+    with _LOCK:
+        gone = list(_CRYPTO.values())
+        _CRYPTO.clear()
+    for crypto in gone:
+        crypto.forget()
+
+
+on_invalidate(_forget_crypto)
 
 
 def read_dataset(
