@@ -6,9 +6,9 @@ user-level pure ε-DP (ε per query) and the **same contribution bounds** (at mo
 ``max_rows_per_user`` rows per user, every user in one group, values clipped to ``bounds``).
 
 Every library — pets too — runs its adapter ``benchmarks/peers/run_<name>.py`` in a
-subprocess: pets and OpenDP in this interpreter, the others in their own venv under
-``benchmarks/.peers/<name>/`` (created on demand from ``benchmarks/peers/<name>.txt``, because
-their pins clash with pets') — speaking the JSON protocol of ``benchmarks/peers/_protocol.py``.
+subprocess: pets and OpenDP in this interpreter, the others in their own venv in a per-user
+cache directory (``benchmarks/_peers.py``; built from ``benchmarks/peers/<name>.txt`` only by
+``pets bench --build-peers``, because their pins clash with pets') — speaking the JSON protocol of ``benchmarks/peers/_protocol.py``.
 A peer that cannot be installed or run is reported with the captured reason, never dropped.
 
 Measured per (dataset, library, query, ε): mean absolute error (``mae``), mean relative error
@@ -45,10 +45,11 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._harness import RESULTS, Result, machine
+from benchmarks._peers import BUILD_COMMAND, peer_venvs_dir
 
 HERE = Path(__file__).resolve().parent
 PEERS_DIR = HERE / "peers"
-VENVS_DIR = HERE / ".peers"
+VENVS_DIR = peer_venvs_dir()
 DOCS_IMG = HERE.parent / "docs" / "img"
 QUERIES = ("count", "sum", "mean", "median")
 #: Libraries in plotting order; each has an adapter ``peers/run_<name>.py``.
@@ -272,7 +273,7 @@ class PeerOutcome:
     """What one library produced: a status, the reason when it failed, and its raw response."""
 
     library: str
-    status: str  # "ok", "partial" (some queries failed), "failed", "unavailable"
+    status: str  # "ok", "partial" (some queries failed), "failed", "unavailable", "skipped"
     reason: str = ""
     version: str = ""
     install_seconds: float | None = None
@@ -293,8 +294,12 @@ def requirements_digest(req_file: Path) -> str:
 
 
 def ensure_venv(name: str, *, venvs: Path = VENVS_DIR, peers: Path = PEERS_DIR,
-                timeout: float = 1800.0) -> tuple[Path | None, float | None, str]:
+                timeout: float = 1800.0, build: bool = True
+                ) -> tuple[Path | None, float | None, str]:
     """The peer's Python, creating ``venvs/<name>`` from ``peers/<name>.txt`` if needed.
+
+    With ``build=False`` nothing is created: a missing or outdated venv gives ``python`` None
+    and a reason starting with ``"skipped"`` that names the command building it.
 
     Returns ``(python, install_seconds, reason)``: ``python`` is None when the install failed
     (``reason`` says why); ``install_seconds`` is None when an up-to-date venv was reused.
@@ -308,6 +313,9 @@ def ensure_venv(name: str, *, venvs: Path = VENVS_DIR, peers: Path = PEERS_DIR,
     digest = requirements_digest(req)
     if python.exists() and stamp.is_file() and stamp.read_text().split()[:1] == [digest]:
         return python, None, ""
+    if not build:
+        return None, None, (f"skipped: peer venv not built ({venv}); build it with "
+                            f"`{BUILD_COMMAND}`")
     if venv.exists():
         shutil.rmtree(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
@@ -429,12 +437,13 @@ def run_library(library: str, ds: Dataset, request: Mapping[str, Any], workdir: 
     script = PEERS_DIR / f"run_{library}.py"
     if library in VENV_PEERS:
         if library not in installs:
-            installs[library] = ensure_venv(library, timeout=cfg.peer_timeout)
+            installs[library] = ensure_venv(library, timeout=cfg.peer_timeout, build=False)
         python, install_s, reason = installs[library]
         if install_s is None and python is not None:
             install_s = recorded_install_seconds(library)
         if python is None:
-            return PeerOutcome(library, "unavailable", reason, install_seconds=install_s)
+            status = "skipped" if reason.startswith("skipped") else "unavailable"
+            return PeerOutcome(library, status, reason, install_seconds=install_s)
     else:
         python, install_s = Path(sys.executable), None
     out = run_adapter(library, python, script, request, workdir, timeout=cfg.peer_timeout)
@@ -568,7 +577,7 @@ def run(quick: bool = False, *, libraries: Sequence[str] | None = None,
                 census_dataset(cfg.n_census, seed=cfg.seed)]
     rows: list[dict[str, Any]] = []
     outcomes: list[dict[str, Any]] = []
-    installs = {lib: ensure_venv(lib, timeout=cfg.peer_timeout)
+    installs = {lib: ensure_venv(lib, timeout=cfg.peer_timeout, build=False)
                 for lib in libs if lib in VENV_PEERS}
     for lib, (py, secs, why) in installs.items():
         say(f"utility: {lib} venv " + ("reused" if secs is None and py else
