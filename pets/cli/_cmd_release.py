@@ -284,7 +284,10 @@ def _schema(path: Path) -> Any:
     import pyarrow.parquet as pq
 
     if not path.is_dir():
-        return pq.read_schema(path)
+        try:
+            return pq.read_schema(path)
+        except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
+            raise InputError(f"cannot read Parquet file {str(path)!r}: {exc}") from None
     import pyarrow.dataset as pds
 
     try:  # files starting with "." or "_" (temporaries, _manifest.json) are not parts
@@ -521,6 +524,15 @@ def release(infile: Path, unit: str, dataset_id: str | None, group_by: str | Non
         # jurisdiction or a destroyed KEK is refused here, with its own exit code
         ddf, schema = _open_encrypted(infile, key_config, ctx)
     keys_arg = _keys(infile, by, keys, keys_file, private_keys, schema) if specs else None
+    if specs:  # every column named exists, before a budget is registered (a write)
+        names = ({str(c) for c in ddf.columns} if ddf is not None
+                 else set((schema if schema is not None else _schema(infile)).names))
+        named = [("--unit", unit), *(("--group-by", c) for c in by),
+                 *(("--agg", str(sp["column"])) for sp in specs if sp.get("column"))]
+        for option, column in named:
+            if column not in names:
+                raise InputError(f"{option}: unknown column {column!r} (columns: "
+                                 f"{', '.join(sorted(names))})", column=column)
     if specs:  # the boundary-wide cap, before a new budget is registered (a write)
         from pets.dp import PrivacyLoss
 
