@@ -59,7 +59,7 @@ __all__ = ["cli", "main"]
 _INDEX: dict[str, tuple[str, str]] = {
     "audit": ("_cmd_boundary", "Verify the audit log and report flows and incidents (needs "
               "only the public key)."),
-    "bench": ("_cmd_bench", "Run benchmarks (all without NAMES) and write benchmarks/results/."),
+    "bench": ("_cmd_bench", "Run benchmarks (all without NAMES) and write the results to --out."),
     "boundary": ("_cmd_boundary", "Set up the boundary once and inspect its pinned trust "
                  "anchors."),
     "datasets": ("_cmd_datasets", "Synthetic EU user data for demos, tests and benchmarks."),

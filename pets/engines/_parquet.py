@@ -197,6 +197,19 @@ def _read_meta(file: str, cols: list[str] | None, encryption: ParquetEncryption
     return _read_part(file, cols=cols, encryption=encryption).iloc[:0]
 
 
+def _client_active() -> bool:
+    """Whether a ``distributed`` client is active in this process."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return False
+    try:
+        default_client()  # type: ignore[no-untyped-call]
+    except ValueError:
+        return False
+    return True
+
+
 def _read_encrypted(paths: list[str], columns: Sequence[str] | None,
                     encryption: ParquetEncryption) -> dd.DataFrame:
     ddm: Any = importlib.import_module("dask.dataframe")
@@ -205,7 +218,10 @@ def _read_encrypted(paths: list[str], columns: Sequence[str] | None,
     # The footer (schema) is encrypted: find the schema where the data will be read (a worker
     # when a distributed client is active), not on the driver.
     dask: Any = importlib.import_module("dask")
-    meta = dask.delayed(_read_meta)(files[0], cols, encryption).compute()
+    # Only an *active* client decides: a setting left pointing at a client that is gone
+    # (dask's config after a closed client) would wait for it for ever.
+    where: dict[str, Any] = {} if _client_active() else {"scheduler": "sync"}
+    meta = dask.delayed(_read_meta)(files[0], cols, encryption).compute(**where)
     # each part's pandas types come from its Arrow schema already: Dask's object -> string
     # conversion would decode binary columns (ciphertext bytes) as UTF-8 and fail
     with dask.config.set({"dataframe.convert-string": False}):

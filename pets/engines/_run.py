@@ -64,6 +64,7 @@ def local_client(workers: int, *, threads_per_worker: int = 1,
             warnings.simplefilter("ignore")
             client.close()
             cluster.close()
+        _forget_closed_client()
 
 
 @contextlib.contextmanager
@@ -100,6 +101,24 @@ def connect(address: str, *, timeout: float = 10.0) -> Iterator[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             client.close()
+        _forget_closed_client()
+
+
+def _forget_closed_client() -> None:
+    """After our client closed: if dask's config still names the distributed scheduler but no
+    client is active (a client restores the setting it found, which may itself have been left
+    by a closed one), reset it, so a later plain ``compute()`` in this process (a notebook, a
+    second command) runs locally instead of waiting for a client that is gone."""
+    import dask
+
+    if dask.config.get("scheduler", None) != "dask.distributed":
+        return
+    from distributed import default_client
+
+    try:
+        default_client()  # type: ignore[no-untyped-call]
+    except ValueError:
+        dask.config.set(scheduler=None)
 
 
 def _absolute(source: KeySource) -> KeySource:
