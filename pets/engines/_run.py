@@ -116,7 +116,9 @@ def _forget_closed_client() -> None:
     from distributed import default_client
 
     try:
-        default_client()  # type: ignore[no-untyped-call]
+        client = default_client()  # type: ignore[no-untyped-call]
+        if getattr(client, "status", None) != "running":
+            raise ValueError  # a client whose cluster is gone
     except ValueError:
         dask.config.set(scheduler=None)
 

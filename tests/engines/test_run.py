@@ -127,20 +127,3 @@ class TestWhereTheJobRan:
         assert entry["kind"] == "boundary.refused"
         assert entry["fields"]["cluster"] == dask_client.scheduler.address
 
-
-def test_a_leaked_distributed_setting_is_reset_when_our_client_closes():
-    """A client restores the scheduler setting it found; if that was left by a client that is
-    gone, a later plain compute() in the same process (a notebook, a second CLI command in
-    one process) waited for ever (seen in CI: protect, then release of an encrypted dataset)."""
-    import dask
-
-    from pets.engines._run import local_client
-    from tests.conftest import require_service
-    from tests.engines.conftest import DASK, HAVE_DASK
-
-    require_service(HAVE_DASK, DASK)
-    with dask.config.set(scheduler="dask.distributed"):  # left by a client that is gone
-        with local_client(1):
-            pass
-        assert dask.config.get("scheduler", None) is None
-        assert dask.delayed(sum)([1, 2]).compute() == 3  # runs, does not wait

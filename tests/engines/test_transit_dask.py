@@ -111,13 +111,19 @@ class TestProtectAndReleaseOnTransit:
         assert f"transit/encrypt/{name}" in wrapped
         before = len(_paths(openbao["eu-ireland"], "decrypt"))
 
-        code = main(["release", "enc/users", "--unit", "user_id", "--group-by", "country",
-                     "--keys", "DE,FR,IT", "--agg", "count", "--max-rows", "3",
-                     "--epsilon", "1", "--budget-epsilon", "2", "--ledger", "ledger.sqlite",
-                     "--out", "r.parquet", "--engine", "dask", "--workers", "1", "--json"])
-        out = capsys.readouterr()
-        assert code == 0, out.err
-        rel = json.loads(out.out)["release"]
+        # a second command is a second process, as in a pipeline (the workers of the first
+        # are gone; its environment, credentials included, is the same)
+        import subprocess
+        import sys
+
+        done = subprocess.run(
+            [sys.executable, "-m", "pets.cli", "release", "enc/users", "--unit", "user_id",
+             "--group-by", "country", "--keys", "DE,FR,IT", "--agg", "count", "--max-rows",
+             "3", "--epsilon", "1", "--budget-epsilon", "2", "--ledger", "ledger.sqlite",
+             "--out", "r.parquet", "--engine", "dask", "--workers", "1", "--json"],
+            capture_output=True, text=True, timeout=240, env=dict(os.environ))
+        assert done.returncode == 0, done.stderr
+        rel = json.loads(done.stdout)["release"]
         assert rel["parquet_encryption"] is True and rel["workers"] == 1
         assert len(pq.read_table("r.parquet")) == 3
         after = _paths(openbao["eu-ireland"], "decrypt")
