@@ -437,28 +437,22 @@ def check_output(out: str | os.PathLike[str], *, option: str = "--out",
     def refuse(what: str, other: Path, kind: str, tail: str) -> InputError:
         return InputError(f"{option} {shown!r} {what} the {kind} {str(other)!r}{tail}")
 
+    def check(other: Path, kind: str, tail: str, link: str) -> None:
+        if real == other:
+            raise refuse("is", other, kind, tail)
+        if _within(real, other):
+            raise refuse("is inside", other, kind, tail)
+        if _within(other, real):
+            raise refuse("contains", other, kind, tail)
+        if out_inode is not None and out_inode in _inodes(other):
+            raise refuse(link, other, kind, tail)
+
     for item in inputs:
-        src = _real(item, "input")
-        keep = ": refusing to overwrite it"
-        if real == src:
-            raise refuse("is", src, "input", keep)
-        if _within(real, src):
-            raise refuse("is inside", src, "input", keep)
-        if _within(src, real):
-            raise refuse("contains", src, "input", keep)
-        if out_inode is not None and out_inode in _inodes(src):
-            raise refuse("is a hard link to", src, "input", keep)
+        check(_real(item, "input"), "input", ": refusing to overwrite it", "is a hard link to")
     for item in protected:
-        place = _real(item, "protected path")
-        tail = (" (keyring, audit log, ledger or boundary directory): refusing to write there")
-        if real == place:
-            raise refuse("is", place, "protected location", tail)
-        if _within(real, place):
-            raise refuse("is inside", place, "protected location", tail)
-        if _within(place, real):
-            raise refuse("contains", place, "protected location", tail)
-        if out_inode is not None and out_inode in _inodes(place):
-            raise refuse("is a hard link to a file under", place, "protected location", tail)
+        check(_real(item, "protected path"), "protected location",
+              " (keyring, audit log, ledger or boundary directory): refusing to write there",
+              "is a hard link to a file under")
     if not overwrite and os.path.lexists(out):
         raise InputError(f"{option} {shown!r} already exists: refusing to overwrite it "
                          "(pass --overwrite to replace it)")
